@@ -1,0 +1,1 @@
+//! compare (work in progress).

@@ -1,0 +1,1 @@
+//! dpdk (work in progress).

@@ -1,0 +1,1 @@
+//! flow (work in progress).

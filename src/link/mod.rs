@@ -1,0 +1,1 @@
+//! link (work in progress).

@@ -1,0 +1,1 @@
+//! mgmt (work in progress).
