@@ -1,1 +1,2 @@
 //! config (work in progress).
+pub mod cli;

@@ -1,1 +1,2 @@
 //! dpdk (work in progress).
+pub mod selfcheck;

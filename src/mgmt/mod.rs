@@ -1,1 +1,2 @@
 //! mgmt (work in progress).
+pub mod ctl;

@@ -1,1 +1,2 @@
 //! pipeline (work in progress).
+pub mod cli;
