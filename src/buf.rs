@@ -82,7 +82,12 @@ impl VecBuf {
     pub fn with_room(frame: &[u8], headroom: usize, tailroom: usize) -> Self {
         let mut storage = vec![0u8; headroom + frame.len() + tailroom];
         storage[headroom..headroom + frame.len()].copy_from_slice(frame);
-        VecBuf { storage, start: headroom, end: headroom + frame.len(), csum_partial: false }
+        VecBuf {
+            storage,
+            start: headroom,
+            end: headroom + frame.len(),
+            csum_partial: false,
+        }
     }
 
     /// Mark the L4 checksum as a device-completed partial sum (see [`PacketBuf::l4_csum_partial`]).
