@@ -1,0 +1,302 @@
+//! The direction-independent flow key and the one hash every stage uses to pick a shard.
+//!
+//! Both directions of a connection, and the PVM's and SVM's copies of it, produce the same key,
+//! so the redirector sends them to the same compare shard and the rewriter finds one entry.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use crate::wire::packet::{
+    L3Kind, PacketInfo, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+};
+
+/// Address family of a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    /// Non-IP: keyed by MAC pair and EtherType.
+    L2,
+    /// IPv4.
+    V4,
+    /// IPv6.
+    V6,
+}
+
+/// A canonical (lower endpoint first) flow key.
+///
+/// - TCP/UDP: 5-tuple; ICMP/ICMPv6 echo: address pair + echo id (in both port slots);
+/// - other IP protocols and fragments: address pair + protocol;
+/// - non-IP: MAC pair + EtherType (in `proto_or_ethertype`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    /// Address family.
+    pub family: Family,
+    /// IP protocol, or the EtherType for [`Family::L2`].
+    pub proto_or_ethertype: u16,
+    /// Lower endpoint address (IPv4 in the first 4 bytes; MAC in the first 6 for L2).
+    pub addr_lo: [u8; 16],
+    /// Higher endpoint address.
+    pub addr_hi: [u8; 16],
+    /// Port of the lower endpoint.
+    pub port_lo: u16,
+    /// Port of the higher endpoint.
+    pub port_hi: u16,
+}
+
+impl FlowKey {
+    /// The key of a parsed frame. Infallible: every frame has a key.
+    #[inline]
+    pub fn of(info: &PacketInfo, frame: &[u8]) -> FlowKey {
+        let (family, proto) = match info.l3 {
+            L3Kind::Ipv4 => (Family::V4, u16::from(info.ip_proto)),
+            L3Kind::Ipv6 => (Family::V6, u16::from(info.ip_proto)),
+            _ => (Family::L2, info.ethertype),
+        };
+        let (mut a, mut b) = ([0u8; 16], [0u8; 16]);
+        let (mut pa, mut pb) = (0u16, 0u16);
+        if family == Family::L2 {
+            // dst MAC at 0..6, src MAC at 6..12; parse() guaranteed 14 bytes.
+            if let (Some(d), Some(s)) = (frame.get(0..6), frame.get(6..12)) {
+                a[..6].copy_from_slice(s);
+                b[..6].copy_from_slice(d);
+            }
+        } else {
+            a = info.src_ip;
+            b = info.dst_ip;
+            if !info.fragment {
+                match info.ip_proto {
+                    IPPROTO_TCP | IPPROTO_UDP => {
+                        pa = info.src_port;
+                        pb = info.dst_port;
+                    }
+                    IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+                        pa = info.icmp_echo_id;
+                        pb = info.icmp_echo_id;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if (a, pa) <= (b, pb) {
+            FlowKey {
+                family,
+                proto_or_ethertype: proto,
+                addr_lo: a,
+                addr_hi: b,
+                port_lo: pa,
+                port_hi: pb,
+            }
+        } else {
+            FlowKey {
+                family,
+                proto_or_ethertype: proto,
+                addr_lo: b,
+                addr_hi: a,
+                port_lo: pb,
+                port_hi: pa,
+            }
+        }
+    }
+
+    /// The one flow hash (64-bit, well mixed). Stable across processes and stages.
+    #[inline]
+    pub fn hash64(&self) -> u64 {
+        let w = |b: &[u8; 16], i: usize| {
+            u64::from_le_bytes([
+                b[i],
+                b[i + 1],
+                b[i + 2],
+                b[i + 3],
+                b[i + 4],
+                b[i + 5],
+                b[i + 6],
+                b[i + 7],
+            ])
+        };
+        let mut h = (self.family as u64) << 56
+            ^ u64::from(self.proto_or_ethertype) << 32
+            ^ u64::from(self.port_lo) << 16
+            ^ u64::from(self.port_hi);
+        for v in [
+            w(&self.addr_lo, 0),
+            w(&self.addr_lo, 8),
+            w(&self.addr_hi, 0),
+            w(&self.addr_hi, 8),
+        ] {
+            h = mix(h ^ v);
+        }
+        mix(h)
+    }
+
+    /// The compare shard (0..shards) owning this flow. `shards` must be at least 1.
+    #[inline]
+    pub fn shard(&self, shards: usize) -> usize {
+        shard_of(self.hash64(), shards)
+    }
+}
+
+/// Map a 64-bit hash onto `0..n` without a division (Lemire's multiply-shift).
+#[inline]
+pub fn shard_of(hash: u64, n: usize) -> usize {
+    ((u128::from(hash) * n as u128) >> 64) as usize
+}
+
+/// A strong 64-bit finaliser (splitmix64).
+#[inline]
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+impl fmt::Display for FlowKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = |p: u16| match p as u8 {
+            IPPROTO_TCP => "tcp".to_string(),
+            IPPROTO_UDP => "udp".to_string(),
+            IPPROTO_ICMP => "icmp".to_string(),
+            IPPROTO_ICMPV6 => "icmpv6".to_string(),
+            other => format!("ip{other}"),
+        };
+        match self.family {
+            Family::V4 => {
+                let a = Ipv4Addr::new(
+                    self.addr_lo[0],
+                    self.addr_lo[1],
+                    self.addr_lo[2],
+                    self.addr_lo[3],
+                );
+                let b = Ipv4Addr::new(
+                    self.addr_hi[0],
+                    self.addr_hi[1],
+                    self.addr_hi[2],
+                    self.addr_hi[3],
+                );
+                write!(
+                    f,
+                    "{} {a}:{} <-> {b}:{}",
+                    proto(self.proto_or_ethertype),
+                    self.port_lo,
+                    self.port_hi
+                )
+            }
+            Family::V6 => {
+                let a = Ipv6Addr::from(self.addr_lo);
+                let b = Ipv6Addr::from(self.addr_hi);
+                write!(
+                    f,
+                    "{} [{a}]:{} <-> [{b}]:{}",
+                    proto(self.proto_or_ethertype),
+                    self.port_lo,
+                    self.port_hi
+                )
+            }
+            Family::L2 => {
+                let m = |a: &[u8; 16]| {
+                    format!(
+                        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                        a[0], a[1], a[2], a[3], a[4], a[5]
+                    )
+                };
+                write!(
+                    f,
+                    "ethertype 0x{:04x} {} <-> {}",
+                    self.proto_or_ethertype,
+                    m(&self.addr_lo),
+                    m(&self.addr_hi)
+                )
+            }
+        }
+    }
+}
+
+/// A `Hasher` for maps keyed by [`FlowKey`]: uses the flow hash itself.
+#[derive(Default, Clone, Copy)]
+pub struct FlowHasher(u64);
+
+impl std::hash::Hasher for FlowHasher {
+    fn finish(&self) -> u64 {
+        mix(self.0)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.0 = mix(self.0 ^ u64::from_le_bytes(w));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.0 = self.0.rotate_left(8) ^ u64::from(i);
+    }
+    fn write_u16(&mut self, i: u16) {
+        self.0 = self.0.rotate_left(16) ^ u64::from(i);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::parse;
+    use etherparse::PacketBuilder;
+
+    fn tcp(src: [u8; 4], dst: [u8; 4], sp: u16, dp: u16) -> Vec<u8> {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv4(src, dst, 64)
+            .tcp(sp, dp, 1, 1)
+            .write(&mut f, b"x")
+            .unwrap();
+        f
+    }
+
+    fn key(f: &[u8]) -> FlowKey {
+        FlowKey::of(&parse(f).unwrap(), f)
+    }
+
+    #[test]
+    fn both_directions_share_key_and_shard() {
+        let a = tcp([10, 0, 0, 1], [10, 0, 0, 2], 5555, 80);
+        let b = tcp([10, 0, 0, 2], [10, 0, 0, 1], 80, 5555);
+        assert_eq!(key(&a), key(&b));
+        assert_eq!(key(&a).hash64(), key(&b).hash64());
+        for n in 1..9 {
+            assert_eq!(key(&a).shard(n), key(&b).shard(n));
+            assert!(key(&a).shard(n) < n);
+        }
+    }
+
+    #[test]
+    fn different_ports_are_different_flows() {
+        let a = tcp([10, 0, 0, 1], [10, 0, 0, 2], 5555, 80);
+        let b = tcp([10, 0, 0, 1], [10, 0, 0, 2], 5556, 80);
+        assert_ne!(key(&a), key(&b));
+        assert_eq!(format!("{}", key(&a)), "tcp 10.0.0.1:5555 <-> 10.0.0.2:80");
+    }
+
+    #[test]
+    fn icmp_echo_ids_separate_flows() {
+        let ping = |id| {
+            let mut f = Vec::new();
+            PacketBuilder::ethernet2([1; 6], [2; 6])
+                .ipv4([1, 1, 1, 1], [2, 2, 2, 2], 64)
+                .icmpv4_echo_request(id, 1)
+                .write(&mut f, b"")
+                .unwrap();
+            f
+        };
+        assert_ne!(key(&ping(1)), key(&ping(2)));
+        assert_eq!(key(&ping(3)), key(&ping(3)));
+    }
+
+    #[test]
+    fn shards_spread_evenly() {
+        let n = 4;
+        let mut counts = [0usize; 4];
+        for p in 0..4000u16 {
+            counts[key(&tcp([10, 0, 0, 1], [10, 0, 0, 2], 1024 + p, 80)).shard(n)] += 1;
+        }
+        for c in counts {
+            assert!((800..1200).contains(&c), "uneven shard spread: {counts:?}");
+        }
+    }
+}
