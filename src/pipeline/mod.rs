@@ -1,2 +1,3 @@
-//! pipeline (work in progress).
+//! The runtime: lcore poll loops running stages, rings between them, counters, topology.
 pub mod cli;
+pub mod counters;
