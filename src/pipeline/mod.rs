@@ -1,3 +1,4 @@
 //! The runtime: lcore poll loops running stages, rings between them, counters, topology.
 pub mod cli;
 pub mod counters;
+pub mod lcore;

@@ -1,0 +1,363 @@
+//! The lcore poll loop around one or more stages, and the lock-free control plane that
+//! reaches it at loop boundaries.
+//!
+//! Loop: read the clock once → poll every stage (rx burst → process → tx/enqueue) →
+//! housekeeping every [`HOUSEKEEPING_EVERY`] loops → apply control commands → follow the
+//! run phase → back off when idle. Nothing here allocates or locks per packet; commands travel
+//! through a bounded lock-free queue per lcore and are acknowledged with an atomic sequence.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam::queue::ArrayQueue;
+
+use super::counters::{Counter, LcoreCounters};
+
+/// Loops between two housekeeping calls.
+pub const HOUSEKEEPING_EVERY: u32 = 256;
+
+/// What a stage sees of the current loop.
+pub struct LoopCtx<'a> {
+    /// Clock value for this loop (nanoseconds since start; read once per loop).
+    pub now_ns: u64,
+    /// This lcore's counters (the stage is their only writer).
+    pub counters: &'a LcoreCounters,
+    /// Current run phase.
+    pub phase: Phase,
+}
+
+/// Commands from management, applied by every stage at a loop boundary.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// The COLO frame finished a checkpoint: release/flush compare queues, reset rewriter
+    /// offsets, restore simulated VMs.
+    CheckpointDone,
+    /// Take over: on the primary stop comparing, on the secondary serve the client.
+    Failover,
+    /// Turn divergence capture on or off.
+    Capture(bool),
+}
+
+/// Run phases, moved forward only by management.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Phase {
+    /// Normal operation.
+    Run = 0,
+    /// Stop receiving from ports and generating; keep moving what is in flight.
+    StopRx = 1,
+    /// Release everything still held (compare queues, partial bursts), then idle.
+    Flush = 2,
+    /// Leave the loop.
+    Exit = 3,
+}
+
+impl Phase {
+    fn from_u8(v: u8) -> Phase {
+        match v {
+            0 => Phase::Run,
+            1 => Phase::StopRx,
+            2 => Phase::Flush,
+            _ => Phase::Exit,
+        }
+    }
+}
+
+/// A pipeline stage: a state machine driven by its lcore's loop.
+pub trait Stage: Send {
+    /// Short name for reports.
+    fn name(&self) -> &str;
+    /// One step: take a burst from its inputs (ports only in [`Phase::Run`]), process it,
+    /// hand the results on. Returns how many packets it handled (0 = idle).
+    fn poll(&mut self, cx: &LoopCtx) -> usize;
+    /// Periodic work: timeouts, ageing, flushing partial bursts.
+    fn housekeeping(&mut self, _cx: &LoopCtx) {}
+    /// Apply a management command.
+    fn command(&mut self, _cmd: &Command, _cx: &LoopCtx) {}
+    /// Release everything held (shutdown). Called once when the phase becomes [`Phase::Flush`].
+    fn flush(&mut self, _cx: &LoopCtx) {}
+}
+
+/// Idle back-off: spin, then pause, then sleep with a growing interval.
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    /// Back off at all (false = pure busy polling).
+    pub enabled: bool,
+    /// Empty loops before backing off.
+    pub spin_loops: u32,
+    /// Longest sleep.
+    pub max_sleep: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            enabled: true,
+            spin_loops: 1000,
+            max_sleep: Duration::from_micros(100),
+        }
+    }
+}
+
+/// State an lcore shares with management.
+pub struct LcoreShared {
+    /// The lcore id (for reports).
+    pub lcore: u32,
+    /// Names of the stages it runs.
+    pub stages: Vec<String>,
+    /// Its counters.
+    pub counters: LcoreCounters,
+    mailbox: ArrayQueue<(u64, Command)>,
+    acked: AtomicU64,
+    phase_seen: AtomicU8,
+    /// Set when the loop has returned.
+    pub exited: AtomicBool,
+    /// Panic or error text if the loop failed.
+    pub failure: std::sync::Mutex<Option<String>>,
+}
+
+impl LcoreShared {
+    /// Shared block for lcore `lcore` running `stages`.
+    pub fn new(lcore: u32, stages: Vec<String>) -> Self {
+        LcoreShared {
+            lcore,
+            stages,
+            counters: LcoreCounters::default(),
+            mailbox: ArrayQueue::new(16),
+            acked: AtomicU64::new(0),
+            phase_seen: AtomicU8::new(Phase::Run as u8),
+            exited: AtomicBool::new(false),
+            failure: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The last phase this lcore has acted on.
+    pub fn phase_seen(&self) -> Phase {
+        Phase::from_u8(self.phase_seen.load(Ordering::Acquire))
+    }
+}
+
+/// Management's handle on every lcore: phase and commands.
+pub struct ControlPlane {
+    phase: AtomicU8,
+    next_seq: AtomicU64,
+    /// Every lcore's shared block.
+    pub lcores: Vec<Arc<LcoreShared>>,
+    clock_origin: Instant,
+}
+
+impl ControlPlane {
+    /// A control plane over `lcores`.
+    pub fn new(lcores: Vec<Arc<LcoreShared>>) -> Self {
+        ControlPlane {
+            phase: AtomicU8::new(Phase::Run as u8),
+            next_seq: AtomicU64::new(1),
+            lcores,
+            clock_origin: Instant::now(),
+        }
+    }
+
+    /// Nanoseconds since the control plane was created: the pipeline's clock.
+    pub fn now_ns(&self) -> u64 {
+        self.clock_origin.elapsed().as_nanos() as u64
+    }
+
+    /// Current phase.
+    pub fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::Acquire))
+    }
+
+    /// Move every lcore to `phase` and wait until all have acted on it (or `timeout`).
+    pub fn set_phase(&self, phase: Phase, timeout: Duration) -> bool {
+        self.phase.store(phase as u8, Ordering::Release);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self
+                .lcores
+                .iter()
+                .all(|l| l.phase_seen() >= phase || l.exited.load(Ordering::Acquire))
+            {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// Send `cmd` to every lcore and wait until each has applied it (or `timeout`).
+    pub fn broadcast(&self, cmd: Command, timeout: Duration) -> Result<(), String> {
+        let seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
+        for l in &self.lcores {
+            let mut item = (seq, cmd.clone());
+            let deadline = Instant::now() + timeout;
+            while let Err(back) = l.mailbox.push(item) {
+                if Instant::now() > deadline {
+                    return Err(format!("lcore {}: command queue full", l.lcore));
+                }
+                item = back;
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let pending: Vec<u32> = self
+                .lcores
+                .iter()
+                .filter(|l| {
+                    l.acked.load(Ordering::Acquire) < seq && !l.exited.load(Ordering::Acquire)
+                })
+                .map(|l| l.lcore)
+                .collect();
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("lcores {pending:?} did not acknowledge {cmd:?}"));
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+}
+
+/// Run `stages` until the control plane says [`Phase::Exit`].
+pub fn run_loop(
+    stages: &mut [Box<dyn Stage>],
+    shared: &LcoreShared,
+    control: &ControlPlane,
+    backoff: Backoff,
+) {
+    let counters = &shared.counters;
+    let mut loops: u32 = 0;
+    let mut idle_loops: u32 = 0;
+    let mut sleep = Duration::from_micros(1);
+    let mut phase = Phase::Run;
+    let mut last_ns = control.now_ns();
+    loop {
+        let now_ns = control.now_ns();
+        let cx = LoopCtx {
+            now_ns,
+            counters,
+            phase,
+        };
+        let mut work = 0;
+        for s in stages.iter_mut() {
+            work += s.poll(&cx);
+        }
+        loops = loops.wrapping_add(1);
+        if loops % HOUSEKEEPING_EVERY == 0 || work == 0 {
+            for s in stages.iter_mut() {
+                s.housekeeping(&cx);
+            }
+        }
+        while let Some((seq, cmd)) = shared.mailbox.pop() {
+            for s in stages.iter_mut() {
+                s.command(&cmd, &cx);
+            }
+            shared.acked.store(seq, Ordering::Release);
+        }
+        let wanted = control.phase();
+        if wanted != phase {
+            if wanted >= Phase::Flush && phase < Phase::Flush {
+                for s in stages.iter_mut() {
+                    s.flush(&cx);
+                }
+            }
+            phase = wanted;
+            shared.phase_seen.store(phase as u8, Ordering::Release);
+            if phase == Phase::Exit {
+                break;
+            }
+        }
+        let elapsed = now_ns.saturating_sub(last_ns);
+        last_ns = now_ns;
+        if work > 0 {
+            counters.add(Counter::BusyCycles, elapsed);
+            idle_loops = 0;
+            sleep = Duration::from_micros(1);
+        } else {
+            counters.add(Counter::IdleCycles, elapsed);
+            idle_loops = idle_loops.saturating_add(1);
+            if backoff.enabled && idle_loops > backoff.spin_loops {
+                std::thread::sleep(sleep);
+                sleep = (sleep * 2).min(backoff.max_sleep);
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+    shared.exited.store(true, Ordering::Release);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fake {
+        polls: u64,
+        commands: Arc<AtomicU64>,
+        flushed: Arc<AtomicBool>,
+    }
+
+    impl Stage for Fake {
+        fn name(&self) -> &str {
+            "fake"
+        }
+        fn poll(&mut self, cx: &LoopCtx) -> usize {
+            self.polls += 1;
+            if cx.phase == Phase::Run && self.polls % 3 == 0 {
+                cx.counters.inc(Counter::Rx);
+                cx.counters.inc(Counter::Tx);
+                1
+            } else {
+                0
+            }
+        }
+        fn command(&mut self, _cmd: &Command, _cx: &LoopCtx) {
+            self.commands.fetch_add(1, Ordering::Relaxed);
+        }
+        fn flush(&mut self, _cx: &LoopCtx) {
+            self.flushed.store(true, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn commands_are_acknowledged_and_phases_reach_exit() {
+        let shared = Arc::new(LcoreShared::new(1, vec!["fake".into()]));
+        let control = Arc::new(ControlPlane::new(vec![shared.clone()]));
+        let commands = Arc::new(AtomicU64::new(0));
+        let flushed = Arc::new(AtomicBool::new(false));
+        let (s2, c2, cm, fl) = (
+            shared.clone(),
+            control.clone(),
+            commands.clone(),
+            flushed.clone(),
+        );
+        let t = std::thread::spawn(move || {
+            let mut stages: Vec<Box<dyn Stage>> = vec![Box::new(Fake {
+                polls: 0,
+                commands: cm,
+                flushed: fl,
+            })];
+            run_loop(&mut stages, &s2, &c2, Backoff::default());
+        });
+        control
+            .broadcast(Command::CheckpointDone, Duration::from_secs(5))
+            .unwrap();
+        control
+            .broadcast(Command::Failover, Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(commands.load(Ordering::Relaxed), 2);
+        assert!(control.set_phase(Phase::StopRx, Duration::from_secs(5)));
+        assert!(!flushed.load(Ordering::Relaxed));
+        assert!(control.set_phase(Phase::Flush, Duration::from_secs(5)));
+        assert!(flushed.load(Ordering::Relaxed));
+        assert!(control.set_phase(Phase::Exit, Duration::from_secs(5)));
+        t.join().unwrap();
+        assert!(shared.exited.load(Ordering::Relaxed));
+        assert!(shared.counters.snapshot().accounting().balanced());
+        assert!(shared.counters.get(Counter::IdleCycles) > 0);
+    }
+}
