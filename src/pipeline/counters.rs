@@ -56,11 +56,13 @@ counters! {
     DropRingFull = "drop_ring_full",
     /// Dropped: a frame the stage cannot carry (multi-segment, oversize, bad encapsulation).
     DropUnsupported = "drop_unsupported",
-    /// Dropped: the mirror could not clone (pool exhausted), so the secondary misses it.
-    DropCloneFailed = "drop_clone_failed",
+    /// Dropped: no mbuf to copy a shared frame into before rewriting it.
+    DropNoMbuf = "drop_no_mbuf",
     /// Dropped: the inter-host link is down or refused the frame.
     DropLinkDown = "drop_link_down",
     // --- informational ---
+    /// The mirror could not clone a frame (refcount limit): the secondary misses it.
+    CloneFailed = "clone_failed",
     /// Frames the mirror sent to the PVM and the link.
     Mirrored = "mirrored",
     /// Primary frames that entered a compare shard.
@@ -199,7 +201,7 @@ impl Snapshot {
             DropTxFull,
             DropRingFull,
             DropUnsupported,
-            DropCloneFailed,
+            DropNoMbuf,
             DropLinkDown,
         ]
         .iter()
