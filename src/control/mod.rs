@@ -1,1 +1,2 @@
 //! control (work in progress).
+pub mod xen;

@@ -1,0 +1,636 @@
+//! Non-blocking QEMU-framed stream sockets (TCP or UNIX), client or server.
+//!
+//! Guarantees:
+//! - Never blocks the caller's poll loop: sockets are non-blocking; a TCP connect runs on a
+//!   short-lived helper thread (std has no non-blocking connect and `unsafe` is kept out of
+//!   this layer); UNIX connects complete or fail at once.
+//! - Batched I/O: one `read` of up to `read_buf` bytes (≥ 64 KiB) decodes every frame it
+//!   holds; `send` only appends to a bounded output buffer and `flush` writes the whole batch
+//!   with one `write` (partial writes are kept and continued).
+//! - A full output buffer is reported to the caller ([`SendError::Backpressure`]) and counted;
+//!   nothing is dropped silently. The only frame ever discarded is one that was partially
+//!   written when its connection died (counted in `dropped_on_disconnect`); whole unsent
+//!   frames are kept and go out on the next connection.
+//! - Every new connection starts with a fresh decoder (QEMU's redirector stops reading after
+//!   one disconnect; we keep serving). Bad input (oversize, vnet_hdr_len > 20) is counted and
+//!   the connection is dropped; a client reconnects with exponential back-off, a server waits
+//!   for the next peer. A newly accepted peer replaces the current one.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use super::framing::{Decoded, Decoder, DecoderStats, FrameConfig, FrameError};
+
+/// Smallest read buffer accepted: one `read` must be able to carry many frames.
+pub const MIN_READ_BUF: usize = 64 * 1024;
+
+/// A link address: `tcp:HOST:PORT` or `unix:/path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkAddr {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A UNIX stream socket path.
+    Unix(PathBuf),
+}
+
+/// Why an address string was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddrError {
+    /// Neither `tcp:` nor `unix:`.
+    #[error("link address {0:?}: expected tcp:HOST:PORT or unix:/path")]
+    Scheme(String),
+    /// The TCP part did not resolve.
+    #[error("link address {0:?}: cannot resolve host:port")]
+    Resolve(String),
+    /// Empty UNIX path.
+    #[error("link address {0:?}: empty unix path")]
+    EmptyPath(String),
+}
+
+impl FromStr for LinkAddr {
+    type Err = AddrError;
+    fn from_str(s: &str) -> Result<Self, AddrError> {
+        if let Some(rest) = s.strip_prefix("tcp:") {
+            let addr = rest
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut it| it.next())
+                .ok_or_else(|| AddrError::Resolve(s.to_string()))?;
+            Ok(LinkAddr::Tcp(addr))
+        } else if let Some(rest) = s.strip_prefix("unix:") {
+            if rest.is_empty() {
+                return Err(AddrError::EmptyPath(s.to_string()));
+            }
+            Ok(LinkAddr::Unix(PathBuf::from(rest)))
+        } else {
+            Err(AddrError::Scheme(s.to_string()))
+        }
+    }
+}
+
+impl fmt::Display for LinkAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkAddr::Tcp(a) => write!(f, "tcp:{a}"),
+            LinkAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// Which end opens the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Connect to the address, reconnecting with back-off.
+    Client,
+    /// Listen on the address; one peer at a time, a new one replaces the old.
+    Server,
+}
+
+/// Configuration of one framed socket.
+#[derive(Debug, Clone)]
+pub struct SocketConfig {
+    /// Where to connect or listen.
+    pub addr: LinkAddr,
+    /// Client or server.
+    pub role: Role,
+    /// Framing (vnet_hdr_support, cap).
+    pub framing: FrameConfig,
+    /// Read buffer size (raised to [`MIN_READ_BUF`]).
+    pub read_buf: usize,
+    /// Output buffer bound in bytes (raised to hold at least one maximal frame).
+    pub out_buf: usize,
+    /// First reconnect delay after a failed attempt.
+    pub backoff_initial: Duration,
+    /// Largest reconnect delay (the delay doubles up to this).
+    pub backoff_max: Duration,
+    /// TCP connect timeout (on the helper thread).
+    pub connect_timeout: Duration,
+    /// Most `read` calls per [`FramedSocket::poll_recv`] (bounds one poll's work).
+    pub max_reads_per_poll: usize,
+}
+
+impl SocketConfig {
+    /// Defaults: 256 KiB reads, 1 MiB output buffer, back-off 100 ms doubling to 1 s.
+    pub fn new(addr: LinkAddr, role: Role, framing: FrameConfig) -> Self {
+        SocketConfig {
+            addr,
+            role,
+            framing,
+            read_buf: 256 * 1024,
+            out_buf: 1024 * 1024,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            max_reads_per_poll: 16,
+        }
+    }
+
+    /// Parse `addr` (`tcp:...` / `unix:...`) and use the defaults.
+    pub fn parse(addr: &str, role: Role, framing: FrameConfig) -> Result<Self, AddrError> {
+        Ok(Self::new(addr.parse()?, role, framing))
+    }
+}
+
+/// Why [`FramedSocket::send`] did not take a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The output buffer is full even after a flush: retry later (counted).
+    #[error("output buffer full")]
+    Backpressure,
+    /// The frame itself cannot be encoded (empty, oversize, bad vnet_hdr_len).
+    #[error("bad frame: {0}")]
+    Frame(FrameError),
+}
+
+/// Socket counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SocketStats {
+    /// Frames received and delivered.
+    pub frames_in: u64,
+    /// Packet bytes received and delivered.
+    pub bytes_in: u64,
+    /// Frames fully handed to the kernel.
+    pub frames_out: u64,
+    /// Packet bytes fully handed to the kernel.
+    pub bytes_out: u64,
+    /// Zero-length frames received (ignored).
+    pub empty_in: u64,
+    /// Oversize frames received (connection reset).
+    pub oversize: u64,
+    /// vnet_hdr_len > 20 received (connection reset).
+    pub bad_vnet: u64,
+    /// Connections that ended inside a frame.
+    pub truncated: u64,
+    /// Connections dropped because of bad input.
+    pub decode_resets: u64,
+    /// Connections established (connected or accepted).
+    pub connects: u64,
+    /// Connect attempts that failed.
+    pub connect_failures: u64,
+    /// Connections lost (peer close, error, bad input, replaced).
+    pub disconnects: u64,
+    /// Server: connections replaced by a newer peer.
+    pub replaced: u64,
+    /// `send` calls refused because the output buffer was full.
+    pub backpressure: u64,
+    /// `send` calls refused because the frame was invalid.
+    pub send_errors: u64,
+    /// Frames lost because their connection died mid-write.
+    pub dropped_on_disconnect: u64,
+    /// `read` system calls that returned data.
+    pub read_calls: u64,
+    /// `write` system calls that wrote data.
+    pub write_calls: u64,
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+    fn prepare(&self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => {
+                s.set_nonblocking(true)?;
+                s.set_nodelay(true)
+            }
+            Stream::Unix(s) => s.set_nonblocking(true),
+        }
+    }
+}
+
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+impl Listener {
+    fn accept(&self) -> io::Result<Stream> {
+        match self {
+            Listener::Tcp(l) => l.accept().map(|(s, _)| Stream::Tcp(s)),
+            Listener::Unix(l, _) => l.accept().map(|(s, _)| Stream::Unix(s)),
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, p) = self {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// One framed, non-blocking stream link (see the module docs).
+pub struct FramedSocket {
+    cfg: SocketConfig,
+    listener: Option<Listener>,
+    conn: Option<Stream>,
+    connecting: Option<mpsc::Receiver<io::Result<TcpStream>>>,
+    next_attempt: Option<Instant>,
+    backoff: Duration,
+    decoder: Decoder,
+    rbuf: Box<[u8]>,
+    obuf: Vec<u8>,
+    /// Bytes of `obuf` written to the kernel.
+    wpos: usize,
+    /// Start of the first frame in `obuf` not yet fully written.
+    fpos: usize,
+    stats: SocketStats,
+    /// Decoder counters already folded into `stats` (decoders reset per connection).
+    dec_seen: DecoderStats,
+}
+
+impl fmt::Debug for FramedSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FramedSocket")
+            .field("addr", &self.cfg.addr)
+            .field("role", &self.cfg.role)
+            .field("connected", &self.conn.is_some())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl FramedSocket {
+    /// Create the socket; a server binds and listens now (a stale UNIX socket file is
+    /// replaced), a client connects on its first poll.
+    pub fn new(mut cfg: SocketConfig) -> io::Result<Self> {
+        cfg.read_buf = cfg.read_buf.max(MIN_READ_BUF);
+        cfg.out_buf = cfg
+            .out_buf
+            .max(cfg.framing.encoded_len(cfg.framing.max_frame));
+        let listener = match (cfg.role, &cfg.addr) {
+            (Role::Client, _) => None,
+            (Role::Server, LinkAddr::Tcp(a)) => {
+                let l = TcpListener::bind(a)?;
+                l.set_nonblocking(true)?;
+                Some(Listener::Tcp(l))
+            }
+            (Role::Server, LinkAddr::Unix(p)) => {
+                if let Ok(md) = std::fs::symlink_metadata(p) {
+                    if md.file_type().is_socket() {
+                        std::fs::remove_file(p)?;
+                    }
+                }
+                let l = UnixListener::bind(p)?;
+                l.set_nonblocking(true)?;
+                Some(Listener::Unix(l, p.clone()))
+            }
+        };
+        Ok(FramedSocket {
+            decoder: Decoder::new(cfg.framing),
+            rbuf: vec![0u8; cfg.read_buf].into_boxed_slice(),
+            obuf: Vec::with_capacity(cfg.out_buf),
+            backoff: cfg.backoff_initial,
+            cfg,
+            listener,
+            conn: None,
+            connecting: None,
+            next_attempt: None,
+            wpos: 0,
+            fpos: 0,
+            stats: SocketStats::default(),
+            dec_seen: DecoderStats::default(),
+        })
+    }
+
+    /// The bound address of a TCP server (useful with port 0).
+    pub fn local_tcp_addr(&self) -> Option<SocketAddr> {
+        match &self.listener {
+            Some(Listener::Tcp(l)) => l.local_addr().ok(),
+            _ => None,
+        }
+    }
+
+    /// The configuration (after minimums were applied).
+    pub fn config(&self) -> &SocketConfig {
+        &self.cfg
+    }
+
+    /// True while a peer is connected.
+    pub fn is_connected(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> SocketStats {
+        self.stats
+    }
+
+    /// Output bytes not yet handed to the kernel.
+    pub fn pending_out(&self) -> usize {
+        self.obuf.len() - self.wpos
+    }
+
+    /// Connection housekeeping: accept (server) or connect with back-off (client). Called by
+    /// the poll functions; cheap when nothing is due.
+    pub fn maintain(&mut self, now: Instant) {
+        match self.cfg.role {
+            Role::Server => self.accept_pending(),
+            Role::Client => {
+                if self.conn.is_none() {
+                    self.drive_connect(now);
+                }
+            }
+        }
+    }
+
+    fn accept_pending(&mut self) {
+        loop {
+            let Some(l) = &self.listener else { return };
+            match l.accept() {
+                Ok(s) => {
+                    if s.prepare().is_err() {
+                        self.stats.connect_failures += 1;
+                        continue;
+                    }
+                    if self.conn.is_some() {
+                        self.stats.replaced += 1;
+                        self.disconnect();
+                    }
+                    self.install(s);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.stats.connect_failures += 1;
+                    break;
+                }
+            }
+        }
+    }
+
+    fn drive_connect(&mut self, now: Instant) {
+        if let Some(rx) = &self.connecting {
+            match rx.try_recv() {
+                Ok(Ok(s)) => {
+                    self.connecting = None;
+                    let s = Stream::Tcp(s);
+                    if s.prepare().is_ok() {
+                        self.install(s);
+                    } else {
+                        self.connect_failed(now);
+                    }
+                }
+                Ok(Err(_)) | Err(mpsc::TryRecvError::Disconnected) => {
+                    self.connecting = None;
+                    self.connect_failed(now);
+                }
+                Err(mpsc::TryRecvError::Empty) => {}
+            }
+            return;
+        }
+        if self.next_attempt.is_some_and(|t| now < t) {
+            return;
+        }
+        match &self.cfg.addr {
+            LinkAddr::Unix(p) => match UnixStream::connect(p) {
+                Ok(s) => {
+                    let s = Stream::Unix(s);
+                    if s.prepare().is_ok() {
+                        self.install(s);
+                    } else {
+                        self.connect_failed(now);
+                    }
+                }
+                Err(_) => self.connect_failed(now),
+            },
+            LinkAddr::Tcp(a) => {
+                let (tx, rx) = mpsc::channel();
+                let a = *a;
+                let timeout = self.cfg.connect_timeout;
+                let spawned = std::thread::Builder::new()
+                    .name("link-connect".into())
+                    .spawn(move || {
+                        let _ = tx.send(TcpStream::connect_timeout(&a, timeout));
+                    });
+                match spawned {
+                    Ok(_) => self.connecting = Some(rx),
+                    Err(_) => self.connect_failed(now),
+                }
+            }
+        }
+    }
+
+    fn connect_failed(&mut self, now: Instant) {
+        self.stats.connect_failures += 1;
+        self.next_attempt = Some(now + self.backoff);
+        self.backoff = (self.backoff * 2).min(self.cfg.backoff_max);
+    }
+
+    fn install(&mut self, s: Stream) {
+        self.conn = Some(s);
+        self.decoder.reset();
+        self.dec_seen = self.decoder.stats();
+        self.stats.connects += 1;
+        self.backoff = self.cfg.backoff_initial;
+        self.next_attempt = None;
+    }
+
+    /// Drop the current connection (peer close, error, bad input or replacement).
+    fn disconnect(&mut self) {
+        if self.conn.take().is_none() {
+            return;
+        }
+        self.stats.disconnects += 1;
+        let _ = self.decoder.finish();
+        self.fold_decoder_stats();
+        self.decoder.reset();
+        self.dec_seen = self.decoder.stats();
+        // A partially written frame cannot be continued on another connection.
+        let hl = self.cfg.framing.header_len();
+        let mut cut = self.fpos;
+        if self.wpos > self.fpos {
+            cut = (self.fpos + hl + self.frame_len_at(self.fpos)).min(self.obuf.len());
+            self.stats.dropped_on_disconnect += 1;
+        }
+        self.obuf.drain(..cut);
+        self.wpos = 0;
+        self.fpos = 0;
+        // Reconnect at once; back-off applies to failed attempts.
+        self.next_attempt = None;
+    }
+
+    fn frame_len_at(&self, pos: usize) -> usize {
+        match self.obuf.get(pos..pos + 4) {
+            Some(b) => u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize,
+            None => 0,
+        }
+    }
+
+    fn fold_decoder_stats(&mut self) {
+        let d = self.decoder.stats();
+        let s = &mut self.stats;
+        let p = self.dec_seen;
+        s.empty_in += d.empty - p.empty;
+        s.oversize += d.oversize - p.oversize;
+        s.bad_vnet += d.bad_vnet - p.bad_vnet;
+        s.truncated += d.truncated - p.truncated;
+        self.dec_seen = d;
+    }
+
+    /// Read and decode what is available, calling `f(vnet_hdr_len, frame)` for each frame
+    /// (zero-length frames are counted, not delivered). Never blocks; returns frames
+    /// delivered.
+    pub fn poll_recv(&mut self, mut f: impl FnMut(u32, &[u8])) -> usize {
+        if self.conn.is_none() || self.cfg.role == Role::Server {
+            self.maintain(Instant::now());
+        }
+        let mut delivered = 0usize;
+        for _ in 0..self.cfg.max_reads_per_poll.max(1) {
+            let Some(conn) = self.conn.as_mut() else {
+                break;
+            };
+            match conn.read(&mut self.rbuf) {
+                Ok(0) => {
+                    self.disconnect();
+                    break;
+                }
+                Ok(n) => {
+                    self.stats.read_calls += 1;
+                    let stats = &mut self.stats;
+                    let r = self.decoder.feed(&self.rbuf[..n], |d| {
+                        if let Decoded::Frame { vnet_hdr_len, data } = d {
+                            stats.frames_in += 1;
+                            stats.bytes_in += data.len() as u64;
+                            delivered += 1;
+                            f(vnet_hdr_len, data);
+                        }
+                    });
+                    if r.is_err() {
+                        self.stats.decode_resets += 1;
+                        self.disconnect();
+                        break;
+                    }
+                    if n < self.rbuf.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.disconnect();
+                    break;
+                }
+            }
+        }
+        self.fold_decoder_stats();
+        delivered
+    }
+
+    /// Queue one frame for sending (copied into the output buffer; no syscall unless the
+    /// buffer is full, then one flush is tried first).
+    pub fn send(&mut self, vnet_hdr_len: u32, frame: &[u8]) -> Result<(), SendError> {
+        let need = self.cfg.framing.encoded_len(frame.len());
+        if self.obuf.capacity() - self.obuf.len() < need {
+            self.compact();
+            if self.obuf.capacity() - self.obuf.len() < need {
+                self.flush();
+                self.compact();
+            }
+        }
+        match self
+            .cfg
+            .framing
+            .encode_append(&mut self.obuf, vnet_hdr_len, frame)
+        {
+            Ok(_) => Ok(()),
+            Err(FrameError::NoRoom { .. }) => {
+                self.stats.backpressure += 1;
+                Err(SendError::Backpressure)
+            }
+            Err(e) => {
+                self.stats.send_errors += 1;
+                Err(SendError::Frame(e))
+            }
+        }
+    }
+
+    /// Move unwritten bytes to the front of the output buffer (only when it is needed).
+    fn compact(&mut self) {
+        if self.fpos > 0 {
+            self.obuf.drain(..self.fpos);
+            self.wpos -= self.fpos;
+            self.fpos = 0;
+        }
+    }
+
+    /// Write queued frames (one `write` per call while the kernel takes them). Never blocks;
+    /// returns the bytes still pending.
+    pub fn flush(&mut self) -> usize {
+        if self.conn.is_none() {
+            self.maintain(Instant::now());
+        }
+        while self.wpos < self.obuf.len() {
+            let Some(conn) = self.conn.as_mut() else {
+                break;
+            };
+            match conn.write(&self.obuf[self.wpos..]) {
+                Ok(0) => {
+                    self.disconnect();
+                    break;
+                }
+                Ok(n) => {
+                    self.stats.write_calls += 1;
+                    self.wpos += n;
+                    self.account_written();
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.disconnect();
+                    break;
+                }
+            }
+        }
+        if self.wpos == self.obuf.len() && self.wpos > 0 {
+            self.obuf.clear();
+            self.wpos = 0;
+            self.fpos = 0;
+        }
+        self.pending_out()
+    }
+
+    /// Count frames whose last byte has been written.
+    fn account_written(&mut self) {
+        let hl = self.cfg.framing.header_len();
+        while self.fpos + hl <= self.wpos {
+            let len = self.frame_len_at(self.fpos);
+            let end = self.fpos + hl + len;
+            if end > self.wpos {
+                break;
+            }
+            self.fpos = end;
+            self.stats.frames_out += 1;
+            self.stats.bytes_out += len as u64;
+        }
+    }
+
+    /// Receive and flush in one call.
+    pub fn poll(&mut self, f: impl FnMut(u32, &[u8])) -> usize {
+        let n = self.poll_recv(f);
+        self.flush();
+        n
+    }
+}
