@@ -1,0 +1,474 @@
+//! Ethernet ports: [`Port`] (control: configure, start/stop, stats, link, MAC) and per-queue
+//! data-path handles [`RxQueue`]/[`TxQueue`].
+//!
+//! Each queue handle can be taken once, so one queue is polled by one lcore (DPDK's rule). The
+//! device is stopped and closed when the port and all its queue handles are gone. The port keeps
+//! its mempool alive (its rx rings hold mbufs from it).
+
+use std::ffi::{CStr, CString};
+use std::os::raw::c_char;
+use std::sync::Arc;
+
+use super::eal;
+use super::error::{DpdkError, Result};
+use super::ffi;
+use super::mbuf::MbufBurst;
+use super::mempool::Mempool;
+
+/// Queue and descriptor counts for [`Port::open`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortConfig {
+    /// Number of rx queues.
+    pub rx_queues: u16,
+    /// Number of tx queues.
+    pub tx_queues: u16,
+    /// Descriptors per rx queue.
+    pub rx_desc: u16,
+    /// Descriptors per tx queue.
+    pub tx_desc: u16,
+    /// Enable promiscuous mode at open.
+    pub promiscuous: bool,
+}
+
+impl Default for PortConfig {
+    fn default() -> Self {
+        PortConfig {
+            rx_queues: 1,
+            tx_queues: 1,
+            rx_desc: 1024,
+            tx_desc: 1024,
+            promiscuous: true,
+        }
+    }
+}
+
+/// Basic port counters (`rte_eth_stats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortStats {
+    /// Packets received.
+    pub ipackets: u64,
+    /// Packets sent.
+    pub opackets: u64,
+    /// Bytes received.
+    pub ibytes: u64,
+    /// Bytes sent.
+    pub obytes: u64,
+    /// Rx packets dropped by the device (no descriptor).
+    pub imissed: u64,
+    /// Rx errors.
+    pub ierrors: u64,
+    /// Tx errors.
+    pub oerrors: u64,
+    /// Rx mbuf allocation failures.
+    pub rx_nombuf: u64,
+}
+
+/// Link state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStatus {
+    /// Link up.
+    pub up: bool,
+    /// Speed in Mb/s (0 if unknown).
+    pub speed_mbps: u32,
+    /// Full duplex.
+    pub full_duplex: bool,
+}
+
+struct Inner {
+    id: u16,
+    _pool: Mempool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // SAFETY: no queue handle is left (they hold this Arc), so nothing polls the port.
+        unsafe {
+            ffi::rte_eth_dev_stop(self.id);
+            ffi::rte_eth_dev_close(self.id);
+        }
+        eal::live_dec();
+    }
+}
+
+/// A configured ethdev port.
+pub struct Port {
+    inner: Arc<Inner>,
+    cfg: PortConfig,
+    rx_taken: Vec<bool>,
+    tx_taken: Vec<bool>,
+    started: bool,
+}
+
+fn check(ret: i32, what: impl FnOnce() -> String) -> Result<()> {
+    if ret < 0 {
+        Err(DpdkError::from_ret(ret, what()))
+    } else {
+        Ok(())
+    }
+}
+
+impl Port {
+    /// Port id of the device called `name` (e.g. `net_ring0`).
+    pub fn id_by_name(name: &str) -> Result<u16> {
+        let what = || format!("looking up port {name:?}");
+        eal::ensure_up(&what())?;
+        let c = CString::new(name).map_err(|_| DpdkError::new(libc::EINVAL, what()))?;
+        let mut id = 0u16;
+        // SAFETY: EAL is up; valid C string and out pointer.
+        let r = unsafe { ffi::rte_eth_dev_get_port_by_name(c.as_ptr(), &mut id) };
+        check(r, what)?;
+        Ok(id)
+    }
+
+    /// Hot-plug a virtual device (`devargs` like `net_null5` or `net_pcap0,rx_pcap=x.pcap`) and
+    /// return its port id.
+    pub fn attach_vdev(devargs: &str) -> Result<u16> {
+        let what = || format!("attaching vdev {devargs:?}");
+        eal::ensure_up(&what())?;
+        let c = CString::new(devargs).map_err(|_| DpdkError::new(libc::EINVAL, what()))?;
+        // SAFETY: EAL is up; valid C string.
+        let r = unsafe { ffi::rte_dev_probe(c.as_ptr()) };
+        check(r, what)?;
+        let name = devargs.split(',').next().unwrap_or(devargs);
+        Self::id_by_name(name)
+    }
+
+    /// Create two ethdevs `a` and `b` wired back to back over two new rings (what `a` sends,
+    /// `b` receives and vice versa) and return their port ids. The rings live for the process.
+    pub fn ring_pair(a: &str, b: &str) -> Result<(u16, u16)> {
+        let what = |s: &str| format!("creating ring port pair {a:?}/{b:?}: {s}");
+        eal::ensure_up(&what("start"))?;
+        let mk = |n: &str| -> Result<*mut ffi::rte_ring> {
+            let c = CString::new(format!("rp_{n}"))
+                .map_err(|_| DpdkError::new(libc::EINVAL, what("NUL in name")))?;
+            // SAFETY: EAL is up; DPDK copies the name. MP/MC default flags (the PMD may use
+            // either end from any lcore).
+            let r = unsafe { ffi::rte_ring_create(c.as_ptr(), 1024, ffi::SOCKET_ID_ANY, 0) };
+            if r.is_null() {
+                Err(DpdkError::last(what(&format!("ring for {n}"))))
+            } else {
+                Ok(r)
+            }
+        };
+        let a_to_b = mk(a)?;
+        let b_to_a = mk(b)?;
+        let mk_port = |n: &str, rx: *mut ffi::rte_ring, tx: *mut ffi::rte_ring| -> Result<u16> {
+            let c =
+                CString::new(n).map_err(|_| DpdkError::new(libc::EINVAL, what("NUL in name")))?;
+            let rxs = [rx];
+            let txs = [tx];
+            // SAFETY: EAL is up; the ring arrays live across the call; the rings are never
+            // freed, so the ports never see dangling rings.
+            let r =
+                unsafe { ffi::rte_eth_from_rings(c.as_ptr(), rxs.as_ptr(), 1, txs.as_ptr(), 1, 0) };
+            if r < 0 {
+                Err(DpdkError::last(what(&format!("ethdev {n}"))))
+            } else {
+                Ok(r as u16)
+            }
+        };
+        Ok((mk_port(a, b_to_a, a_to_b)?, mk_port(b, a_to_b, b_to_a)?))
+    }
+
+    /// Configure port `id` with `cfg`, its rx queues drawing mbufs from `pool`. Not started.
+    pub fn open(id: u16, cfg: &PortConfig, pool: &Mempool) -> Result<Port> {
+        let what = |step: &str| format!("port {id}: {step}");
+        eal::ensure_up(&what("open"))?;
+        // SAFETY: EAL is up; any u16 may be tested.
+        if unsafe { ffi::rte_eth_dev_is_valid_port(id) } == 0 {
+            return Err(DpdkError::new(libc::ENODEV, what("no such port")));
+        }
+        // SAFETY: zeroed rte_eth_conf is DPDK's "all defaults".
+        let conf: ffi::rte_eth_conf = unsafe { std::mem::zeroed() };
+        // SAFETY: valid port; conf lives across the call.
+        let r = unsafe { ffi::rte_eth_dev_configure(id, cfg.rx_queues, cfg.tx_queues, &conf) };
+        check(r, || {
+            what(&format!(
+                "configure {} rx / {} tx queues",
+                cfg.rx_queues, cfg.tx_queues
+            ))
+        })?;
+        // From here on the Drop of Inner closes the device on error.
+        eal::live_inc();
+        let inner = Arc::new(Inner {
+            id,
+            _pool: pool.clone(),
+        });
+        // SAFETY: valid port.
+        let socket = unsafe { ffi::rte_eth_dev_socket_id(id) };
+        let socket = if socket < 0 { 0 } else { socket as u32 };
+        for q in 0..cfg.rx_queues {
+            // SAFETY: valid configured port; NULL rxconf = defaults; pool outlives the port.
+            let r = unsafe {
+                ffi::rte_eth_rx_queue_setup(
+                    id,
+                    q,
+                    cfg.rx_desc,
+                    socket,
+                    std::ptr::null(),
+                    pool.as_ptr(),
+                )
+            };
+            check(r, || {
+                what(&format!("rx queue {q} setup ({} descriptors)", cfg.rx_desc))
+            })?;
+        }
+        for q in 0..cfg.tx_queues {
+            // SAFETY: valid configured port; NULL txconf = defaults.
+            let r = unsafe {
+                ffi::rte_eth_tx_queue_setup(id, q, cfg.tx_desc, socket, std::ptr::null())
+            };
+            check(r, || {
+                what(&format!("tx queue {q} setup ({} descriptors)", cfg.tx_desc))
+            })?;
+        }
+        let mut port = Port {
+            inner,
+            cfg: *cfg,
+            rx_taken: vec![false; cfg.rx_queues as usize],
+            tx_taken: vec![false; cfg.tx_queues as usize],
+            started: false,
+        };
+        if cfg.promiscuous {
+            port.set_promiscuous(true)?;
+        }
+        Ok(port)
+    }
+
+    /// Port id.
+    pub fn id(&self) -> u16 {
+        self.inner.id
+    }
+
+    /// The configuration it was opened with.
+    pub fn config(&self) -> &PortConfig {
+        &self.cfg
+    }
+
+    /// Device name (e.g. `net_ring0`).
+    pub fn name(&self) -> String {
+        let mut buf = [0 as c_char; ffi::RTE_ETH_NAME_MAX_LEN as usize];
+        // SAFETY: valid port; buf holds RTE_ETH_NAME_MAX_LEN bytes as DPDK requires.
+        let r = unsafe { ffi::rte_eth_dev_get_name_by_port(self.id(), buf.as_mut_ptr()) };
+        if r < 0 {
+            return format!("port{}", self.id());
+        }
+        // SAFETY: DPDK wrote a NUL-terminated name.
+        unsafe { CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned() }
+    }
+
+    /// Start the device.
+    pub fn start(&mut self) -> Result<()> {
+        // SAFETY: configured port.
+        let r = unsafe { ffi::rte_eth_dev_start(self.id()) };
+        check(r, || format!("port {}: start", self.id()))?;
+        self.started = true;
+        Ok(())
+    }
+
+    /// Stop the device. Stop polling its queues first.
+    pub fn stop(&mut self) -> Result<()> {
+        // SAFETY: configured port.
+        let r = unsafe { ffi::rte_eth_dev_stop(self.id()) };
+        check(r, || format!("port {}: stop", self.id()))?;
+        self.started = false;
+        Ok(())
+    }
+
+    /// True after a successful [`start`](Self::start).
+    pub fn is_started(&self) -> bool {
+        self.started
+    }
+
+    /// Enable or disable promiscuous mode.
+    pub fn set_promiscuous(&mut self, on: bool) -> Result<()> {
+        // SAFETY: configured port.
+        let r = unsafe {
+            if on {
+                ffi::rte_eth_promiscuous_enable(self.id())
+            } else {
+                ffi::rte_eth_promiscuous_disable(self.id())
+            }
+        };
+        // Some vdevs do not implement it; that is not an error for us.
+        if r == -libc::ENOTSUP {
+            return Ok(());
+        }
+        check(r, || format!("port {}: promiscuous {on}", self.id()))
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Result<PortStats> {
+        // SAFETY: zeroed stats is a valid out buffer.
+        let mut s: ffi::rte_eth_stats = unsafe { std::mem::zeroed() };
+        // SAFETY: valid port; s lives across the call.
+        let r = unsafe { ffi::rte_eth_stats_get(self.id(), &mut s) };
+        check(r, || format!("port {}: stats", self.id()))?;
+        Ok(PortStats {
+            ipackets: s.ipackets,
+            opackets: s.opackets,
+            ibytes: s.ibytes,
+            obytes: s.obytes,
+            imissed: s.imissed,
+            ierrors: s.ierrors,
+            oerrors: s.oerrors,
+            rx_nombuf: s.rx_nombuf,
+        })
+    }
+
+    /// Reset the counters.
+    pub fn reset_stats(&mut self) -> Result<()> {
+        // SAFETY: valid port.
+        let r = unsafe { ffi::rte_eth_stats_reset(self.id()) };
+        check(r, || format!("port {}: stats reset", self.id()))
+    }
+
+    /// Link state, without waiting.
+    pub fn link(&self) -> Result<LinkStatus> {
+        // SAFETY: zeroed link is a valid out buffer.
+        let mut l: ffi::rte_eth_link = unsafe { std::mem::zeroed() };
+        // SAFETY: valid port; l lives across the call.
+        let r = unsafe { ffi::rte_eth_link_get_nowait(self.id(), &mut l) };
+        check(r, || format!("port {}: link status", self.id()))?;
+        Ok(LinkStatus {
+            up: l.link_status() as u32 == ffi::RTE_ETH_LINK_UP,
+            speed_mbps: l.link_speed,
+            full_duplex: l.link_duplex() as u32 == ffi::RTE_ETH_LINK_FULL_DUPLEX,
+        })
+    }
+
+    /// MAC address.
+    pub fn mac(&self) -> Result<[u8; 6]> {
+        let mut a = ffi::rte_ether_addr::default();
+        // SAFETY: valid port; a lives across the call.
+        let r = unsafe { ffi::rte_eth_macaddr_get(self.id(), &mut a) };
+        check(r, || format!("port {}: MAC address", self.id()))?;
+        Ok(a.addr_bytes)
+    }
+
+    /// Take the handle of rx queue `q` (once).
+    pub fn rx_queue(&mut self, q: u16) -> Result<RxQueue> {
+        let id = self.id();
+        match self.rx_taken.get_mut(q as usize) {
+            None => Err(DpdkError::new(
+                libc::EINVAL,
+                format!("port {id}: no rx queue {q}"),
+            )),
+            Some(true) => Err(DpdkError::new(
+                libc::EBUSY,
+                format!("port {id}: rx queue {q} already taken"),
+            )),
+            Some(t) => {
+                *t = true;
+                Ok(RxQueue {
+                    port: id,
+                    queue: q,
+                    _dev: self.inner.clone(),
+                })
+            }
+        }
+    }
+
+    /// Take the handle of tx queue `q` (once).
+    pub fn tx_queue(&mut self, q: u16) -> Result<TxQueue> {
+        let id = self.id();
+        match self.tx_taken.get_mut(q as usize) {
+            None => Err(DpdkError::new(
+                libc::EINVAL,
+                format!("port {id}: no tx queue {q}"),
+            )),
+            Some(true) => Err(DpdkError::new(
+                libc::EBUSY,
+                format!("port {id}: tx queue {q} already taken"),
+            )),
+            Some(t) => {
+                *t = true;
+                Ok(TxQueue {
+                    port: id,
+                    queue: q,
+                    _dev: self.inner.clone(),
+                })
+            }
+        }
+    }
+}
+
+/// The receive side of one queue; poll it from one lcore.
+pub struct RxQueue {
+    port: u16,
+    queue: u16,
+    _dev: Arc<Inner>,
+}
+
+/// The transmit side of one queue; use it from one lcore.
+pub struct TxQueue {
+    port: u16,
+    queue: u16,
+    _dev: Arc<Inner>,
+}
+
+impl RxQueue {
+    /// Port id.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+    /// Queue id.
+    pub fn queue(&self) -> u16 {
+        self.queue
+    }
+
+    /// Receive into `burst`'s free space; returns how many mbufs were added.
+    #[inline]
+    pub fn rx_burst<const N: usize>(&mut self, burst: &mut MbufBurst<N>) -> usize {
+        let room = burst.free_space().min(u16::MAX as usize) as u16;
+        if room == 0 {
+            return 0;
+        }
+        // SAFETY: unique handle for this queue (one poller); writes at most `room` owned
+        // mbuf pointers into the burst's free slots.
+        let n = unsafe {
+            ffi::shim_rte_eth_rx_burst(
+                self.port,
+                self.queue,
+                burst.spare_ptr() as *mut *mut ffi::rte_mbuf,
+                room,
+            )
+        } as usize;
+        // SAFETY: the n slots after len now hold owned mbufs.
+        unsafe { burst.set_len(burst.len() + n) };
+        n
+    }
+}
+
+impl TxQueue {
+    /// Port id.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+    /// Queue id.
+    pub fn queue(&self) -> u16 {
+        self.queue
+    }
+
+    /// Transmit `burst`'s mbufs, front first; returns how many the device took. Unsent mbufs
+    /// stay in `burst` (at its front): retry, or count and `clear()` them.
+    #[inline]
+    pub fn tx_burst<const N: usize>(&mut self, burst: &mut MbufBurst<N>) -> usize {
+        let len = burst.len().min(u16::MAX as usize) as u16;
+        if len == 0 {
+            return 0;
+        }
+        // SAFETY: unique handle for this queue; the first len slots are owned mbufs; the
+        // device takes ownership of the first n.
+        let n = unsafe {
+            ffi::shim_rte_eth_tx_burst(
+                self.port,
+                self.queue,
+                burst.as_raw_ptr() as *mut *mut ffi::rte_mbuf,
+                len,
+            )
+        } as usize;
+        burst.consume_front(n);
+        n
+    }
+}
