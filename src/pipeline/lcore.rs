@@ -37,6 +37,8 @@ pub enum Command {
     Failover,
     /// Turn divergence capture on or off.
     Capture(bool),
+    /// Stop generating traffic (built-in simulators), ahead of a stop.
+    Quiesce,
 }
 
 /// Run phases, moved forward only by management.
