@@ -1,0 +1,140 @@
+//! Burst buffers around transmit queues and inter-lcore rings.
+//!
+//! Every mbuf handed to these types ends in exactly one counter: [`Counter::Tx`] when the
+//! device took it, [`Counter::DropTxFull`] when the queue stayed full, and ring leftovers are
+//! kept (back-pressure), never dropped, until the stage is flushed at shutdown.
+
+use crate::dpdk::{Mbuf, MbufBurst, RingConsumer, RingProducer, TxQueue};
+
+use super::counters::{Counter, LcoreCounters};
+
+/// Frames per burst on every port and ring.
+pub const BURST: usize = 32;
+
+/// Transmit attempts before the rest of a burst is dropped as `DropTxFull`.
+const TX_ATTEMPTS: usize = 4;
+
+/// A transmit queue with a pending burst, flushed when full and at the end of every poll.
+pub struct TxBuf {
+    queue: TxQueue,
+    pending: MbufBurst<BURST>,
+}
+
+impl TxBuf {
+    /// Wrap a transmit queue.
+    pub fn new(queue: TxQueue) -> Self {
+        TxBuf {
+            queue,
+            pending: MbufBurst::new(),
+        }
+    }
+
+    /// Queue `m` for transmission.
+    #[inline]
+    pub fn push(&mut self, m: Mbuf, counters: &LcoreCounters) {
+        if self.pending.is_full() {
+            self.flush(counters);
+        }
+        // After a flush the burst is empty, so the push cannot fail.
+        if let Err(m) = self.pending.push(m) {
+            drop(m);
+            counters.inc(Counter::DropTxFull);
+        }
+    }
+
+    /// Send what is pending; a queue that stays full drops the rest (counted).
+    #[inline]
+    pub fn flush(&mut self, counters: &LcoreCounters) {
+        if self.pending.is_empty() {
+            return;
+        }
+        for _ in 0..TX_ATTEMPTS {
+            let sent = self.queue.tx_burst(&mut self.pending);
+            counters.add(Counter::Tx, sent as u64);
+            if self.pending.is_empty() {
+                return;
+            }
+        }
+        counters.add(Counter::DropTxFull, self.pending.len() as u64);
+        self.pending.clear();
+    }
+}
+
+/// The producer side of an inter-lcore mbuf ring with back-pressure: frames that do not fit
+/// stay pending and are retried; the caller stops taking input while [`RingOut::has_room`] is
+/// false.
+pub struct RingOut {
+    ring: RingProducer<Mbuf>,
+    pending: MbufBurst<BURST>,
+}
+
+impl RingOut {
+    /// Wrap a ring producer.
+    pub fn new(ring: RingProducer<Mbuf>) -> Self {
+        RingOut {
+            ring,
+            pending: MbufBurst::new(),
+        }
+    }
+
+    /// True when another frame can be pushed without blocking.
+    #[inline]
+    pub fn has_room(&self) -> bool {
+        !self.pending.is_full()
+    }
+
+    /// Queue `m`; returns it when the pending burst is full (call [`RingOut::flush`] first).
+    #[inline]
+    pub fn push(&mut self, m: Mbuf, counters: &LcoreCounters) -> Result<(), Mbuf> {
+        if self.pending.is_full() {
+            self.flush(counters);
+        }
+        self.pending.push(m)
+    }
+
+    /// Enqueue what is pending; what does not fit stays pending.
+    #[inline]
+    pub fn flush(&mut self, counters: &LcoreCounters) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.ring.enqueue_burst(&mut self.pending);
+        if !self.pending.is_empty() {
+            counters.inc(Counter::RingFullRetry);
+        }
+    }
+
+    /// Frames still pending.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Shutdown: drop whatever could not be enqueued (counted).
+    pub fn discard_pending(&mut self, counters: &LcoreCounters) {
+        counters.add(Counter::DropRingFull, self.pending.len() as u64);
+        self.pending.clear();
+    }
+}
+
+/// The consumer side of an inter-lcore mbuf ring.
+pub struct RingIn {
+    ring: RingConsumer<Mbuf>,
+}
+
+impl RingIn {
+    /// Wrap a ring consumer.
+    pub fn new(ring: RingConsumer<Mbuf>) -> Self {
+        RingIn { ring }
+    }
+
+    /// Dequeue into `burst`'s free space.
+    #[inline]
+    pub fn dequeue(&mut self, burst: &mut MbufBurst<BURST>) -> usize {
+        self.ring.dequeue_burst(burst)
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.ring.is_empty()
+    }
+}
