@@ -87,6 +87,10 @@ counters! {
     RewritePassed = "rewrite_passed",
     /// Times a ring enqueue found the ring full (the frames were kept and retried).
     RingFullRetry = "ring_full_retry",
+    /// Frames the link's sequence numbers say were lost in transit.
+    LinkLost = "link_lost",
+    /// Link frames that arrived reordered, duplicated or after a resync.
+    LinkReordered = "link_reordered",
     /// Checkpoint-done commands applied by this lcore.
     CheckpointsApplied = "checkpoints_applied",
     /// TSC cycles spent in loops that did work.

@@ -4,4 +4,5 @@ pub mod counters;
 pub mod io;
 pub mod latency;
 pub mod lcore;
+pub mod link;
 pub mod runtime;

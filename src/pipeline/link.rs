@@ -1,0 +1,227 @@
+//! The inter-host link as the stages see it: a transmit side (the mirror stream on the primary,
+//! the SVM's output on the secondary) and a receive side (the other stream).
+//!
+//! Transports:
+//! - a DPDK port with the encapsulation of [`crate::link::encap`] (stream id + sequence number,
+//!   so loss and reordering are counted), or raw frames;
+//! - a QEMU-framed TCP/UNIX socket ([`crate::link::socket::FramedSocket`]), so either end can be
+//!   QEMU's own filter-mirror / filter-redirector / colo-compare.
+//!
+//! The mirror hands the link zero-copy clones; a shared mbuf cannot take a header in place, so
+//! the encapsulating transmitter copies those (and only those) into a fresh mbuf.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use crate::dpdk::{Mbuf, MbufBurst, Mempool, RxQueue};
+use crate::link::encap::{EncapRx, EncapTx, SeqEvent, OVERHEAD};
+use crate::link::socket::FramedSocket;
+
+use super::counters::{Counter, LcoreCounters};
+use super::io::{TxBuf, BURST};
+use super::lcore::LoopCtx;
+
+/// Frames a socket receiver keeps decoded but not yet taken by its stage.
+const SOCKET_RX_BACKLOG: usize = 4096;
+/// Read from the socket only while the backlog is below this.
+const SOCKET_RX_REFILL: usize = 1024;
+
+/// Transmit side of the link.
+pub enum LinkTx {
+    /// A DPDK port queue carrying frames as they are.
+    RawPort(TxBuf),
+    /// A DPDK port queue carrying encapsulated frames.
+    EncapPort {
+        /// The queue.
+        tx: TxBuf,
+        /// Sequence stamping for this stream.
+        encap: EncapTx,
+        /// Pool for copies of shared frames.
+        pool: Mempool,
+    },
+    /// A QEMU-framed socket.
+    Socket(Box<FramedSocket>),
+    /// No link: frames are dropped and counted.
+    Down,
+}
+
+impl LinkTx {
+    /// Hand a frame to the link (ownership ends here: it is counted as sent or dropped).
+    #[inline]
+    pub fn push(&mut self, m: Mbuf, c: &LcoreCounters) {
+        match self {
+            LinkTx::RawPort(tx) => tx.push(m, c),
+            LinkTx::EncapPort { tx, encap, pool } => {
+                let mut m = if m.is_shared() {
+                    match copy_with_headroom(&m, pool) {
+                        Some(copy) => copy,
+                        None => {
+                            c.inc(Counter::DropNoMbuf);
+                            return;
+                        }
+                    }
+                } else {
+                    m
+                };
+                match encap.encap(&mut m, 0) {
+                    Ok(_) => tx.push(m, c),
+                    Err(_) => c.inc(Counter::DropUnsupported),
+                }
+            }
+            LinkTx::Socket(s) => {
+                // The socket copies the bytes into its output buffer; the mbuf is done.
+                match s.send(0, m.data()) {
+                    Ok(()) => c.inc(Counter::Tx),
+                    Err(_) => c.inc(Counter::DropLinkDown),
+                }
+            }
+            LinkTx::Down => c.inc(Counter::DropLinkDown),
+        }
+    }
+
+    /// Send what is queued.
+    #[inline]
+    pub fn flush(&mut self, c: &LcoreCounters) {
+        match self {
+            LinkTx::RawPort(tx) | LinkTx::EncapPort { tx, .. } => tx.flush(c),
+            LinkTx::Socket(s) => {
+                s.flush();
+            }
+            LinkTx::Down => {}
+        }
+    }
+
+    /// Periodic work: socket (re)connection.
+    pub fn housekeeping(&mut self, _cx: &LoopCtx) {
+        if let LinkTx::Socket(s) = self {
+            s.maintain(Instant::now());
+            s.flush();
+        }
+    }
+}
+
+fn copy_with_headroom(m: &Mbuf, pool: &Mempool) -> Option<Mbuf> {
+    let mut copy = pool.alloc()?;
+    if (copy.headroom() as usize) < OVERHEAD {
+        return None;
+    }
+    copy.set_data(m.data()).ok()?;
+    copy.set_timestamp(m.timestamp());
+    Some(copy)
+}
+
+/// Receive side of the link.
+pub enum LinkRx {
+    /// A DPDK port queue carrying frames as they are.
+    RawPort(RxQueue),
+    /// A DPDK port queue carrying encapsulated frames.
+    EncapPort {
+        /// The queue.
+        rx: RxQueue,
+        /// Header check and per-stream sequence tracking.
+        decap: Box<EncapRx>,
+    },
+    /// A QEMU-framed socket; frames are copied into mbufs from `pool`.
+    Socket {
+        /// The socket.
+        sock: Box<FramedSocket>,
+        /// Pool for received frames.
+        pool: Mempool,
+        /// Decoded frames not yet taken (bounded).
+        backlog: VecDeque<Mbuf>,
+    },
+    /// No link.
+    Down,
+}
+
+impl LinkRx {
+    /// A socket receiver.
+    pub fn socket(sock: FramedSocket, pool: Mempool) -> Self {
+        LinkRx::Socket {
+            sock: Box::new(sock),
+            pool,
+            backlog: VecDeque::with_capacity(SOCKET_RX_BACKLOG),
+        }
+    }
+
+    /// Receive into `burst`; counts [`Counter::Rx`] for every frame taken from the link.
+    #[inline]
+    pub fn recv(&mut self, burst: &mut MbufBurst<BURST>, cx: &LoopCtx) -> usize {
+        let c = cx.counters;
+        match self {
+            LinkRx::RawPort(rx) => {
+                let n = rx.rx_burst(burst);
+                c.add(Counter::Rx, n as u64);
+                n
+            }
+            LinkRx::EncapPort { rx, decap } => {
+                let mut tmp = MbufBurst::<BURST>::new();
+                let n = rx.rx_burst(&mut tmp);
+                c.add(Counter::Rx, n as u64);
+                for mut m in tmp.drain() {
+                    match decap.decap(&mut m) {
+                        Ok((_, ev)) => {
+                            match ev {
+                                SeqEvent::InOrder | SeqEvent::First => {}
+                                SeqEvent::Gap { lost, .. } => {
+                                    c.add(Counter::LinkLost, u64::from(lost))
+                                }
+                                _ => c.inc(Counter::LinkReordered),
+                            }
+                            // burst has room: tmp held at most BURST and burst was empty.
+                            if let Err(m) = burst.push(m) {
+                                drop(m);
+                                c.inc(Counter::DropRingFull);
+                            }
+                        }
+                        Err(_) => c.inc(Counter::DropUnsupported),
+                    }
+                }
+                n
+            }
+            LinkRx::Socket {
+                sock,
+                pool,
+                backlog,
+            } => {
+                if backlog.len() < SOCKET_RX_REFILL {
+                    sock.poll_recv(|vnet_hdr_len, frame| {
+                        c.inc(Counter::Rx);
+                        // QEMU puts the virtio-net header in front of the Ethernet frame.
+                        let eth = frame.get(vnet_hdr_len as usize..).unwrap_or(&[]);
+                        if backlog.len() >= SOCKET_RX_BACKLOG {
+                            c.inc(Counter::DropRingFull);
+                            return;
+                        }
+                        match pool.alloc() {
+                            Some(mut m) => match m.set_data(eth) {
+                                Ok(()) => backlog.push_back(m),
+                                Err(_) => c.inc(Counter::DropUnsupported),
+                            },
+                            None => c.inc(Counter::DropNoMbuf),
+                        }
+                    });
+                }
+                let mut n = 0;
+                while !burst.is_full() {
+                    let Some(m) = backlog.pop_front() else { break };
+                    // is_full() was checked, so push cannot fail.
+                    if let Err(m) = burst.push(m) {
+                        backlog.push_front(m);
+                        break;
+                    }
+                    n += 1;
+                }
+                n
+            }
+            LinkRx::Down => 0,
+        }
+    }
+
+    /// Periodic work: socket (re)connection.
+    pub fn housekeeping(&mut self, _cx: &LoopCtx) {
+        if let LinkRx::Socket { sock, .. } = self {
+            sock.maintain(Instant::now());
+        }
+    }
+}
