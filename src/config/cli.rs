@@ -1,9 +1,204 @@
-//! `check-config` subcommand (work in progress).
+//! `colo-proxy check-config FILE`: load, validate, print a summary (exit 0) or every error as
+//! `error: FILE: message` (exit 2).
+
+use std::fmt::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
+use super::{build::fmt_set, BypassRule, Config, LinkSpec, PortDevice, SocketMode};
+
 /// `colo-proxy check-config FILE`.
-pub fn check_config(_file: &Path) -> ExitCode {
-    eprintln!("colo-proxy check-config: not implemented yet");
-    ExitCode::FAILURE
+pub fn check_config(file: &Path) -> ExitCode {
+    match Config::load(file) {
+        Ok(cfg) => {
+            let eal = cfg.eal_args(&[]);
+            print!("{}", summary(&cfg, &eal));
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            for msg in err.messages() {
+                eprintln!("error: {}: {msg}", file.display());
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn mode(m: SocketMode) -> &'static str {
+    match m {
+        SocketMode::Server => "server",
+        SocketMode::Client => "client",
+    }
+}
+
+fn bypass(r: &BypassRule) -> String {
+    let proto = match r.proto {
+        None => "any".to_string(),
+        Some(p) => super::bypass::proto_name(p),
+    };
+    let ports = if *r.ports.start() == 0 && *r.ports.end() == u16::MAX {
+        "any port".to_string()
+    } else if r.ports.start() == r.ports.end() {
+        format!("port {}", r.ports.start())
+    } else {
+        format!("ports {}-{}", r.ports.start(), r.ports.end())
+    };
+    let prefix = match r.prefix {
+        None => "any address".to_string(),
+        Some((ip, len)) => format!("{ip}/{len}"),
+    };
+    format!("{proto}, {ports}, {prefix}")
+}
+
+/// Human summary of a validated config and its final EAL argument list.
+pub fn summary(cfg: &Config, eal_args: &[String]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "role: {}", cfg.role);
+    if cfg.ports.is_empty() {
+        let _ = writeln!(s, "ports: none");
+    } else {
+        let _ = writeln!(s, "ports:");
+    }
+    for p in cfg.ports.values() {
+        let dev = match &p.device {
+            PortDevice::Pci(a) => format!("pci {a}"),
+            PortDevice::Vdev(d) => format!("vdev {d}"),
+        };
+        let _ = writeln!(
+            s,
+            "  {:<6} {dev}  rxq {} txq {}  rx_desc {} tx_desc {}",
+            p.name, p.rx_queues, p.tx_queues, p.rx_desc, p.tx_desc
+        );
+    }
+    match &cfg.link {
+        None => {}
+        Some(LinkSpec::Port {
+            port,
+            ether_type,
+            peer_mac,
+        }) => {
+            let mac = peer_mac.map_or("broadcast".to_string(), |m| {
+                m.iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":")
+            });
+            let _ = writeln!(
+                s,
+                "link: port {port}, ether_type {ether_type:#06x}, peer {mac}"
+            );
+        }
+        Some(LinkSpec::Socket {
+            mirror,
+            secondary_out,
+            vnet_hdr_support,
+            reconnect_ms,
+        }) => {
+            let _ = writeln!(
+                s,
+                "link: sockets, mirror {} ({}), secondary_out {} ({}), vnet_hdr {vnet_hdr_support}, reconnect {reconnect_ms} ms",
+                mirror.addr,
+                mode(mirror.mode),
+                secondary_out.addr,
+                mode(secondary_out.mode)
+            );
+        }
+    }
+    if let Some(cs) = &cfg.compare_sockets {
+        let _ = writeln!(s, "compare sockets (colo-compare drop-in):");
+        let mut ep = |name: &str, e: &super::Endpoint| {
+            let _ = writeln!(s, "  {name:<12} {} ({})", e.addr, mode(e.mode));
+        };
+        ep("primary_in", &cs.primary_in);
+        ep("secondary_in", &cs.secondary_in);
+        ep("outdev", &cs.outdev);
+        if let Some(n) = &cs.notify_dev {
+            ep("notify_dev", n);
+        }
+        let _ = writeln!(
+            s,
+            "  vnet_hdr {}, reconnect {} ms",
+            cs.vnet_hdr_support, cs.reconnect_ms
+        );
+    }
+    let _ = writeln!(s, "lcores:");
+    for l in cfg.lcores.used() {
+        let _ = writeln!(s, "  {l:>3}: {}", cfg.lcores.stages_on(l).join(" "));
+    }
+    let c = &cfg.compare;
+    let _ = writeln!(
+        s,
+        "compare: {} shard(s), timeout {} ms, scan {} ms, queue {} per side, table {}, idle {} ms",
+        c.shards, c.timeout_ms, c.scan_period_ms, c.queue_size, c.table_capacity, c.idle_timeout_ms
+    );
+    if c.bypass.is_empty() {
+        let _ = writeln!(s, "bypass: none");
+    }
+    for (i, r) in c.bypass.iter().enumerate() {
+        let _ = writeln!(s, "bypass[{i}]: {}", bypass(r));
+    }
+    let _ = writeln!(
+        s,
+        "rewriter: table {}, idle {} ms",
+        cfg.rewriter.table_capacity, cfg.rewriter.idle_timeout_ms
+    );
+    let _ = writeln!(
+        s,
+        "rings: {} slots; mempool: {} mbufs, cache {}, data room {}",
+        cfg.rings.size, cfg.mempool.mbufs, cfg.mempool.cache, cfg.mempool.data_room
+    );
+    let i = &cfg.idle;
+    let _ = writeln!(
+        s,
+        "idle: backoff {}, after {} empty polls, sleep up to {} us",
+        i.backoff, i.spin_loops, i.max_sleep_us
+    );
+    let m = &cfg.mgmt;
+    let _ = writeln!(
+        s,
+        "control: {} (mode {:#o}){}, stats every {} ms",
+        m.control_socket.display(),
+        m.control_socket_mode,
+        m.control_tcp
+            .as_ref()
+            .map_or(String::new(), |(a, _)| format!(", tcp {a} (token)")),
+        m.stats_interval_ms
+    );
+    if let Some(x) = &m.xen_notify {
+        let _ = writeln!(
+            s,
+            "xen notify: {} ({})",
+            x.endpoint.addr,
+            mode(x.endpoint.mode)
+        );
+    }
+    if let Some(q) = &m.qmp {
+        let _ = writeln!(
+            s,
+            "qmp: {}, checkpoint delay {} ms, reconnect {} ms",
+            q.socket.display(),
+            q.checkpoint_delay_ms,
+            q.reconnect_ms
+        );
+    }
+    if let Some(c) = &m.capture {
+        let _ = writeln!(
+            s,
+            "capture: {} ({}), {} bytes x {} files, {} context packets",
+            c.dir.display(),
+            if c.enabled {
+                "on at start"
+            } else {
+                "off until ctl capture start"
+            },
+            c.max_file_bytes,
+            c.max_files,
+            c.context_packets
+        );
+    }
+    if let Ok(Some(set)) = super::eal::lcore_set(eal_args) {
+        let _ = writeln!(s, "eal lcore set: {}", fmt_set(&set));
+    }
+    let _ = writeln!(s, "eal args: {}", eal_args.join(" "));
+    s
 }

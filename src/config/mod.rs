@@ -1,2 +1,503 @@
-//! config (work in progress).
+//! Configuration: TOML file → validated [`Config`] → EAL arguments.
+//!
+//! Guarantees: a [`Config`] only exists after every check passed (validated by construction);
+//! every field has its default filled in; unknown fields are rejected with toml's message (line
+//! and column); semantic errors name the field path and the reason and are all reported at once.
+//! Durations are `u64` milliseconds in fields named `*_ms` (idle sleep is `max_sleep_us`).
+//! Pure Rust: no DPDK, no I/O except [`Config::load`] and the hugepage probe.
+//! The schema is documented in `docs/CONFIG.md`.
+
+mod build;
+pub mod bypass;
 pub mod cli;
+pub mod eal;
+mod raw;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use bypass::BypassRule;
+
+/// Which half of COLO this process plays.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Primary host: mirror, redirector, compare shards.
+    Primary,
+    /// Secondary host: rewriter.
+    Secondary,
+    /// QEMU colo-compare drop-in: sockets only, no DPDK ports.
+    Compare,
+}
+
+impl Role {
+    /// Lower-case name as written in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Secondary => "secondary",
+            Role::Compare => "compare",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How EAL gets its memory (`eal.memory`).
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Memory {
+    /// `--in-memory` when /proc/meminfo shows free hugepages, else `--no-huge -m 1024 --no-shconf`.
+    #[default]
+    Auto,
+    /// Hugepages with a shared runtime directory (multi-process tools such as dpdk-dumpcap work).
+    Hugepages,
+    /// `--no-huge -m 1024 --no-shconf`.
+    NoHuge,
+}
+
+/// `[eal]`.
+#[derive(Deserialize, Debug, Clone, Default, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EalConfig {
+    /// EAL arguments without the program name.
+    pub args: Vec<String>,
+    /// Memory convenience; adds flags only when `args` and overrides set none.
+    pub memory: Memory,
+}
+
+/// What DPDK device backs a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortDevice {
+    /// PCI address, e.g. `0000:01:00.0`.
+    Pci(String),
+    /// vdev devargs, e.g. `net_vhost0,iface=/tmp/pvm.sock`.
+    Vdev(String),
+}
+
+/// `[ports.<name>]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSpec {
+    /// Port name (`nic`, `pvm`, `svm`, or the link port).
+    pub name: String,
+    /// The device.
+    pub device: PortDevice,
+    /// RX queues (≥ 1).
+    pub rx_queues: u16,
+    /// TX queues (≥ 1).
+    pub tx_queues: u16,
+    /// RX descriptors (power of two, 64..=16384).
+    pub rx_desc: u16,
+    /// TX descriptors (power of two, 64..=16384).
+    pub tx_desc: u16,
+}
+
+/// Whether we listen or connect.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SocketMode {
+    /// Listen and accept one peer at a time.
+    Server,
+    /// Connect, reconnecting after `reconnect_ms`.
+    Client,
+}
+
+/// A stream socket address: `tcp:IP:PORT` or `unix:/path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SockAddr {
+    /// TCP (IP literal and port; `[v6]:port` for IPv6).
+    Tcp(SocketAddr),
+    /// UNIX stream socket path.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for SockAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SockAddr::Tcp(a) => write!(f, "tcp:{a}"),
+            SockAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// One end of a QEMU-framed stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Address.
+    pub addr: SockAddr,
+    /// Server (listen) or client (connect).
+    pub mode: SocketMode,
+}
+
+/// `[link]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkSpec {
+    /// A DPDK port carrying encapsulated frames.
+    Port {
+        /// Name of the `[ports.*]` entry.
+        port: String,
+        /// Outer EtherType (default 0x88B5).
+        ether_type: u16,
+        /// Peer MAC; `None` = broadcast.
+        peer_mac: Option<[u8; 6]>,
+    },
+    /// QEMU chardev-framed stream sockets.
+    Socket {
+        /// Mirror stream (primary → secondary).
+        mirror: Endpoint,
+        /// Secondary-output stream (secondary → primary).
+        secondary_out: Endpoint,
+        /// Frames carry the 4-byte vnet_hdr_len field.
+        vnet_hdr_support: bool,
+        /// Client reconnect interval.
+        reconnect_ms: u64,
+    },
+}
+
+/// `[compare_sockets]` (role `compare`): QEMU colo-compare's chardevs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompareSockets {
+    /// PVM output (from QEMU's filter-redirector).
+    pub primary_in: Endpoint,
+    /// SVM output (from the secondary).
+    pub secondary_in: Endpoint,
+    /// Released primary packets go here.
+    pub outdev: Endpoint,
+    /// Xen notify channel (optional).
+    pub notify_dev: Option<Endpoint>,
+    /// vnet_hdr_len field on all links and on incoming notify frames.
+    pub vnet_hdr_support: bool,
+    /// Client reconnect interval.
+    pub reconnect_ms: u64,
+}
+
+/// Stage → lcore map, validated against the EAL lcore set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LcoreMap {
+    /// Management lcore (default: the EAL main lcore).
+    pub main: u32,
+    /// Mirror stage (primary).
+    pub mirror: Option<u32>,
+    /// Redirector stage (primary).
+    pub redirector: Option<u32>,
+    /// One lcore per compare shard (`len() == compare.shards`; empty on the secondary).
+    pub compare: Vec<u32>,
+    /// Rewriter stage (secondary).
+    pub rewriter: Option<u32>,
+}
+
+impl LcoreMap {
+    /// Every lcore that runs at least one stage (including main).
+    pub fn used(&self) -> BTreeSet<u32> {
+        let mut s: BTreeSet<u32> = self.compare.iter().copied().collect();
+        s.insert(self.main);
+        s.extend(self.mirror);
+        s.extend(self.redirector);
+        s.extend(self.rewriter);
+        s
+    }
+
+    /// Names of the stages that run on `lcore` (`"compare3"` for shard 3).
+    pub fn stages_on(&self, lcore: u32) -> Vec<String> {
+        let mut v = Vec::new();
+        let mut add = |name: &str, l: Option<u32>| {
+            if l == Some(lcore) {
+                v.push(name.to_string());
+            }
+        };
+        add("main", Some(self.main));
+        add("mirror", self.mirror);
+        add("redirector", self.redirector);
+        add("rewriter", self.rewriter);
+        for (i, &l) in self.compare.iter().enumerate() {
+            if l == lcore {
+                v.push(format!("compare{i}"));
+            }
+        }
+        v
+    }
+}
+
+/// `[compare]`, validated (QEMU colo-compare defaults).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompareConfig {
+    /// Number of compare shards, 1..=64.
+    pub shards: u32,
+    /// Max time a primary packet waits for its secondary (QEMU `compare_timeout`, 3000).
+    pub timeout_ms: u64,
+    /// Expiry scan period (QEMU `expired_scan_cycle`, 1000).
+    pub scan_period_ms: u64,
+    /// Queue length per connection and side (QEMU `max_queue_size`, 1024).
+    pub queue_size: u32,
+    /// Connections per shard table.
+    pub table_capacity: u32,
+    /// Idle connections are aged out after this.
+    pub idle_timeout_ms: u64,
+    /// Traffic that is released without comparison.
+    pub bypass: Vec<BypassRule>,
+}
+
+/// `[rewriter]`.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewriterConfig {
+    /// Connections tracked.
+    pub table_capacity: u32,
+    /// Idle connections are aged out after this.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for RewriterConfig {
+    fn default() -> Self {
+        RewriterConfig {
+            table_capacity: 65536,
+            idle_timeout_ms: 120_000,
+        }
+    }
+}
+
+/// `[rings]`.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RingsConfig {
+    /// Slots per inter-lcore ring (power of two).
+    pub size: u32,
+}
+
+impl Default for RingsConfig {
+    fn default() -> Self {
+        RingsConfig { size: 1024 }
+    }
+}
+
+/// `[mempool]`.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MempoolConfig {
+    /// mbufs in the pool (2^n − 1 is optimal for DPDK).
+    pub mbufs: u32,
+    /// Per-lcore cache (≤ 512).
+    pub cache: u32,
+    /// Data room per mbuf including the 128-byte headroom.
+    pub data_room: u16,
+}
+
+impl Default for MempoolConfig {
+    fn default() -> Self {
+        MempoolConfig {
+            mbufs: 16383,
+            cache: 256,
+            data_room: 2176,
+        }
+    }
+}
+
+/// `[idle]`: back-off of idle poll loops.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdleConfig {
+    /// Back off when idle (false = pure busy polling).
+    pub backoff: bool,
+    /// Empty polls before backing off.
+    pub spin_loops: u32,
+    /// Longest sleep when idle; 0 = only `pause`.
+    pub max_sleep_us: u32,
+}
+
+impl Default for IdleConfig {
+    fn default() -> Self {
+        IdleConfig {
+            backoff: true,
+            spin_loops: 1000,
+            max_sleep_us: 100,
+        }
+    }
+}
+
+/// `[mgmt.xen_notify]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XenNotify {
+    /// Notify socket.
+    pub endpoint: Endpoint,
+    /// Incoming notify frames carry the vnet_hdr_len field.
+    pub vnet_hdr_support: bool,
+}
+
+/// `[mgmt.qmp]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QmpConfig {
+    /// QEMU's QMP UNIX socket.
+    pub socket: PathBuf,
+    /// `x-checkpoint-delay` restored after forcing a checkpoint (QEMU default 20000).
+    pub checkpoint_delay_ms: u64,
+    /// Reconnect interval when QEMU is gone.
+    pub reconnect_ms: u64,
+}
+
+/// `[mgmt.capture]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureConfig {
+    /// Directory for pcapng files.
+    pub dir: PathBuf,
+    /// Capture from start-up (otherwise `ctl capture start`).
+    pub enabled: bool,
+    /// Rotate after this many bytes.
+    pub max_file_bytes: u64,
+    /// Keep at most this many files.
+    pub max_files: u32,
+    /// Packets of flow context written with each divergence.
+    pub context_packets: u32,
+}
+
+/// `[mgmt]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MgmtConfig {
+    /// Control UNIX socket path.
+    pub control_socket: PathBuf,
+    /// Its permission bits.
+    pub control_socket_mode: u32,
+    /// Optional loopback TCP control endpoint with its token.
+    pub control_tcp: Option<(SocketAddr, String)>,
+    /// Live statistics period.
+    pub stats_interval_ms: u64,
+    /// Xen notify sink.
+    pub xen_notify: Option<XenNotify>,
+    /// QMP checkpoint sink.
+    pub qmp: Option<QmpConfig>,
+    /// Divergence capture.
+    pub capture: Option<CaptureConfig>,
+}
+
+/// A validated configuration. Construct with [`Config::from_toml_str`] or [`Config::load`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Role of this process.
+    pub role: Role,
+    /// EAL options (see [`Config::eal_args`]).
+    pub eal: EalConfig,
+    /// Ports by name (empty for role `compare`).
+    pub ports: BTreeMap<String, PortSpec>,
+    /// Inter-host link (`None` for role `compare`).
+    pub link: Option<LinkSpec>,
+    /// colo-compare drop-in sockets (only role `compare`).
+    pub compare_sockets: Option<CompareSockets>,
+    /// Stage → lcore map.
+    pub lcores: LcoreMap,
+    /// Compare engine.
+    pub compare: CompareConfig,
+    /// Rewriter.
+    pub rewriter: RewriterConfig,
+    /// Inter-lcore rings.
+    pub rings: RingsConfig,
+    /// Packet mempool.
+    pub mempool: MempoolConfig,
+    /// Idle back-off.
+    pub idle: IdleConfig,
+    /// Management services.
+    pub mgmt: MgmtConfig,
+}
+
+impl Eq for EalConfig {}
+
+/// One semantic error: the field path and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Dotted path, e.g. `lcores.compare`.
+    pub field: String,
+    /// Human reason.
+    pub reason: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// TOML syntax, type or unknown-field error (toml's message, with line and column).
+    #[error("{0}")]
+    Parse(String),
+    /// Semantic errors, all of them.
+    #[error("{}", join(.0))]
+    Invalid(Vec<FieldError>),
+}
+
+fn join(errs: &[FieldError]) -> String {
+    errs.iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl ConfigError {
+    /// One message per error (a parse error is one message, possibly multi-line).
+    pub fn messages(&self) -> Vec<String> {
+        match self {
+            ConfigError::Invalid(errs) => errs.iter().map(|e| e.to_string()).collect(),
+            other => vec![other.to_string().trim_end().to_string()],
+        }
+    }
+}
+
+impl Config {
+    /// Parse and validate a TOML document.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let raw: raw::RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        build::build(raw)
+    }
+
+    /// Read, parse and validate a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml_str(&text)
+    }
+
+    /// Final EAL argument list: program name, file args, memory flags, `--vdev`/`-a` for the
+    /// ports, then `overrides` (see [`eal::merge`] for how overrides combine).
+    pub fn eal_args(&self, overrides: &[String]) -> Vec<String> {
+        self.eal_args_with_probe(overrides, eal::free_hugepages)
+    }
+
+    /// [`Config::eal_args`] with an injectable "are there free hugepages?" probe.
+    pub fn eal_args_with_probe(
+        &self,
+        overrides: &[String],
+        free_hugepages: impl FnOnce() -> bool,
+    ) -> Vec<String> {
+        eal::build_args(self, overrides, free_hugepages)
+    }
+
+    /// Check the stage lcores against a final EAL list (after command-line overrides).
+    pub fn check_lcores(&self, eal_args: &[String]) -> Result<(), ConfigError> {
+        let mut errs = Vec::new();
+        build::check_lcores_in_set(&self.lcores, eal_args, &mut errs);
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errs))
+        }
+    }
+}

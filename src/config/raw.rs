@@ -1,0 +1,234 @@
+//! The TOML file as written: serde structs with `deny_unknown_fields`, optional where the
+//! default depends on other fields. `build` turns them into the validated [`super::Config`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::{EalConfig, IdleConfig, MempoolConfig, RewriterConfig, RingsConfig, Role};
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub role: Role,
+    #[serde(default)]
+    pub eal: EalConfig,
+    #[serde(default)]
+    pub ports: BTreeMap<String, RawPort>,
+    pub link: Option<RawLink>,
+    pub compare_sockets: Option<RawCompareSockets>,
+    #[serde(default)]
+    pub lcores: RawLcores,
+    #[serde(default)]
+    pub compare: RawCompare,
+    #[serde(default)]
+    pub rewriter: RewriterConfig,
+    #[serde(default)]
+    pub rings: RingsConfig,
+    #[serde(default)]
+    pub mempool: MempoolConfig,
+    #[serde(default)]
+    pub idle: IdleConfig,
+    #[serde(default)]
+    pub mgmt: RawMgmt,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPort {
+    pub pci: Option<String>,
+    pub vdev: Option<String>,
+    #[serde(default = "one")]
+    pub rx_queues: u16,
+    #[serde(default = "one")]
+    pub tx_queues: u16,
+    #[serde(default = "desc")]
+    pub rx_desc: u16,
+    #[serde(default = "desc")]
+    pub tx_desc: u16,
+}
+
+fn one() -> u16 {
+    1
+}
+fn desc() -> u16 {
+    1024
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum LinkKind {
+    Port,
+    Socket,
+}
+
+/// `[link]`: one flat table; fields of the other kind are rejected in `build`.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLink {
+    pub kind: LinkKind,
+    pub port: Option<String>,
+    pub ether_type: Option<u16>,
+    pub peer_mac: Option<String>,
+    pub mirror: Option<RawEndpoint>,
+    pub secondary_out: Option<RawEndpoint>,
+    pub vnet_hdr_support: Option<bool>,
+    pub reconnect_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEndpoint {
+    pub addr: String,
+    pub mode: Option<super::SocketMode>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCompareSockets {
+    pub primary_in: Option<RawEndpoint>,
+    pub secondary_in: Option<RawEndpoint>,
+    pub outdev: Option<RawEndpoint>,
+    pub notify_dev: Option<RawEndpoint>,
+    #[serde(default)]
+    pub vnet_hdr_support: bool,
+    #[serde(default = "reconnect")]
+    pub reconnect_ms: u64,
+}
+
+fn reconnect() -> u64 {
+    1000
+}
+
+/// A compare lcore list may be written as one id (shared by all shards) or a list.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(untagged, expecting = "an lcore id or a list of lcore ids")]
+pub(super) enum OneOrMany {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLcores {
+    pub main: Option<u32>,
+    pub mirror: Option<u32>,
+    pub redirector: Option<u32>,
+    pub compare: Option<OneOrMany>,
+    pub rewriter: Option<u32>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawCompare {
+    pub shards: u32,
+    pub timeout_ms: u64,
+    pub scan_period_ms: u64,
+    pub queue_size: u32,
+    pub table_capacity: u32,
+    pub idle_timeout_ms: u64,
+    pub bypass: Vec<RawBypass>,
+}
+
+impl Default for RawCompare {
+    fn default() -> Self {
+        RawCompare {
+            shards: 1,
+            timeout_ms: 3000,
+            scan_period_ms: 1000,
+            queue_size: 1024,
+            table_capacity: 65536,
+            idle_timeout_ms: 120_000,
+            bypass: Vec::new(),
+        }
+    }
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBypass {
+    #[serde(default = "any")]
+    pub proto: String,
+    pub ports: Option<String>,
+    pub prefix: Option<String>,
+}
+
+fn any() -> String {
+    "any".into()
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawMgmt {
+    pub control_socket: Option<PathBuf>,
+    pub control_socket_mode: u32,
+    pub control_tcp: Option<String>,
+    pub control_token: Option<String>,
+    pub stats_interval_ms: u64,
+    pub xen_notify: Option<RawXenNotify>,
+    pub qmp: Option<RawQmp>,
+    pub capture: Option<RawCapture>,
+}
+
+impl Default for RawMgmt {
+    fn default() -> Self {
+        RawMgmt {
+            control_socket: None,
+            control_socket_mode: 0o600,
+            control_tcp: None,
+            control_token: None,
+            stats_interval_ms: 1000,
+            xen_notify: None,
+            qmp: None,
+            capture: None,
+        }
+    }
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawXenNotify {
+    pub addr: String,
+    pub mode: Option<super::SocketMode>,
+    #[serde(default)]
+    pub vnet_hdr_support: bool,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawQmp {
+    pub socket: PathBuf,
+    #[serde(default = "checkpoint_delay")]
+    pub checkpoint_delay_ms: u64,
+    #[serde(default = "reconnect")]
+    pub reconnect_ms: u64,
+}
+
+fn checkpoint_delay() -> u64 {
+    20_000
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCapture {
+    pub dir: PathBuf,
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "max_file_bytes")]
+    pub max_file_bytes: u64,
+    #[serde(default = "max_files")]
+    pub max_files: u32,
+    #[serde(default = "context_packets")]
+    pub context_packets: u32,
+}
+
+fn max_file_bytes() -> u64 {
+    64 << 20
+}
+fn max_files() -> u32 {
+    8
+}
+fn context_packets() -> u32 {
+    8
+}
