@@ -312,3 +312,38 @@ fn endpoint_pairs_two_streams() {
     let st = primary.stats();
     assert_eq!((st.mirror.frames_out, st.secondary.frames_in), (1, 1));
 }
+
+#[test]
+fn asymmetric_framing_like_xen_notify() {
+    let d = TempDir::new("asym");
+    let a = d.sock("s");
+    // Server parses with the vnet field, sends without; the client the reverse.
+    let mut sc = cfg(&a, Role::Server, true);
+    sc.out_framing = FrameConfig::with_vnet(false);
+    let mut cc = cfg(&a, Role::Client, false);
+    cc.out_framing = FrameConfig::with_vnet(true);
+    let mut server = FramedSocket::new(sc).unwrap();
+    let mut client = FramedSocket::new(cc).unwrap();
+    client.send(0, b"COLO_USERSPACE_PROXY_INIT").unwrap();
+    let (mut at_s, mut at_c) = (Vec::new(), Vec::new());
+    until(|| {
+        client.flush();
+        server.poll_recv(|v, f| at_s.push((v, f.to_vec())));
+        if !at_s.is_empty()
+            && at_c.is_empty()
+            && server.pending_out() == 0
+            && server.stats().frames_out == 0
+        {
+            server.send(0, b"COLO_COMPARE_GET_XEN_INIT").unwrap();
+        }
+        server.flush();
+        client.poll_recv(|v, f| at_c.push((v, f.to_vec())));
+        !at_c.is_empty()
+    });
+    assert_eq!(at_s, vec![(0, b"COLO_USERSPACE_PROXY_INIT".to_vec())]);
+    assert_eq!(at_c, vec![(0, b"COLO_COMPARE_GET_XEN_INIT".to_vec())]);
+    assert_eq!(
+        (client.stats().frames_out, server.stats().frames_out),
+        (1, 1)
+    );
+}

@@ -100,8 +100,11 @@ pub struct SocketConfig {
     pub addr: LinkAddr,
     /// Client or server.
     pub role: Role,
-    /// Framing (vnet_hdr_support, cap).
+    /// Framing of received frames (vnet_hdr_support, cap).
     pub framing: FrameConfig,
+    /// Framing of sent frames; equal to `framing` except for asymmetric links (the Xen
+    /// notify channel: incoming with the vnet field, outgoing never).
+    pub out_framing: FrameConfig,
     /// Read buffer size (raised to [`MIN_READ_BUF`]).
     pub read_buf: usize,
     /// Output buffer bound in bytes (raised to hold at least one maximal frame).
@@ -123,6 +126,7 @@ impl SocketConfig {
             addr,
             role,
             framing,
+            out_framing: framing,
             read_buf: 256 * 1024,
             out_buf: 1024 * 1024,
             backoff_initial: Duration::from_millis(100),
@@ -279,7 +283,7 @@ impl FramedSocket {
         cfg.read_buf = cfg.read_buf.max(MIN_READ_BUF);
         cfg.out_buf = cfg
             .out_buf
-            .max(cfg.framing.encoded_len(cfg.framing.max_frame));
+            .max(cfg.out_framing.encoded_len(cfg.out_framing.max_frame));
         let listener = match (cfg.role, &cfg.addr) {
             (Role::Client, _) => None,
             (Role::Server, LinkAddr::Tcp(a)) => {
@@ -459,7 +463,7 @@ impl FramedSocket {
         self.decoder.reset();
         self.dec_seen = self.decoder.stats();
         // A partially written frame cannot be continued on another connection.
-        let hl = self.cfg.framing.header_len();
+        let hl = self.cfg.out_framing.header_len();
         let mut cut = self.fpos;
         if self.wpos > self.fpos {
             cut = (self.fpos + hl + self.frame_len_at(self.fpos)).min(self.obuf.len());
@@ -542,7 +546,7 @@ impl FramedSocket {
     /// Queue one frame for sending (copied into the output buffer; no syscall unless the
     /// buffer is full, then one flush is tried first).
     pub fn send(&mut self, vnet_hdr_len: u32, frame: &[u8]) -> Result<(), SendError> {
-        let need = self.cfg.framing.encoded_len(frame.len());
+        let need = self.cfg.out_framing.encoded_len(frame.len());
         if self.obuf.capacity() - self.obuf.len() < need {
             self.compact();
             if self.obuf.capacity() - self.obuf.len() < need {
@@ -552,7 +556,7 @@ impl FramedSocket {
         }
         match self
             .cfg
-            .framing
+            .out_framing
             .encode_append(&mut self.obuf, vnet_hdr_len, frame)
         {
             Ok(_) => Ok(()),
@@ -614,7 +618,7 @@ impl FramedSocket {
 
     /// Count frames whose last byte has been written.
     fn account_written(&mut self) {
-        let hl = self.cfg.framing.header_len();
+        let hl = self.cfg.out_framing.header_len();
         while self.fpos + hl <= self.wpos {
             let len = self.frame_len_at(self.fpos);
             let end = self.fpos + hl + len;

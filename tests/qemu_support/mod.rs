@@ -1,0 +1,228 @@
+//! Shared helpers for tests that run QEMU 7.2 (`-M none`, no guest) as a real peer.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use colo_proxy::link::framing::FrameConfig;
+use colo_proxy::link::socket::{FramedSocket, Role, SocketConfig};
+
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// True when QEMU can run here; otherwise prints why the calling test is skipped.
+pub fn qemu_available(test: &str) -> bool {
+    match Command::new(QEMU)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(s) if s.success() => true,
+        Ok(s) => {
+            eprintln!("SKIPPED {test}: `{QEMU} --version` failed ({s}); QEMU cannot run here");
+            false
+        }
+        Err(e) => {
+            eprintln!("SKIPPED {test}: cannot run {QEMU}: {e}");
+            false
+        }
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let p =
+            std::env::temp_dir().join(format!("colo-qemu-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+    /// `unix:<dir>/<name>` for our sockets.
+    pub fn addr(&self, name: &str) -> String {
+        format!("unix:{}", self.path(name).display())
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A QEMU process killed (and reaped) on drop.
+pub struct Qemu {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Qemu {
+    /// Start `qemu-system-x86_64 -M none -nodefaults -display none <args>`; logs go to
+    /// `<dir>/qemu-<tag>.log`. Waits for every path in `wait_for` to exist.
+    pub fn spawn(dir: &TempDir, tag: &str, args: &[String], wait_for: &[PathBuf]) -> Qemu {
+        let log = dir.path(&format!("qemu-{tag}.log"));
+        let f = std::fs::File::create(&log).unwrap();
+        let child = Command::new(QEMU)
+            .args(["-M", "none", "-nodefaults", "-display", "none"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .expect("spawn qemu");
+        let mut q = Qemu { child, log };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for p in wait_for {
+            while !p.exists() {
+                if let Ok(Some(st)) = q.child.try_wait() {
+                    panic!("qemu exited early ({st}): {}", q.log_text());
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "qemu socket {} did not appear",
+                    p.display()
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        q
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kill now (a peer restart).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `-netdev stream` server socket + hubport on hub 0 (reference §7 recipe).
+pub fn netdev_args(dir: &TempDir, id: &str, hubport: &str) -> Vec<String> {
+    vec![
+        "-netdev".into(),
+        format!(
+            "stream,id={id},server=on,addr.type=unix,addr.path={}",
+            dir.path(&format!("{id}.sock")).display()
+        ),
+        "-netdev".into(),
+        format!("hubport,id={hubport},hubid=0,netdev={id}"),
+    ]
+}
+
+/// A server chardev on `<dir>/<id>.sock`.
+pub fn chardev_args(dir: &TempDir, id: &str) -> Vec<String> {
+    vec![
+        "-chardev".into(),
+        format!(
+            "socket,id={id},path={},server=on,wait=off",
+            dir.path(&format!("{id}.sock")).display()
+        ),
+    ]
+}
+
+/// Our client socket to a QEMU server socket `<dir>/<id>.sock`.
+pub fn client(dir: &TempDir, id: &str, vnet: bool) -> FramedSocket {
+    let mut c = SocketConfig::parse(
+        &dir.addr(&format!("{id}.sock")),
+        Role::Client,
+        FrameConfig::with_vnet(vnet),
+    )
+    .unwrap();
+    c.backoff_initial = Duration::from_millis(10);
+    c.backoff_max = Duration::from_millis(100);
+    FramedSocket::new(c).unwrap()
+}
+
+/// Poll `step` until it returns true or `secs` pass (then panic with `what`).
+pub fn until(secs: u64, what: &str, mut step: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !step() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Poll `step` for `ms` milliseconds (used to assert that nothing arrives).
+pub fn for_ms(ms: u64, mut step: impl FnMut()) {
+    let deadline = Instant::now() + Duration::from_millis(ms);
+    while Instant::now() < deadline {
+        step();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+pub const MAC_A: [u8; 6] = [0x52, 0x54, 0, 0, 0, 1];
+pub const MAC_B: [u8; 6] = [0x52, 0x54, 0, 0, 0, 2];
+
+/// An Ethernet/IPv4/TCP frame.
+pub fn tcp_frame(sport: u16, dport: u16, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+        .tcp(sport, dport, seq, 65535)
+        .ack(ack);
+    let mut v = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut v, payload).unwrap();
+    v
+}
+
+/// An Ethernet/IPv4/UDP frame.
+pub fn udp_frame(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+        .udp(sport, dport);
+    let mut v = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut v, payload).unwrap();
+    v
+}
+
+/// An Ethernet/IPv4/ICMP echo request.
+pub fn icmp_frame(id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+        .icmpv4_echo_request(id, seq);
+    let mut v = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut v, payload).unwrap();
+    v
+}
+
+/// An ARP-typed frame (not IPv4: colo-compare passes primary ones straight to outdev).
+pub fn arp_frame(tag: u8) -> Vec<u8> {
+    let mut v = vec![0xff; 6];
+    v.extend_from_slice(&MAC_A);
+    v.extend_from_slice(&[0x08, 0x06]);
+    v.extend_from_slice(&[tag; 46]);
+    v
+}
+
+/// A frame of `len` bytes with a recognisable pattern.
+pub fn pattern_frame(len: usize, tag: u8) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len);
+    v.extend_from_slice(&MAC_B);
+    v.extend_from_slice(&MAC_A);
+    v.extend_from_slice(&[0x08, 0x00]);
+    v.extend((14..len).map(|i| (i as u8) ^ tag));
+    v
+}
+
+pub fn path_of(p: &Path) -> String {
+    p.display().to_string()
+}
