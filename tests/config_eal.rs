@@ -182,6 +182,9 @@ fn pci_ports_are_allow_listed_unless_blocklist() {
     assert_eq!(args[i + 1], "0000:01:00.0");
     let args = c.eal_args_with_probe(&s(&["-b", "0000:02:00.0"]), || false);
     assert!(!args.contains(&"-a".to_string()), "{args:?}");
+    // Already allowed (with devargs) by the user: not repeated.
+    let args = c.eal_args_with_probe(&s(&["-a", "0000:01:00.0,rxq_cqe_comp_en=0"]), || false);
+    assert_eq!(args.iter().filter(|a| *a == "-a").count(), 1, "{args:?}");
 }
 
 #[test]

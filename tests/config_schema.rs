@@ -825,3 +825,13 @@ fn missing_file_is_io_error() {
     assert!(matches!(err, ConfigError::Io { .. }));
     assert!(err.to_string().contains("/nonexistent/colo.toml"));
 }
+
+#[test]
+fn unknown_field_in_inline_endpoint() {
+    let errs = errors(&PRIMARY.replace(
+        "{ addr = \"tcp:127.0.0.1:9003\" }",
+        "{ addr = \"tcp:127.0.0.1:9003\", mdoe = \"server\" }",
+    ));
+    assert!(errs[0].contains("unknown field `mdoe`"), "{errs:?}");
+    assert!(errs[0].contains("line 15"), "{errs:?}");
+}

@@ -575,7 +575,7 @@ fn build_lcores(
             }
         }
     });
-    // (stage, given?, required, allowed) per role.
+    // Which stages each role runs (a stage the role does not run is rejected).
     let (mirror_ok, redir_ok, compare_ok, rewriter_ok) = match role {
         Role::Primary => (true, true, true, false),
         Role::Secondary => (false, false, false, true),

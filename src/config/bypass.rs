@@ -57,20 +57,21 @@ impl BypassRule {
         ports: Option<&str>,
         prefix: Option<&str>,
     ) -> Result<BypassRule, (&'static str, String)> {
-        let proto =
-            match proto {
-                "any" => None,
-                "tcp" => Some(proto::TCP),
-                "udp" => Some(proto::UDP),
-                "icmp" => Some(proto::ICMP),
-                "icmpv6" => Some(proto::ICMPV6),
-                other => return Err((
+        let proto = match proto {
+            "any" => None,
+            "tcp" => Some(proto::TCP),
+            "udp" => Some(proto::UDP),
+            "icmp" => Some(proto::ICMP),
+            "icmpv6" => Some(proto::ICMPV6),
+            other => {
+                return Err((
                     "proto",
                     format!(
                         "{other:?} is not one of \"tcp\", \"udp\", \"icmp\", \"icmpv6\", \"any\""
                     ),
-                )),
-            };
+                ))
+            }
+        };
         let ports = match ports {
             None => 0..=u16::MAX,
             Some(s) => parse_ports(s).map_err(|r| ("ports", r))?,

@@ -168,11 +168,18 @@ pub(super) fn build_args(
         );
     }
     let blocklist = has(&probe_opts, "-b");
+    let allowed = |pci: &str| {
+        probe_opts
+            .iter()
+            .any(|o| o.key == "-a" && o.value.as_deref().is_some_and(|v| v.starts_with(pci)))
+    };
     for port in cfg.ports.values() {
         match &port.device {
             PortDevice::Vdev(d) => base.extend(["--vdev".to_string(), d.clone()]),
             // Allow-list PCI ports so EAL does not take every NIC (not mixable with -b).
-            PortDevice::Pci(p) if !blocklist => base.extend(["-a".to_string(), p.clone()]),
+            PortDevice::Pci(p) if !blocklist && !allowed(p) => {
+                base.extend(["-a".to_string(), p.clone()])
+            }
             PortDevice::Pci(_) => {}
         }
     }

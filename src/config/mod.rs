@@ -65,7 +65,7 @@ pub enum Memory {
 }
 
 /// `[eal]`.
-#[derive(Deserialize, Debug, Clone, Default, PartialEq)]
+#[derive(Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct EalConfig {
     /// EAL arguments without the program name.
@@ -404,8 +404,6 @@ pub struct Config {
     /// Management services.
     pub mgmt: MgmtConfig,
 }
-
-impl Eq for EalConfig {}
 
 /// One semantic error: the field path and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
