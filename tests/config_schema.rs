@@ -835,3 +835,31 @@ fn unknown_field_in_inline_endpoint() {
     assert!(errs[0].contains("unknown field `mdoe`"), "{errs:?}");
     assert!(errs[0].contains("line 15"), "{errs:?}");
 }
+
+#[test]
+fn eal_args_shape_errors() {
+    has_field_error(
+        &PRIMARY.replace(
+            r#"["-l", "0-3", "--no-pci"]"#,
+            r#"["colo-proxy", "-l", "0-3"]"#,
+        ),
+        "eal.args",
+        "program name is added automatically",
+    );
+    has_field_error(
+        &PRIMARY.replace(
+            r#"["-l", "0-3", "--no-pci"]"#,
+            r#"["-l", "0-3", "--main-lcore", "x"]"#,
+        ),
+        "eal.args",
+        "bad --main-lcore",
+    );
+    has_field_error(
+        &PRIMARY.replace(
+            r#"["-l", "0-3", "--no-pci"]"#,
+            r#"["-l", "0-3", "--main-lcore", "5"]"#,
+        ),
+        "eal.args --main-lcore",
+        "lcore 5 is not in the EAL lcore set 0-3",
+    );
+}

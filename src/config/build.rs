@@ -67,6 +67,12 @@ pub(super) fn build(raw: RawConfig) -> Result<Config, ConfigError> {
             None
         }
     };
+    if let Some(first) = raw.eal.args.first().filter(|a| !a.starts_with('-')) {
+        e.push(
+            "eal.args",
+            format!("{first:?} is not an option (the program name is added automatically)"),
+        );
+    }
     let no_pci = eal::parse_opts(&raw.eal.args)
         .iter()
         .any(|o| o.key == "--no-pci");
