@@ -1,0 +1,196 @@
+//! Teardown (passive, active, simultaneous close, RST), linger, idle ageing and eviction.
+
+mod rewrite_util;
+
+use colo_proxy::rewrite::{CloseKind, ConnState, Outcome, RewriterConfig};
+use rewrite_util::*;
+
+const C: u32 = 7_000;
+const P: u32 = 1_000;
+const S: u32 = 5_000;
+
+fn state(h: &H) -> Option<ConnState> {
+    let mut v = None;
+    h.rw.flows(|_, s| v = Some(s.state));
+    v
+}
+
+fn established(h: &mut H) {
+    client_handshake(h, C, P, S);
+    h.send(&Seg::client(C + 1, P + 1, ACK | PSH).data(10));
+    h.send(&Seg::vm(S + 1, C + 11, ACK | PSH).data(20));
+}
+
+#[test]
+fn passive_close_completes_with_nonzero_offset() {
+    let mut h = H::new();
+    established(&mut h);
+    // Client closes first; its FIN|ACK is translated like any ACK.
+    let (_, t) = h.send(&Seg::client(C + 11, P + 21, FIN | ACK));
+    assert_eq!(t.ack, S + 21);
+    assert_eq!(state(&h), Some(ConnState::CloseWait));
+    let (_, t) = h.send(&Seg::vm(S + 21, C + 12, FIN | ACK));
+    assert_eq!(t.seq, P + 21);
+    assert_eq!(state(&h), Some(ConnState::Closing));
+    let (o, t) = h.send(&Seg::client(C + 12, P + 22, ACK));
+    assert_eq!(o, Outcome::Rewritten);
+    assert_eq!(t.ack, S + 22);
+    assert_eq!(state(&h), Some(ConnState::Closed(CloseKind::Passive)));
+    assert_eq!(h.rw.counters().closed_passive, 1);
+}
+
+#[test]
+fn active_close_with_fin_ack_is_tracked() {
+    let mut h = H::new();
+    established(&mut h);
+    h.send(&Seg::vm(S + 21, C + 11, FIN | ACK));
+    assert_eq!(state(&h), Some(ConnState::FinWait));
+    let (_, t) = h.send(&Seg::client(C + 11, P + 22, FIN | ACK));
+    assert_eq!(t.ack, S + 22);
+    assert_eq!(state(&h), Some(ConnState::Closing));
+    h.send(&Seg::vm(S + 22, C + 12, ACK));
+    assert_eq!(state(&h), Some(ConnState::Closed(CloseKind::Active)));
+    assert_eq!(h.rw.counters().closed_active, 1);
+}
+
+#[test]
+fn active_close_with_separate_ack_and_fin() {
+    let mut h = H::new();
+    established(&mut h);
+    h.send(&Seg::vm(S + 21, C + 11, FIN | ACK));
+    h.send(&Seg::client(C + 11, P + 22, ACK)); // ACK of the VM's FIN
+    assert_eq!(state(&h), Some(ConnState::FinWait));
+    h.send(&Seg::client(C + 11, P + 22, FIN | ACK).data(5)); // last data + FIN
+    h.send(&Seg::vm(S + 22, C + 17, ACK));
+    assert_eq!(state(&h), Some(ConnState::Closed(CloseKind::Active)));
+}
+
+#[test]
+fn simultaneous_close() {
+    let mut h = H::new();
+    established(&mut h);
+    // Both FINs cross: neither acknowledges the other's FIN.
+    h.send(&Seg::vm(S + 21, C + 11, FIN | ACK));
+    h.send(&Seg::client(C + 11, P + 21, FIN | ACK));
+    assert_eq!(state(&h), Some(ConnState::Closing));
+    h.send(&Seg::vm(S + 22, C + 12, ACK));
+    h.send(&Seg::client(C + 12, P + 22, ACK));
+    assert_eq!(state(&h), Some(ConnState::Closed(CloseKind::Simultaneous)));
+    assert_eq!(h.rw.counters().closed_simultaneous, 1);
+}
+
+#[test]
+fn fin_with_wrong_ack_does_not_close() {
+    let mut h = H::new();
+    established(&mut h);
+    h.send(&Seg::client(C + 11, P + 21, FIN | ACK));
+    h.send(&Seg::vm(S + 21, C + 12, FIN | ACK));
+    // An ACK that does not cover the VM's FIN (in the primary's space) keeps it open.
+    h.send(&Seg::client(C + 12, P + 21, ACK));
+    assert_eq!(state(&h), Some(ConnState::Closing));
+}
+
+#[test]
+fn rst_from_either_side_closes() {
+    for from_vm in [false, true] {
+        let mut h = H::new();
+        established(&mut h);
+        let (o, t) = if from_vm {
+            h.send(&Seg::vm(S + 21, C + 11, RST | ACK))
+        } else {
+            h.send(&Seg::client(C + 11, P + 21, RST | ACK))
+        };
+        assert_eq!(o, Outcome::Rewritten);
+        if from_vm {
+            assert_eq!(t.seq, P + 21, "the SVM's RST leaves in the primary's space");
+        } else {
+            assert_eq!(t.ack, S + 21);
+        }
+        assert_eq!(state(&h), Some(ConnState::Closed(CloseKind::Reset)));
+        assert_eq!(h.rw.counters().closed_reset, 1);
+    }
+    // RST without ACK from the client: nothing to translate, still closes.
+    let mut h = H::new();
+    established(&mut h);
+    let (o, _) = h.send(&Seg::client(C + 11, 0, RST));
+    assert_eq!(o, Outcome::Unchanged);
+    assert_eq!(state(&h), Some(ConnState::Closed(CloseKind::Reset)));
+}
+
+#[test]
+fn closed_connection_lingers_then_is_reclaimed() {
+    let cfg = RewriterConfig::default();
+    let mut h = H::with(cfg);
+    established(&mut h);
+    h.send(&Seg::client(C + 11, P + 21, FIN | ACK));
+    h.send(&Seg::vm(S + 21, C + 12, FIN | ACK));
+    h.send(&Seg::client(C + 12, P + 22, ACK));
+    // A late duplicate of the last ACK is still translated during the linger.
+    h.now += cfg.closed_linger_ns / 2;
+    h.rw.tick(h.now);
+    let (o, t) = h.send(&Seg::client(C + 12, P + 22, ACK));
+    assert_eq!(o, Outcome::Rewritten);
+    assert_eq!(t.ack, S + 22);
+    h.now += cfg.closed_linger_ns;
+    h.rw.tick(h.now);
+    assert!(h.rw.is_empty());
+    assert_eq!(h.rw.counters().reclaimed_closed, 1);
+}
+
+#[test]
+fn reopened_four_tuple_after_close_learns_fresh() {
+    let mut h = H::new();
+    established(&mut h);
+    h.send(&Seg::client(C + 11, P + 21, RST | ACK));
+    let c2 = C + 100_000;
+    h.send(&Seg::client(c2, 0, SYN));
+    h.send(&Seg::vm(S + 333, c2 + 1, SYN | ACK));
+    let (_, t) = h.send(&Seg::client(c2 + 1, P + 55 + 1, ACK));
+    assert_eq!(t.ack, S + 334);
+    assert_eq!(state(&h), Some(ConnState::Established));
+    assert_eq!(h.rw.counters().new_incarnations, 1);
+    // The old linger record must not remove the new incarnation.
+    h.now += RewriterConfig::default().closed_linger_ns * 2;
+    h.rw.tick(h.now);
+    assert_eq!(h.rw.len(), 1);
+}
+
+#[test]
+fn idle_connections_expire_and_are_counted() {
+    let cfg = RewriterConfig {
+        idle_timeout_ns: 1_000_000,
+        ..RewriterConfig::default()
+    };
+    let mut h = H::with(cfg);
+    established(&mut h);
+    h.now += 500_000;
+    h.rw.tick(h.now);
+    assert_eq!(h.rw.len(), 1);
+    h.now += 2_000_000;
+    h.rw.tick(h.now);
+    assert!(h.rw.is_empty());
+    assert_eq!(h.rw.counters().expired, 1);
+}
+
+#[test]
+fn capacity_bound_evicts_least_recently_used() {
+    let cfg = RewriterConfig {
+        table_capacity: 4,
+        ..RewriterConfig::default()
+    };
+    let mut h = H::with(cfg);
+    for i in 0..6u16 {
+        let mk = |s: Seg| s.port(1000 + i);
+        h.send(&mk(Seg::client(C, 0, SYN)));
+        h.send(&mk(Seg::vm(S + u32::from(i), C + 1, SYN | ACK)));
+        h.send(&mk(Seg::client(C + 1, P + 1, ACK)));
+    }
+    assert_eq!(h.rw.len(), 4);
+    assert_eq!(h.rw.counters().evicted, 2);
+    assert_eq!(h.rw.counters().evicted_translated, 2);
+    // The newest keep their offsets; the evicted oldest pass through.
+    let (_, t) = h.send(&Seg::client(C + 1, P + 1, ACK).port(1005));
+    assert_eq!(t.ack, S + 5 + 1);
+    let (o, _) = h.send(&Seg::client(C + 1, P + 1, ACK).port(1000));
+    assert_eq!(o, Outcome::Unchanged);
+}
