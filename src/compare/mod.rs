@@ -1,1 +1,494 @@
-//! compare (work in progress).
+//! The COLO compare engine: decides, for every packet the primary VM sends, whether the
+//! secondary VM produced the same output, and releases, holds, or asks for a checkpoint.
+//!
+//! Pure (no DPDK, no locks, no clock reads, no allocation after [`Comparator::new`]). One
+//! [`Comparator`] per compare shard owns that shard's connection table outright.
+//!
+//! Guarantees (each is tested in `tests/compare_*.rs`):
+//! - **Accounting**: every packet passed to [`Comparator::process`] leaves exactly once, through
+//!   [`Output::release`] (primary) or [`Output::free_secondary`] (secondary), with a reason;
+//!   [`CompareCounters::balanced`] checks the sums.
+//! - **Order**: primary packets of one connection are released in their arrival order (never
+//!   LIFO, never newest-first). Packets released before their connection is known (malformed
+//!   frames) or by a bypass rule are released at once.
+//! - **TCP**: payload bytes are compared by sequence number, never by queue position, so any
+//!   segmentation, out-of-order arrival and wraparound are tolerated. The IP header and the TCP
+//!   window, flags, checksum and options are ignored; payload length comes from the IP length.
+//!   Zero-payload primary segments are released once the secondary has produced the
+//!   counterpart: pure ACKs as soon as the secondary has acknowledged at least as far (by any
+//!   segment, cumulative — never one-for-one); SYN / SYN-ACK / RST once the secondary sent the
+//!   same control segment; FIN once the secondary's FIN sits at the same stream position.
+//!   Ack gate (as QEMU): a segment with ACK set is released only when its ack is not ahead of
+//!   the secondary's highest ack. Data already compared (retransmissions) is released at once.
+//! - **Datagrams** (UDP, ICMP, ICMPv6): strictly FIFO per flow, comparing transport header and
+//!   payload. **Other L3** (ARP, non-IP, other IP protocols, IP fragments): the L3 packet is
+//!   compared, ignoring IPv4 ID/TTL/checksum and IPv6 traffic class/flow label/hop limit.
+//! - **Divergence** (mismatch, timeout, overflow): one [`DivergenceEvent`] asks for a checkpoint;
+//!   the connection's primaries are then held until [`Comparator::checkpoint_done`] releases them
+//!   in arrival order and resets the compare state, after which traffic flows again. While a
+//!   connection stays diverged with packets waiting, the request is repeated every
+//!   `timeout_ns` (a lost request cannot stall it for ever).
+//! - **Overflow rules** (documented, counted, each raises an event once per episode):
+//!   - primary queue full (`queue_size`) or packet pool empty: the connection's *oldest* queued
+//!     primary is released ([`Release::Overflow`]) to make room, so order is kept; with nothing
+//!     queued on that connection the new packet itself is released;
+//!   - secondary queue full / pool empty: the new secondary packet is dropped
+//!     ([`DropReason::Overflow`]);
+//!   - table full: the least recently used connection is evicted; its queued primaries are
+//!     released in order ([`Release::Evicted`]) and an event is raised if any were queued;
+//!   - idle ageing (`idle_timeout_ns`) the same with [`Release::Expired`];
+//!   - `release_after_ns` (0 = never, QEMU's behaviour): a diverged connection whose oldest
+//!     primary waited this long is released ([`Release::Timeout`]) and reset, as if a checkpoint
+//!     had happened.
+//! - **Malformed** frames (parse error, oversize): a primary is released at once
+//!   ([`Release::Uncomparable`]) with a [`Reason::Malformed`] event; a secondary is dropped.
+//! - Never panics on any input bytes.
+//!
+//! Divergence capture: just before every [`Output::event`] the engine calls [`Output::capture`]
+//! with the packets involved, still owned by the engine (the management side may copy them or
+//! take an mbuf reference).
+
+mod bypass;
+mod engine;
+mod pool;
+
+pub use bypass::Bypass;
+pub use engine::Comparator;
+
+use crate::flow::FlowKey;
+use crate::wire::ParseError;
+
+/// Which VM produced a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The primary VM (its packets go to the client).
+    Primary,
+    /// The secondary VM (its packets are only compared, then freed).
+    Secondary,
+}
+
+impl Side {
+    /// Lower-case name for reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Primary => "primary",
+            Side::Secondary => "secondary",
+        }
+    }
+}
+
+/// Why a frame could not be compared at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Uncomparable {
+    /// The frame did not parse.
+    Malformed(ParseError),
+    /// The frame is longer than [`MAX_FRAME_LEN`].
+    Oversize,
+    /// Its flow key belongs to a connection compared another way (e.g. a TCP segment with both
+    /// ports 0 sharing the key of that address pair's TCP fragments).
+    KindConflict,
+}
+
+/// Largest frame compared (QEMU's link limit); longer frames are malformed.
+pub const MAX_FRAME_LEN: usize = 69_632;
+
+/// How a primary packet left the engine (it goes to the client in every case).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    /// The secondary produced the same output (payload, control flag or ack).
+    Matched,
+    /// TCP data that had already been compared (a retransmission).
+    Retransmit,
+    /// A bypass rule matched.
+    Bypass,
+    /// Malformed or oversize frame, released uncompared.
+    Uncomparable(Uncomparable),
+    /// Released by `checkpoint_done` (the secondary now has the primary's state).
+    Checkpoint,
+    /// Released uncompared to make room: queue full or packet pool empty.
+    Overflow,
+    /// Released uncompared because its connection was evicted from a full table.
+    Evicted,
+    /// Released uncompared because its connection was idle past `idle_timeout_ns`.
+    Expired,
+    /// Released uncompared by the `release_after_ns` rule on a diverged connection.
+    Timeout,
+    /// Released by `flush_all` (shutdown or failover).
+    Flush,
+}
+
+impl Release {
+    /// True when the packet was compared and found equal (or was compared data).
+    pub fn is_compared(self) -> bool {
+        matches!(self, Release::Matched | Release::Retransmit)
+    }
+}
+
+/// Why a secondary packet was dropped rather than matched or flushed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Malformed or oversize frame.
+    Malformed,
+    /// Secondary queue full or packet pool empty.
+    Overflow,
+    /// Its connection is diverged: waiting for a checkpoint, so the packet is useless.
+    Diverged,
+    /// Its connection was evicted from a full table.
+    Evicted,
+    /// Its connection was idle past `idle_timeout_ns`.
+    Expired,
+    /// `release_after_ns` reset its connection.
+    Timeout,
+    /// `flush_all`.
+    Flush,
+}
+
+/// How a secondary packet left the engine (it is freed in every case).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecondaryFree {
+    /// Its payload was compared and matched.
+    Matched,
+    /// A zero-payload segment whose ack/flags were recorded (nothing to queue).
+    Control,
+    /// Its bytes were already compared or are already queued (a retransmission).
+    Duplicate,
+    /// A bypass rule matched.
+    Bypass,
+    /// Flushed by `checkpoint_done`.
+    Checkpoint,
+    /// Dropped for a reason.
+    Dropped(DropReason),
+}
+
+/// Why a checkpoint is requested.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Payload bytes differ.
+    PayloadMismatch,
+    /// Lengths differ: datagram sizes, or a FIN at a different stream position.
+    LengthMismatch,
+    /// A primary packet waited `timeout_ns` for its counterpart.
+    PrimaryTimeout,
+    /// A secondary packet waited `timeout_ns` for its counterpart.
+    SecondaryTimeout,
+    /// A matched primary segment waited `timeout_ns` because its ack stayed ahead of the
+    /// secondary's highest ack.
+    AckAhead,
+    /// A per-connection queue was full.
+    QueueOverflow,
+    /// The shared packet pool was empty.
+    PoolExhausted,
+    /// A connection with queued packets was evicted from a full table.
+    TableOverflow,
+    /// A connection with queued packets aged out.
+    Expired,
+    /// A malformed or oversize frame.
+    Malformed,
+}
+
+impl Reason {
+    /// Every reason, for per-reason reports.
+    pub const ALL: [Reason; 10] = [
+        Reason::PayloadMismatch,
+        Reason::LengthMismatch,
+        Reason::PrimaryTimeout,
+        Reason::SecondaryTimeout,
+        Reason::AckAhead,
+        Reason::QueueOverflow,
+        Reason::PoolExhausted,
+        Reason::TableOverflow,
+        Reason::Expired,
+        Reason::Malformed,
+    ];
+
+    /// snake_case name for reports and the control protocol.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::PayloadMismatch => "payload_mismatch",
+            Reason::LengthMismatch => "length_mismatch",
+            Reason::PrimaryTimeout => "primary_timeout",
+            Reason::SecondaryTimeout => "secondary_timeout",
+            Reason::AckAhead => "ack_ahead",
+            Reason::QueueOverflow => "queue_overflow",
+            Reason::PoolExhausted => "pool_exhausted",
+            Reason::TableOverflow => "table_overflow",
+            Reason::Expired => "expired",
+            Reason::Malformed => "malformed",
+        }
+    }
+}
+
+/// A checkpoint request with what caused it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DivergenceEvent {
+    /// The connection.
+    pub flow: FlowKey,
+    /// The side whose packet triggered it.
+    pub side: Side,
+    /// Why.
+    pub reason: Reason,
+    /// For TCP: the primary sequence range `[start, end)` involved.
+    pub seq_range: Option<(u32, u32)>,
+    /// `now` when it was raised.
+    pub time_ns: u64,
+}
+
+/// Compare configuration, with QEMU colo-compare's defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompareConfig {
+    /// How long a packet may wait for its counterpart (QEMU `compare_timeout`, 3000 ms).
+    pub timeout_ns: u64,
+    /// How often `tick` scans for timeouts (QEMU `expired_scan_cycle`, 1000 ms).
+    pub scan_period_ns: u64,
+    /// Queue length per connection and side (QEMU `max_queue_size`, 1024; exact, not max+1).
+    pub queue_size: usize,
+    /// Connections per shard (QEMU wipes its table at 16384; we evict LRU one at a time).
+    pub table_capacity: usize,
+    /// Packets queued at once in the whole shard (both sides); the pool is preallocated.
+    pub pool_size: usize,
+    /// Connections idle this long are removed (their queued packets released by rule).
+    pub idle_timeout_ns: u64,
+    /// A diverged connection whose oldest primary waited this long is released without a
+    /// checkpoint; 0 = hold until `checkpoint_done` (QEMU's behaviour).
+    pub release_after_ns: u64,
+    /// Traffic released without comparison.
+    pub bypass: Vec<Bypass>,
+}
+
+const MS: u64 = 1_000_000;
+
+impl Default for CompareConfig {
+    fn default() -> Self {
+        CompareConfig {
+            timeout_ns: 3000 * MS,
+            scan_period_ns: 1000 * MS,
+            queue_size: 1024,
+            table_capacity: 65_536,
+            pool_size: 65_536,
+            idle_timeout_ns: 120_000 * MS,
+            release_after_ns: 0,
+            bypass: Vec::new(),
+        }
+    }
+}
+
+/// The verdict sink. Implemented by the compare lcore (tx ring, mbuf free, event ring) and by
+/// tests. Called synchronously from `process`/`tick`/`checkpoint_done`/`flush_all`.
+pub trait Output<B> {
+    /// A primary packet goes to the client.
+    fn release(&mut self, pkt: B, how: Release);
+    /// A secondary packet is done with.
+    fn free_secondary(&mut self, pkt: B, how: SecondaryFree);
+    /// A checkpoint request.
+    fn event(&mut self, ev: DivergenceEvent);
+    /// Called just before [`Output::event`] with the packets involved, while the engine still
+    /// owns them (for divergence capture). For a payload mismatch both are given (the primary
+    /// segment and the secondary segment holding the first differing byte); for timeouts the
+    /// oldest waiting packet; for malformed frames the frame. Default: nothing.
+    fn capture(&mut self, ev: &DivergenceEvent, primary: Option<&B>, secondary: Option<&B>) {
+        let _ = (ev, primary, secondary);
+    }
+}
+
+/// Per-shard counters. Single writer (the shard's lcore); plain `u64`s.
+///
+/// Terminal counters: every primary in is exactly one `rel_*` or still `queued_primary`; every
+/// secondary in is exactly one `sec_*` or still `queued_secondary` ([`Self::balanced`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompareCounters {
+    /// Primary packets passed to `process`.
+    pub primary_in: u64,
+    /// Secondary packets passed to `process`.
+    pub secondary_in: u64,
+    /// Primary bytes passed to `process`.
+    pub primary_bytes: u64,
+    /// Secondary bytes passed to `process`.
+    pub secondary_bytes: u64,
+    /// Released: [`Release::Matched`].
+    pub rel_matched: u64,
+    /// Released: [`Release::Retransmit`].
+    pub rel_retransmit: u64,
+    /// Released: [`Release::Bypass`].
+    pub rel_bypass: u64,
+    /// Released: [`Release::Uncomparable`].
+    pub rel_uncomparable: u64,
+    /// Released: [`Release::Checkpoint`].
+    pub rel_checkpoint: u64,
+    /// Released: [`Release::Overflow`].
+    pub rel_overflow: u64,
+    /// Released: [`Release::Evicted`].
+    pub rel_evicted: u64,
+    /// Released: [`Release::Expired`].
+    pub rel_expired: u64,
+    /// Released: [`Release::Timeout`].
+    pub rel_timeout: u64,
+    /// Released: [`Release::Flush`].
+    pub rel_flush: u64,
+    /// Secondary freed: [`SecondaryFree::Matched`].
+    pub sec_matched: u64,
+    /// Secondary freed: [`SecondaryFree::Control`].
+    pub sec_control: u64,
+    /// Secondary freed: [`SecondaryFree::Duplicate`].
+    pub sec_duplicate: u64,
+    /// Secondary freed: [`SecondaryFree::Bypass`].
+    pub sec_bypass: u64,
+    /// Secondary freed: [`SecondaryFree::Checkpoint`].
+    pub sec_checkpoint: u64,
+    /// Secondary dropped: [`DropReason::Malformed`].
+    pub sec_drop_malformed: u64,
+    /// Secondary dropped: [`DropReason::Overflow`].
+    pub sec_drop_overflow: u64,
+    /// Secondary dropped: [`DropReason::Diverged`].
+    pub sec_drop_diverged: u64,
+    /// Secondary dropped: [`DropReason::Evicted`].
+    pub sec_drop_evicted: u64,
+    /// Secondary dropped: [`DropReason::Expired`].
+    pub sec_drop_expired: u64,
+    /// Secondary dropped: [`DropReason::Timeout`].
+    pub sec_drop_timeout: u64,
+    /// Secondary dropped: [`DropReason::Flush`].
+    pub sec_drop_flush: u64,
+    /// Primary packets queued now.
+    pub queued_primary: u64,
+    /// Secondary packets queued now.
+    pub queued_secondary: u64,
+    /// Events raised, indexed like [`Reason::ALL`].
+    pub events: [u64; 10],
+    /// Divergences not raised as a new event because the connection already asked.
+    pub events_suppressed: u64,
+    /// Connections created.
+    pub conns_created: u64,
+    /// Connections evicted from a full table.
+    pub conns_evicted: u64,
+    /// Connections aged out.
+    pub conns_expired: u64,
+    /// `checkpoint_done` calls.
+    pub checkpoints: u64,
+}
+
+impl CompareCounters {
+    /// Sum of primary terminal counters.
+    pub fn primary_out(&self) -> u64 {
+        self.rel_matched
+            + self.rel_retransmit
+            + self.rel_bypass
+            + self.rel_uncomparable
+            + self.rel_checkpoint
+            + self.rel_overflow
+            + self.rel_evicted
+            + self.rel_expired
+            + self.rel_timeout
+            + self.rel_flush
+    }
+
+    /// Sum of secondary terminal counters.
+    pub fn secondary_out(&self) -> u64 {
+        self.sec_matched
+            + self.sec_control
+            + self.sec_duplicate
+            + self.sec_bypass
+            + self.sec_checkpoint
+            + self.sec_drop_malformed
+            + self.sec_drop_overflow
+            + self.sec_drop_diverged
+            + self.sec_drop_evicted
+            + self.sec_drop_expired
+            + self.sec_drop_timeout
+            + self.sec_drop_flush
+    }
+
+    /// The accounting invariant: in = out + queued, per side.
+    pub fn balanced(&self) -> bool {
+        self.primary_in == self.primary_out() + self.queued_primary
+            && self.secondary_in == self.secondary_out() + self.queued_secondary
+    }
+
+    /// Events raised for `r`.
+    pub fn events_for(&self, r: Reason) -> u64 {
+        self.events[r as usize]
+    }
+
+    /// All events raised.
+    pub fn events_total(&self) -> u64 {
+        self.events.iter().sum()
+    }
+
+    fn count_release(&mut self, how: Release) {
+        let c = match how {
+            Release::Matched => &mut self.rel_matched,
+            Release::Retransmit => &mut self.rel_retransmit,
+            Release::Bypass => &mut self.rel_bypass,
+            Release::Uncomparable(_) => &mut self.rel_uncomparable,
+            Release::Checkpoint => &mut self.rel_checkpoint,
+            Release::Overflow => &mut self.rel_overflow,
+            Release::Evicted => &mut self.rel_evicted,
+            Release::Expired => &mut self.rel_expired,
+            Release::Timeout => &mut self.rel_timeout,
+            Release::Flush => &mut self.rel_flush,
+        };
+        *c += 1;
+    }
+
+    fn count_free(&mut self, how: SecondaryFree) {
+        let c = match how {
+            SecondaryFree::Matched => &mut self.sec_matched,
+            SecondaryFree::Control => &mut self.sec_control,
+            SecondaryFree::Duplicate => &mut self.sec_duplicate,
+            SecondaryFree::Bypass => &mut self.sec_bypass,
+            SecondaryFree::Checkpoint => &mut self.sec_checkpoint,
+            SecondaryFree::Dropped(DropReason::Malformed) => &mut self.sec_drop_malformed,
+            SecondaryFree::Dropped(DropReason::Overflow) => &mut self.sec_drop_overflow,
+            SecondaryFree::Dropped(DropReason::Diverged) => &mut self.sec_drop_diverged,
+            SecondaryFree::Dropped(DropReason::Evicted) => &mut self.sec_drop_evicted,
+            SecondaryFree::Dropped(DropReason::Expired) => &mut self.sec_drop_expired,
+            SecondaryFree::Dropped(DropReason::Timeout) => &mut self.sec_drop_timeout,
+            SecondaryFree::Dropped(DropReason::Flush) => &mut self.sec_drop_flush,
+        };
+        *c += 1;
+    }
+}
+
+/// What kind of comparison a connection gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowKind {
+    /// TCP byte-stream compare.
+    Tcp,
+    /// UDP / ICMP / ICMPv6: FIFO, transport header + payload.
+    Datagram,
+    /// ARP, non-IP, other IP protocols, fragments: FIFO, L3 packet minus volatile IP fields.
+    L3,
+}
+
+/// Compare state of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowState {
+    /// Comparing normally.
+    Comparing,
+    /// A checkpoint was requested; primaries are held until `checkpoint_done`.
+    Diverged,
+}
+
+/// One connection, for the `flows` control command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowSummary {
+    /// Comparison kind.
+    pub kind: FlowKind,
+    /// Compare state.
+    pub state: FlowState,
+    /// Primary packets seen.
+    pub primary_packets: u64,
+    /// Primary frame bytes seen.
+    pub primary_bytes: u64,
+    /// Secondary packets seen.
+    pub secondary_packets: u64,
+    /// Secondary frame bytes seen.
+    pub secondary_bytes: u64,
+    /// Primary packets queued now.
+    pub queued_primary: u32,
+    /// Secondary packets queued now.
+    pub queued_secondary: u32,
+    /// Divergences raised on this connection.
+    pub divergences: u32,
+    /// `now` of its last packet.
+    pub last_seen_ns: u64,
+}

@@ -1,0 +1,127 @@
+//! Bypass rules: traffic that is released (primary) or freed (secondary) without comparison.
+//!
+//! Same semantics as the config's `[[compare.bypass]]` rules: every given condition must hold;
+//! the port range and the prefix each match when either endpoint matches, so a rule covers both
+//! directions. Matching is allocation-free and reads only the parsed header fields.
+
+use std::net::IpAddr;
+use std::ops::RangeInclusive;
+
+use crate::wire::{L3Kind, PacketInfo};
+
+/// One bypass rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bypass {
+    /// IP protocol number; `None` = any (non-IP frames match only a rule with no other condition).
+    pub proto: Option<u8>,
+    /// Port range (TCP/UDP; portless protocols have port 0). Full range = any.
+    pub ports: RangeInclusive<u16>,
+    /// Address prefix and length; `None` = any address.
+    pub prefix: Option<(IpAddr, u8)>,
+}
+
+impl Bypass {
+    /// A rule that matches everything of `proto` (`None` = everything).
+    pub fn proto(proto: Option<u8>) -> Bypass {
+        Bypass {
+            proto,
+            ports: 0..=u16::MAX,
+            prefix: None,
+        }
+    }
+
+    /// Whether a parsed frame is covered by this rule.
+    pub fn matches(&self, info: &PacketInfo) -> bool {
+        let full_ports = self.ports == (0..=u16::MAX);
+        if !info.is_ip() {
+            return self.proto.is_none() && full_ports && self.prefix.is_none();
+        }
+        if self.proto.is_some_and(|p| p != info.ip_proto) {
+            return false;
+        }
+        if !full_ports
+            && !(self.ports.contains(&info.src_port) || self.ports.contains(&info.dst_port))
+        {
+            return false;
+        }
+        match self.prefix {
+            None => true,
+            Some((net, len)) => {
+                let v4 = info.l3 == L3Kind::Ipv4;
+                in_prefix(&info.src_ip, v4, net, len) || in_prefix(&info.dst_ip, v4, net, len)
+            }
+        }
+    }
+}
+
+fn in_prefix(addr: &[u8; 16], v4: bool, net: IpAddr, len: u8) -> bool {
+    let (net_bytes, n): ([u8; 16], usize) = match (net, v4) {
+        (IpAddr::V4(n), true) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&n.octets());
+            (b, 4)
+        }
+        (IpAddr::V6(n), false) => (n.octets(), 16),
+        _ => return false,
+    };
+    let bits = usize::from(len).min(n * 8);
+    let full = bits / 8;
+    if addr[..full] != net_bytes[..full] {
+        return false;
+    }
+    let rem = bits % 8;
+    if rem == 0 {
+        return true;
+    }
+    let mask = 0xffu8 << (8 - rem);
+    addr[full] & mask == net_bytes[full] & mask
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::parse;
+    use etherparse::PacketBuilder;
+
+    fn udp(src: [u8; 4], dst: [u8; 4], sp: u16, dp: u16) -> Vec<u8> {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv4(src, dst, 64)
+            .udp(sp, dp)
+            .write(&mut f, b"x")
+            .unwrap();
+        f
+    }
+
+    #[test]
+    fn proto_ports_prefix_each_narrow_the_rule() {
+        let f = udp([10, 1, 2, 3], [192, 168, 0, 9], 5000, 53);
+        let i = parse(&f).unwrap();
+        assert!(Bypass::proto(None).matches(&i));
+        assert!(Bypass::proto(Some(17)).matches(&i));
+        assert!(!Bypass::proto(Some(6)).matches(&i));
+        let mut r = Bypass::proto(Some(17));
+        r.ports = 53..=53;
+        assert!(r.matches(&i));
+        r.ports = 54..=60;
+        assert!(!r.matches(&i));
+        r.ports = 0..=u16::MAX;
+        r.prefix = Some(("10.0.0.0".parse().unwrap(), 8));
+        assert!(r.matches(&i));
+        r.prefix = Some(("192.168.0.8".parse().unwrap(), 31));
+        assert!(r.matches(&i));
+        r.prefix = Some(("192.168.0.8".parse().unwrap(), 32));
+        assert!(!r.matches(&i));
+        r.prefix = Some(("::".parse().unwrap(), 0));
+        assert!(!r.matches(&i), "an IPv6 prefix never matches IPv4");
+    }
+
+    #[test]
+    fn non_ip_matches_only_catch_all() {
+        let mut f = vec![0u8; 60];
+        f[12..14].copy_from_slice(&0x88ccu16.to_be_bytes()); // LLDP
+        let i = parse(&f).unwrap();
+        assert!(Bypass::proto(None).matches(&i));
+        assert!(!Bypass::proto(Some(17)).matches(&i));
+    }
+}

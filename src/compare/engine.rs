@@ -1,0 +1,1132 @@
+//! The per-shard comparator: connection table, queues, TCP stream and datagram compare.
+//! See the module docs of [`crate::compare`] for the guarantees.
+
+use crate::buf::PacketBuf;
+use crate::flow::{FlowKey, FlowTable};
+use crate::wire::packet::{tcp_flags, L3Kind, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP};
+use crate::wire::{parse, seq, PacketInfo};
+
+use super::pool::{List, Meta, Pool, DATA_OK, NIL, RETRANS};
+use super::{
+    CompareConfig, CompareCounters, DivergenceEvent, DropReason, FlowKind, FlowState, FlowSummary,
+    Output, Reason, Release, SecondaryFree, Side, Uncomparable, MAX_FRAME_LEN,
+};
+
+const K_TCP: u8 = 0;
+const K_DGRAM: u8 = 1;
+const K_L3: u8 = 2;
+
+/// Out-of-order matched ranges remembered beyond the contiguous frontier.
+const AHEAD: usize = 4;
+
+/// TCP compare state of one connection. "Frontier": every primary byte before it was compared
+/// equal (or synchronised by a checkpoint); secondary bytes before it are no longer needed.
+#[derive(Clone, Copy, Default)]
+struct TcpState {
+    frontier: u32,
+    frontier_set: bool,
+    ahead: [(u32, u32); AHEAD],
+    n_ahead: u8,
+    // What the secondary has produced.
+    s_ack: u32,
+    s_ack_valid: bool,
+    s_syn: bool,
+    s_synack: bool,
+    s_rst: bool,
+    s_fin: Option<u32>,
+    // What the primary has produced (copied to the secondary's side by a checkpoint).
+    p_end: u32,
+    p_end_valid: bool,
+    p_ack: u32,
+    p_ack_valid: bool,
+    p_syn: bool,
+    p_synack: bool,
+    p_rst: bool,
+    p_fin: Option<u32>,
+}
+
+impl TcpState {
+    fn record_match(&mut self, start: u32, end: u32) {
+        if !self.frontier_set {
+            self.frontier = start;
+            self.frontier_set = true;
+        }
+        if seq::le(start, self.frontier) {
+            self.frontier = seq::max(self.frontier, end);
+            self.merge_ahead();
+        } else if (self.n_ahead as usize) < AHEAD {
+            self.ahead[self.n_ahead as usize] = (start, end);
+            self.n_ahead += 1;
+        } else {
+            // Full: keep the lowest ranges, they join the frontier first.
+            let (mut hi, mut hi_i) = (start, AHEAD);
+            for (i, a) in self.ahead.iter().enumerate() {
+                if seq::gt(a.0, hi) {
+                    hi = a.0;
+                    hi_i = i;
+                }
+            }
+            if hi_i < AHEAD {
+                self.ahead[hi_i] = (start, end);
+            }
+        }
+    }
+
+    fn merge_ahead(&mut self) {
+        let mut changed = true;
+        while changed {
+            changed = false;
+            let mut i = 0;
+            while i < self.n_ahead as usize {
+                let (s, e) = self.ahead[i];
+                if seq::le(s, self.frontier) {
+                    self.frontier = seq::max(self.frontier, e);
+                    self.n_ahead -= 1;
+                    self.ahead[i] = self.ahead[self.n_ahead as usize];
+                    changed = true;
+                } else {
+                    i += 1;
+                }
+            }
+        }
+    }
+
+    /// After a checkpoint the secondary is a copy of the primary: it has produced what the
+    /// primary produced, and every primary byte so far counts as compared.
+    fn sync_to_primary(&mut self) {
+        if self.p_end_valid {
+            self.frontier = if self.frontier_set {
+                seq::max(self.frontier, self.p_end)
+            } else {
+                self.p_end
+            };
+            self.frontier_set = true;
+        }
+        self.n_ahead = 0;
+        if self.p_ack_valid {
+            self.s_ack = if self.s_ack_valid {
+                seq::max(self.s_ack, self.p_ack)
+            } else {
+                self.p_ack
+            };
+            self.s_ack_valid = true;
+        }
+        self.s_syn |= self.p_syn;
+        self.s_synack |= self.p_synack;
+        self.s_rst = self.p_rst;
+        self.s_fin = self.p_fin;
+    }
+}
+
+struct Conn {
+    kind: FlowKind,
+    pq: List,
+    sq: List,
+    /// First primary node not yet resolved (compared); NIL when all are.
+    cursor: u32,
+    diverged: bool,
+    last_event_ns: u64,
+    divergences: u32,
+    p_pkts: u64,
+    p_bytes: u64,
+    s_pkts: u64,
+    s_bytes: u64,
+    last_seen: u64,
+    tcp: TcpState,
+}
+
+impl Conn {
+    fn new(kind: FlowKind) -> Conn {
+        Conn {
+            kind,
+            pq: List::EMPTY,
+            sq: List::EMPTY,
+            cursor: NIL,
+            diverged: false,
+            last_event_ns: 0,
+            divergences: 0,
+            p_pkts: 0,
+            p_bytes: 0,
+            s_pkts: 0,
+            s_bytes: 0,
+            last_seen: 0,
+            tcp: TcpState::default(),
+        }
+    }
+
+    fn queued(&self) -> bool {
+        self.pq.len != 0 || self.sq.len != 0
+    }
+}
+
+/// The compare engine of one shard. See [`crate::compare`].
+pub struct Comparator<B: PacketBuf> {
+    cfg: CompareConfig,
+    table: FlowTable<Conn>,
+    pool: Pool<B>,
+    c: CompareCounters,
+    next_scan: u64,
+}
+
+/// Everything a per-connection step needs besides the connection (split borrows).
+struct Ctx<'a, B, O> {
+    pool: &'a mut Pool<B>,
+    c: &'a mut CompareCounters,
+    cfg: &'a CompareConfig,
+    out: &'a mut O,
+    key: FlowKey,
+    now: u64,
+}
+
+impl<B: PacketBuf, O: Output<B>> Ctx<'_, B, O> {
+    fn release(&mut self, pkt: B, how: Release) {
+        self.c.count_release(how);
+        self.out.release(pkt, how);
+    }
+
+    fn free(&mut self, pkt: B, how: SecondaryFree) {
+        self.c.count_free(how);
+        self.out.free_secondary(pkt, how);
+    }
+
+    fn release_node(&mut self, conn: &mut Conn, id: u32, how: Release) {
+        if conn.cursor == id {
+            conn.cursor = self.pool.next(id);
+        }
+        if let Some(p) = self.pool.remove(&mut conn.pq, id) {
+            self.c.queued_primary -= 1;
+            self.release(p, how);
+        }
+    }
+
+    fn free_node(&mut self, conn: &mut Conn, id: u32, how: SecondaryFree) {
+        if let Some(p) = self.pool.remove(&mut conn.sq, id) {
+            self.c.queued_secondary -= 1;
+            self.free(p, how);
+        }
+    }
+
+    /// Release every queued primary in arrival order and free every secondary.
+    fn empty_conn(&mut self, conn: &mut Conn, rel: Release, free: SecondaryFree) {
+        while conn.pq.head != NIL {
+            let h = conn.pq.head;
+            self.release_node(conn, h, rel);
+        }
+        while conn.sq.head != NIL {
+            let h = conn.sq.head;
+            self.free_node(conn, h, free);
+        }
+        conn.cursor = NIL;
+    }
+
+    /// Raise a divergence unless this connection already asked (then it is counted only).
+    fn diverge(
+        &mut self,
+        conn: &mut Conn,
+        side: Side,
+        reason: Reason,
+        range: Option<(u32, u32)>,
+        p: u32,
+        s: u32,
+    ) {
+        if conn.diverged {
+            self.c.events_suppressed += 1;
+            return;
+        }
+        conn.diverged = true;
+        self.emit(conn, side, reason, range, p, s);
+    }
+
+    fn emit(
+        &mut self,
+        conn: &mut Conn,
+        side: Side,
+        reason: Reason,
+        range: Option<(u32, u32)>,
+        p: u32,
+        s: u32,
+    ) {
+        conn.last_event_ns = self.now;
+        conn.divergences = conn.divergences.saturating_add(1);
+        let ev = DivergenceEvent {
+            flow: self.key,
+            side,
+            reason,
+            seq_range: range,
+            time_ns: self.now,
+        };
+        let pp = if p == NIL { None } else { self.pool.pkt(p) };
+        let sp = if s == NIL { None } else { self.pool.pkt(s) };
+        self.out.capture(&ev, pp, sp);
+        self.out.event(ev);
+        self.c.events[reason as usize] += 1;
+    }
+
+    /// Queue a primary, applying the overflow rule (release the oldest to make room).
+    fn enqueue_primary(&mut self, conn: &mut Conn, pkt: B, m: Meta) -> bool {
+        let full = conn.pq.len as usize >= self.cfg.queue_size;
+        if full || self.pool.is_full() {
+            let reason = if full {
+                Reason::QueueOverflow
+            } else {
+                Reason::PoolExhausted
+            };
+            let range = (conn.kind == FlowKind::Tcp).then_some((m.seq, m.end));
+            if conn.pq.head == NIL {
+                // Nothing of this connection queued: releasing the new packet keeps order.
+                self.diverge(conn, Side::Primary, reason, range, NIL, NIL);
+                self.release(pkt, Release::Overflow);
+                return false;
+            }
+            let h = conn.pq.head;
+            self.diverge(conn, Side::Primary, reason, range, h, NIL);
+            self.release_node(conn, h, Release::Overflow);
+        }
+        match self.pool.alloc(pkt, m) {
+            Ok(id) => {
+                self.pool.push_back(&mut conn.pq, id);
+                self.c.queued_primary += 1;
+                if conn.cursor == NIL {
+                    conn.cursor = id;
+                }
+                true
+            }
+            // Unreachable (a node was just freed), but never lose the packet.
+            Err(pkt) => {
+                self.release(pkt, Release::Overflow);
+                false
+            }
+        }
+    }
+
+    /// Room check for a secondary; drops it (counted, event) when there is none.
+    fn secondary_room(&mut self, conn: &mut Conn, pkt: B, m: &Meta) -> Option<B> {
+        let full = conn.sq.len as usize >= self.cfg.queue_size;
+        if !full && !self.pool.is_full() {
+            return Some(pkt);
+        }
+        let reason = if full {
+            Reason::QueueOverflow
+        } else {
+            Reason::PoolExhausted
+        };
+        let range = (conn.kind == FlowKind::Tcp).then_some((m.seq, m.end));
+        self.diverge(conn, Side::Secondary, reason, range, NIL, NIL);
+        self.free(pkt, SecondaryFree::Dropped(DropReason::Overflow));
+        None
+    }
+
+    // ---------------------------------------------------------------- TCP
+
+    fn tcp_primary(&mut self, conn: &mut Conn, pkt: B, m: Meta) {
+        let t = &mut conn.tcp;
+        let f = m.flags;
+        if f & tcp_flags::SYN != 0 {
+            if f & tcp_flags::ACK != 0 {
+                t.p_synack = true;
+            } else {
+                t.p_syn = true;
+            }
+            if !t.frontier_set {
+                // Data starts right after the SYN.
+                t.frontier = m.seq;
+                t.frontier_set = true;
+            }
+        }
+        if f & tcp_flags::RST != 0 {
+            t.p_rst = true;
+        }
+        if f & tcp_flags::FIN != 0 {
+            t.p_fin = Some(m.end);
+        }
+        if m.end != m.seq {
+            t.p_end = if t.p_end_valid {
+                seq::max(t.p_end, m.end)
+            } else {
+                m.end
+            };
+            t.p_end_valid = true;
+        }
+        if f & tcp_flags::ACK != 0 && f & tcp_flags::RST == 0 {
+            t.p_ack = if t.p_ack_valid {
+                seq::max(t.p_ack, m.ack)
+            } else {
+                m.ack
+            };
+            t.p_ack_valid = true;
+        }
+        if self.enqueue_primary(conn, pkt, m) {
+            self.pump_tcp(conn);
+        }
+    }
+
+    fn tcp_secondary(&mut self, conn: &mut Conn, pkt: B, m: Meta) {
+        let t = &mut conn.tcp;
+        let f = m.flags;
+        if f & tcp_flags::ACK != 0 && f & tcp_flags::RST == 0 {
+            t.s_ack = if t.s_ack_valid {
+                seq::max(t.s_ack, m.ack)
+            } else {
+                m.ack
+            };
+            t.s_ack_valid = true;
+        }
+        if f & tcp_flags::SYN != 0 {
+            if f & tcp_flags::ACK != 0 {
+                t.s_synack = true;
+            } else {
+                t.s_syn = true;
+            }
+        }
+        if f & tcp_flags::RST != 0 {
+            t.s_rst = true;
+        }
+        if f & tcp_flags::FIN != 0 {
+            t.s_fin = Some(m.end);
+        }
+        let behind = t.frontier_set && seq::le(m.end, t.frontier);
+        if conn.diverged {
+            self.free(pkt, SecondaryFree::Dropped(DropReason::Diverged));
+            return;
+        }
+        if m.end == m.seq {
+            self.free(pkt, SecondaryFree::Control);
+        } else if behind {
+            self.free(pkt, SecondaryFree::Duplicate);
+        } else if let Some(pkt) = self.secondary_room(conn, pkt, &m) {
+            self.insert_secondary(conn, pkt, m);
+        } else {
+            return;
+        }
+        self.pump_tcp(conn);
+    }
+
+    /// Insert a secondary data segment by sequence number. Keeps the invariant that queued
+    /// segments are sorted by start with strictly increasing ends (no segment inside another),
+    /// so the front is always the first to fall behind the frontier.
+    fn insert_secondary(&mut self, conn: &mut Conn, pkt: B, m: Meta) {
+        // Walk back from the tail over the segments starting at or after the new one.
+        let mut pred = conn.sq.tail;
+        while pred != NIL && seq::ge(self.pool.meta(pred).seq, m.seq) {
+            pred = self.pool.prev(pred);
+        }
+        let mut pos = m.seq;
+        if pred != NIL && seq::gt(self.pool.meta(pred).end, pos) {
+            pos = self.pool.meta(pred).end;
+        }
+        let first_succ = if pred == NIL {
+            conn.sq.head
+        } else {
+            self.pool.next(pred)
+        };
+        let mut s = first_succ;
+        while !seq::ge(pos, m.end) && s != NIL && seq::le(self.pool.meta(s).seq, pos) {
+            pos = seq::max(pos, self.pool.meta(s).end);
+            s = self.pool.next(s);
+        }
+        if seq::ge(pos, m.end) {
+            self.free(pkt, SecondaryFree::Duplicate);
+            return;
+        }
+        // Segments wholly inside the new one are redundant.
+        let mut s = first_succ;
+        while s != NIL && seq::le(self.pool.meta(s).end, m.end) {
+            let next = self.pool.next(s);
+            self.free_node(conn, s, SecondaryFree::Duplicate);
+            s = next;
+        }
+        match self.pool.alloc(pkt, m) {
+            Ok(id) => {
+                self.pool.insert_after(&mut conn.sq, pred, id);
+                self.c.queued_secondary += 1;
+            }
+            Err(pkt) => self.free(pkt, SecondaryFree::Dropped(DropReason::Overflow)),
+        }
+    }
+
+    /// Compare what can be compared, then release the ready prefix of the primary queue.
+    fn pump_tcp(&mut self, conn: &mut Conn) {
+        if conn.diverged {
+            return;
+        }
+        while conn.cursor != NIL {
+            let id = conn.cursor;
+            match self.resolve_tcp(conn, id) {
+                Resolve::Done => conn.cursor = self.pool.next(id),
+                Resolve::Wait => break,
+                Resolve::Diverge(reason, s) => {
+                    let m = *self.pool.meta(id);
+                    self.diverge(conn, Side::Primary, reason, Some((m.seq, m.end)), id, s);
+                    return;
+                }
+            }
+        }
+        while conn.pq.head != NIL {
+            let h = conn.pq.head;
+            let m = *self.pool.meta(h);
+            if !tcp_ready(conn, &m) {
+                break;
+            }
+            let how = if m.state & RETRANS != 0 {
+                Release::Retransmit
+            } else {
+                Release::Matched
+            };
+            self.release_node(conn, h, how);
+        }
+    }
+
+    fn resolve_tcp(&mut self, conn: &mut Conn, id: u32) -> Resolve {
+        let m = *self.pool.meta(id);
+        let t = conn.tcp;
+        if m.flags & tcp_flags::FIN != 0 {
+            if let Some(sf) = t.s_fin {
+                if sf != m.end {
+                    return Resolve::Diverge(Reason::LengthMismatch, NIL);
+                }
+            }
+        }
+        if m.seq == m.end {
+            self.pool.meta_mut(id).state |= DATA_OK;
+            return Resolve::Done;
+        }
+        if t.frontier_set && seq::le(m.end, t.frontier) {
+            self.pool.meta_mut(id).state |= DATA_OK | RETRANS;
+            return Resolve::Done;
+        }
+        if let Some(sf) = t.s_fin {
+            if seq::lt(sf, m.end) {
+                // The secondary closed its stream before this data.
+                return Resolve::Diverge(Reason::LengthMismatch, NIL);
+            }
+        }
+        let start = if t.frontier_set && seq::lt(m.seq, t.frontier) {
+            t.frontier
+        } else {
+            m.seq
+        };
+        let pdata = self.pool.data(id);
+        let mut pos = start;
+        let mut s = conn.sq.head;
+        while s != NIL {
+            let sm = self.pool.meta(s);
+            if seq::le(sm.end, pos) {
+                s = self.pool.next(s);
+                continue;
+            }
+            if seq::gt(sm.seq, pos) {
+                break; // a gap: the secondary has not sent these bytes yet
+            }
+            let stop = seq::min(sm.end, m.end);
+            let n = stop.wrapping_sub(pos) as usize;
+            let pa = m.cmp_off as usize + pos.wrapping_sub(m.seq) as usize;
+            let sa = sm.cmp_off as usize + pos.wrapping_sub(sm.seq) as usize;
+            let sdata = self.pool.data(s);
+            match (pdata.get(pa..pa + n), sdata.get(sa..sa + n)) {
+                (Some(a), Some(b)) if a == b => {}
+                _ => return Resolve::Diverge(Reason::PayloadMismatch, s),
+            }
+            pos = stop;
+            if pos == m.end {
+                break;
+            }
+            s = self.pool.next(s);
+        }
+        if pos != m.end {
+            return Resolve::Wait;
+        }
+        self.pool.meta_mut(id).state |= DATA_OK;
+        conn.tcp.record_match(start, m.end);
+        // Secondary segments wholly behind the frontier are consumed.
+        let frontier = conn.tcp.frontier;
+        while conn.sq.head != NIL && seq::le(self.pool.meta(conn.sq.head).end, frontier) {
+            let h = conn.sq.head;
+            self.free_node(conn, h, SecondaryFree::Matched);
+        }
+        Resolve::Done
+    }
+
+    // ---------------------------------------------------------------- datagrams / L3
+
+    fn dgram_primary(&mut self, conn: &mut Conn, pkt: B, m: Meta) {
+        if self.enqueue_primary(conn, pkt, m) {
+            self.pump_dgram(conn);
+        }
+    }
+
+    fn dgram_secondary(&mut self, conn: &mut Conn, pkt: B, m: Meta) {
+        if conn.diverged {
+            self.free(pkt, SecondaryFree::Dropped(DropReason::Diverged));
+            return;
+        }
+        let Some(pkt) = self.secondary_room(conn, pkt, &m) else {
+            return;
+        };
+        match self.pool.alloc(pkt, m) {
+            Ok(id) => {
+                self.pool.push_back(&mut conn.sq, id);
+                self.c.queued_secondary += 1;
+            }
+            Err(pkt) => {
+                self.free(pkt, SecondaryFree::Dropped(DropReason::Overflow));
+                return;
+            }
+        }
+        self.pump_dgram(conn);
+    }
+
+    /// Strict FIFO: the oldest primary against the oldest secondary.
+    fn pump_dgram(&mut self, conn: &mut Conn) {
+        while !conn.diverged && conn.pq.head != NIL && conn.sq.head != NIL {
+            let (p, s) = (conn.pq.head, conn.sq.head);
+            match dgram_equal(
+                self.pool.meta(p),
+                self.pool.data(p),
+                self.pool.meta(s),
+                self.pool.data(s),
+            ) {
+                None => {
+                    self.release_node(conn, p, Release::Matched);
+                    self.free_node(conn, s, SecondaryFree::Matched);
+                }
+                Some(reason) => {
+                    self.diverge(conn, Side::Primary, reason, None, p, s);
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- timers
+
+    /// Timeout check of one connection (scan period).
+    fn scan(&mut self, conn: &mut Conn) {
+        if !conn.queued() {
+            return;
+        }
+        let timeout = self.cfg.timeout_ns;
+        if conn.diverged {
+            if conn.pq.head != NIL && self.cfg.release_after_ns > 0 {
+                let age = self
+                    .now
+                    .saturating_sub(self.pool.meta(conn.pq.head).arrival);
+                if age >= self.cfg.release_after_ns {
+                    self.empty_conn(
+                        conn,
+                        Release::Timeout,
+                        SecondaryFree::Dropped(DropReason::Timeout),
+                    );
+                    conn.diverged = false;
+                    conn.tcp.sync_to_primary();
+                    return;
+                }
+            }
+            // Repeat the request in case it was lost.
+            if self.now.saturating_sub(conn.last_event_ns) >= timeout {
+                let (p, s) = (conn.pq.head, conn.sq.head);
+                let side = if p != NIL {
+                    Side::Primary
+                } else {
+                    Side::Secondary
+                };
+                let reason = if p != NIL {
+                    Reason::PrimaryTimeout
+                } else {
+                    Reason::SecondaryTimeout
+                };
+                self.emit(conn, side, reason, None, p, s);
+            }
+            return;
+        }
+        if conn.pq.head != NIL {
+            let h = conn.pq.head;
+            let m = *self.pool.meta(h);
+            if self.now.saturating_sub(m.arrival) >= timeout {
+                let tcp = conn.kind == FlowKind::Tcp;
+                let reason = if tcp && m.state & DATA_OK != 0 && tcp_ready_but_gate(conn, &m) {
+                    Reason::AckAhead
+                } else {
+                    Reason::PrimaryTimeout
+                };
+                let range = tcp.then_some((m.seq, m.end));
+                self.diverge(conn, Side::Primary, reason, range, h, conn.sq.head);
+                return;
+            }
+        }
+        // Oldest secondary (the TCP queue is sorted by seq, so look at all of it).
+        let mut s = conn.sq.head;
+        let mut oldest = NIL;
+        while s != NIL {
+            if oldest == NIL || self.pool.meta(s).arrival < self.pool.meta(oldest).arrival {
+                oldest = s;
+            }
+            s = self.pool.next(s);
+        }
+        if oldest != NIL {
+            let m = *self.pool.meta(oldest);
+            if self.now.saturating_sub(m.arrival) >= timeout {
+                let range = (conn.kind == FlowKind::Tcp).then_some((m.seq, m.end));
+                self.diverge(
+                    conn,
+                    Side::Secondary,
+                    Reason::SecondaryTimeout,
+                    range,
+                    NIL,
+                    oldest,
+                );
+            }
+        }
+    }
+
+    /// A connection leaves the table (eviction or ageing): release its queue by rule.
+    fn retire(&mut self, mut conn: Conn, reason: Reason, rel: Release, drop: DropReason) {
+        if conn.queued() {
+            let (p, s) = (conn.pq.head, conn.sq.head);
+            let side = if p != NIL {
+                Side::Primary
+            } else {
+                Side::Secondary
+            };
+            self.diverge(&mut conn, side, reason, None, p, s);
+        }
+        self.empty_conn(&mut conn, rel, SecondaryFree::Dropped(drop));
+    }
+}
+
+enum Resolve {
+    Done,
+    Wait,
+    Diverge(Reason, u32),
+}
+
+/// Whether a resolved primary TCP segment may go: control counterpart and ack gate.
+fn tcp_ready(conn: &Conn, m: &Meta) -> bool {
+    if m.state & DATA_OK == 0 {
+        return false;
+    }
+    if m.state & RETRANS != 0 {
+        return true;
+    }
+    control_ok(conn, m) && gate_ok(conn, m)
+}
+
+fn tcp_ready_but_gate(conn: &Conn, m: &Meta) -> bool {
+    control_ok(conn, m) && !gate_ok(conn, m)
+}
+
+fn control_ok(conn: &Conn, m: &Meta) -> bool {
+    let t = &conn.tcp;
+    let f = m.flags;
+    if f & tcp_flags::RST != 0 {
+        return t.s_rst;
+    }
+    if f & tcp_flags::SYN != 0 {
+        let ok = if f & tcp_flags::ACK != 0 {
+            t.s_synack
+        } else {
+            t.s_syn
+        };
+        if !ok {
+            return false;
+        }
+    }
+    if f & tcp_flags::FIN != 0 && t.s_fin != Some(m.end) {
+        return false;
+    }
+    if f & (tcp_flags::ACK | tcp_flags::SYN | tcp_flags::FIN) == 0 && m.seq == m.end {
+        // A bare zero-payload segment: wait for anything from the secondary.
+        return conn.s_pkts > 0;
+    }
+    true
+}
+
+/// Ack gate: a segment's ack must not be ahead of the secondary's highest ack.
+fn gate_ok(conn: &Conn, m: &Meta) -> bool {
+    let f = m.flags;
+    if f & tcp_flags::ACK == 0 || f & tcp_flags::RST != 0 {
+        return true;
+    }
+    conn.tcp.s_ack_valid && seq::le(m.ack, conn.tcp.s_ack)
+}
+
+/// `None` when equal, else why not.
+fn dgram_equal(pm: &Meta, pd: &[u8], sm: &Meta, sd: &[u8]) -> Option<Reason> {
+    let a = pd
+        .get(pm.cmp_off as usize..pm.cmp_end as usize)
+        .unwrap_or(&[]);
+    let b = sd
+        .get(sm.cmp_off as usize..sm.cmp_end as usize)
+        .unwrap_or(&[]);
+    if pm.kind != sm.kind || a.len() != b.len() {
+        return Some(Reason::LengthMismatch);
+    }
+    let eq = if pm.kind == K_L3 && pm.ipver == sm.ipver {
+        l3_equal(a, b, pm.ipver)
+    } else {
+        a == b
+    };
+    if eq {
+        None
+    } else {
+        Some(Reason::PayloadMismatch)
+    }
+}
+
+/// Compare two L3 packets of equal length, ignoring the IP fields that legitimately differ
+/// between two VMs: IPv4 ID, TTL and header checksum; IPv6 traffic class, flow label and hop
+/// limit.
+fn l3_equal(a: &[u8], b: &[u8], ipver: u8) -> bool {
+    match ipver {
+        4 if a.len() >= 20 => {
+            a[0..4] == b[0..4] && a[6..8] == b[6..8] && a[9] == b[9] && a[12..] == b[12..]
+        }
+        6 if a.len() >= 40 => a[0] >> 4 == b[0] >> 4 && a[4..7] == b[4..7] && a[8..] == b[8..],
+        _ => a == b,
+    }
+}
+
+fn kind_code(k: FlowKind) -> u8 {
+    match k {
+        FlowKind::Tcp => K_TCP,
+        FlowKind::Datagram => K_DGRAM,
+        FlowKind::L3 => K_L3,
+    }
+}
+
+fn flow_kind(info: &PacketInfo) -> FlowKind {
+    if info.tcp.is_some() {
+        FlowKind::Tcp
+    } else if info.is_ip()
+        && !info.fragment
+        && matches!(info.ip_proto, IPPROTO_UDP | IPPROTO_ICMP | IPPROTO_ICMPV6)
+    {
+        FlowKind::Datagram
+    } else {
+        FlowKind::L3
+    }
+}
+
+fn meta_of(info: &PacketInfo, kind: FlowKind, now: u64) -> Meta {
+    let mut m = Meta {
+        arrival: now,
+        kind: kind_code(kind),
+        cmp_end: info.l3_end,
+        ..Meta::default()
+    };
+    match kind {
+        FlowKind::Tcp => {
+            let t = info.tcp.unwrap_or_default();
+            let syn = u32::from(t.flags & tcp_flags::SYN != 0);
+            m.seq = t.seq.wrapping_add(syn);
+            // An RST's payload (diagnostic text) is not part of the stream.
+            let len = if t.flags & tcp_flags::RST != 0 {
+                0
+            } else {
+                info.payload_len() as u32
+            };
+            m.end = m.seq.wrapping_add(len);
+            m.ack = t.ack;
+            m.flags = t.flags;
+            m.cmp_off = info.payload_off() as u32;
+        }
+        FlowKind::Datagram => m.cmp_off = u32::from(info.l4_off),
+        FlowKind::L3 => {
+            m.cmp_off = u32::from(info.l3_off);
+            m.ipver = match info.l3 {
+                L3Kind::Ipv4 => 4,
+                L3Kind::Ipv6 => 6,
+                _ => 0,
+            };
+        }
+    }
+    m
+}
+
+impl<B: PacketBuf> Comparator<B> {
+    /// A comparator with every table and pool preallocated from `cfg`.
+    pub fn new(cfg: CompareConfig) -> Self {
+        let table = FlowTable::with_capacity(cfg.table_capacity);
+        let pool = Pool::with_capacity(cfg.pool_size);
+        Comparator {
+            cfg,
+            table,
+            pool,
+            c: CompareCounters::default(),
+            next_scan: 0,
+        }
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &CompareConfig {
+        &self.cfg
+    }
+
+    /// Replace the bypass rules (control command `bypass add|del`); applies to new packets.
+    pub fn set_bypass(&mut self, rules: Vec<super::Bypass>) {
+        self.cfg.bypass = rules;
+    }
+
+    /// Connections tracked now.
+    pub fn connections(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Counters (single writer: this shard).
+    pub fn counters(&self) -> &CompareCounters {
+        &self.c
+    }
+
+    /// Take one packet from `side`. Every packet leaves through `out` exactly once, now or
+    /// later.
+    pub fn process(&mut self, side: Side, pkt: B, now: u64, out: &mut impl Output<B>) {
+        let len = pkt.len();
+        match side {
+            Side::Primary => {
+                self.c.primary_in += 1;
+                self.c.primary_bytes += len as u64;
+            }
+            Side::Secondary => {
+                self.c.secondary_in += 1;
+                self.c.secondary_bytes += len as u64;
+            }
+        }
+        if len > MAX_FRAME_LEN {
+            return self.uncomparable(side, pkt, Uncomparable::Oversize, now, out);
+        }
+        let info = match parse(pkt.data()) {
+            Ok(i) => i,
+            Err(e) => return self.uncomparable(side, pkt, Uncomparable::Malformed(e), now, out),
+        };
+        if !self.cfg.bypass.is_empty() && self.cfg.bypass.iter().any(|r| r.matches(&info)) {
+            match side {
+                Side::Primary => {
+                    self.c.rel_bypass += 1;
+                    out.release(pkt, Release::Bypass);
+                }
+                Side::Secondary => {
+                    self.c.sec_bypass += 1;
+                    out.free_secondary(pkt, SecondaryFree::Bypass);
+                }
+            }
+            return;
+        }
+        let key = FlowKey::of(&info, pkt.data());
+        let kind = flow_kind(&info);
+        let m = meta_of(&info, kind, now);
+
+        let Comparator {
+            cfg,
+            table,
+            pool,
+            c,
+            ..
+        } = self;
+        let mut created = false;
+        let (_, conn, evicted) = table.get_or_insert_with(key, now, || {
+            created = true;
+            Conn::new(kind)
+        });
+        let mut ctx = Ctx {
+            pool,
+            c,
+            cfg,
+            out,
+            key,
+            now,
+        };
+        if let Some((ekey, econn)) = evicted {
+            ctx.c.conns_evicted += 1;
+            ctx.key = ekey;
+            ctx.retire(
+                econn,
+                Reason::TableOverflow,
+                Release::Evicted,
+                DropReason::Evicted,
+            );
+            ctx.key = key;
+        }
+        if created {
+            ctx.c.conns_created += 1;
+        }
+        conn.last_seen = now;
+        if conn.kind != kind {
+            // Same key, different comparison (e.g. TCP with both ports 0 against fragments):
+            // nothing sensible to compare against.
+            match side {
+                Side::Primary => {
+                    ctx.release(pkt, Release::Uncomparable(Uncomparable::KindConflict))
+                }
+                Side::Secondary => ctx.free(pkt, SecondaryFree::Dropped(DropReason::Malformed)),
+            }
+            return;
+        }
+        match side {
+            Side::Primary => {
+                conn.p_pkts += 1;
+                conn.p_bytes += len as u64;
+                match kind {
+                    FlowKind::Tcp => ctx.tcp_primary(conn, pkt, m),
+                    _ => ctx.dgram_primary(conn, pkt, m),
+                }
+            }
+            Side::Secondary => {
+                conn.s_pkts += 1;
+                conn.s_bytes += len as u64;
+                match kind {
+                    FlowKind::Tcp => ctx.tcp_secondary(conn, pkt, m),
+                    _ => ctx.dgram_secondary(conn, pkt, m),
+                }
+            }
+        }
+    }
+
+    fn uncomparable(
+        &mut self,
+        side: Side,
+        pkt: B,
+        why: Uncomparable,
+        now: u64,
+        out: &mut impl Output<B>,
+    ) {
+        match side {
+            Side::Primary => {
+                // Best-effort L2 key: MAC pair + EtherType (zeros when even that is missing).
+                let d = pkt.data();
+                let info = PacketInfo {
+                    ethertype: d
+                        .get(12..14)
+                        .map_or(0, |b| u16::from_be_bytes([b[0], b[1]])),
+                    ..PacketInfo::default()
+                };
+                let ev = DivergenceEvent {
+                    flow: FlowKey::of(&info, d),
+                    side,
+                    reason: Reason::Malformed,
+                    seq_range: None,
+                    time_ns: now,
+                };
+                out.capture(&ev, Some(&pkt), None);
+                out.event(ev);
+                self.c.events[Reason::Malformed as usize] += 1;
+                self.c.rel_uncomparable += 1;
+                out.release(pkt, Release::Uncomparable(why));
+            }
+            Side::Secondary => {
+                // The primary's version of it will time out if it mattered.
+                self.c.sec_drop_malformed += 1;
+                out.free_secondary(pkt, SecondaryFree::Dropped(DropReason::Malformed));
+            }
+        }
+    }
+
+    /// Timeouts (every `scan_period_ns`) and idle ageing. Cheap when nothing is due.
+    pub fn tick(&mut self, now: u64, out: &mut impl Output<B>) {
+        if now < self.next_scan {
+            return;
+        }
+        self.next_scan = now.saturating_add(self.cfg.scan_period_ns.max(1));
+        let Comparator {
+            cfg,
+            table,
+            pool,
+            c,
+            ..
+        } = self;
+        let mut ctx = Ctx {
+            pool,
+            c,
+            cfg,
+            out,
+            key: FlowKey::of(&PacketInfo::default(), &[]),
+            now,
+        };
+        table.for_each_mut(|k, conn| {
+            ctx.key = *k;
+            ctx.scan(conn);
+        });
+        let idle = ctx.cfg.idle_timeout_ns;
+        table.expire(now, idle, |k, conn| {
+            ctx.c.conns_expired += 1;
+            ctx.key = k;
+            ctx.retire(conn, Reason::Expired, Release::Expired, DropReason::Expired);
+        });
+    }
+
+    /// The COLO frame finished a checkpoint: release every queued primary in arrival order,
+    /// free every queued secondary, and restart comparison from the synchronised state.
+    pub fn checkpoint_done(&mut self, now: u64, out: &mut impl Output<B>) {
+        let Comparator {
+            cfg,
+            table,
+            pool,
+            c,
+            ..
+        } = self;
+        c.checkpoints += 1;
+        let mut ctx = Ctx {
+            pool,
+            c,
+            cfg,
+            out,
+            key: FlowKey::of(&PacketInfo::default(), &[]),
+            now,
+        };
+        table.for_each_mut(|k, conn| {
+            ctx.key = *k;
+            ctx.empty_conn(conn, Release::Checkpoint, SecondaryFree::Checkpoint);
+            conn.diverged = false;
+            conn.tcp.sync_to_primary();
+        });
+    }
+
+    /// Shutdown or failover: release every queued primary (per connection in arrival order),
+    /// free every secondary, and forget all connections.
+    pub fn flush_all(&mut self, out: &mut impl Output<B>) {
+        let Comparator {
+            cfg,
+            table,
+            pool,
+            c,
+            ..
+        } = self;
+        let mut ctx = Ctx {
+            pool,
+            c,
+            cfg,
+            out,
+            key: FlowKey::of(&PacketInfo::default(), &[]),
+            now: 0,
+        };
+        table.drain(|_, mut conn| {
+            ctx.empty_conn(
+                &mut conn,
+                Release::Flush,
+                SecondaryFree::Dropped(DropReason::Flush),
+            );
+        });
+    }
+
+    /// Visit every connection (least recently used first) with its summary.
+    pub fn flows(&self, mut f: impl FnMut(&FlowKey, FlowSummary)) {
+        self.table.for_each(|k, conn, _| {
+            f(
+                k,
+                FlowSummary {
+                    kind: conn.kind,
+                    state: if conn.diverged {
+                        FlowState::Diverged
+                    } else {
+                        FlowState::Comparing
+                    },
+                    primary_packets: conn.p_pkts,
+                    primary_bytes: conn.p_bytes,
+                    secondary_packets: conn.s_pkts,
+                    secondary_bytes: conn.s_bytes,
+                    queued_primary: conn.pq.len,
+                    queued_secondary: conn.sq.len,
+                    divergences: conn.divergences,
+                    last_seen_ns: conn.last_seen,
+                },
+            )
+        });
+    }
+}

@@ -1,0 +1,195 @@
+//! The shard's packet pool: a slab of queue nodes preallocated at start-up, threaded into
+//! per-connection intrusive doubly linked lists. Enqueue and dequeue never allocate; a full pool
+//! is reported to the caller, which applies the overflow rule.
+
+use crate::buf::PacketBuf;
+
+/// "No node".
+pub(crate) const NIL: u32 = u32::MAX;
+
+/// Node state bits.
+pub(crate) const DATA_OK: u8 = 1;
+/// TCP data already compared: released without the gate.
+pub(crate) const RETRANS: u8 = 2;
+
+/// What the engine remembers about a queued packet (so the frame is parsed once).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Meta {
+    /// `now` at arrival.
+    pub arrival: u64,
+    /// TCP: sequence number of the first payload byte (after a SYN).
+    pub seq: u32,
+    /// TCP: `seq` + payload length (the FIN's position).
+    pub end: u32,
+    /// TCP: ack number.
+    pub ack: u32,
+    /// Start of the compared bytes (TCP payload, L4 header, or L3 header).
+    pub cmp_off: u32,
+    /// End of the compared bytes (the IP packet's end, never Ethernet padding).
+    pub cmp_end: u32,
+    /// TCP flags.
+    pub flags: u8,
+    /// [`super::engine`]'s packet kind code.
+    pub kind: u8,
+    /// For L3 compares: 4, 6, or 0 (which IP fields to ignore).
+    pub ipver: u8,
+    /// [`DATA_OK`] / [`RETRANS`].
+    pub state: u8,
+}
+
+pub(crate) struct Node<B> {
+    pub pkt: Option<B>,
+    pub m: Meta,
+    prev: u32,
+    next: u32,
+}
+
+/// A FIFO or sorted list of nodes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct List {
+    pub head: u32,
+    pub tail: u32,
+    pub len: u32,
+}
+
+impl List {
+    pub const EMPTY: List = List {
+        head: NIL,
+        tail: NIL,
+        len: 0,
+    };
+}
+
+pub(crate) struct Pool<B> {
+    nodes: Vec<Node<B>>,
+    free: u32,
+    free_n: usize,
+}
+
+impl<B: PacketBuf> Pool<B> {
+    pub fn with_capacity(n: usize) -> Self {
+        let n = n.clamp(1, NIL as usize - 1);
+        let mut nodes = Vec::with_capacity(n);
+        for i in 0..n {
+            nodes.push(Node {
+                pkt: None,
+                m: Meta::default(),
+                prev: NIL,
+                next: if i + 1 < n { (i + 1) as u32 } else { NIL },
+            });
+        }
+        Pool {
+            nodes,
+            free: 0,
+            free_n: n,
+        }
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.free_n == 0
+    }
+
+    #[inline]
+    pub fn meta(&self, id: u32) -> &Meta {
+        &self.nodes[id as usize].m
+    }
+
+    #[inline]
+    pub fn meta_mut(&mut self, id: u32) -> &mut Meta {
+        &mut self.nodes[id as usize].m
+    }
+
+    #[inline]
+    pub fn pkt(&self, id: u32) -> Option<&B> {
+        self.nodes[id as usize].pkt.as_ref()
+    }
+
+    #[inline]
+    pub fn data(&self, id: u32) -> &[u8] {
+        match &self.nodes[id as usize].pkt {
+            Some(p) => p.data(),
+            None => &[],
+        }
+    }
+
+    #[inline]
+    pub fn next(&self, id: u32) -> u32 {
+        self.nodes[id as usize].next
+    }
+
+    #[inline]
+    pub fn prev(&self, id: u32) -> u32 {
+        self.nodes[id as usize].prev
+    }
+
+    /// Take a free node for `pkt`; gives the packet back when the pool is empty.
+    pub fn alloc(&mut self, pkt: B, m: Meta) -> Result<u32, B> {
+        if self.free == NIL {
+            return Err(pkt);
+        }
+        let id = self.free;
+        let n = &mut self.nodes[id as usize];
+        self.free = n.next;
+        self.free_n -= 1;
+        n.pkt = Some(pkt);
+        n.m = m;
+        n.prev = NIL;
+        n.next = NIL;
+        Ok(id)
+    }
+
+    /// Link `id` after `after` (`NIL` = at the front).
+    pub fn insert_after(&mut self, list: &mut List, after: u32, id: u32) {
+        let next = if after == NIL {
+            list.head
+        } else {
+            self.nodes[after as usize].next
+        };
+        {
+            let n = &mut self.nodes[id as usize];
+            n.prev = after;
+            n.next = next;
+        }
+        if after == NIL {
+            list.head = id;
+        } else {
+            self.nodes[after as usize].next = id;
+        }
+        if next == NIL {
+            list.tail = id;
+        } else {
+            self.nodes[next as usize].prev = id;
+        }
+        list.len += 1;
+    }
+
+    pub fn push_back(&mut self, list: &mut List, id: u32) {
+        let t = list.tail;
+        self.insert_after(list, t, id);
+    }
+
+    /// Unlink `id` from `list` and return its packet; the node goes back to the pool.
+    pub fn remove(&mut self, list: &mut List, id: u32) -> Option<B> {
+        let (prev, next) = {
+            let n = &self.nodes[id as usize];
+            (n.prev, n.next)
+        };
+        if prev == NIL {
+            list.head = next;
+        } else {
+            self.nodes[prev as usize].next = next;
+        }
+        if next == NIL {
+            list.tail = prev;
+        } else {
+            self.nodes[next as usize].prev = prev;
+        }
+        list.len -= 1;
+        let n = &mut self.nodes[id as usize];
+        n.prev = NIL;
+        n.next = self.free;
+        self.free = id;
+        self.free_n += 1;
+        n.pkt.take()
+    }
+}
