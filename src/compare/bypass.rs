@@ -39,8 +39,9 @@ impl Bypass {
         if self.proto.is_some_and(|p| p != info.ip_proto) {
             return false;
         }
-        if !full_ports
-            && !(self.ports.contains(&info.src_port) || self.ports.contains(&info.dst_port))
+        if !(full_ports
+            || self.ports.contains(&info.src_port)
+            || self.ports.contains(&info.dst_port))
         {
             return false;
         }

@@ -1130,3 +1130,80 @@ impl<B: PacketBuf> Comparator<B> {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frontier_merges_out_of_order_matches_with_wraparound() {
+        let mut t = TcpState::default();
+        let b = u32::MAX - 10;
+        t.record_match(b, b.wrapping_add(5));
+        assert_eq!(t.frontier, b.wrapping_add(5));
+        t.record_match(b.wrapping_add(20), b.wrapping_add(30)); // ahead, across 2^32
+        t.record_match(b.wrapping_add(10), b.wrapping_add(20)); // ahead, adjacent
+        assert_eq!(t.frontier, b.wrapping_add(5));
+        assert_eq!(t.n_ahead, 2);
+        t.record_match(b.wrapping_add(5), b.wrapping_add(10)); // fills the gap
+        assert_eq!(t.frontier, b.wrapping_add(30));
+        assert_eq!(t.n_ahead, 0);
+    }
+
+    #[test]
+    fn frontier_keeps_lowest_ahead_ranges_when_full() {
+        let mut t = TcpState::default();
+        t.record_match(0, 1);
+        for i in 0..AHEAD as u32 + 2 {
+            t.record_match(100 - 10 * i, 101 - 10 * i);
+        }
+        assert_eq!(t.n_ahead as usize, AHEAD);
+        assert!(t.ahead.iter().all(|a| a.0 <= 80), "{:?}", t.ahead);
+    }
+
+    #[test]
+    fn l3_equal_ignores_only_volatile_ip_fields() {
+        let mut a = vec![0x45, 0, 0, 24, 0, 1, 0x40, 0, 64, 47, 0x11, 0x22];
+        a.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 9]);
+        let mut b = a.clone();
+        b[4] = 0xff; // ID
+        b[8] = 1; // TTL
+        b[10] = 0; // checksum
+        assert!(l3_equal(&a, &b, 4));
+        b[9] = 6; // protocol is not volatile
+        assert!(!l3_equal(&a, &b, 4));
+        let mut c = a.clone();
+        c[20] = 0;
+        assert!(!l3_equal(&a, &c, 4));
+        assert!(!l3_equal(&a, &b, 0), "non-IP compares every byte");
+    }
+
+    #[test]
+    fn gate_and_control_rules() {
+        let mut c = Conn::new(FlowKind::Tcp);
+        let m = Meta {
+            seq: 10,
+            end: 10,
+            ack: 50,
+            flags: tcp_flags::ACK,
+            state: DATA_OK,
+            ..Meta::default()
+        };
+        assert!(!tcp_ready(&c, &m), "no secondary ack yet");
+        c.tcp.s_ack = 49;
+        c.tcp.s_ack_valid = true;
+        assert!(!tcp_ready(&c, &m));
+        c.tcp.s_ack = 50;
+        assert!(tcp_ready(&c, &m));
+        let rst = Meta {
+            flags: tcp_flags::RST | tcp_flags::ACK,
+            ack: 9999,
+            ..m
+        };
+        assert!(!tcp_ready(&c, &rst));
+        c.tcp.s_rst = true;
+        assert!(tcp_ready(&c, &rst), "an RST ignores the ack gate");
+        let undecided = Meta { state: 0, ..m };
+        assert!(!tcp_ready(&c, &undecided));
+    }
+}

@@ -193,3 +193,44 @@ impl<B: PacketBuf> Pool<B> {
         n.pkt.take()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buf::VecBuf;
+
+    fn ids(p: &Pool<VecBuf>, l: &List) -> Vec<u8> {
+        let mut v = Vec::new();
+        let mut i = l.head;
+        while i != NIL {
+            v.push(p.data(i)[0]);
+            i = p.next(i);
+        }
+        v
+    }
+
+    #[test]
+    fn lists_share_a_fixed_pool_and_recycle_nodes() {
+        let mut p: Pool<VecBuf> = Pool::with_capacity(3);
+        let (mut a, mut b) = (List::EMPTY, List::EMPTY);
+        let n1 = p.alloc(VecBuf::from_slice(&[1]), Meta::default()).unwrap();
+        let n2 = p.alloc(VecBuf::from_slice(&[2]), Meta::default()).unwrap();
+        let n3 = p.alloc(VecBuf::from_slice(&[3]), Meta::default()).unwrap();
+        assert!(p.is_full());
+        assert!(p.alloc(VecBuf::from_slice(&[4]), Meta::default()).is_err());
+        p.push_back(&mut a, n1);
+        p.push_back(&mut a, n3);
+        p.insert_after(&mut a, n1, n2);
+        assert_eq!(ids(&p, &a), vec![1, 2, 3]);
+        assert_eq!(p.remove(&mut a, n2).unwrap().data(), &[2]);
+        assert_eq!(ids(&p, &a), vec![1, 3]);
+        assert_eq!((a.len, p.prev(n3), p.next(n1)), (2, n1, n3));
+        let n4 = p.alloc(VecBuf::from_slice(&[4]), Meta::default()).unwrap();
+        assert_eq!(n4, n2, "the freed node is reused");
+        p.insert_after(&mut b, NIL, n4);
+        assert_eq!(ids(&p, &b), vec![4]);
+        p.remove(&mut a, n1);
+        p.remove(&mut a, n3);
+        assert_eq!((a.head, a.tail, a.len), (NIL, NIL, 0));
+    }
+}

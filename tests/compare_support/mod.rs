@@ -85,13 +85,16 @@ pub fn udp(payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// One `capture` call: the event and copies of the packets handed over.
+pub type Capture = (DivergenceEvent, Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// Records everything the engine outputs, in order.
 #[derive(Default)]
 pub struct Rec {
     pub released: Vec<(Vec<u8>, Release)>,
     pub freed: Vec<(Vec<u8>, SecondaryFree)>,
     pub events: Vec<DivergenceEvent>,
-    pub captures: Vec<(DivergenceEvent, Option<Vec<u8>>, Option<Vec<u8>>)>,
+    pub captures: Vec<Capture>,
 }
 
 impl Output<VecBuf> for Rec {
