@@ -5,52 +5,31 @@
 //! directions. Matching is allocation-free and reads only the parsed header fields.
 
 use std::net::IpAddr;
-use std::ops::RangeInclusive;
 
 use crate::wire::{L3Kind, PacketInfo};
 
-/// One bypass rule.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Bypass {
-    /// IP protocol number; `None` = any (non-IP frames match only a rule with no other condition).
-    pub proto: Option<u8>,
-    /// Port range (TCP/UDP; portless protocols have port 0). Full range = any.
-    pub ports: RangeInclusive<u16>,
-    /// Address prefix and length; `None` = any address.
-    pub prefix: Option<(IpAddr, u8)>,
-}
+/// A bypass rule: the config's validated `[[compare.bypass]]` rule, used as is.
+pub use crate::config::BypassRule as Bypass;
 
-impl Bypass {
-    /// A rule that matches everything of `proto` (`None` = everything).
-    pub fn proto(proto: Option<u8>) -> Bypass {
-        Bypass {
-            proto,
-            ports: 0..=u16::MAX,
-            prefix: None,
-        }
+/// Whether a parsed frame is covered by `rule`. Non-IP frames match only a rule with no
+/// condition at all. Same semantics as [`Bypass::matches`], without building addresses.
+#[inline]
+pub fn matches(rule: &Bypass, info: &PacketInfo) -> bool {
+    let full_ports = rule.ports == (0..=u16::MAX);
+    if !info.is_ip() {
+        return rule.proto.is_none() && full_ports && rule.prefix.is_none();
     }
-
-    /// Whether a parsed frame is covered by this rule.
-    pub fn matches(&self, info: &PacketInfo) -> bool {
-        let full_ports = self.ports == (0..=u16::MAX);
-        if !info.is_ip() {
-            return self.proto.is_none() && full_ports && self.prefix.is_none();
-        }
-        if self.proto.is_some_and(|p| p != info.ip_proto) {
-            return false;
-        }
-        if !(full_ports
-            || self.ports.contains(&info.src_port)
-            || self.ports.contains(&info.dst_port))
-        {
-            return false;
-        }
-        match self.prefix {
-            None => true,
-            Some((net, len)) => {
-                let v4 = info.l3 == L3Kind::Ipv4;
-                in_prefix(&info.src_ip, v4, net, len) || in_prefix(&info.dst_ip, v4, net, len)
-            }
+    if rule.proto.is_some_and(|p| p != info.ip_proto) {
+        return false;
+    }
+    if !(full_ports || rule.ports.contains(&info.src_port) || rule.ports.contains(&info.dst_port)) {
+        return false;
+    }
+    match rule.prefix {
+        None => true,
+        Some((net, len)) => {
+            let v4 = info.l3 == L3Kind::Ipv4;
+            in_prefix(&info.src_ip, v4, net, len) || in_prefix(&info.dst_ip, v4, net, len)
         }
     }
 }
@@ -94,27 +73,35 @@ mod tests {
         f
     }
 
+    fn rule(proto: Option<u8>) -> Bypass {
+        Bypass {
+            proto,
+            ports: 0..=u16::MAX,
+            prefix: None,
+        }
+    }
+
     #[test]
     fn proto_ports_prefix_each_narrow_the_rule() {
         let f = udp([10, 1, 2, 3], [192, 168, 0, 9], 5000, 53);
         let i = parse(&f).unwrap();
-        assert!(Bypass::proto(None).matches(&i));
-        assert!(Bypass::proto(Some(17)).matches(&i));
-        assert!(!Bypass::proto(Some(6)).matches(&i));
-        let mut r = Bypass::proto(Some(17));
+        assert!(matches(&rule(None), &i));
+        assert!(matches(&rule(Some(17)), &i));
+        assert!(!matches(&rule(Some(6)), &i));
+        let mut r = rule(Some(17));
         r.ports = 53..=53;
-        assert!(r.matches(&i));
+        assert!(matches(&r, &i));
         r.ports = 54..=60;
-        assert!(!r.matches(&i));
+        assert!(!matches(&r, &i));
         r.ports = 0..=u16::MAX;
         r.prefix = Some(("10.0.0.0".parse().unwrap(), 8));
-        assert!(r.matches(&i));
+        assert!(matches(&r, &i));
         r.prefix = Some(("192.168.0.8".parse().unwrap(), 31));
-        assert!(r.matches(&i));
+        assert!(matches(&r, &i));
         r.prefix = Some(("192.168.0.8".parse().unwrap(), 32));
-        assert!(!r.matches(&i));
+        assert!(!matches(&r, &i));
         r.prefix = Some(("::".parse().unwrap(), 0));
-        assert!(!r.matches(&i), "an IPv6 prefix never matches IPv4");
+        assert!(!matches(&r, &i), "an IPv6 prefix never matches IPv4");
     }
 
     #[test]
@@ -122,7 +109,29 @@ mod tests {
         let mut f = vec![0u8; 60];
         f[12..14].copy_from_slice(&0x88ccu16.to_be_bytes()); // LLDP
         let i = parse(&f).unwrap();
-        assert!(Bypass::proto(None).matches(&i));
-        assert!(!Bypass::proto(Some(17)).matches(&i));
+        assert!(matches(&rule(None), &i));
+        assert!(!matches(&rule(Some(17)), &i));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn agrees_with_the_config_rule_matcher(
+            tcp: bool, src: [u8; 4], dst: [u8; 4], sp: u16, dp: u16,
+            proto in proptest::option::of(proptest::sample::select(vec![6u8, 17, 1])),
+            lo: u16, span in 0u16..2000,
+            net: [u8; 4], len in 0u8..=32, with_prefix: bool,
+        ) {
+            let b = PacketBuilder::ethernet2([1; 6], [2; 6]).ipv4(src, dst, 64);
+            let mut f = Vec::new();
+            if tcp { b.tcp(sp, dp, 1, 1).write(&mut f, b"x").unwrap() } else { b.udp(sp, dp).write(&mut f, b"x").unwrap() }
+            let i = parse(&f).unwrap();
+            let r = Bypass {
+                proto,
+                ports: lo..=lo.saturating_add(span),
+                prefix: with_prefix.then_some((IpAddr::from(net), len)),
+            };
+            let oracle = r.matches(if tcp { 6 } else { 17 }, IpAddr::from(src), IpAddr::from(dst), sp, dp);
+            proptest::prop_assert_eq!(matches(&r, &i), oracle);
+        }
     }
 }

@@ -896,7 +896,13 @@ impl<B: PacketBuf> Comparator<B> {
             Ok(i) => i,
             Err(e) => return self.uncomparable(side, pkt, Uncomparable::Malformed(e), now, out),
         };
-        if !self.cfg.bypass.is_empty() && self.cfg.bypass.iter().any(|r| r.matches(&info)) {
+        if !self.cfg.bypass.is_empty()
+            && self
+                .cfg
+                .bypass
+                .iter()
+                .any(|r| super::bypass::matches(r, &info))
+        {
             match side {
                 Side::Primary => {
                     self.c.rel_bypass += 1;
