@@ -1,2 +1,467 @@
-//! mgmt (work in progress).
+//! Management services: the control socket, checkpoint coordination and its sinks (Xen notify,
+//! QMP, control-socket events), divergence capture to pcapng, and live-status formatting.
+//!
+//! Guarantees: nothing here runs on a data-path lcore or blocks one. The data plane reports
+//! through [`EventSender`] (bounded, non-blocking; overflow is counted) and is commanded through
+//! the [`DataPlane`] trait, which the pipeline answers at loop boundaries. All sockets are
+//! non-blocking and [`Management::poll`] does bounded work per call, so a slow or vanished client
+//! or peer only ever costs bounded memory.
+
+pub mod capture;
+pub mod coordinator;
 pub mod ctl;
+pub mod qmp;
+pub mod server;
+pub mod sink;
+pub mod status;
+pub mod xen;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam::channel::{self, Receiver, Sender, TrySendError};
+use serde::Serialize;
+
+use crate::control::proto::{CaptureOp, Command, Reply};
+pub use crate::control::{DataPlane, Event};
+
+use capture::{CaptureConfig, CaptureStats, CaptureWriter, DivergenceCapture};
+use coordinator::{CheckpointCoordinator, CoordinatorStats};
+use server::{ControlServer, Handler, ServerConfig, ServerError, ServerStats};
+use sink::{CheckpointSink, SinkEvent};
+
+/// Management settings (the pipeline fills these from the validated config).
+#[derive(Debug, Clone, Default)]
+pub struct MgmtConfig {
+    /// Control socket(s).
+    pub server: ServerConfig,
+    /// Xen notify sink.
+    pub xen: Option<xen::XenConfig>,
+    /// QMP sink.
+    pub qmp: Option<qmp::QmpConfig>,
+    /// Divergence capture directory and bounds.
+    pub capture: Option<CaptureConfig>,
+    /// Capture from start-up (otherwise `ctl capture start`).
+    pub capture_on_start: bool,
+    /// Re-send an outstanding checkpoint request after this long (`None`: never).
+    pub checkpoint_resend_ns: Option<u64>,
+    /// Capacity of the data plane → management event queue (0: 4096).
+    pub event_queue: usize,
+}
+
+/// Why management could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MgmtError {
+    /// Control socket.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    /// Xen notify socket.
+    #[error("xen notify socket: {0}")]
+    Xen(std::io::Error),
+    /// Capture directory.
+    #[error("capture directory: {0}")]
+    Capture(std::io::Error),
+}
+
+/// What the data plane sends to management.
+#[derive(Debug)]
+pub enum Input {
+    /// An event. `Divergence` and `CheckpointRequested` also request a checkpoint.
+    Event(Event),
+    /// A divergence with its packets for capture (the event must be `Event::Divergence`).
+    Divergence(Event, Box<DivergenceCapture>),
+}
+
+/// Non-blocking, clonable handle for other threads to report to management.
+#[derive(Clone)]
+pub struct EventSender {
+    tx: Sender<Input>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl EventSender {
+    /// Queue an input; if management is behind, it is dropped and counted. Returns whether it was
+    /// queued.
+    pub fn send(&self, input: Input) -> bool {
+        match self.tx.try_send(input) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Queue an event.
+    pub fn event(&self, ev: Event) -> bool {
+        self.send(Input::Event(ev))
+    }
+}
+
+/// Management counters, also the input of the status formatting in [`status`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MgmtStats {
+    /// Divergences reported, by reason.
+    pub divergences_by_reason: BTreeMap<String, u64>,
+    /// Divergences reported in total.
+    pub divergences: u64,
+    /// Checkpoint coordination.
+    pub checkpoint: CoordinatorStats,
+    /// Per sink counters, by sink name.
+    pub sinks: BTreeMap<String, serde_json::Value>,
+    /// Control server.
+    pub control: ServerStats,
+    /// Divergence capture (when configured).
+    pub capture: Option<CaptureStats>,
+    /// Capture currently on.
+    pub capture_on: bool,
+    /// Failovers performed.
+    pub failovers: u64,
+    /// Inputs from the data plane processed.
+    pub inputs: u64,
+    /// Inputs dropped because the queue was full.
+    pub inputs_dropped: u64,
+}
+
+/// What one [`Management::poll`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PollOutcome {
+    /// Units of work done (inputs, sink events, requests); 0 = idle.
+    pub work: usize,
+    /// A `shutdown` command was received.
+    pub shutdown: bool,
+}
+
+/// Inputs handled per poll, so one poll stays short.
+const INPUTS_PER_POLL: usize = 256;
+
+struct Core {
+    dp: Arc<dyn DataPlane>,
+    coord: CheckpointCoordinator,
+    sinks: Vec<Box<dyn CheckpointSink>>,
+    capture: Option<CaptureWriter>,
+    capture_on: bool,
+    divergences: BTreeMap<String, u64>,
+    divergences_total: u64,
+    failovers: u64,
+    inputs: u64,
+    dropped: Arc<AtomicU64>,
+    server_stats: ServerStats,
+    /// Events to broadcast after the current step.
+    outbox: Vec<Event>,
+    shutdown: bool,
+}
+
+/// The management service. Drive it with [`Management::poll`] from the management lcore or a
+/// thread of its own (see [`Management::run`]).
+pub struct Management {
+    server: ControlServer,
+    core: Core,
+    rx: Receiver<Input>,
+    sender: EventSender,
+    scratch: Vec<SinkEvent>,
+}
+
+impl Management {
+    /// Bind sockets, create sinks and the capture directory.
+    pub fn new(cfg: MgmtConfig, dp: Arc<dyn DataPlane>) -> Result<Management, MgmtError> {
+        let mut sinks: Vec<Box<dyn CheckpointSink>> = Vec::new();
+        if let Some(x) = cfg.xen.clone() {
+            sinks.push(Box::new(xen::XenSink::new(x).map_err(MgmtError::Xen)?));
+        }
+        if let Some(q) = cfg.qmp.clone() {
+            sinks.push(Box::new(qmp::QmpSink::new(q)));
+        }
+        Self::with_sinks(cfg, dp, sinks)
+    }
+
+    /// Like [`Management::new`] with sinks built by the caller (tests, other frames).
+    pub fn with_sinks(
+        cfg: MgmtConfig,
+        dp: Arc<dyn DataPlane>,
+        sinks: Vec<Box<dyn CheckpointSink>>,
+    ) -> Result<Management, MgmtError> {
+        let capture = match &cfg.capture {
+            Some(c) => Some(CaptureWriter::new(c.clone()).map_err(MgmtError::Capture)?),
+            None => None,
+        };
+        let server = ControlServer::bind(cfg.server.clone())?;
+        let cap = if cfg.event_queue == 0 {
+            4096
+        } else {
+            cfg.event_queue
+        };
+        let (tx, rx) = channel::bounded(cap);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let capture_on = cfg.capture_on_start && capture.is_some();
+        Ok(Management {
+            server,
+            core: Core {
+                dp,
+                coord: CheckpointCoordinator::new(cfg.checkpoint_resend_ns),
+                sinks,
+                capture,
+                capture_on,
+                divergences: BTreeMap::new(),
+                divergences_total: 0,
+                failovers: 0,
+                inputs: 0,
+                dropped: dropped.clone(),
+                server_stats: ServerStats::default(),
+                outbox: Vec::new(),
+                shutdown: false,
+            },
+            rx,
+            sender: EventSender { tx, dropped },
+            scratch: Vec::new(),
+        })
+    }
+
+    /// A handle for the data plane (or any thread) to report events.
+    pub fn sender(&self) -> EventSender {
+        self.sender.clone()
+    }
+
+    /// The control server (addresses, counters).
+    pub fn server(&self) -> &ControlServer {
+        &self.server
+    }
+
+    /// Whether capture is on (the pipeline sends packets with divergences only then).
+    pub fn capture_on(&self) -> bool {
+        self.core.capture_on
+    }
+
+    /// Handle one input now (same thread as `poll`).
+    pub fn handle(&mut self, input: Input, now_ns: u64) {
+        self.core.input(input, now_ns);
+        self.flush_outbox();
+    }
+
+    /// Request a checkpoint (as a divergence would).
+    pub fn request_checkpoint(&mut self, reason: &str, flow: Option<&str>, now_ns: u64) {
+        self.core.request_checkpoint(reason, flow, now_ns);
+        self.flush_outbox();
+    }
+
+    /// One bounded step: queued inputs, checkpoint resends, sinks, control clients.
+    pub fn poll(&mut self, now_ns: u64) -> PollOutcome {
+        let mut work = 0;
+        while work < INPUTS_PER_POLL {
+            let Ok(input) = self.rx.try_recv() else { break };
+            self.core.input(input, now_ns);
+            work += 1;
+        }
+        if let Some(req) = self.core.coord.resend_due(now_ns) {
+            for s in &mut self.core.sinks {
+                s.request(&req, now_ns);
+            }
+        }
+        for i in 0..self.core.sinks.len() {
+            self.scratch.clear();
+            self.core.sinks[i].poll(now_ns, &mut self.scratch);
+            let name = self.core.sinks[i].name().to_string();
+            for ev in std::mem::take(&mut self.scratch) {
+                work += 1;
+                match ev {
+                    SinkEvent::CheckpointDone => {
+                        // The error is counted and the request stays outstanding.
+                        let _ = self.core.complete(&name, now_ns);
+                    }
+                    SinkEvent::Up => self.core.outbox.push(Event::LinkUp {
+                        link: name.clone(),
+                        time_ns: now_ns,
+                    }),
+                    SinkEvent::Down(reason) => self.core.outbox.push(Event::LinkDown {
+                        link: name.clone(),
+                        reason,
+                        time_ns: now_ns,
+                    }),
+                }
+            }
+        }
+        self.flush_outbox();
+        self.core.server_stats = self.server.stats();
+        work += self.server.poll(now_ns, &mut self.core);
+        self.flush_outbox();
+        PollOutcome {
+            work,
+            shutdown: self.core.shutdown,
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> MgmtStats {
+        let mut s = self.core.stats();
+        s.control = self.server.stats();
+        s
+    }
+
+    /// Poll until `stop` is set or a `shutdown` command arrives, sleeping `idle` when a poll did
+    /// nothing. `clock` gives the data-plane clock in ns.
+    pub fn run(&mut self, stop: &AtomicBool, idle: Duration, clock: &dyn Fn() -> u64) {
+        while !stop.load(Ordering::Relaxed) {
+            let out = self.poll(clock());
+            if out.shutdown {
+                break;
+            }
+            if out.work == 0 {
+                std::thread::sleep(idle);
+            }
+        }
+    }
+
+    fn flush_outbox(&mut self) {
+        for ev in self.core.outbox.drain(..) {
+            self.server.broadcast(&ev);
+        }
+    }
+}
+
+impl Core {
+    fn stats(&self) -> MgmtStats {
+        MgmtStats {
+            divergences_by_reason: self.divergences.clone(),
+            divergences: self.divergences_total,
+            checkpoint: self.coord.stats(),
+            sinks: self
+                .sinks
+                .iter()
+                .map(|s| (s.name().to_string(), s.stats()))
+                .collect(),
+            control: self.server_stats,
+            capture: self.capture.as_ref().map(CaptureWriter::stats),
+            capture_on: self.capture_on,
+            failovers: self.failovers,
+            inputs: self.inputs,
+            inputs_dropped: self.dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    fn input(&mut self, input: Input, now_ns: u64) {
+        self.inputs += 1;
+        let (ev, packets) = match input {
+            Input::Event(ev) => (ev, None),
+            Input::Divergence(ev, p) => (ev, Some(p)),
+        };
+        match &ev {
+            Event::Divergence { flow, reason, .. } => {
+                self.divergences_total += 1;
+                *self.divergences.entry(reason.clone()).or_default() += 1;
+                let (flow, reason) = (flow.clone(), reason.clone());
+                self.outbox.push(ev);
+                if let (true, Some(w), Some(p)) = (self.capture_on, self.capture.as_mut(), packets)
+                {
+                    // Errors are counted in the capture stats.
+                    let _ = w.write(&p, now_ns);
+                }
+                self.request_checkpoint(&reason, Some(&flow), now_ns);
+            }
+            Event::CheckpointRequested { reason, flow, .. } => {
+                let (reason, flow) = (reason.clone(), flow.clone());
+                self.request_checkpoint(&reason, flow.as_deref(), now_ns);
+            }
+            _ => self.outbox.push(ev),
+        }
+    }
+
+    fn request_checkpoint(&mut self, reason: &str, flow: Option<&str>, now_ns: u64) -> Option<u64> {
+        let req = self.coord.request(reason, flow, now_ns)?;
+        for s in &mut self.sinks {
+            s.request(&req, now_ns);
+        }
+        self.outbox.push(Event::CheckpointRequested {
+            id: req.id,
+            reason: req.reason.clone(),
+            flow: req.flow.clone(),
+            time_ns: now_ns,
+        });
+        Some(req.id)
+    }
+
+    fn complete(&mut self, source: &str, now_ns: u64) -> Result<Option<u64>, String> {
+        match self.dp.checkpoint_done() {
+            Ok(()) => {
+                let id = self.coord.completed(now_ns);
+                self.outbox.push(Event::CheckpointDone {
+                    id,
+                    source: source.to_string(),
+                    time_ns: now_ns,
+                });
+                Ok(id)
+            }
+            Err(e) => {
+                self.coord.complete_failed();
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Handler for Core {
+    fn handle(&mut self, cmd: Command, now_ns: u64) -> Reply {
+        match cmd {
+            Command::Stats => Reply::ok(serde_json::json!({
+                "dataplane": self.dp.stats(),
+                "mgmt": self.stats(),
+            })),
+            Command::Flows { top } => Reply::ok(self.dp.flows(top)),
+            Command::Events => Reply::err("events is handled by the server"),
+            Command::Checkpoint { reason } => {
+                let issued = self.request_checkpoint(&reason, None, now_ns);
+                Reply::ok(serde_json::json!({
+                    "issued": issued,
+                    "outstanding": self.coord.outstanding().map(|r| r.id),
+                }))
+            }
+            Command::CheckpointDone => match self.complete("control", now_ns) {
+                Ok(id) => Reply::ok(serde_json::json!({ "completed": id })),
+                Err(e) => Reply::err(format!("checkpoint-done: {e}")),
+            },
+            Command::Failover => match self.dp.failover() {
+                Ok(()) => {
+                    self.failovers += 1;
+                    self.outbox.push(Event::Failover {
+                        source: "control".into(),
+                        time_ns: now_ns,
+                    });
+                    Reply::ok(serde_json::json!({ "failovers": self.failovers }))
+                }
+                Err(e) => Reply::err(format!("failover: {e}")),
+            },
+            Command::Bypass(op) => match self.dp.bypass(op) {
+                Ok(v) => Reply::ok(v),
+                Err(e) => Reply::err(format!("bypass: {e}")),
+            },
+            Command::Capture { op } => {
+                let on = op == CaptureOp::Start;
+                if on && self.capture.is_none() {
+                    return Reply::err("capture: no capture directory configured ([mgmt.capture])");
+                }
+                match self.dp.capture(on) {
+                    Ok(()) => {
+                        self.capture_on = on;
+                        if !on {
+                            if let Some(w) = self.capture.as_mut() {
+                                let _ = w.close();
+                            }
+                        }
+                        Reply::ok(serde_json::json!({
+                            "capture": on,
+                            "file": self.capture.as_ref().and_then(|w| w.stats().current),
+                        }))
+                    }
+                    Err(e) => Reply::err(format!("capture: {e}")),
+                }
+            }
+            Command::Shutdown => {
+                self.dp.shutdown();
+                self.shutdown = true;
+                self.outbox.push(Event::Shutdown { time_ns: now_ns });
+                Reply::ok(serde_json::json!("shutting down"))
+            }
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Events flowing from the data plane into management. Each serialises to one JSON object with
+//! an `"event"` tag, e.g. `{"event":"divergence","flow":"tcp 10.0.0.1:80 <-> ...",...}`.
+
+use serde::{Deserialize, Serialize};
+
+/// Which VM's output a divergence concerns.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum Side {
+    /// The primary VM's packet.
+    Primary,
+    /// The secondary VM's packet.
+    Secondary,
+    /// Both packets (a content mismatch).
+    Both,
+}
+
+/// One management event. `time_ns` is the data plane's clock (monotonic nanoseconds).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// The compare engine found the two VMs' outputs differ.
+    Divergence {
+        /// Flow, as `FlowKey`'s `Display` prints it.
+        flow: String,
+        /// Why (compare's reason name, e.g. `payload`, `timeout`, `queue-full`).
+        reason: String,
+        /// Which side's packet(s) it concerns.
+        side: Side,
+        /// TCP sequence range `[start, end)` concerned, when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq_range: Option<(u32, u32)>,
+        /// When.
+        time_ns: u64,
+    },
+    /// A checkpoint request went to the sinks (the first of a coalesced run).
+    CheckpointRequested {
+        /// Request number (1, 2, ...).
+        id: u64,
+        /// Reason of the divergence that caused it.
+        reason: String,
+        /// Its flow, when there is one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        flow: Option<String>,
+        /// When.
+        time_ns: u64,
+    },
+    /// A checkpoint finished and every stage acknowledged it.
+    CheckpointDone {
+        /// The outstanding request it completed, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// Who said so (`xen`, `control`, ...).
+        source: String,
+        /// When.
+        time_ns: u64,
+    },
+    /// Failover was performed.
+    Failover {
+        /// Who asked (`control`, ...).
+        source: String,
+        /// When.
+        time_ns: u64,
+    },
+    /// A link or checkpoint sink came up.
+    LinkUp {
+        /// Link or sink name (`mirror`, `secondary-out`, `xen`, `qmp`, ...).
+        link: String,
+        /// When.
+        time_ns: u64,
+    },
+    /// A link or checkpoint sink went down.
+    LinkDown {
+        /// Link or sink name.
+        link: String,
+        /// Why.
+        reason: String,
+        /// When.
+        time_ns: u64,
+    },
+    /// The proxy is shutting down.
+    Shutdown {
+        /// When.
+        time_ns: u64,
+    },
+}
+
+impl Event {
+    /// The event's time.
+    pub fn time_ns(&self) -> u64 {
+        match self {
+            Event::Divergence { time_ns, .. }
+            | Event::CheckpointRequested { time_ns, .. }
+            | Event::CheckpointDone { time_ns, .. }
+            | Event::Failover { time_ns, .. }
+            | Event::LinkUp { time_ns, .. }
+            | Event::LinkDown { time_ns, .. }
+            | Event::Shutdown { time_ns } => *time_ns,
+        }
+    }
+
+    /// One JSON line (no newline). Serialising these types cannot fail.
+    pub fn to_json_line(&self) -> String {
+        serde_json::to_string(self)
+            .unwrap_or_else(|e| format!(r#"{{"event":"error","error":"{e}"}}"#))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn divergence_round_trips_with_tag() {
+        let e = Event::Divergence {
+            flow: "tcp 10.0.0.1:80 <-> 10.0.0.2:5000".into(),
+            reason: "payload".into(),
+            side: Side::Both,
+            seq_range: Some((100, 200)),
+            time_ns: 7,
+        };
+        let s = e.to_json_line();
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["event"], "divergence");
+        assert_eq!(v["side"], "both");
+        assert_eq!(v["seq_range"], serde_json::json!([100, 200]));
+        assert_eq!(serde_json::from_str::<Event>(&s).unwrap(), e);
+        assert_eq!(e.time_ns(), 7);
+    }
+
+    #[test]
+    fn optional_fields_are_omitted() {
+        let e = Event::CheckpointDone {
+            id: None,
+            source: "xen".into(),
+            time_ns: 1,
+        };
+        let s = e.to_json_line();
+        assert!(!s.contains("\"id\""), "{s}");
+        assert_eq!(serde_json::from_str::<Event>(&s).unwrap(), e);
+    }
+}

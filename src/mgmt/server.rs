@@ -1,0 +1,500 @@
+//! Control socket server: a UNIX stream socket (mode 0600 by default) and optionally a TCP
+//! endpoint bound only to loopback and only with a token. Everything is non-blocking and driven
+//! by [`ControlServer::poll`] with bounded work per call, so a slow, stuck or vanished client can
+//! cost at most a bounded buffer and never stalls the caller. Event subscribers that fall behind
+//! lose events (counted), never memory.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::control::proto::{Command, Reply, Request, MAX_LINE};
+use crate::control::Event;
+
+/// Control server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// UNIX socket path (`None`: no UNIX endpoint).
+    pub unix_path: Option<PathBuf>,
+    /// Its permission bits (0o600 by default).
+    pub unix_mode: u32,
+    /// Loopback TCP endpoint and the token every request on it must carry.
+    pub tcp: Option<(SocketAddr, String)>,
+    /// Most connected clients; more are refused with an error line.
+    pub max_clients: usize,
+    /// Bytes of unsent events a subscriber may have queued before new events are dropped.
+    pub event_backlog: usize,
+    /// Bytes of unsent replies a client may have queued before it is disconnected.
+    pub reply_backlog: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            unix_path: None,
+            unix_mode: 0o600,
+            tcp: None,
+            max_clients: 32,
+            event_backlog: 256 * 1024,
+            reply_backlog: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A TCP endpoint must be loopback-only.
+    #[error("control TCP address {0} is not loopback; refusing to bind")]
+    NotLoopback(SocketAddr),
+    /// A TCP endpoint needs a token.
+    #[error("control TCP endpoint needs a non-empty token")]
+    NoToken,
+    /// Another process is serving this UNIX socket.
+    #[error("control socket {0} is in use by another process")]
+    InUse(PathBuf),
+    /// The path exists and is not a socket.
+    #[error("control socket path {0} exists and is not a socket")]
+    NotASocket(PathBuf),
+    /// Socket call failed.
+    #[error("control socket {what}: {err}")]
+    Io {
+        /// What we were doing.
+        what: String,
+        /// The error.
+        err: io::Error,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ServerError {
+    let what = what.into();
+    move |err| ServerError::Io { what, err }
+}
+
+/// Answers commands; implemented by [`super::Management`] (and by fakes in tests).
+pub trait Handler {
+    /// Execute one command (never `events`, which the server handles itself).
+    fn handle(&mut self, cmd: Command, now_ns: u64) -> Reply;
+}
+
+/// Server counters.
+#[derive(Serialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections refused (too many clients).
+    pub refused: u64,
+    /// Connections closed (any reason).
+    pub closed: u64,
+    /// Requests answered (ok or error).
+    pub requests: u64,
+    /// Error replies.
+    pub errors: u64,
+    /// Requests with a wrong or missing token (connection closed).
+    pub auth_failures: u64,
+    /// Lines over the size cap (connection closed).
+    pub oversized: u64,
+    /// Clients disconnected because they did not read their replies.
+    pub slow_closed: u64,
+    /// Events queued to subscribers.
+    pub events_sent: u64,
+    /// Events dropped because a subscriber's backlog was full.
+    pub events_dropped: u64,
+    /// Currently connected clients.
+    pub clients: u64,
+    /// Currently subscribed clients.
+    pub subscribers: u64,
+}
+
+enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Stream {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(b),
+            Stream::Tcp(s) => s.read(b),
+        }
+    }
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write(b),
+            Stream::Tcp(s) => s.write(b),
+        }
+    }
+    fn shutdown(&self) {
+        let _ = match self {
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+        };
+    }
+}
+
+struct Client {
+    stream: Stream,
+    /// TCP clients must present the token on every request.
+    needs_token: bool,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    subscribed: bool,
+    /// The peer closed its sending side: answer what it sent, then close.
+    eof: bool,
+    /// Stop reading; flush what is queued (for at most [`CLOSE_GRACE_NS`]), then close.
+    closing: Option<u64>,
+    dead: bool,
+}
+
+/// Bytes read per client per poll.
+const READ_BUDGET: usize = 128 * 1024;
+/// Requests executed per client per poll.
+const LINES_PER_POLL: usize = 16;
+/// How long a closing client may take to read its last replies.
+const CLOSE_GRACE_NS: u64 = 2_000_000_000;
+/// Connections accepted per listener per poll.
+const ACCEPTS_PER_POLL: usize = 8;
+
+/// The control server. Call [`ControlServer::poll`] regularly.
+pub struct ControlServer {
+    cfg: ServerConfig,
+    unix: Option<UnixListener>,
+    tcp: Option<TcpListener>,
+    clients: Vec<Client>,
+    stats: ServerStats,
+}
+
+fn prepare_unix_path(path: &Path) -> Result<(), ServerError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io_err(format!("create {}", dir.display())))?;
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(format!("stat {}", path.display()))(e)),
+        Ok(m) if !m.file_type().is_socket() => Err(ServerError::NotASocket(path.to_owned())),
+        Ok(_) => match UnixStream::connect(path) {
+            Ok(_) => Err(ServerError::InUse(path.to_owned())),
+            // Nobody listens: a stale socket from a previous run.
+            Err(_) => std::fs::remove_file(path)
+                .map_err(io_err(format!("remove stale {}", path.display()))),
+        },
+    }
+}
+
+impl ControlServer {
+    /// Bind the configured endpoints.
+    pub fn bind(cfg: ServerConfig) -> Result<ControlServer, ServerError> {
+        let tcp = match &cfg.tcp {
+            None => None,
+            Some((addr, token)) => {
+                if !addr.ip().is_loopback() {
+                    return Err(ServerError::NotLoopback(*addr));
+                }
+                if token.is_empty() {
+                    return Err(ServerError::NoToken);
+                }
+                let l = TcpListener::bind(addr).map_err(io_err(format!("bind tcp {addr}")))?;
+                l.set_nonblocking(true).map_err(io_err("set_nonblocking"))?;
+                Some(l)
+            }
+        };
+        let unix = match &cfg.unix_path {
+            None => None,
+            Some(p) => {
+                prepare_unix_path(p)?;
+                let l = UnixListener::bind(p).map_err(io_err(format!("bind {}", p.display())))?;
+                // The parent directory we create is 0700, which closes the window before chmod.
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(cfg.unix_mode))
+                    .map_err(io_err(format!("chmod {}", p.display())))?;
+                l.set_nonblocking(true).map_err(io_err("set_nonblocking"))?;
+                Some(l)
+            }
+        };
+        Ok(ControlServer {
+            cfg,
+            unix,
+            tcp,
+            clients: Vec::new(),
+            stats: ServerStats::default(),
+        })
+    }
+
+    /// The bound TCP address (useful with port 0).
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The UNIX socket path.
+    pub fn unix_path(&self) -> Option<&Path> {
+        self.cfg.unix_path.as_deref()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ServerStats {
+        let mut s = self.stats;
+        s.clients = self.clients.len() as u64;
+        s.subscribers = self.clients.iter().filter(|c| c.subscribed).count() as u64;
+        s
+    }
+
+    /// Accept, read, execute, write: bounded work. Returns how many requests were answered.
+    pub fn poll(&mut self, now_ns: u64, handler: &mut dyn Handler) -> usize {
+        self.accept();
+        let mut answered = 0;
+        for i in 0..self.clients.len() {
+            answered += self.service(i, now_ns, handler);
+        }
+        self.reap();
+        answered
+    }
+
+    /// Queue an event line to every subscriber; a subscriber whose backlog is full loses it.
+    pub fn broadcast(&mut self, ev: &Event) {
+        if !self.clients.iter().any(|c| c.subscribed) {
+            return;
+        }
+        let mut line = ev.to_json_line().into_bytes();
+        line.push(b'\n');
+        for c in self
+            .clients
+            .iter_mut()
+            .filter(|c| c.subscribed && c.closing.is_none())
+        {
+            if c.wbuf.len() + line.len() > self.cfg.event_backlog {
+                self.stats.events_dropped += 1;
+            } else {
+                c.wbuf.extend_from_slice(&line);
+                self.stats.events_sent += 1;
+            }
+        }
+        // Try to push them out now; what does not fit waits for the next poll.
+        for c in self.clients.iter_mut().filter(|c| c.subscribed) {
+            flush(c);
+        }
+        self.reap();
+    }
+
+    fn accept(&mut self) {
+        let mut fresh = Vec::new();
+        if let Some(l) = &self.unix {
+            for _ in 0..ACCEPTS_PER_POLL {
+                match l.accept() {
+                    Ok((s, _)) => fresh.push((Stream::Unix(s), false)),
+                    Err(_) => break,
+                }
+            }
+        }
+        if let Some(l) = &self.tcp {
+            for _ in 0..ACCEPTS_PER_POLL {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        let _ = s.set_nodelay(true);
+                        fresh.push((Stream::Tcp(s), true))
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        for (stream, needs_token) in fresh {
+            let ok = match &stream {
+                Stream::Unix(s) => s.set_nonblocking(true),
+                Stream::Tcp(s) => s.set_nonblocking(true),
+            };
+            let mut c = Client {
+                stream,
+                needs_token,
+                rbuf: Vec::new(),
+                wbuf: Vec::new(),
+                subscribed: false,
+                eof: false,
+                closing: None,
+                dead: false,
+            };
+            if ok.is_err() {
+                continue;
+            }
+            if self.clients.len() >= self.cfg.max_clients {
+                self.stats.refused += 1;
+                queue_reply(&mut c, &Reply::err("too many control clients"));
+                flush(&mut c);
+                c.stream.shutdown();
+                continue;
+            }
+            self.stats.accepted += 1;
+            self.clients.push(c);
+        }
+    }
+
+    fn service(&mut self, i: usize, now_ns: u64, handler: &mut dyn Handler) -> usize {
+        let token = self.cfg.tcp.as_ref().map(|(_, t)| t.as_str());
+        let reply_backlog = self.cfg.reply_backlog;
+        let stats = &mut self.stats;
+        let c = &mut self.clients[i];
+        if c.dead {
+            return 0;
+        }
+        if c.closing.is_none() && !c.eof {
+            read_some(c);
+        }
+        let mut answered = 0;
+        while c.closing.is_none() && answered < LINES_PER_POLL {
+            let Some(nl) = c.rbuf.iter().position(|&b| b == b'\n') else {
+                if c.rbuf.len() > MAX_LINE {
+                    stats.oversized += 1;
+                    stats.errors += 1;
+                    queue_reply(
+                        c,
+                        &Reply::err(format!("request longer than {MAX_LINE} bytes")),
+                    );
+                    c.closing = Some(now_ns);
+                    c.rbuf = Vec::new();
+                } else if c.eof {
+                    c.closing = Some(now_ns);
+                }
+                break;
+            };
+            let mut line: Vec<u8> = c.rbuf.drain(..=nl).collect();
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            answered += 1;
+            stats.requests += 1;
+            let reply = match Request::parse(&line) {
+                Err(e) if line.len() > MAX_LINE => {
+                    stats.oversized += 1;
+                    c.closing = Some(now_ns);
+                    Reply::err(e)
+                }
+                Err(e) => Reply::err(e),
+                Ok(req) if c.needs_token && !token_ok(req.token.as_deref(), token) => {
+                    stats.auth_failures += 1;
+                    c.closing = Some(now_ns);
+                    Reply::err("missing or wrong token")
+                }
+                Ok(Request {
+                    cmd: Command::Events,
+                    ..
+                }) => {
+                    c.subscribed = true;
+                    Reply::ok(serde_json::json!("subscribed"))
+                }
+                Ok(req) => handler.handle(req.cmd, now_ns),
+            };
+            if !reply.ok {
+                stats.errors += 1;
+            }
+            if c.wbuf.len() > reply_backlog {
+                // Not reading its replies: stop serving it rather than buffer without bound.
+                stats.slow_closed += 1;
+                c.dead = true;
+                break;
+            }
+            queue_reply(c, &reply);
+        }
+        flush(c);
+        if let Some(since) = c.closing {
+            if c.wbuf.is_empty() || now_ns.saturating_sub(since) > CLOSE_GRACE_NS {
+                c.dead = true;
+            }
+        }
+        answered
+    }
+
+    fn reap(&mut self) {
+        let before = self.clients.len();
+        self.clients.retain(|c| {
+            if c.dead {
+                c.stream.shutdown();
+            }
+            !c.dead
+        });
+        self.stats.closed += (before - self.clients.len()) as u64;
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        if let (Some(_), Some(p)) = (&self.unix, &self.cfg.unix_path) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Constant-time comparison so the token cannot be guessed byte by byte from timing.
+fn token_ok(given: Option<&str>, want: Option<&str>) -> bool {
+    let (Some(g), Some(w)) = (given, want) else {
+        return false;
+    };
+    let (g, w) = (g.as_bytes(), w.as_bytes());
+    let mut diff = (g.len() != w.len()) as u8;
+    for i in 0..w.len() {
+        diff |= w[i] ^ g.get(i).copied().unwrap_or(0);
+    }
+    diff == 0
+}
+
+fn queue_reply(c: &mut Client, r: &Reply) {
+    c.wbuf.extend_from_slice(r.to_json_line().as_bytes());
+    c.wbuf.push(b'\n');
+}
+
+fn read_some(c: &mut Client) {
+    let mut buf = [0u8; 16 * 1024];
+    let mut total = 0;
+    while total < READ_BUDGET {
+        match c.stream.read(&mut buf) {
+            Ok(0) => {
+                // Peer closed its side; the lines it already sent still get answers.
+                c.eof = true;
+                return;
+            }
+            Ok(n) => {
+                c.rbuf.extend_from_slice(&buf[..n]);
+                total += n;
+                if c.rbuf.len() > MAX_LINE && !c.rbuf.contains(&b'\n') {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+            Err(_) => {
+                c.dead = true;
+                return;
+            }
+        }
+    }
+}
+
+fn flush(c: &mut Client) {
+    let mut off = 0;
+    while off < c.wbuf.len() {
+        match c.stream.write(&c.wbuf[off..]) {
+            Ok(0) => {
+                c.dead = true;
+                break;
+            }
+            Ok(n) => off += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(_) => {
+                c.dead = true;
+                break;
+            }
+        }
+    }
+    c.wbuf.drain(..off);
+}

@@ -1,0 +1,160 @@
+//! Checkpoint request sinks: where a checkpoint request goes (Xen notify, QMP, ...). A sink never
+//! blocks: [`CheckpointSink::request`] queues, [`CheckpointSink::poll`] does bounded I/O.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+
+use super::coordinator::CheckpointRequest;
+
+/// Something a sink learned while polling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkEvent {
+    /// The peer reports a checkpoint finished.
+    CheckpointDone,
+    /// The sink's peer connected (and finished its handshake).
+    Up,
+    /// The sink's peer went away.
+    Down(String),
+}
+
+/// A checkpoint request sink.
+pub trait CheckpointSink: Send {
+    /// Short name (`xen`, `qmp`) for counters and events.
+    fn name(&self) -> &str;
+    /// Ask for a checkpoint; sent now or as soon as the peer is reachable.
+    fn request(&mut self, req: &CheckpointRequest, now_ns: u64);
+    /// Bounded I/O: connect/accept, read, write. Appends what happened to `out`.
+    fn poll(&mut self, now_ns: u64, out: &mut Vec<SinkEvent>);
+    /// Counters.
+    fn stats(&self) -> serde_json::Value;
+}
+
+/// A non-blocking byte stream over TCP or UNIX.
+pub(crate) enum Conn {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+/// What a non-blocking read produced.
+pub(crate) enum ReadOutcome {
+    /// Bytes appended (maybe zero: nothing available).
+    Data,
+    /// The peer closed or the socket failed.
+    Closed(String),
+}
+
+impl Conn {
+    pub(crate) fn set_nonblocking(&self) -> io::Result<()> {
+        match self {
+            Conn::Unix(s) => s.set_nonblocking(true),
+            Conn::Tcp(s) => s.set_nonblocking(true),
+        }
+    }
+
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.read(b),
+            Conn::Tcp(s) => s.read(b),
+        }
+    }
+
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.write(b),
+            Conn::Tcp(s) => s.write(b),
+        }
+    }
+
+    /// Read what is available (at most `budget` bytes) into `buf`.
+    pub(crate) fn read_into(&mut self, buf: &mut Vec<u8>, budget: usize) -> ReadOutcome {
+        let mut tmp = [0u8; 4096];
+        let mut total = 0;
+        while total < budget {
+            match self.read(&mut tmp) {
+                Ok(0) => return ReadOutcome::Closed("peer closed".into()),
+                Ok(n) => {
+                    buf.extend_from_slice(&tmp[..n]);
+                    total += n;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => return ReadOutcome::Closed(e.to_string()),
+            }
+        }
+        ReadOutcome::Data
+    }
+
+    /// Write as much of `buf` as the socket takes; drains what was written.
+    pub(crate) fn flush_from(&mut self, buf: &mut Vec<u8>) -> Result<(), String> {
+        let mut off = 0;
+        while off < buf.len() {
+            match self.write(&buf[off..]) {
+                Ok(0) => return Err("peer closed".into()),
+                Ok(n) => off += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    buf.drain(..off);
+                    return Err(e.to_string());
+                }
+            }
+        }
+        buf.drain(..off);
+        Ok(())
+    }
+}
+
+/// Reconnect back-off: starts at `base_ns`, doubles on each failure up to `max_ns`, resets on
+/// success.
+#[derive(Debug, Clone)]
+pub(crate) struct Backoff {
+    base_ns: u64,
+    max_ns: u64,
+    cur_ns: u64,
+    /// Next attempt allowed at.
+    pub(crate) next_ns: u64,
+}
+
+impl Backoff {
+    pub(crate) fn new(base_ns: u64, max_ns: u64) -> Self {
+        Backoff {
+            base_ns,
+            max_ns: max_ns.max(base_ns),
+            cur_ns: base_ns,
+            next_ns: 0,
+        }
+    }
+    pub(crate) fn failed(&mut self, now_ns: u64) {
+        self.next_ns = now_ns.saturating_add(self.cur_ns);
+        self.cur_ns = (self.cur_ns.saturating_mul(2)).min(self.max_ns);
+    }
+    pub(crate) fn succeeded(&mut self) {
+        self.cur_ns = self.base_ns;
+    }
+    pub(crate) fn due(&self, now_ns: u64) -> bool {
+        now_ns >= self.next_ns
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_caps_and_resets() {
+        let mut b = Backoff::new(100, 350);
+        assert!(b.due(0));
+        b.failed(0);
+        assert!(!b.due(99) && b.due(100));
+        b.failed(100);
+        assert_eq!(b.next_ns, 300);
+        b.failed(300);
+        assert_eq!(b.next_ns, 650);
+        b.failed(650);
+        assert_eq!(b.next_ns, 1000, "capped at 350");
+        b.succeeded();
+        b.failed(1000);
+        assert_eq!(b.next_ns, 1100);
+    }
+}
