@@ -441,8 +441,8 @@ fn token_ok(given: Option<&str>, want: Option<&str>) -> bool {
     };
     let (g, w) = (g.as_bytes(), w.as_bytes());
     let mut diff = (g.len() != w.len()) as u8;
-    for i in 0..w.len() {
-        diff |= w[i] ^ g.get(i).copied().unwrap_or(0);
+    for (i, b) in w.iter().enumerate() {
+        diff |= b ^ g.get(i).copied().unwrap_or(0);
     }
     diff == 0
 }
