@@ -4,8 +4,8 @@
 //! (checkpoint done); we send `DO_CHECKPOINT` for each checkpoint request. Incoming frames carry
 //! an extra 4-byte vnet_hdr_len field when `vnet_hdr_support` is on; outgoing ones never do.
 //!
-//! The framing goes through [`NotifyCodec`] so the link layer's codec (`control::xen`) can replace
-//! the local one without touching the sink.
+//! The message codec is `control::xen` (shared with the link layer); deframing goes through
+//! [`NotifyCodec`] so another framing could be plugged in for tests or other frames.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -17,46 +17,34 @@ use serde::Serialize;
 use super::coordinator::CheckpointRequest;
 use super::sink::{Backoff, CheckpointSink, Conn, ReadOutcome, SinkEvent};
 
-/// `Xen → proxy` handshake.
-pub const PROXY_INIT: &[u8] = b"COLO_USERSPACE_PROXY_INIT";
-/// `proxy → Xen` handshake reply.
-pub const GET_XEN_INIT: &[u8] = b"COLO_COMPARE_GET_XEN_INIT";
-/// `Xen → proxy`: checkpoint done.
-pub const CHECKPOINT: &[u8] = b"COLO_CHECKPOINT";
-/// `proxy → Xen`: please checkpoint.
-pub const DO_CHECKPOINT: &[u8] = b"DO_CHECKPOINT";
+pub use crate::control::xen::{XenIn, XenOut};
 
 /// Longest notify frame accepted; the protocol's messages are a few dozen bytes.
 pub const MAX_NOTIFY_FRAME: usize = 4096;
 
-/// A decoded incoming notify message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NotifyMsg {
-    /// `COLO_USERSPACE_PROXY_INIT`.
-    ProxyInit,
-    /// `COLO_CHECKPOINT`.
-    CheckpointDone,
-    /// Anything else (counted, ignored, as QEMU does).
-    Other(Vec<u8>),
-}
+/// A decoded incoming notify message: a known one, or `Err(len)` for anything else (counted and
+/// ignored, as QEMU does).
+pub type NotifyMsg = Result<XenIn, usize>;
 
 /// The notify framing.
 pub trait NotifyCodec: Send {
-    /// Append one outgoing frame (no vnet field) carrying `text`.
-    fn encode(&self, text: &[u8], out: &mut Vec<u8>);
+    /// Append one outgoing frame (no vnet field).
+    fn encode(&self, msg: XenOut, out: &mut Vec<u8>);
     /// Decode one incoming frame from the front of `buf`: `Ok(None)` = need more bytes,
     /// `Ok(Some((msg, used)))`, or `Err` = the stream is unusable.
     fn decode(&self, buf: &[u8], vnet_hdr: bool) -> Result<Option<(NotifyMsg, usize)>, String>;
 }
 
-/// Local implementation of the notify framing.
+/// QEMU chardev framing (u32 BE length, optional vnet field on input) around `control::xen`.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct LocalCodec;
+pub struct QemuCodec;
 
-impl NotifyCodec for LocalCodec {
-    fn encode(&self, text: &[u8], out: &mut Vec<u8>) {
-        out.extend_from_slice(&(text.len() as u32).to_be_bytes());
-        out.extend_from_slice(text);
+impl NotifyCodec for QemuCodec {
+    fn encode(&self, msg: XenOut, out: &mut Vec<u8>) {
+        let mut b = [0u8; crate::control::xen::MAX_OUT_LEN];
+        if let Some(n) = msg.encode(&mut b) {
+            out.extend_from_slice(&b[..n]);
+        }
     }
 
     fn decode(&self, buf: &[u8], vnet_hdr: bool) -> Result<Option<(NotifyMsg, usize)>, String> {
@@ -73,12 +61,7 @@ impl NotifyCodec for LocalCodec {
         let Some(body) = buf.get(hdr..hdr + len) else {
             return Ok(None);
         };
-        let msg = match body {
-            b if b == PROXY_INIT => NotifyMsg::ProxyInit,
-            b if b == CHECKPOINT => NotifyMsg::CheckpointDone,
-            b => NotifyMsg::Other(b.to_vec()),
-        };
-        Ok(Some((msg, hdr + len)))
+        Ok(Some((XenIn::parse(body).map_err(|u| u.len), hdr + len)))
     }
 }
 
@@ -149,7 +132,7 @@ pub struct XenSink {
 impl XenSink {
     /// Create the sink (binds now in listen mode; connects lazily in client mode).
     pub fn new(cfg: XenConfig) -> std::io::Result<XenSink> {
-        Self::with_codec(cfg, Box::new(LocalCodec))
+        Self::with_codec(cfg, Box::new(QemuCodec))
     }
 
     /// Create the sink with another framing implementation.
@@ -225,7 +208,7 @@ impl XenSink {
         out.push(SinkEvent::Up);
         if self.pending {
             self.pending = false;
-            self.codec.encode(DO_CHECKPOINT, &mut self.wbuf);
+            self.codec.encode(XenOut::DoCheckpoint, &mut self.wbuf);
             self.stats.sent += 1;
         }
     }
@@ -266,7 +249,7 @@ impl CheckpointSink for XenSink {
 
     fn request(&mut self, _req: &CheckpointRequest, _now_ns: u64) {
         if self.conn.is_some() {
-            self.codec.encode(DO_CHECKPOINT, &mut self.wbuf);
+            self.codec.encode(XenOut::DoCheckpoint, &mut self.wbuf);
             self.stats.sent += 1;
         } else if !self.pending {
             self.pending = true;
@@ -295,15 +278,15 @@ impl CheckpointSink for XenSink {
                 Ok(Some((msg, n))) => {
                     used += n;
                     match msg {
-                        NotifyMsg::ProxyInit => {
+                        Ok(XenIn::ProxyInit) => {
                             self.stats.handshakes += 1;
-                            self.codec.encode(GET_XEN_INIT, &mut self.wbuf);
+                            self.codec.encode(XenOut::GetXenInit, &mut self.wbuf);
                         }
-                        NotifyMsg::CheckpointDone => {
+                        Ok(XenIn::CheckpointDone) => {
                             self.stats.checkpoint_done += 1;
                             out.push(SinkEvent::CheckpointDone);
                         }
-                        NotifyMsg::Other(_) => self.stats.unknown += 1,
+                        Err(_) => self.stats.unknown += 1,
                     }
                 }
                 Err(e) => {
