@@ -85,6 +85,28 @@ pub enum Event {
     },
 }
 
+impl From<crate::compare::Side> for Side {
+    fn from(s: crate::compare::Side) -> Side {
+        match s {
+            crate::compare::Side::Primary => Side::Primary,
+            crate::compare::Side::Secondary => Side::Secondary,
+        }
+    }
+}
+
+impl From<&crate::compare::DivergenceEvent> for Event {
+    /// The management event for a compare divergence (allocates: call it off the data path).
+    fn from(d: &crate::compare::DivergenceEvent) -> Event {
+        Event::Divergence {
+            flow: d.flow.to_string(),
+            reason: d.reason.as_str().to_string(),
+            side: d.side.into(),
+            seq_range: d.seq_range,
+            time_ns: d.time_ns,
+        }
+    }
+}
+
 impl Event {
     /// The event's time.
     pub fn time_ns(&self) -> u64 {
@@ -138,5 +160,47 @@ mod tests {
         let s = e.to_json_line();
         assert!(!s.contains("\"id\""), "{s}");
         assert_eq!(serde_json::from_str::<Event>(&s).unwrap(), e);
+    }
+}
+
+#[cfg(test)]
+mod compare_tests {
+    use super::*;
+    use crate::compare::{DivergenceEvent, Reason};
+    use crate::flow::key::{Family, FlowKey};
+
+    #[test]
+    fn from_compare_divergence() {
+        let mut lo = [0u8; 16];
+        let mut hi = [0u8; 16];
+        lo[..4].copy_from_slice(&[10, 0, 0, 1]);
+        hi[..4].copy_from_slice(&[10, 0, 0, 2]);
+        let key = FlowKey {
+            family: Family::V4,
+            proto_or_ethertype: 6,
+            addr_lo: lo,
+            addr_hi: hi,
+            port_lo: 80,
+            port_hi: 40000,
+        };
+        let d = DivergenceEvent {
+            flow: key,
+            side: crate::compare::Side::Secondary,
+            reason: Reason::PayloadMismatch,
+            seq_range: Some((5, 10)),
+            time_ns: 99,
+        };
+        let e = Event::from(&d);
+        assert_eq!(
+            e,
+            Event::Divergence {
+                flow: key.to_string(),
+                reason: "payload_mismatch".into(),
+                side: Side::Secondary,
+                seq_range: Some((5, 10)),
+                time_ns: 99,
+            }
+        );
+        assert!(key.to_string().contains("10.0.0.1:80"));
     }
 }

@@ -18,6 +18,39 @@ pub struct BypassSpec {
     pub prefix: Option<String>,
 }
 
+impl BypassSpec {
+    /// Validate into the rule the compare engine uses (same parser as the config file).
+    pub fn to_rule(&self) -> Result<crate::config::BypassRule, String> {
+        crate::config::BypassRule::parse(&self.proto, self.ports.as_deref(), self.prefix.as_deref())
+            .map_err(|(field, why)| format!("{field}: {why}"))
+    }
+
+    /// How a rule is listed (parses back to the same rule with [`BypassSpec::to_rule`]).
+    pub fn from_rule(r: &crate::config::BypassRule) -> BypassSpec {
+        let full = *r.ports.start() == 0 && *r.ports.end() == u16::MAX;
+        BypassSpec {
+            proto: r.proto.map_or_else(
+                || "any".to_string(),
+                |p| match p {
+                    1 => "icmp".to_string(),
+                    6 => "tcp".to_string(),
+                    17 => "udp".to_string(),
+                    58 => "icmpv6".to_string(),
+                    n => n.to_string(),
+                },
+            ),
+            ports: (!full).then(|| {
+                if r.ports.start() == r.ports.end() {
+                    r.ports.start().to_string()
+                } else {
+                    format!("{}-{}", r.ports.start(), r.ports.end())
+                }
+            }),
+            prefix: r.prefix.map(|(a, l)| format!("{a}/{l}")),
+        }
+    }
+}
+
 /// A bypass-table operation.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "kebab-case")]
@@ -52,4 +85,43 @@ pub trait DataPlane: Send + Sync {
     fn capture(&self, on: bool) -> Result<(), String>;
     /// Ask every lcore to stop.
     fn shutdown(&self);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_round_trip_through_config_rules() {
+        for (proto, ports, prefix) in [
+            ("tcp", Some("22"), None),
+            ("udp", Some("5000-5100"), Some("10.0.0.0/8")),
+            ("any", None, Some("fd00::/8")),
+            ("icmp", None, None),
+        ] {
+            let spec = BypassSpec {
+                proto: proto.into(),
+                ports: ports.map(Into::into),
+                prefix: prefix.map(Into::into),
+            };
+            let rule = spec.to_rule().unwrap_or_else(|e| panic!("{spec:?}: {e}"));
+            assert_eq!(
+                BypassSpec::from_rule(&rule).to_rule().unwrap(),
+                rule,
+                "{spec:?}"
+            );
+        }
+        let bad = BypassSpec {
+            proto: "bogus".into(),
+            ports: None,
+            prefix: None,
+        };
+        assert!(bad.to_rule().unwrap_err().contains("proto"));
+        let bad = BypassSpec {
+            proto: "tcp".into(),
+            ports: Some("99999".into()),
+            prefix: None,
+        };
+        assert!(bad.to_rule().is_err());
+    }
 }

@@ -51,6 +51,60 @@ pub struct MgmtConfig {
     pub event_queue: usize,
 }
 
+impl MgmtConfig {
+    /// Management settings from a validated config: `[mgmt]`, plus `[compare_sockets]
+    /// notify_dev` as the Xen sink when `[mgmt.xen_notify]` is not given.
+    pub fn from_config(cfg: &crate::config::Config) -> MgmtConfig {
+        use crate::config::{SockAddr, SocketMode};
+        let m = &cfg.mgmt;
+        let ms = |v: u64| v.saturating_mul(1_000_000);
+        let endpoint = |e: &crate::config::Endpoint| match (&e.addr, e.mode) {
+            (SockAddr::Unix(p), SocketMode::Server) => xen::NotifyEndpoint::ListenUnix(p.clone()),
+            (SockAddr::Tcp(a), SocketMode::Server) => xen::NotifyEndpoint::ListenTcp(*a),
+            (SockAddr::Unix(p), SocketMode::Client) => xen::NotifyEndpoint::ConnectUnix(p.clone()),
+            (SockAddr::Tcp(a), SocketMode::Client) => xen::NotifyEndpoint::ConnectTcp(*a),
+        };
+        let xen = match (&m.xen_notify, &cfg.compare_sockets) {
+            (Some(x), _) => Some(xen::XenConfig {
+                endpoint: endpoint(&x.endpoint),
+                vnet_hdr_support: x.vnet_hdr_support,
+                reconnect_ns: ms(1000),
+            }),
+            (None, Some(cs)) => cs.notify_dev.as_ref().map(|e| xen::XenConfig {
+                endpoint: endpoint(e),
+                vnet_hdr_support: cs.vnet_hdr_support,
+                reconnect_ns: ms(cs.reconnect_ms),
+            }),
+            (None, None) => None,
+        };
+        MgmtConfig {
+            server: ServerConfig {
+                unix_path: Some(m.control_socket.clone()),
+                unix_mode: m.control_socket_mode,
+                tcp: m.control_tcp.clone(),
+                ..ServerConfig::default()
+            },
+            xen,
+            qmp: m.qmp.as_ref().map(|q| qmp::QmpConfig {
+                socket: q.socket.clone(),
+                checkpoint_delay_ms: q.checkpoint_delay_ms,
+                reconnect_ns: ms(q.reconnect_ms),
+            }),
+            capture: m.capture.as_ref().map(|c| CaptureConfig {
+                dir: c.dir.clone(),
+                max_file_bytes: c.max_file_bytes,
+                max_files: c.max_files,
+                context_packets: c.context_packets,
+            }),
+            capture_on_start: m.capture.as_ref().is_some_and(|c| c.enabled),
+            // QEMU re-sends DO_CHECKPOINT every scan while a packet is stuck; once a second is
+            // enough to recover a lost request without flooding.
+            checkpoint_resend_ns: Some(ms(1000)),
+            event_queue: 0,
+        }
+    }
+}
+
 /// Why management could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum MgmtError {
@@ -463,5 +517,43 @@ impl Handler for Core {
                 Reply::ok(serde_json::json!("shutting down"))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn load(name: &str) -> Config {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("dpdk-config")
+            .join(name);
+        Config::load(&p).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    #[test]
+    fn from_config_maps_mgmt_and_compare_notify_dev() {
+        let m = MgmtConfig::from_config(&load("primary.toml"));
+        assert_eq!(
+            m.server.unix_path.as_deref(),
+            Some(std::path::Path::new("/run/colo-proxy/primary.sock"))
+        );
+        assert_eq!(m.server.unix_mode, 0o600);
+        let q = m.qmp.unwrap();
+        assert_eq!(
+            (q.socket.to_str(), q.checkpoint_delay_ms),
+            (Some("/var/run/colo/pvm-qmp.sock"), 20000)
+        );
+        assert!(m.capture.is_some());
+        assert!(m.xen.is_none());
+
+        let m = MgmtConfig::from_config(&load("compare-dropin.toml"));
+        let x = m.xen.unwrap();
+        assert_eq!(
+            x.endpoint,
+            xen::NotifyEndpoint::ListenTcp("127.0.0.1:9009".parse().unwrap())
+        );
+        assert_eq!(x.reconnect_ns, 1_000_000_000);
     }
 }
