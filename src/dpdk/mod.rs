@@ -16,6 +16,7 @@ mod mempool;
 mod port;
 mod ring;
 pub mod selfcheck;
+pub mod telemetry;
 mod tsc;
 
 pub use burst::{Burst, Drain, RawItem, Token};

@@ -14,6 +14,7 @@ pub mod qmp;
 pub mod server;
 pub mod sink;
 pub mod status;
+pub mod telemetry;
 pub mod xen;
 
 use std::collections::BTreeMap;
