@@ -509,3 +509,49 @@ fn ctl_binary_prints_replies_and_sets_exit_codes() {
     assert_eq!(out.status.code(), Some(2), "usage → 2");
     drop(run);
 }
+
+#[test]
+fn a_flooding_client_that_never_reads_is_cut_off_and_others_are_served() {
+    let dir = TempDir::new("flood");
+    let plane = Arc::new(FakePlane::default());
+    let m = mgmt_with(dir.path(), plane, |c| c.server.reply_backlog = 64 * 1024);
+    let sock = dir.path().join("run/ctl.sock");
+    let run = Running::start(m);
+    let flooder = UnixStream::connect(&sock).unwrap();
+    flooder
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let st = stop.clone();
+    let t = std::thread::spawn(move || {
+        let line = b"{\"cmd\":\"stats\"}\n".repeat(64);
+        let mut sent = 0usize;
+        // Write until the server cuts us off (EPIPE/reset) or the test ends; never read.
+        while !st.load(Ordering::SeqCst) {
+            match (&flooder).write(&line) {
+                Ok(n) => sent += n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return (sent, true),
+            }
+        }
+        (sent, false)
+    });
+    // Others are served meanwhile.
+    for _ in 0..20 {
+        let t0 = std::time::Instant::now();
+        assert!(ask(&sock, "flows 1").ok);
+        assert!(t0.elapsed() < Duration::from_secs(2));
+    }
+    assert!(wait_for(20, || ask(&sock, "stats").result.unwrap()["mgmt"]
+        ["control"]["slow_closed"]
+        == 1));
+    stop.store(true, Ordering::SeqCst);
+    let (sent, cut) = t.join().unwrap();
+    assert!(sent > 64 * 1024, "sent {sent}");
+    assert!(cut, "the flooder saw its connection closed");
+    drop(run);
+}

@@ -69,7 +69,19 @@ fn telemetry_child() {
     ];
     let eal = colo_proxy::dpdk::Eal::init(&args).expect("EAL");
     let plane = Arc::new(FakePlane::default());
-    colo_proxy::mgmt::telemetry::register(plane).expect("register");
+    let dir = TempDir::new("tel");
+    let mut m = mgmt_with(dir.path(), plane.clone(), |_| {});
+    colo_proxy::mgmt::telemetry::register(plane, Some(m.stats_handle())).expect("register");
+    let ev = |reason: &str| colo_proxy::control::Event::Divergence {
+        flow: "f".into(),
+        reason: reason.into(),
+        side: colo_proxy::control::Side::Primary,
+        seq_range: None,
+        time_ns: 1,
+    };
+    m.handle(colo_proxy::mgmt::Input::Event(ev("payload_mismatch")), 1);
+    m.handle(colo_proxy::mgmt::Input::Event(ev("primary_timeout")), 2);
+    m.poll(3);
     match colo_proxy::dpdk::telemetry::pdump_init() {
         Ok(()) => println!("PDUMP ok"),
         Err(e) => println!("PDUMP error {e}"),
@@ -142,7 +154,7 @@ fn colo_commands_answer_dpdk_telemetry_py() {
     py.stdin
         .take()
         .unwrap()
-        .write_all(b"/colo/stats\n/colo/flows,2\n/colo/lcores\n/\n")
+        .write_all(b"/colo/stats\n/colo/flows,2\n/colo/lcores\n/colo/mgmt\n/\n")
         .unwrap();
     let mut text = String::new();
     py.stdout.take().unwrap().read_to_string(&mut text).unwrap();
@@ -168,6 +180,17 @@ fn colo_commands_answer_dpdk_telemetry_py() {
     );
     let lcores = find("/colo/lcores");
     assert_eq!(lcores["0/rx"], 42, "{lcores}");
+    let mgmt = find("/colo/mgmt");
+    assert_eq!(mgmt["divergences"], 2, "{mgmt}");
+    assert_eq!(mgmt["divergences_by_reason/primary_timeout"], 1, "{mgmt}");
+    assert_eq!(
+        (
+            mgmt["checkpoint/requested"].as_u64(),
+            mgmt["checkpoint/coalesced"].as_u64()
+        ),
+        (Some(2), Some(1)),
+        "{mgmt}"
+    );
     let list = find("/");
     assert!(list.to_string().contains("/colo/flows"), "{list}");
     drop(guard);

@@ -19,7 +19,7 @@ pub mod xen;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
@@ -189,6 +189,9 @@ pub struct PollOutcome {
     pub shutdown: bool,
 }
 
+/// How often [`Management::poll`] refreshes the shared stats snapshot.
+const SNAPSHOT_PERIOD_NS: u64 = 100_000_000;
+
 /// Inputs handled per poll, so one poll stays short.
 const INPUTS_PER_POLL: usize = 256;
 
@@ -217,6 +220,8 @@ pub struct Management {
     rx: Receiver<Input>,
     sender: EventSender,
     scratch: Vec<SinkEvent>,
+    shared: Arc<Mutex<MgmtStats>>,
+    shared_at: Option<u64>,
 }
 
 impl Management {
@@ -271,6 +276,8 @@ impl Management {
             rx,
             sender: EventSender { tx, dropped },
             scratch: Vec::new(),
+            shared: Arc::new(Mutex::new(MgmtStats::default())),
+            shared_at: None,
         })
     }
 
@@ -341,10 +348,24 @@ impl Management {
         self.core.server_stats = self.server.stats();
         work += self.server.poll(now_ns, &mut self.core);
         self.flush_outbox();
+        if self
+            .shared_at
+            .is_none_or(|t| now_ns.saturating_sub(t) >= SNAPSHOT_PERIOD_NS)
+        {
+            let s = self.stats();
+            *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = s;
+            self.shared_at = Some(now_ns);
+        }
         PollOutcome {
             work,
             shutdown: self.core.shutdown,
         }
+    }
+
+    /// A snapshot of [`Management::stats`] refreshed by `poll` at most every 100 ms, for other
+    /// threads (live status line, telemetry `/colo/mgmt`).
+    pub fn stats_handle(&self) -> Arc<Mutex<MgmtStats>> {
+        self.shared.clone()
     }
 
     /// Counters.

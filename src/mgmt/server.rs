@@ -455,7 +455,9 @@ fn queue_reply(c: &mut Client, r: &Reply) {
 fn read_some(c: &mut Client) {
     let mut buf = [0u8; 16 * 1024];
     let mut total = 0;
-    while total < READ_BUDGET {
+    // Stop reading while a full line's worth is unprocessed: a client that floods requests is
+    // held back by its socket buffer, not by our memory.
+    while total < READ_BUDGET && c.rbuf.len() <= MAX_LINE {
         match c.stream.read(&mut buf) {
             Ok(0) => {
                 // Peer closed its side; the lines it already sent still get answers.
@@ -465,9 +467,6 @@ fn read_some(c: &mut Client) {
             Ok(n) => {
                 c.rbuf.extend_from_slice(&buf[..n]);
                 total += n;
-                if c.rbuf.len() > MAX_LINE && !c.rbuf.contains(&b'\n') {
-                    return;
-                }
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) if e.kind() == ErrorKind::WouldBlock => return,
