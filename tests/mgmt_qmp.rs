@@ -124,17 +124,19 @@ fn forced_checkpoint_is_accepted_by_qemu() {
         seq_range: None,
         time_ns: 1,
     });
-    assert!(
-        wait_for(10, || checkpoint_delay(&check) == 12345),
-        "migrate-set-parameters did not reach QEMU"
-    );
+    // QEMU answered our command with `return` ...
     let sock = dir.path().join("run/ctl.sock");
     let ctl = colo_proxy::mgmt::ctl::Target::Unix(sock);
     let req = colo_proxy::control::Request::from_words(&["stats".into()], None).unwrap();
-    assert!(wait_for(10, || {
-        let r = colo_proxy::mgmt::ctl::request(&ctl, &req, Duration::from_secs(5)).unwrap();
-        r.result.unwrap()["mgmt"]["sinks"]["qmp"]["accepted"] == 1
-    }));
+    assert!(
+        wait_for(20, || {
+            let r = colo_proxy::mgmt::ctl::request(&ctl, &req, Duration::from_secs(5)).unwrap();
+            r.result.unwrap()["mgmt"]["sinks"]["qmp"]["accepted"] == 1
+        }),
+        "QEMU did not accept migrate-set-parameters"
+    );
+    // ... and holds the value.
+    assert_eq!(checkpoint_delay(&check), 12345);
     let m = run.join();
     let q = &m.stats().sinks["qmp"];
     assert_eq!(

@@ -182,6 +182,16 @@ fn oversized_frame_drops_the_peer_and_a_new_one_is_accepted() {
     let dir = TempDir::new("xene");
     let plane = Arc::new(FakePlane::default());
     let notify = dir.path().join("n.sock");
+    // A regular file in the way is an error, not deleted.
+    std::fs::write(&notify, b"keep").unwrap();
+    let cfg = XenConfig {
+        endpoint: NotifyEndpoint::ListenUnix(notify.clone()),
+        vnet_hdr_support: false,
+        reconnect_ns: 1,
+    };
+    assert!(colo_proxy::mgmt::xen::XenSink::new(cfg).is_err());
+    assert_eq!(std::fs::read(&notify).unwrap(), b"keep");
+    std::fs::remove_file(&notify).unwrap();
     let m = mgmt_with(dir.path(), plane.clone(), |c| {
         c.xen = Some(XenConfig {
             endpoint: NotifyEndpoint::ListenUnix(notify.clone()),

@@ -8,6 +8,7 @@
 //! [`NotifyCodec`] so another framing could be plugged in for tests or other frames.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -139,10 +140,15 @@ impl XenSink {
     pub fn with_codec(cfg: XenConfig, codec: Box<dyn NotifyCodec>) -> std::io::Result<XenSink> {
         let listener = match &cfg.endpoint {
             NotifyEndpoint::ListenUnix(p) => {
-                if std::fs::symlink_metadata(p).is_ok() && UnixStream::connect(p).is_err() {
+                // Replace only a stale socket; never delete another kind of file.
+                if std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket())
+                    && UnixStream::connect(p).is_err()
+                {
                     let _ = std::fs::remove_file(p);
                 }
                 let l = UnixListener::bind(p)?;
+                // Whoever can connect can release held packets: owner only.
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))?;
                 l.set_nonblocking(true)?;
                 Some(Listener::Unix(l))
             }
@@ -238,6 +244,16 @@ impl XenSink {
         };
         if let Some(c) = fresh {
             self.adopt(c, out);
+        }
+    }
+}
+
+impl Drop for XenSink {
+    fn drop(&mut self) {
+        if let (Some(Listener::Unix(_)), NotifyEndpoint::ListenUnix(p)) =
+            (&self.listener, &self.cfg.endpoint)
+        {
+            let _ = std::fs::remove_file(p);
         }
     }
 }
