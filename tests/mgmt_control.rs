@@ -555,3 +555,42 @@ fn a_flooding_client_that_never_reads_is_cut_off_and_others_are_served() {
     assert!(cut, "the flooder saw its connection closed");
     drop(run);
 }
+
+#[test]
+fn ctl_binary_streams_events() {
+    let dir = TempDir::new("binev");
+    let plane = Arc::new(FakePlane::default());
+    let m = mgmt_with(dir.path(), plane, |_| {});
+    let tx = m.sender();
+    let run = Running::start(m);
+    let sock = dir.path().join("run/ctl.sock");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_colo-proxy"))
+        .args(["ctl", "--socket"])
+        .arg(&sock)
+        .arg("events")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(10, || ask(&sock, "stats").result.unwrap()["mgmt"]
+        ["control"]["subscribers"]
+        == 1));
+    tx.event(divergence("tcp x <-> y", "payload_mismatch", 1));
+    let out = child.stdout.take().unwrap();
+    let (ltx, lrx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(out).read_line(&mut line);
+        let _ = ltx.send(line);
+    });
+    // Bounded: the child is killed whether or not a line came.
+    let line = lrx.recv_timeout(Duration::from_secs(10));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("no event line from ctl events");
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        (v["event"].as_str(), v["flow"].as_str()),
+        (Some("divergence"), Some("tcp x <-> y"))
+    );
+    drop(run);
+}

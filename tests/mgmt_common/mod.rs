@@ -168,7 +168,11 @@ impl Drop for Running {
 }
 
 /// Management with a UNIX control socket in `dir` and the fake plane.
-pub fn mgmt_with(dir: &Path, plane: Arc<FakePlane>, f: impl FnOnce(&mut MgmtConfig)) -> Management {
+pub fn mgmt_with(
+    dir: &Path,
+    plane: Arc<dyn DataPlane>,
+    f: impl FnOnce(&mut MgmtConfig),
+) -> Management {
     let mut cfg = MgmtConfig::default();
     cfg.server.unix_path = Some(dir.join("run/ctl.sock"));
     f(&mut cfg);
