@@ -32,6 +32,7 @@ fn client_opened_handshake_and_data_both_ways() {
     assert_eq!(f.state, ConnState::Established);
     assert_eq!(f.seq_offset, Some(S.wrapping_sub(P)));
     assert_eq!(h.rw.counters().learned_client_opened, 1);
+    assert_eq!(f.last_used_ns, h.now, "age is the time of the last packet");
 
     // Client data: seq untouched, ack translated.
     let (o, t) = h.send(&Seg::client(C + 1, P + 1, ACK | PSH).data(100));

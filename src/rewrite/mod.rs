@@ -131,6 +131,8 @@ pub struct ConnSummary {
     pub seq_offset: Option<u32>,
     /// `secondary TSval − primary TSval`, once known (None also when timestamps are off).
     pub ts_offset: Option<u32>,
+    /// The `now_ns` of its last packet.
+    pub last_used_ns: u64,
 }
 
 /// Rewriter counters (plain numbers, read by the management lcore through a snapshot).
@@ -356,14 +358,9 @@ impl Rewriter {
         self.failover
     }
 
-    /// The summary of one connection, if tracked.
-    pub fn flow(&self, key: &FlowKey) -> Option<ConnSummary> {
-        self.table.get(key).map(summary)
-    }
-
     /// Visit every tracked connection (least recently used first).
     pub fn flows(&self, mut f: impl FnMut(&FlowKey, ConnSummary)) {
-        self.table.for_each(|k, c, _| f(k, summary(c)));
+        self.table.for_each(|k, c, t| f(k, summary(c, t)));
     }
 
     /// Translate `pkt` in place for `dir`. Never panics; the packet is always forwarded.
@@ -661,8 +658,9 @@ impl Rewriter {
     }
 }
 
-fn summary(c: &Conn) -> ConnSummary {
+fn summary(c: &Conn, last_used_ns: u64) -> ConnSummary {
     ConnSummary {
+        last_used_ns,
         opener: c.opener,
         state: c.state(),
         seq_offset: c.seq_off,
