@@ -339,6 +339,34 @@ fn events_stream_divergence_and_checkpoint_request() {
 }
 
 #[test]
+fn compare_divergence_events_are_accepted_as_is() {
+    use colo_proxy::compare::{DivergenceEvent, Reason};
+    use colo_proxy::flow::{Family, FlowKey};
+    let dir = TempDir::new("cmpev");
+    let mut m = mgmt_with(dir.path(), Arc::new(FakePlane::default()), |_| {});
+    let key = FlowKey {
+        family: Family::V4,
+        proto_or_ethertype: 17,
+        addr_lo: [0; 16],
+        addr_hi: [0; 16],
+        port_lo: 1,
+        port_hi: 2,
+    };
+    let d = DivergenceEvent {
+        flow: key,
+        side: colo_proxy::compare::Side::Primary,
+        reason: Reason::PrimaryTimeout,
+        seq_range: None,
+        time_ns: 3,
+    };
+    assert!(m.sender().send(Input::Compare(d)));
+    m.poll(now_ns());
+    let st = m.stats();
+    assert_eq!(st.divergences_by_reason.get("primary_timeout"), Some(&1));
+    assert_eq!(st.checkpoint.issued, 1);
+}
+
+#[test]
 fn divergences_queue_full_is_counted_not_blocking() {
     let dir = TempDir::new("qfull");
     let plane = Arc::new(FakePlane::default());

@@ -127,6 +127,9 @@ pub enum Input {
     Event(Event),
     /// A divergence with its packets for capture (the event must be `Event::Divergence`).
     Divergence(Event, Box<DivergenceCapture>),
+    /// A compare engine divergence as is: `Copy`, so a data lcore can queue it without
+    /// allocating; management turns it into an [`Event`].
+    Compare(crate::compare::DivergenceEvent),
 }
 
 /// Non-blocking, clonable handle for other threads to report to management.
@@ -421,6 +424,7 @@ impl Core {
         let (ev, packets) = match input {
             Input::Event(ev) => (ev, None),
             Input::Divergence(ev, p) => (ev, Some(p)),
+            Input::Compare(d) => (Event::from(&d), None),
         };
         match &ev {
             Event::Divergence { flow, reason, .. } => {
