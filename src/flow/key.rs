@@ -26,7 +26,7 @@ pub enum Family {
 /// - TCP/UDP: 5-tuple; ICMP/ICMPv6 echo: address pair + echo id (in both port slots);
 /// - other IP protocols and fragments: address pair + protocol;
 /// - non-IP: MAC pair + EtherType (in `proto_or_ethertype`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FlowKey {
     /// Address family.
     pub family: Family,
@@ -210,6 +210,29 @@ impl fmt::Display for FlowKey {
     }
 }
 
+impl std::hash::Hash for FlowKey {
+    /// Five words (the derive would add length prefixes and hash the arrays byte-slice-wise):
+    /// every packet's table lookup pays for this.
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let w = |b: &[u8; 16], i: usize| {
+            let mut x = [0u8; 8];
+            x.copy_from_slice(&b[i..i + 8]);
+            u64::from_le_bytes(x)
+        };
+        state.write_u64(
+            (self.family as u64) << 48
+                ^ u64::from(self.proto_or_ethertype) << 32
+                ^ u64::from(self.port_lo) << 16
+                ^ u64::from(self.port_hi),
+        );
+        state.write_u64(w(&self.addr_lo, 0));
+        state.write_u64(w(&self.addr_lo, 8));
+        state.write_u64(w(&self.addr_hi, 0));
+        state.write_u64(w(&self.addr_hi, 8));
+    }
+}
+
 /// A `Hasher` for maps keyed by [`FlowKey`]: uses the flow hash itself.
 #[derive(Default, Clone, Copy)]
 pub struct FlowHasher(u64);
@@ -230,6 +253,11 @@ impl std::hash::Hasher for FlowHasher {
     }
     fn write_u16(&mut self, i: u16) {
         self.0 = self.0.rotate_left(16) ^ u64::from(i);
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        // One multiply per word; `finish` mixes fully, so the table gets well-spread bits.
+        self.0 = (self.0.rotate_left(23) ^ i).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 }
 
