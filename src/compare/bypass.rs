@@ -34,6 +34,7 @@ pub fn matches(rule: &Bypass, info: &PacketInfo) -> bool {
     }
 }
 
+/// Same rule as the config's: the address masked to `len` bits equals `net` exactly.
 fn in_prefix(addr: &[u8; 16], v4: bool, net: IpAddr, len: u8) -> bool {
     let (net_bytes, n): ([u8; 16], usize) = match (net, v4) {
         (IpAddr::V4(n), true) => {
@@ -44,17 +45,16 @@ fn in_prefix(addr: &[u8; 16], v4: bool, net: IpAddr, len: u8) -> bool {
         (IpAddr::V6(n), false) => (n.octets(), 16),
         _ => return false,
     };
-    let bits = usize::from(len).min(n * 8);
-    let full = bits / 8;
-    if addr[..full] != net_bytes[..full] {
-        return false;
+    let mut bits = usize::from(len).min(n * 8);
+    for i in 0..n {
+        let take = bits.min(8);
+        bits -= take;
+        let mask = if take == 0 { 0 } else { 0xffu8 << (8 - take) };
+        if addr[i] & mask != net_bytes[i] {
+            return false;
+        }
     }
-    let rem = bits % 8;
-    if rem == 0 {
-        return true;
-    }
-    let mask = 0xffu8 << (8 - rem);
-    addr[full] & mask == net_bytes[full] & mask
+    true
 }
 
 #[cfg(test)]

@@ -393,6 +393,8 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, B, O> {
             self.free(pkt, SecondaryFree::Control);
         } else if behind {
             self.free(pkt, SecondaryFree::Duplicate);
+        } else if conn.sq.head == NIL && conn.cursor != NIL && self.resolve_direct(conn, &pkt, &m) {
+            self.free(pkt, SecondaryFree::Matched);
         } else if let Some(pkt) = self.secondary_room(conn, pkt, &m) {
             self.insert_secondary(conn, pkt, m);
         } else {
@@ -476,34 +478,47 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, B, O> {
         }
     }
 
-    fn resolve_tcp(&mut self, conn: &mut Conn, id: u32) -> Resolve {
-        let m = *self.pool.meta(id);
-        let t = conn.tcp;
-        if m.flags & tcp_flags::FIN != 0 {
-            if let Some(sf) = t.s_fin {
-                if sf != m.end {
-                    return Resolve::Diverge(Reason::LengthMismatch, NIL);
+    /// Fast path: compare the unresolved primaries directly against a secondary segment that
+    /// arrived while no secondary data is queued. Returns true when the segment is wholly
+    /// consumed (behind the frontier), so it never needs a queue node. Anything it cannot
+    /// settle (partial cover, mismatch) is left to the queue path, which reports it.
+    fn resolve_direct(&mut self, conn: &mut Conn, spkt: &B, sm: &Meta) -> bool {
+        let sdata = spkt.data();
+        while conn.cursor != NIL {
+            let id = conn.cursor;
+            let m = *self.pool.meta(id);
+            match precheck(&conn.tcp, &m) {
+                Pre::Done(bits) => self.pool.meta_mut(id).state |= bits,
+                Pre::Diverge(_) => break,
+                Pre::Compare(start) => {
+                    if !(seq::le(sm.seq, start) && seq::le(m.end, sm.end)) {
+                        break;
+                    }
+                    let n = m.end.wrapping_sub(start) as usize;
+                    let pa = m.cmp_off as usize + start.wrapping_sub(m.seq) as usize;
+                    let sa = sm.cmp_off as usize + start.wrapping_sub(sm.seq) as usize;
+                    match (self.pool.data(id).get(pa..pa + n), sdata.get(sa..sa + n)) {
+                        (Some(a), Some(b)) if a == b => {}
+                        _ => break,
+                    }
+                    self.pool.meta_mut(id).state |= DATA_OK;
+                    conn.tcp.record_match(start, m.end);
                 }
             }
+            conn.cursor = self.pool.next(id);
         }
-        if m.seq == m.end {
-            self.pool.meta_mut(id).state |= DATA_OK;
-            return Resolve::Done;
-        }
-        if t.frontier_set && seq::le(m.end, t.frontier) {
-            self.pool.meta_mut(id).state |= DATA_OK | RETRANS;
-            return Resolve::Done;
-        }
-        if let Some(sf) = t.s_fin {
-            if seq::lt(sf, m.end) {
-                // The secondary closed its stream before this data.
-                return Resolve::Diverge(Reason::LengthMismatch, NIL);
+        conn.tcp.frontier_set && seq::le(sm.end, conn.tcp.frontier)
+    }
+
+    fn resolve_tcp(&mut self, conn: &mut Conn, id: u32) -> Resolve {
+        let m = *self.pool.meta(id);
+        let start = match precheck(&conn.tcp, &m) {
+            Pre::Done(bits) => {
+                self.pool.meta_mut(id).state |= bits;
+                return Resolve::Done;
             }
-        }
-        let start = if t.frontier_set && seq::lt(m.seq, t.frontier) {
-            t.frontier
-        } else {
-            m.seq
+            Pre::Diverge(r) => return Resolve::Diverge(r, NIL),
+            Pre::Compare(start) => start,
         };
         let pdata = self.pool.data(id);
         let mut pos = start;
@@ -696,6 +711,43 @@ enum Resolve {
     Done,
     Wait,
     Diverge(Reason, u32),
+}
+
+/// What a primary segment needs before its bytes are compared.
+enum Pre {
+    /// Nothing to compare: set these state bits.
+    Done(u8),
+    /// Cannot match.
+    Diverge(Reason),
+    /// Compare from this sequence number to the segment's end.
+    Compare(u32),
+}
+
+fn precheck(t: &TcpState, m: &Meta) -> Pre {
+    if m.flags & tcp_flags::FIN != 0 {
+        if let Some(sf) = t.s_fin {
+            if sf != m.end {
+                return Pre::Diverge(Reason::LengthMismatch);
+            }
+        }
+    }
+    if m.seq == m.end {
+        return Pre::Done(DATA_OK);
+    }
+    if t.frontier_set && seq::le(m.end, t.frontier) {
+        return Pre::Done(DATA_OK | RETRANS);
+    }
+    if let Some(sf) = t.s_fin {
+        if seq::lt(sf, m.end) {
+            // The secondary closed its stream before this data.
+            return Pre::Diverge(Reason::LengthMismatch);
+        }
+    }
+    Pre::Compare(if t.frontier_set && seq::lt(m.seq, t.frontier) {
+        t.frontier
+    } else {
+        m.seq
+    })
 }
 
 /// Whether a resolved primary TCP segment may go: control counterpart and ack gate.
