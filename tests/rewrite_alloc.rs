@@ -33,9 +33,8 @@ fn steady_state_processing_does_not_allocate() {
     let cfg = RewriterConfig {
         table_capacity: 64,
         idle_timeout_ns: 50_000,
-        closed_linger_ns: 10_000,
     };
-    let mut rw = Rewriter::new(cfg);
+    let mut rw = Rewriter::new(cfg).with_closed_linger(10_000);
     // 200 connections through a 64-entry table: creations, evictions, closes, reclaims, expiry.
     let mut bufs: Vec<(Direction, VecBuf)> = Vec::new();
     for i in 0..200u16 {
@@ -66,7 +65,7 @@ fn steady_state_processing_does_not_allocate() {
         if rw.process(*dir, b, now) == Outcome::Rewritten {
             rewritten += 1;
         }
-        if now % 1_000 == 0 {
+        if now.is_multiple_of(1_000) {
             rw.tick(now);
         }
     }

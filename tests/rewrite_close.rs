@@ -2,7 +2,9 @@
 
 mod rewrite_util;
 
-use colo_proxy::rewrite::{CloseKind, ConnState, Outcome, RewriterConfig};
+use colo_proxy::rewrite::{
+    CloseKind, ConnState, Outcome, RewriterConfig, DEFAULT_CLOSED_LINGER_NS,
+};
 use rewrite_util::*;
 
 const C: u32 = 7_000;
@@ -119,19 +121,19 @@ fn rst_from_either_side_closes() {
 
 #[test]
 fn closed_connection_lingers_then_is_reclaimed() {
-    let cfg = RewriterConfig::default();
-    let mut h = H::with(cfg);
+    let mut h = H::new();
+    let linger = DEFAULT_CLOSED_LINGER_NS;
     established(&mut h);
     h.send(&Seg::client(C + 11, P + 21, FIN | ACK));
     h.send(&Seg::vm(S + 21, C + 12, FIN | ACK));
     h.send(&Seg::client(C + 12, P + 22, ACK));
     // A late duplicate of the last ACK is still translated during the linger.
-    h.now += cfg.closed_linger_ns / 2;
+    h.now += linger / 2;
     h.rw.tick(h.now);
     let (o, t) = h.send(&Seg::client(C + 12, P + 22, ACK));
     assert_eq!(o, Outcome::Rewritten);
     assert_eq!(t.ack, S + 22);
-    h.now += cfg.closed_linger_ns;
+    h.now += linger;
     h.rw.tick(h.now);
     assert!(h.rw.is_empty());
     assert_eq!(h.rw.counters().reclaimed_closed, 1);
@@ -150,7 +152,7 @@ fn reopened_four_tuple_after_close_learns_fresh() {
     assert_eq!(state(&h), Some(ConnState::Established));
     assert_eq!(h.rw.counters().new_incarnations, 1);
     // The old linger record must not remove the new incarnation.
-    h.now += RewriterConfig::default().closed_linger_ns * 2;
+    h.now += DEFAULT_CLOSED_LINGER_NS * 2;
     h.rw.tick(h.now);
     assert_eq!(h.rw.len(), 1);
 }

@@ -5,7 +5,9 @@
 mod rewrite_util;
 
 use colo_proxy::buf::VecBuf;
-use colo_proxy::rewrite::{CloseKind, ConnState, Direction, Outcome, RewriterConfig};
+use colo_proxy::rewrite::{
+    CloseKind, ConnState, Direction, Outcome, RewriterConfig, DEFAULT_CLOSED_LINGER_NS,
+};
 use rewrite_util::*;
 
 const C: u32 = 7_000;
@@ -196,7 +198,7 @@ fn defect_5_4_passive_close_never_completes_with_offset() {
     h.rw.flows(|_, s| st = Some(s.state));
     assert_eq!(st, Some(ConnState::Closed(CloseKind::Passive)));
     assert_eq!(h.rw.counters().closed_passive, 1);
-    h.now += RewriterConfig::default().closed_linger_ns + 1;
+    h.now += DEFAULT_CLOSED_LINGER_NS + 1;
     h.rw.tick(h.now);
     assert!(h.rw.is_empty(), "the closed entry is reclaimed");
 }
@@ -220,7 +222,6 @@ fn defect_5_4_no_ageing_only_table_wipe() {
     let cfg = RewriterConfig {
         table_capacity: 3,
         idle_timeout_ns: 1_000_000,
-        ..RewriterConfig::default()
     };
     let mut h = H::with(cfg);
     for i in 0..4u16 {

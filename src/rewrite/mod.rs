@@ -51,9 +51,6 @@ pub struct RewriterConfig {
     pub table_capacity: usize,
     /// A connection idle this long (ns) is forgotten.
     pub idle_timeout_ns: u64,
-    /// A closed connection is kept this long (ns) after its close, so late retransmissions
-    /// (the last ACK, a repeated FIN) are still translated; like a short TIME_WAIT.
-    pub closed_linger_ns: u64,
 }
 
 impl Default for RewriterConfig {
@@ -61,10 +58,13 @@ impl Default for RewriterConfig {
         RewriterConfig {
             table_capacity: 65536,
             idle_timeout_ns: 120_000_000_000,
-            closed_linger_ns: 10_000_000_000,
         }
     }
 }
+
+/// How long a closed connection is kept after its close by default (ns), so late
+/// retransmissions (the last ACK, a repeated FIN) are still translated: a short TIME_WAIT.
+pub const DEFAULT_CLOSED_LINGER_NS: u64 = 10_000_000_000;
 
 /// What [`Rewriter::process`] did. The packet is forwarded in every case.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +77,14 @@ pub enum Outcome {
     PassedNonTcp,
     /// The frame could not be parsed: untouched, counted.
     Malformed(ParseError),
+}
+
+impl Outcome {
+    /// True when the packet was changed.
+    #[inline]
+    pub fn rewritten(&self) -> bool {
+        matches!(self, Outcome::Rewritten)
+    }
 }
 
 /// Who opened a connection.
@@ -298,6 +306,7 @@ impl Conn {
 /// The rewriter: one per secondary host pipeline, owned by one lcore.
 pub struct Rewriter {
     cfg: RewriterConfig,
+    closed_linger_ns: u64,
     table: FlowTable<Conn>,
     /// Closed connections in close order: (key, generation, closed at).
     linger: VecDeque<(FlowKey, u32, u64)>,
@@ -324,6 +333,7 @@ impl Rewriter {
         let cap = cfg.table_capacity.max(1);
         Rewriter {
             cfg,
+            closed_linger_ns: DEFAULT_CLOSED_LINGER_NS.min(cfg.idle_timeout_ns),
             table: FlowTable::with_capacity(cap),
             linger: VecDeque::with_capacity(cap),
             keep: Vec::new(),
@@ -331,6 +341,13 @@ impl Rewriter {
             failover: false,
             counters: RewriterCounters::default(),
         }
+    }
+
+    /// Keep closed connections `ns` after their close (default [`DEFAULT_CLOSED_LINGER_NS`],
+    /// never longer than the idle timeout).
+    pub fn with_closed_linger(mut self, ns: u64) -> Self {
+        self.closed_linger_ns = ns;
+        self
     }
 
     /// The configuration this rewriter was built with.
@@ -616,7 +633,7 @@ impl Rewriter {
     /// After failover, idle connections that still translate are kept (they cannot be
     /// re-learned and no checkpoint will zero them).
     pub fn tick(&mut self, now_ns: u64) {
-        let linger = self.cfg.closed_linger_ns;
+        let linger = self.closed_linger_ns;
         while let Some(&(key, generation, at)) = self.linger.front() {
             if now_ns.saturating_sub(at) < linger {
                 break;
