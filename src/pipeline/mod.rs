@@ -6,3 +6,4 @@ pub mod latency;
 pub mod lcore;
 pub mod link;
 pub mod runtime;
+pub mod sim;
