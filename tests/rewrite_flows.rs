@@ -155,6 +155,31 @@ fn server_synack_before_svm_syn_still_learns() {
 }
 
 #[test]
+fn vm_opened_retransmissions_keep_learned_state_and_pair_newest_timestamps() {
+    let mut h = H::new();
+    let r = 90_000;
+    // SVM SYN retransmitted (same ISN, 1000 ticks later) before the server answers; the server
+    // echoes the PVM's retransmitted SYN's TSval.
+    h.send(&Seg::vm(S, 0, SYN).ts(10, 0));
+    h.send(&Seg::vm(S, 0, SYN).ts(1010, 0));
+    let (_, t) = h.send(&Seg::client(r, P + 1, SYN | ACK).ts(5, 2003));
+    assert_eq!(t.ack, S + 1);
+    assert_eq!(t.ts, Some((5, 1010)), "TSecr is the SVM's newest TSval");
+    let mut v = None;
+    h.rw.flows(|_, s| v = Some((s.seq_offset, s.ts_offset)));
+    assert_eq!(v, Some((Some(S - P), Some(1010u32.wrapping_sub(2003)))));
+    // Server SYN-ACK retransmitted after learning: translated the same way, nothing relearned.
+    let (_, t) = h.send(&Seg::client(r, P + 1, SYN | ACK).ts(6, 2003));
+    assert_eq!((t.ack, t.ts), (S + 1, Some((6, 1010))));
+    // A late SVM SYN with another ISN does not disturb the established connection.
+    h.send(&Seg::vm(S + 77, 0, SYN));
+    let (_, t) = h.send(&Seg::vm(S + 1, r + 1, ACK).ts(1020, 6));
+    assert_eq!((t.seq, t.ts), (P + 1, Some((2013, 6))));
+    assert_eq!(h.rw.counters().learned_vm_opened, 1);
+    assert!(h.rw.counters().handshake_retransmits >= 2);
+}
+
+#[test]
 fn seq_wraparound_both_directions() {
     let mut h = H::new();
     let (c, p, s) = (0xffff_fff0, 0xffff_ff00, 0x0000_0100);

@@ -506,14 +506,19 @@ impl Rewriter {
                     if conn.remote_isn.is_none() {
                         conn.remote_isn = Some(tcp.seq);
                     }
-                    if conn.seq_off.is_none() && conn.pvm_isn.is_none() {
-                        conn.pvm_isn = Some(tcp.ack.wrapping_sub(1));
-                        conn.pvm_ts = ts.map(|t| t.1);
-                        if conn.svm_isn.is_none() {
-                            counters.synack_before_syn += 1;
+                    if conn.seq_off.is_none() {
+                        if conn.pvm_isn.is_none() {
+                            conn.pvm_isn = Some(tcp.ack.wrapping_sub(1));
+                            if conn.svm_isn.is_none() {
+                                counters.synack_before_syn += 1;
+                            }
+                        } else {
+                            counters.handshake_retransmits += 1;
                         }
+                        // The newest echo pairs with the SVM's newest SYN (see learn_svm).
+                        conn.pvm_ts = ts.map(|t| t.1);
                         conn.try_learn(counters);
-                    } else if conn.seq_off.is_some() {
+                    } else {
                         counters.handshake_retransmits += 1;
                     }
                 }
@@ -692,7 +697,12 @@ fn learn_svm(conn: &mut Conn, isn: u32, tsval: Option<u32>, c: &mut RewriterCoun
         return;
     }
     match conn.svm_isn {
-        Some(old) if old == isn => c.handshake_retransmits += 1,
+        Some(old) if old == isn => {
+            // The PVM retransmits on the same schedule and the peer echoes the newest TSval it
+            // saw, so the newest SVM TSval is the one to pair with it.
+            c.handshake_retransmits += 1;
+            conn.svm_ts = tsval;
+        }
         Some(_) => {
             // The SVM restarted its half of the handshake: its newest ISN is the one that counts.
             c.svm_isn_changed += 1;
