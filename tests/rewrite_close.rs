@@ -196,3 +196,29 @@ fn capacity_bound_evicts_least_recently_used() {
     let (o, _) = h.send(&Seg::client(C + 1, P + 1, ACK).port(1000));
     assert_eq!(o, Outcome::Unchanged);
 }
+
+#[test]
+fn new_syn_after_close_with_lost_last_ack_starts_fresh() {
+    let mut h = H::new();
+    established(&mut h);
+    h.send(&Seg::client(C + 11, P + 21, FIN | ACK));
+    h.send(&Seg::vm(S + 21, C + 12, FIN | ACK));
+    // The client's last ACK never reached us; the client reuses the port later.
+    let c2 = C + 500_000;
+    h.send(&Seg::client(c2, 0, SYN));
+    h.send(&Seg::vm(S + 9_000, c2 + 1, SYN | ACK));
+    let (_, t) = h.send(&Seg::client(c2 + 1, P + 77, ACK));
+    assert_eq!(t.ack, S + 9_000 + 1);
+    assert_eq!(h.rw.counters().new_incarnations, 1);
+}
+
+#[test]
+fn stray_syn_on_established_connection_is_ignored() {
+    let mut h = H::new();
+    established(&mut h);
+    h.send(&Seg::client(C + 999, 0, SYN));
+    let (_, t) = h.send(&Seg::client(C + 11, P + 21, ACK));
+    assert_eq!(t.ack, S + 21);
+    assert_eq!(h.rw.counters().stray_syns, 1);
+    assert_eq!(h.rw.counters().new_incarnations, 0);
+}

@@ -279,6 +279,12 @@ impl Conn {
         }
     }
 
+    /// Closed, or a FIN was seen (a new SYN may then start a new connection even if the last
+    /// ACK of the old one was missed).
+    fn closing(&self) -> bool {
+        self.closed.is_some() || self.client_fin.is_some() || self.vm_fin.is_some()
+    }
+
     /// True when this entry still changes packets (must survive ageing after failover).
     fn translates(&self) -> bool {
         self.seq_off.is_some_and(|o| o != 0) || self.ts_off.is_some_and(|o| o != 0)
@@ -718,8 +724,9 @@ fn learn_svm(conn: &mut Conn, isn: u32, tsval: Option<u32>, c: &mut RewriterCoun
 }
 
 /// A SYN (or SYN-ACK) on an existing entry: retransmission, or a new connection reusing the
-/// 4-tuple? A new ISN restarts the entry only when the old one is closed or never finished
-/// learning; on an established connection it is a stray SYN and is ignored.
+/// 4-tuple? A new ISN restarts the entry only when the old one is closed or closing, or never
+/// finished learning; on an established connection it is a stray SYN (the VM's stack answers it
+/// with a challenge ACK) and is ignored.
 fn is_new_incarnation(
     conn: &Conn,
     dir: Direction,
@@ -733,7 +740,7 @@ fn is_new_incarnation(
         (Direction::FromSecondary, Syn::Open, Opener::Vm)
         | (Direction::FromSecondary, Syn::Answer, Opener::Client) => {
             // Handled by learn_svm (retransmit or ISN change while learning).
-            if conn.closed.is_none() {
+            if !conn.closing() {
                 return false;
             }
             conn.svm_isn
@@ -746,7 +753,7 @@ fn is_new_incarnation(
         c.handshake_retransmits += 1;
         return false;
     }
-    if conn.closed.is_some() || (conn.seq_off.is_none() && same_side_isn.is_some()) {
+    if conn.closing() || (conn.seq_off.is_none() && same_side_isn.is_some()) {
         return true;
     }
     if same_side_isn.is_none() && conn.seq_off.is_none() {
