@@ -7,6 +7,7 @@
 
 use std::ffi::{CStr, CString};
 use std::os::raw::c_char;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::eal;
@@ -14,6 +15,9 @@ use super::error::{DpdkError, Result};
 use super::ffi;
 use super::mbuf::MbufBurst;
 use super::mempool::Mempool;
+
+/// Frames each direction of a [`Port::ring_pair`] holds before tx returns unsent mbufs.
+pub const RING_PAIR_DEPTH: u32 = 1024;
 
 /// Queue and descriptor counts for [`Port::open`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +80,7 @@ pub struct LinkStatus {
 
 struct Inner {
     id: u16,
+    started: AtomicBool,
     _pool: Mempool,
 }
 
@@ -83,7 +88,9 @@ impl Drop for Inner {
     fn drop(&mut self) {
         // SAFETY: no queue handle is left (they hold this Arc), so nothing polls the port.
         unsafe {
-            ffi::rte_eth_dev_stop(self.id);
+            if self.started.load(Ordering::Acquire) {
+                ffi::rte_eth_dev_stop(self.id);
+            }
             ffi::rte_eth_dev_close(self.id);
         }
         eal::live_dec();
@@ -134,16 +141,25 @@ impl Port {
     }
 
     /// Create two ethdevs `a` and `b` wired back to back over two new rings (what `a` sends,
-    /// `b` receives and vice versa) and return their port ids. The rings live for the process.
+    /// `b` receives and vice versa; [`RING_PAIR_DEPTH`] frames in flight each way) and return
+    /// their port ids (device names get DPDK's `net_ring_` prefix). The rings live for the
+    /// process.
     pub fn ring_pair(a: &str, b: &str) -> Result<(u16, u16)> {
         let what = |s: &str| format!("creating ring port pair {a:?}/{b:?}: {s}");
         eal::ensure_up(&what("start"))?;
         let mk = |n: &str| -> Result<*mut ffi::rte_ring> {
             let c = CString::new(format!("rp_{n}"))
                 .map_err(|_| DpdkError::new(libc::EINVAL, what("NUL in name")))?;
-            // SAFETY: EAL is up; DPDK copies the name. MP/MC default flags (the PMD may use
-            // either end from any lcore).
-            let r = unsafe { ffi::rte_ring_create(c.as_ptr(), 1024, ffi::SOCKET_ID_ANY, 0) };
+            // SAFETY: EAL is up; DPDK copies the name. MP/MC (the PMD may use either end from
+            // any lcore); exactly RING_PAIR_DEPTH slots.
+            let r = unsafe {
+                ffi::rte_ring_create(
+                    c.as_ptr(),
+                    RING_PAIR_DEPTH,
+                    ffi::SOCKET_ID_ANY,
+                    ffi::RING_F_EXACT_SZ,
+                )
+            };
             if r.is_null() {
                 Err(DpdkError::last(what(&format!("ring for {n}"))))
             } else {
@@ -192,6 +208,7 @@ impl Port {
         eal::live_inc();
         let inner = Arc::new(Inner {
             id,
+            started: AtomicBool::new(false),
             _pool: pool.clone(),
         });
         // SAFETY: valid port.
@@ -263,6 +280,7 @@ impl Port {
         let r = unsafe { ffi::rte_eth_dev_start(self.id()) };
         check(r, || format!("port {}: start", self.id()))?;
         self.started = true;
+        self.inner.started.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -272,6 +290,7 @@ impl Port {
         let r = unsafe { ffi::rte_eth_dev_stop(self.id()) };
         check(r, || format!("port {}: stop", self.id()))?;
         self.started = false;
+        self.inner.started.store(false, Ordering::Release);
         Ok(())
     }
 
