@@ -216,6 +216,22 @@ pub struct RewriterCounters {
     pub failover_untracked_syns: u64,
 }
 
+impl RewriterCounters {
+    /// Packets that could not be parsed, all reasons.
+    pub fn malformed(&self) -> u64 {
+        self.malformed_truncated
+            + self.malformed_ip_header
+            + self.malformed_ip_length
+            + self.malformed_tcp_offset
+            + self.malformed_other
+    }
+
+    /// Packets forwarded unchanged, for any reason (TCP unchanged, non-TCP, malformed).
+    pub fn passed(&self) -> u64 {
+        self.unchanged + self.passed_non_tcp + self.malformed()
+    }
+}
+
 /// Per-connection state. `Copy`, fixed size: lives in the preallocated flow table.
 #[derive(Clone, Copy, Debug)]
 struct Conn {
