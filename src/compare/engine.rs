@@ -574,6 +574,16 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, B, O> {
             self.free(pkt, SecondaryFree::Dropped(DropReason::Diverged));
             return;
         }
+        if conn.sq.head == NIL && conn.pq.head != NIL {
+            // Fast path: nothing queued before it, so it pairs with the oldest primary.
+            let p = conn.pq.head;
+            if dgram_equal(self.pool.meta(p), self.pool.data(p), &m, pkt.data()).is_none() {
+                self.release_node(conn, p, Release::Matched);
+                self.free(pkt, SecondaryFree::Matched);
+                return;
+            }
+            // A mismatch goes through the queue so the event can show both packets.
+        }
         let Some(pkt) = self.secondary_room(conn, pkt, &m) else {
             return;
         };
@@ -930,7 +940,24 @@ impl<B: PacketBuf> Comparator<B> {
     /// Take one packet from `side`. Every packet leaves through `out` exactly once, now or
     /// later.
     pub fn process(&mut self, side: Side, pkt: B, now: u64, out: &mut impl Output<B>) {
-        let len = pkt.len();
+        let info = if pkt.len() > MAX_FRAME_LEN {
+            Err(Uncomparable::Oversize)
+        } else {
+            parse(pkt.data()).map_err(Uncomparable::Malformed)
+        };
+        match info {
+            Ok(info) => {
+                let key = FlowKey::of(&info, pkt.data());
+                self.process_parsed(side, pkt, &info, key, now, out);
+            }
+            Err(why) => {
+                self.count_in(side, pkt.len());
+                self.uncomparable(side, pkt, why, now, out);
+            }
+        }
+    }
+
+    fn count_in(&mut self, side: Side, len: usize) {
         match side {
             Side::Primary => {
                 self.c.primary_in += 1;
@@ -941,19 +968,29 @@ impl<B: PacketBuf> Comparator<B> {
                 self.c.secondary_bytes += len as u64;
             }
         }
-        if len > MAX_FRAME_LEN {
-            return self.uncomparable(side, pkt, Uncomparable::Oversize, now, out);
-        }
-        let info = match parse(pkt.data()) {
-            Ok(i) => i,
-            Err(e) => return self.uncomparable(side, pkt, Uncomparable::Malformed(e), now, out),
-        };
+    }
+
+    /// [`Self::process`] for a frame the caller already parsed and keyed (the redirector does
+    /// both to pick the shard). `info` and `key` must come from `wire::parse(pkt.data())` and
+    /// `FlowKey::of` on this frame; if they do not, verdicts may be wrong but nothing panics
+    /// (every byte access is bounds-checked against the frame).
+    pub fn process_parsed(
+        &mut self,
+        side: Side,
+        pkt: B,
+        info: &PacketInfo,
+        key: FlowKey,
+        now: u64,
+        out: &mut impl Output<B>,
+    ) {
+        let len = pkt.len();
+        self.count_in(side, len);
         if !self.cfg.bypass.is_empty()
             && self
                 .cfg
                 .bypass
                 .iter()
-                .any(|r| super::bypass::matches(r, &info))
+                .any(|r| super::bypass::matches(r, info))
         {
             match side {
                 Side::Primary => {
@@ -967,9 +1004,8 @@ impl<B: PacketBuf> Comparator<B> {
             }
             return;
         }
-        let key = FlowKey::of(&info, pkt.data());
-        let kind = flow_kind(&info);
-        let m = meta_of(&info, kind, now);
+        let kind = flow_kind(info);
+        let m = meta_of(info, kind, now);
 
         let Comparator {
             cfg,
