@@ -47,6 +47,26 @@
 //! Divergence capture: just before every [`Output::event`] the engine calls [`Output::capture`]
 //! with the packets involved, still owned by the engine (the management side may copy them or
 //! take an mbuf reference).
+//!
+//! Entry points: [`Comparator::process`] parses the frame itself;
+//! [`Comparator::process_parsed`] takes the redirector's `PacketInfo` and `FlowKey` (it
+//! parsed and keyed the frame to pick the shard), saving a second parse on the compare core.
+//!
+//! Memory: the flow table and a packet pool (`pool_size` queue nodes shared by all
+//! connections, intrusive per-connection lists) are allocated in [`Comparator::new`]; nothing
+//! allocates afterwards (`tests/compare_alloc.rs`).
+//!
+//! Known limits (documented, tested where testable):
+//! - A connection first seen mid-stream (no SYN since the table entry was created, e.g. after an
+//!   eviction) anchors its compare frontier at the first matched byte; primary bytes that
+//!   later arrive below it count as retransmissions and are released uncompared.
+//! - At most four out-of-order matched ranges are remembered beyond the frontier; a fifth
+//!   (pathological reordering) only delays freeing secondary segments, never releases
+//!   anything uncompared.
+//! - IPv6 fragments are compared as L3 packets including the fragment header's
+//!   identification, which differs between VMs (IPv4 IDs are ignored).
+//! - ICMP errors quote the offending IP header (with its ID), so they mismatch between VMs,
+//!   as in QEMU.
 
 mod bypass;
 mod engine;
