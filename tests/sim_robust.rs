@@ -205,7 +205,7 @@ fn duplicate_syn_gets_the_same_syn_ack_and_strays_get_rst() {
         &tcp_to_vm(1234, 80, 1001, tcp_flags::ACK, isn + 1, b"")
     )
     .is_empty());
-    let mut req = vec![0u8; 10];
+    let mut req = [0u8; 10];
     req[..4].copy_from_slice(&10u32.to_be_bytes());
     let late = tcp_to_vm(1234, 80, 1006, tcp_flags::ACK, isn + 1, &req[5..]);
     let dup = vm_rx(&mut v, &late);

@@ -1,7 +1,10 @@
-//! Frame building (etherparse's `PacketBuilder` writing straight into the buffer, with real
+//! Frame building (etherparse header types written straight into the buffer, with real
 //! checksums) and the receive-side checks both simulators share.
 
-use etherparse::{PacketBuilder, TcpOptionElement};
+use etherparse::{
+    EtherType, Ethernet2Header, IcmpEchoHeader, Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type,
+    IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, TcpHeader, TcpOptionElement, UdpHeader,
+};
 
 use crate::buf::PacketBuf;
 use crate::wire::checksum;
@@ -74,31 +77,56 @@ pub enum BuildError {
     Build,
 }
 
-macro_rules! write_frame {
-    ($alloc:expr, $step:expr, $payload:expr) => {{
-        let step = $step;
-        let payload: &[u8] = $payload;
-        let size = step.size(payload.len());
-        match $alloc.alloc() {
-            None => Err(BuildError::NoBuffer),
-            Some(mut buf) => match buf.append(size) {
-                Ok(dst) => match step.write_to_slice(dst, payload) {
-                    Ok(_) => Ok(buf),
-                    Err(_) => Err(BuildError::Build),
-                },
-                Err(_) => Err(BuildError::Build),
-            },
+/// Ethernet + IP header + `l4` (transport header) + `payload` into a fresh buffer.
+fn assemble<B: PacketBuf>(
+    alloc: &mut impl FrameAlloc<B>,
+    h: &Hdr,
+    proto: IpNumber,
+    l4: &[u8],
+    payload: &[u8],
+) -> Result<B, BuildError> {
+    let l4_len = l4.len() + payload.len();
+    let l4_len16 = u16::try_from(l4_len).map_err(|_| BuildError::Build)?;
+    let (ether_type, ip_len) = match h.ips {
+        Ips::V4 { .. } => (EtherType::IPV4, Ipv4Header::MIN_LEN),
+        Ips::V6 { .. } => (EtherType::IPV6, Ipv6Header::LEN),
+    };
+    let eth = Ethernet2Header {
+        source: h.src_mac,
+        destination: h.dst_mac,
+        ether_type,
+    };
+    let l4_off = Ethernet2Header::LEN + ip_len;
+    let mut buf = alloc.alloc().ok_or(BuildError::NoBuffer)?;
+    let out = buf.append(l4_off + l4_len).map_err(|_| BuildError::Build)?;
+    out[..Ethernet2Header::LEN].copy_from_slice(&eth.to_bytes());
+    match h.ips {
+        Ips::V4 { src, dst } => {
+            let mut ip =
+                Ipv4Header::new(l4_len16, TTL, proto, src, dst).map_err(|_| BuildError::Build)?;
+            ip.header_checksum = ip.calc_header_checksum();
+            out[Ethernet2Header::LEN..l4_off].copy_from_slice(&ip.to_bytes());
         }
-    }};
+        Ips::V6 { src, dst } => {
+            let ip = Ipv6Header {
+                traffic_class: 0,
+                flow_label: Ipv6FlowLabel::ZERO,
+                payload_length: l4_len16,
+                next_header: proto,
+                hop_limit: TTL,
+                source: src,
+                destination: dst,
+            };
+            out[Ethernet2Header::LEN..l4_off].copy_from_slice(&ip.to_bytes());
+        }
+    }
+    out[l4_off..l4_off + l4.len()].copy_from_slice(l4);
+    out[l4_off + l4.len()..].copy_from_slice(payload);
+    Ok(buf)
 }
 
-fn ip_step(h: &Hdr) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
-    let eth = PacketBuilder::ethernet2(h.src_mac, h.dst_mac);
-    match h.ips {
-        Ips::V4 { src, dst } => eth.ipv4(src, dst, TTL),
-        Ips::V6 { src, dst } => eth.ipv6(src, dst, TTL),
-    }
-}
+// etherparse's header types rather than `PacketBuilder`: the builder carries ~9 KB of IPv6
+// extension-header state by value through every step, which dominated the per-frame cost.
 
 /// Build a TCP segment.
 pub fn tcp<B: PacketBuf>(
@@ -106,28 +134,25 @@ pub fn tcp<B: PacketBuf>(
     h: &Hdr,
     s: &TcpSeg<'_>,
 ) -> Result<B, BuildError> {
-    let mut step = ip_step(h).tcp(s.sport, s.dport, s.seq, s.window);
-    if s.flags & tcp_flags::SYN != 0 {
-        step = step.syn();
-    }
+    let mut th = TcpHeader::new(s.sport, s.dport, s.seq, s.window);
+    th.syn = s.flags & tcp_flags::SYN != 0;
+    th.fin = s.flags & tcp_flags::FIN != 0;
+    th.rst = s.flags & tcp_flags::RST != 0;
+    th.psh = s.flags & tcp_flags::PSH != 0;
     if s.flags & tcp_flags::ACK != 0 {
-        step = step.ack(s.ack);
-    }
-    if s.flags & tcp_flags::FIN != 0 {
-        step = step.fin();
-    }
-    if s.flags & tcp_flags::RST != 0 {
-        step = step.rst();
-    }
-    if s.flags & tcp_flags::PSH != 0 {
-        step = step.psh();
+        th.ack = true;
+        th.acknowledgment_number = s.ack;
     }
     if let Some(mss) = s.mss {
-        step = step
-            .options(&[TcpOptionElement::MaximumSegmentSize(mss)])
+        th.set_options(&[TcpOptionElement::MaximumSegmentSize(mss)])
             .map_err(|_| BuildError::Build)?;
     }
-    write_frame!(alloc, step, s.payload)
+    th.checksum = match h.ips {
+        Ips::V4 { src, dst } => th.calc_checksum_ipv4_raw(src, dst, s.payload),
+        Ips::V6 { src, dst } => th.calc_checksum_ipv6_raw(src, dst, s.payload),
+    }
+    .map_err(|_| BuildError::Build)?;
+    assemble(alloc, h, IpNumber::TCP, &th.to_bytes(), s.payload)
 }
 
 /// Build a UDP datagram.
@@ -138,7 +163,19 @@ pub fn udp<B: PacketBuf>(
     dport: u16,
     payload: &[u8],
 ) -> Result<B, BuildError> {
-    write_frame!(alloc, ip_step(h).udp(sport, dport), payload)
+    let len = u16::try_from(UdpHeader::LEN + payload.len()).map_err(|_| BuildError::Build)?;
+    let mut uh = UdpHeader {
+        source_port: sport,
+        destination_port: dport,
+        length: len,
+        checksum: 0,
+    };
+    uh.checksum = match h.ips {
+        Ips::V4 { src, dst } => uh.calc_checksum_ipv4_raw(src, dst, payload),
+        Ips::V6 { src, dst } => uh.calc_checksum_ipv6_raw(src, dst, payload),
+    }
+    .map_err(|_| BuildError::Build)?;
+    assemble(alloc, h, IpNumber::UDP, &uh.to_bytes(), payload)
 }
 
 /// Build an ICMP (IPv4) or ICMPv6 echo request or reply.
@@ -150,12 +187,27 @@ pub fn icmp_echo<B: PacketBuf>(
     seq: u16,
     payload: &[u8],
 ) -> Result<B, BuildError> {
-    let ip = ip_step(h);
-    match (h.ips, reply) {
-        (Ips::V4 { .. }, false) => write_frame!(alloc, ip.icmpv4_echo_request(id, seq), payload),
-        (Ips::V4 { .. }, true) => write_frame!(alloc, ip.icmpv4_echo_reply(id, seq), payload),
-        (Ips::V6 { .. }, false) => write_frame!(alloc, ip.icmpv6_echo_request(id, seq), payload),
-        (Ips::V6 { .. }, true) => write_frame!(alloc, ip.icmpv6_echo_reply(id, seq), payload),
+    let echo = IcmpEchoHeader { id, seq };
+    match h.ips {
+        Ips::V4 { .. } => {
+            let t = if reply {
+                Icmpv4Type::EchoReply(echo)
+            } else {
+                Icmpv4Type::EchoRequest(echo)
+            };
+            let ih = Icmpv4Header::with_checksum(t, payload);
+            assemble(alloc, h, IpNumber::ICMP, &ih.to_bytes(), payload)
+        }
+        Ips::V6 { src, dst } => {
+            let t = if reply {
+                Icmpv6Type::EchoReply(echo)
+            } else {
+                Icmpv6Type::EchoRequest(echo)
+            };
+            let ih =
+                Icmpv6Header::with_checksum(t, src, dst, payload).map_err(|_| BuildError::Build)?;
+            assemble(alloc, h, IpNumber::IPV6_ICMP, &ih.to_bytes(), payload)
+        }
     }
 }
 
@@ -298,6 +350,70 @@ mod tests {
                 assert!(checksums_ok(e.data(), &info, false));
             }
         }
+    }
+
+    #[test]
+    fn frames_match_etherparse_packet_builder() {
+        use etherparse::PacketBuilder;
+        let mut a = VecAlloc;
+        let h = hdr4();
+        let seg = TcpSeg {
+            sport: 1000,
+            dport: 80,
+            seq: 5,
+            ack: 9,
+            flags: tcp_flags::SYN | tcp_flags::ACK | tcp_flags::PSH,
+            window: 1000,
+            mss: Some(1400),
+            payload: b"abc",
+        };
+        let ours: VecBuf = tcp(&mut a, &h, &seg).unwrap();
+        let mut want = Vec::new();
+        PacketBuilder::ethernet2(h.src_mac, h.dst_mac)
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], TTL)
+            .tcp(1000, 80, 5, 1000)
+            .syn()
+            .ack(9)
+            .psh()
+            .options(&[TcpOptionElement::MaximumSegmentSize(1400)])
+            .unwrap()
+            .write(&mut want, b"abc")
+            .unwrap();
+        assert_eq!(ours.data(), &want[..]);
+
+        let h6 = Hdr {
+            ips: Ips::V6 {
+                src: [1; 16],
+                dst: [2; 16],
+            },
+            ..hdr4()
+        };
+        let ours: VecBuf = udp(&mut a, &h6, 5, 6, b"hello").unwrap();
+        let mut want = Vec::new();
+        PacketBuilder::ethernet2(h.src_mac, h.dst_mac)
+            .ipv6([1; 16], [2; 16], TTL)
+            .udp(5, 6)
+            .write(&mut want, b"hello")
+            .unwrap();
+        assert_eq!(ours.data(), &want[..]);
+
+        let ours: VecBuf = icmp_echo(&mut a, &h6, true, 7, 8, b"xyz").unwrap();
+        let mut want = Vec::new();
+        PacketBuilder::ethernet2(h.src_mac, h.dst_mac)
+            .ipv6([1; 16], [2; 16], TTL)
+            .icmpv6_echo_reply(7, 8)
+            .write(&mut want, b"xyz")
+            .unwrap();
+        assert_eq!(ours.data(), &want[..]);
+
+        let ours: VecBuf = icmp_echo(&mut a, &h, false, 7, 8, b"xyz").unwrap();
+        let mut want = Vec::new();
+        PacketBuilder::ethernet2(h.src_mac, h.dst_mac)
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], TTL)
+            .icmpv4_echo_request(7, 8)
+            .write(&mut want, b"xyz")
+            .unwrap();
+        assert_eq!(ours.data(), &want[..]);
     }
 
     #[test]
