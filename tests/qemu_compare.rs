@@ -4,193 +4,9 @@
 
 mod qemu_support;
 
-use std::time::Duration;
-
 use colo_proxy::control::xen::{XenIn, XenOut};
-use colo_proxy::link::framing::FrameConfig;
-use colo_proxy::link::socket::{FramedSocket, Role, SocketConfig};
+use qemu_support::compare::Compare;
 use qemu_support::*;
-
-/// Frames released on outdev: (vnet_hdr_len, bytes).
-pub type Released = Vec<(u32, Vec<u8>)>;
-
-pub struct Compare {
-    pub d: TempDir,
-    pub q: Option<Qemu>,
-    pub pri: FramedSocket,
-    pub sec: FramedSocket,
-    pub out: FramedSocket,
-    pub notify: Option<FramedSocket>,
-    pub vnet: bool,
-    args: Vec<String>,
-}
-
-fn compare_args(d: &TempDir, vnet: bool, notify: bool) -> Vec<String> {
-    let mut args = Vec::new();
-    for id in ["primary_in", "secondary_in", "outdev"] {
-        args.extend(chardev_args(d, id));
-    }
-    if notify {
-        args.extend(chardev_args(d, "notify"));
-    }
-    args.extend(["-object".into(), "iothread,id=io0".into(), "-object".into()]);
-    let mut obj = format!(
-        "colo-compare,id=comp0,primary_in=primary_in,secondary_in=secondary_in,outdev=outdev,\
-         iothread=io0,compare_timeout=60000,expired_scan_cycle=60000,vnet_hdr_support={}",
-        if vnet { "on" } else { "off" }
-    );
-    if notify {
-        obj.push_str(",notify_dev=notify");
-    }
-    args.push(obj);
-    args
-}
-
-/// Xen side of the notify channel: we receive QEMU's frames without the vnet field and send
-/// ours with it when vnet_hdr_support is on (reference §3.6).
-fn xen_socket(d: &TempDir, vnet: bool) -> FramedSocket {
-    let mut c = SocketConfig::parse(
-        &d.addr("notify.sock"),
-        Role::Client,
-        FrameConfig::with_vnet(false),
-    )
-    .unwrap();
-    c.out_framing = FrameConfig::with_vnet(vnet);
-    c.backoff_initial = Duration::from_millis(10);
-    FramedSocket::new(c).unwrap()
-}
-
-impl Compare {
-    pub fn start(test: &str, vnet: bool, notify: bool) -> Option<Compare> {
-        if !qemu_available(test) {
-            return None;
-        }
-        let d = TempDir::new(test);
-        let args = compare_args(&d, vnet, notify);
-        let q = Self::spawn(&d, &args, notify);
-        let mut c = Compare {
-            pri: client(&d, "primary_in", vnet),
-            sec: client(&d, "secondary_in", vnet),
-            out: client(&d, "outdev", vnet),
-            notify: notify.then(|| xen_socket(&d, vnet)),
-            q: Some(q),
-            d,
-            vnet,
-            args,
-        };
-        c.sync();
-        Some(c)
-    }
-
-    fn spawn(d: &TempDir, args: &[String], notify: bool) -> Qemu {
-        let mut wait = vec![
-            d.path("primary_in.sock"),
-            d.path("secondary_in.sock"),
-            d.path("outdev.sock"),
-        ];
-        if notify {
-            wait.push(d.path("notify.sock"));
-        }
-        Qemu::spawn(d, "cmp", args, &wait)
-    }
-
-    /// Restart QEMU with the same sockets (a peer restart).
-    pub fn restart(&mut self) {
-        if let Some(q) = self.q.take() {
-            q.kill();
-        }
-        self.q = Some(Self::spawn(&self.d, &self.args, self.notify.is_some()));
-    }
-
-    pub fn log(&self) -> String {
-        self.q.as_ref().map(Qemu::log_text).unwrap_or_default()
-    }
-
-    /// Wrap a frame as this link carries it (12-byte zero vnet header when on).
-    pub fn wrap(&self, f: &[u8]) -> (u32, Vec<u8>) {
-        if self.vnet {
-            let mut v = vec![0u8; 12];
-            v.extend_from_slice(f);
-            (12, v)
-        } else {
-            (0, f.to_vec())
-        }
-    }
-
-    pub fn send_pri(&mut self, f: &[u8]) {
-        let (v, b) = self.wrap(f);
-        self.pri.send(v, &b).unwrap();
-    }
-
-    pub fn send_sec(&mut self, f: &[u8]) {
-        let (v, b) = self.wrap(f);
-        self.sec.send(v, &b).unwrap();
-    }
-
-    /// Poll all sockets; collect released frames and notify messages.
-    pub fn pump(&mut self, out: &mut Vec<(u32, Vec<u8>)>, notes: &mut Vec<Vec<u8>>) {
-        self.pri.flush();
-        self.sec.flush();
-        self.pri.poll_recv(|_, _| {});
-        self.sec.poll_recv(|_, _| {});
-        self.out.flush();
-        let probe = arp_frame(0xEE);
-        self.out.poll_recv(|v, f| {
-            if !f.ends_with(&probe) {
-                out.push((v, f.to_vec()))
-            }
-        });
-        if let Some(n) = self.notify.as_mut() {
-            n.flush();
-            n.poll_recv(|_, f| notes.push(f.to_vec()));
-        }
-    }
-
-    /// Send ARP probes on primary_in until one is passed through to outdev: QEMU has then
-    /// accepted all our connections. Drains stray probes afterwards.
-    pub fn sync(&mut self) {
-        let mut seen = false;
-        let mut tick = 0u32;
-        let probe = arp_frame(0xEE);
-        until(10, "an ARP probe through colo-compare", || {
-            if tick.is_multiple_of(25) {
-                let (v, b) = self.wrap(&probe);
-                self.pri.send(v, &b).unwrap();
-            }
-            tick += 1;
-            self.pri.flush();
-            self.sec.flush();
-            self.pri.poll_recv(|_, _| {});
-            self.sec.poll_recv(|_, _| {});
-            if let Some(n) = self.notify.as_mut() {
-                n.flush();
-                n.poll_recv(|_, _| {});
-            }
-            self.out.poll_recv(|_, f| seen |= f.ends_with(&probe));
-            seen
-        });
-        for_ms(100, || {
-            self.out.poll_recv(|_, _| {});
-        });
-    }
-
-    /// Collect for `ms`, returning released frames and notify messages.
-    pub fn collect(&mut self, ms: u64) -> (Released, Vec<Vec<u8>>) {
-        let (mut out, mut notes) = (Vec::new(), Vec::new());
-        for_ms(ms, || self.pump(&mut out, &mut notes));
-        (out, notes)
-    }
-
-    /// Collect until `n` frames were released (10 s bound).
-    pub fn collect_n(&mut self, n: usize) -> Vec<(u32, Vec<u8>)> {
-        let (mut out, mut notes) = (Vec::new(), Vec::new());
-        until(10, "released frames", || {
-            self.pump(&mut out, &mut notes);
-            out.len() >= n
-        });
-        out
-    }
-}
 
 fn held_until_secondary_then_released(vnet: bool) {
     let test = if vnet {
@@ -259,7 +75,7 @@ fn qemu_colo_compare_xen_notify_protocol() {
         let n = XenIn::ProxyInit.encode(vnet, &mut buf).unwrap();
         // Our socket frames with its out_framing; hand it the payload only.
         let hl = if vnet { 8 } else { 4 };
-        c.notify.as_mut().unwrap().send(0, &buf[hl..n]).unwrap();
+        c.send_xen(&buf[hl..n]);
         let mut notes = Vec::new();
         let mut out = Vec::new();
         until(10, "GET_XEN_INIT", || {
@@ -289,7 +105,7 @@ fn qemu_colo_compare_xen_notify_protocol() {
         );
         assert!(out.is_empty(), "mismatched primary released: {out:?}");
         let n = XenIn::CheckpointDone.encode(vnet, &mut buf).unwrap();
-        c.notify.as_mut().unwrap().send(0, &buf[hl..n]).unwrap();
+        c.send_xen(&buf[hl..n]);
         until(10, "flush after COLO_CHECKPOINT", || {
             c.pump(&mut out, &mut notes);
             !out.is_empty()

@@ -18,6 +18,7 @@ fn is_probe(f: &[u8]) -> bool {
 /// Send probes through the tap side until one is mirrored: QEMU has then accepted every
 /// socket (a mirror send to a not-yet-accepted chardev is lost by QEMU, by design).
 fn sync(tap: &mut FramedSocket, mirror: &mut FramedSocket, guest: &mut FramedSocket) {
+    connect_netdevs(&mut [tap, guest]);
     let mut seen = false;
     let mut tick = 0u32;
     until(10, "a mirrored probe", || {
@@ -133,6 +134,7 @@ fn qemu_mirror_client_reconnects_to_restarted_server() {
     let q = Qemu::spawn(&d, "mrc", &args, &[d.path("n0.sock"), d.path("n1.sock")]);
     let mut guest = client(&d, "n1", false);
     let mut tap = client(&d, "n0", false);
+    connect_netdevs(&mut [&mut tap, &mut guest]);
     for round in 0..2u8 {
         let mut got = Vec::new();
         let mut tick = 0u32;

@@ -74,6 +74,7 @@ impl Rig {
 
     /// Probe through our indev until QEMU delivers one on `side`.
     fn sync(&mut self, to_guest: bool) {
+        connect_netdevs(&mut [&mut self.tap, &mut self.guest]);
         let mut seen = false;
         let mut tick = 0u32;
         until(10, "a redirected probe", || {

@@ -571,6 +571,38 @@ impl FramedSocket {
         }
     }
 
+    /// Queue one frame given in pieces (e.g. a vnet header kept apart from the Ethernet
+    /// frame); the pieces are concatenated into the output buffer, no allocation.
+    pub fn send_parts(&mut self, vnet_hdr_len: u32, parts: &[&[u8]]) -> Result<(), SendError> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let fc = self.cfg.out_framing;
+        let need = fc.encoded_len(len);
+        if self.obuf.capacity() - self.obuf.len() < need {
+            self.compact();
+            if self.obuf.capacity() - self.obuf.len() < need {
+                self.flush();
+                self.compact();
+            }
+        }
+        let mut hdr = [0u8; 8];
+        let h = match fc.encode_header(&mut hdr, len, vnet_hdr_len) {
+            Ok(h) => h,
+            Err(e) => {
+                self.stats.send_errors += 1;
+                return Err(SendError::Frame(e));
+            }
+        };
+        if self.obuf.capacity() - self.obuf.len() < need {
+            self.stats.backpressure += 1;
+            return Err(SendError::Backpressure);
+        }
+        self.obuf.extend_from_slice(&hdr[..h]);
+        for p in parts {
+            self.obuf.extend_from_slice(p);
+        }
+        Ok(())
+    }
+
     /// Move unwritten bytes to the front of the output buffer (only when it is needed).
     fn compact(&mut self) {
         if self.fpos > 0 {

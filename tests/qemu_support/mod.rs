@@ -1,6 +1,8 @@
 //! Shared helpers for tests that run QEMU 7.2 (`-M none`, no guest) as a real peer.
 #![allow(dead_code)]
 
+pub mod compare;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -67,12 +69,19 @@ pub struct Qemu {
 
 impl Qemu {
     /// Start `qemu-system-x86_64 -M none -nodefaults -display none <args>`; logs go to
-    /// `<dir>/qemu-<tag>.log`. Waits for every path in `wait_for` to exist.
+    /// `<dir>/qemu-<tag>.log`. Waits for every path in `wait_for` to exist, then for QEMU's
+    /// main loop (a QMP `query-status` round trip, as QEMU's own qtests do). Without that
+    /// wait, QEMU 7.2 segfaults when a filter-redirector indev frame arrives during start-up
+    /// (seen here; see docs/QEMU-INTEROP.md).
     pub fn spawn(dir: &TempDir, tag: &str, args: &[String], wait_for: &[PathBuf]) -> Qemu {
         let log = dir.path(&format!("qemu-{tag}.log"));
+        let qmp = dir.path(&format!("qmp-{tag}.sock"));
+        let _ = std::fs::remove_file(&qmp);
         let f = std::fs::File::create(&log).unwrap();
         let child = Command::new(QEMU)
             .args(["-M", "none", "-nodefaults", "-display", "none"])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
             .args(args)
             .stdin(Stdio::null())
             .stdout(f.try_clone().unwrap())
@@ -81,7 +90,7 @@ impl Qemu {
             .expect("spawn qemu");
         let mut q = Qemu { child, log };
         let deadline = Instant::now() + Duration::from_secs(10);
-        for p in wait_for {
+        for p in wait_for.iter().chain(std::iter::once(&qmp)) {
             while !p.exists() {
                 if let Ok(Some(st)) = q.child.try_wait() {
                     panic!("qemu exited early ({st}): {}", q.log_text());
@@ -94,7 +103,41 @@ impl Qemu {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
+        q.wait_running(&qmp, deadline);
         q
+    }
+
+    /// QMP handshake then `query-status` until it says running.
+    fn wait_running(&mut self, qmp: &Path, deadline: Instant) {
+        use std::io::{BufRead, BufReader, Write};
+        let s = loop {
+            match std::os::unix::net::UnixStream::connect(qmp) {
+                Ok(s) => break s,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "qmp connect: {e}");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        };
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        let read = |r: &mut BufReader<std::os::unix::net::UnixStream>, line: &mut String| {
+            line.clear();
+            r.read_line(line).expect("qmp read");
+            assert!(!line.is_empty(), "qmp closed: {}", self.log_text());
+        };
+        read(&mut r, &mut line); // greeting
+        w.write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
+            .unwrap();
+        read(&mut r, &mut line);
+        w.write_all(b"{\"execute\":\"query-status\"}\n").unwrap();
+        read(&mut r, &mut line);
+        assert!(
+            line.contains("\"running\": true"),
+            "qemu not running: {line}"
+        );
     }
 
     pub fn log_text(&self) -> String {
@@ -152,6 +195,23 @@ pub fn client(dir: &TempDir, id: &str, vnet: bool) -> FramedSocket {
     FramedSocket::new(c).unwrap()
 }
 
+/// Connect our clients to QEMU's `-netdev stream` sockets and give QEMU time to accept them
+/// before any packet can reach those netdevs: QEMU 7.2 segfaults (NULL dereference, seen in
+/// dmesg) when a packet is delivered to a stream netdev whose connection is being set up.
+pub fn connect_netdevs(socks: &mut [&mut FramedSocket]) {
+    until(10, "netdev connections", || {
+        socks.iter_mut().all(|s| {
+            s.flush();
+            s.is_connected()
+        })
+    });
+    for_ms(300, || {
+        for s in socks.iter_mut() {
+            s.poll_recv(|_, _| {});
+        }
+    });
+}
+
 /// Poll `step` until it returns true or `secs` pass (then panic with `what`).
 pub fn until(secs: u64, what: &str, mut step: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -204,12 +264,18 @@ pub fn icmp_frame(id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
     v
 }
 
-/// An ARP-typed frame (not IPv4: colo-compare passes primary ones straight to outdev).
+/// A valid ARP request padded to 60 bytes, `tag` in the target IP (not IPv4: QEMU's
+/// colo-compare passes primary ones straight to outdev).
 pub fn arp_frame(tag: u8) -> Vec<u8> {
     let mut v = vec![0xff; 6];
     v.extend_from_slice(&MAC_A);
     v.extend_from_slice(&[0x08, 0x06]);
-    v.extend_from_slice(&[tag; 46]);
+    v.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    v.extend_from_slice(&MAC_A);
+    v.extend_from_slice(&[10, 0, 0, 1]);
+    v.extend_from_slice(&[0; 6]);
+    v.extend_from_slice(&[10, 0, 0, tag]);
+    v.resize(60, 0);
     v
 }
 
