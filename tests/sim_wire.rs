@@ -500,3 +500,32 @@ fn restore_makes_the_svm_continue_exactly_like_the_pvm() {
     assert!(new_synacks > 20, "{new_synacks}");
     assert!(!ports_after.is_empty());
 }
+
+#[test]
+fn rate_limit_paces_new_transactions() {
+    let addrs = Addresses::default();
+    let cfg = ClientConfig {
+        concurrency: 64,
+        rate_per_sec: Some(2_000),
+        max_transactions: None,
+        ..client_cfg(0)
+    };
+    let mut client = ClientSim::new(addrs, cfg);
+    let mut vm = VmSim::new(addrs, vm_cfg(1));
+    let (mut to_vm, mut to_client) = (Vec::new(), Vec::new());
+    let mut now = 0;
+    // 0.5 s of simulated time at 2000/s: about 1000 transactions (plus the burst cap of 32).
+    while now < 500_000_000 {
+        now += STEP;
+        client.generate(now, &mut VecAlloc, 64, &mut |b: VecBuf| to_vm.push(b));
+        for f in std::mem::take(&mut to_vm) {
+            vm.on_rx(&f, now, &mut VecAlloc, &mut |b| to_client.push(b));
+        }
+        for f in std::mem::take(&mut to_client) {
+            client.on_rx(&f, now, &mut VecAlloc, &mut |b| to_vm.push(b));
+        }
+    }
+    let started = client.started();
+    assert!((990..=1033).contains(&started), "{started}");
+    assert!(client.stats().finished() >= started - 8);
+}

@@ -6,7 +6,9 @@
 //! `udp_every > 0 && (n + 1) % udp_every == 0`, else TCP; it uses IPv6 when the addresses have an
 //! IPv6 pair and `ipv6_every > 0 && (n + 1) % ipv6_every == 0`. Each transaction owns one local
 //! port from `ports` (also its ICMP echo id); a TCP port is not reused for `time_wait_ns` after
-//! its connection ends. Slots and the port table are allocated once in [`ClientSim::new`].
+//! its connection ends. New transactions open while fewer than `concurrency` are in flight,
+//! optionally paced by `rate_per_sec`. Slots and the port table are allocated once in
+//! [`ClientSim::new`].
 
 use std::ops::RangeInclusive;
 
@@ -53,6 +55,9 @@ pub struct ClientConfig {
     pub time_wait_ns: u64,
     /// MSS the client advertises and uses.
     pub mss: usize,
+    /// Open at most this many transactions per second (None: as fast as `concurrency` allows).
+    /// Bursts after a stall are capped at 32 transactions.
+    pub rate_per_sec: Option<u64>,
 }
 
 impl Default for ClientConfig {
@@ -72,6 +77,7 @@ impl Default for ClientConfig {
             ports: 10000..=59999,
             time_wait_ns: 500_000_000,
             mss: MAX_SEGMENT,
+            rate_per_sec: None,
         }
     }
 }
@@ -496,6 +502,7 @@ pub struct ClientSim {
     port_cursor: usize,
     next_txn: u64,
     next_timer_ns: u64,
+    next_open_ns: u64,
     stats: ClientStats,
 }
 
@@ -523,6 +530,7 @@ impl ClientSim {
             port_cursor: 0,
             next_txn: 0,
             next_timer_ns: u64::MAX,
+            next_open_ns: 0,
             stats: ClientStats::default(),
         }
     }
@@ -618,6 +626,13 @@ impl ClientSim {
         if now_ns >= self.next_timer_ns {
             self.run_timers(now_ns, &mut left, alloc, out);
         }
+        let interval = self
+            .cfg
+            .rate_per_sec
+            .map(|r| 1_000_000_000 / r.clamp(1, 1_000_000_000));
+        if let Some(iv) = interval {
+            self.next_open_ns = self.next_open_ns.max(now_ns.saturating_sub(iv * 32));
+        }
         while left > 0 && !self.free.is_empty() {
             if self
                 .cfg
@@ -626,8 +641,14 @@ impl ClientSim {
             {
                 break;
             }
+            if interval.is_some_and(|_| now_ns < self.next_open_ns) {
+                break;
+            }
             if !self.open(now_ns, &mut left, alloc, out) {
                 break;
+            }
+            if let Some(iv) = interval {
+                self.next_open_ns += iv;
             }
         }
         budget - left
