@@ -535,3 +535,45 @@ fn ethernet_padding_and_double_tags_are_handled() {
     assert_eq!(t.seq, P + 1);
     assert!(t.csum_ok);
 }
+
+#[test]
+fn fragments_and_bad_options_pass_and_are_counted() {
+    let mut h = H::new();
+    client_handshake(&mut h, C, P, S);
+    // First fragment of a TCP segment (MF set): not reassembled, passed untouched.
+    let mut frag = Seg::client(C + 1, P + 1, ACK).data(100).build();
+    frag[14 + 6] = 0x20; // flags: MF, offset 0
+    let mut b = VecBuf::from_slice(&frag);
+    assert_eq!(
+        h.rw.process(Direction::ToSecondary, &mut b, h.now + 1),
+        Outcome::PassedNonTcp
+    );
+    assert_eq!(b.to_vec(), frag);
+    assert_eq!(h.rw.counters().tcp_fragments, 1);
+    // A SACK option with an impossible length is left alone; ack is still translated.
+    let mut f = Seg::client(C + 1, P + 1, ACK)
+        .sack(&[(P + 5, P + 9)])
+        .build();
+    let l4 = 14 + 20;
+    let sack_at = (20..f.len() - l4)
+        .find(|&i| f[l4 + i] == 5)
+        .expect("SACK option");
+    f[l4 + sack_at + 1] = 7; // 2 + 8n is required
+    let c = oracle_tcp_csum(&f).expect("tcp");
+    f[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
+    let mut b = VecBuf::from_slice(&f);
+    assert_eq!(
+        h.rw.process(Direction::ToSecondary, &mut b, h.now + 2),
+        Outcome::Rewritten
+    );
+    let out = b.to_vec();
+    assert_eq!(
+        &out[l4 + sack_at..l4 + sack_at + 7],
+        &f[l4 + sack_at..l4 + sack_at + 7]
+    );
+    assert_eq!(
+        oracle_tcp_csum(&out),
+        Some(u16::from_be_bytes([out[l4 + 16], out[l4 + 17]]))
+    );
+    assert_eq!(h.rw.counters().bad_tcp_options, 1);
+}
