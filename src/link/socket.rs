@@ -28,6 +28,9 @@ use std::time::{Duration, Instant};
 
 use super::framing::{Decoded, Decoder, DecoderStats, FrameConfig, FrameError};
 
+/// How often a connected server checks for a replacing peer.
+pub const ACCEPT_PERIOD: Duration = Duration::from_millis(5);
+
 /// Smallest read buffer accepted: one `read` must be able to carry many frames.
 pub const MIN_READ_BUF: usize = 64 * 1024;
 
@@ -263,6 +266,8 @@ pub struct FramedSocket {
     stats: SocketStats,
     /// Decoder counters already folded into `stats` (decoders reset per connection).
     dec_seen: DecoderStats,
+    /// Server: next time to look for a replacing peer while connected.
+    next_accept: Instant,
 }
 
 impl fmt::Debug for FramedSocket {
@@ -316,6 +321,7 @@ impl FramedSocket {
             fpos: 0,
             stats: SocketStats::default(),
             dec_seen: DecoderStats::default(),
+            next_accept: Instant::now(),
         })
     }
 
@@ -498,8 +504,16 @@ impl FramedSocket {
     /// (zero-length frames are counted, not delivered). Never blocks; returns frames
     /// delivered.
     pub fn poll_recv(&mut self, mut f: impl FnMut(u32, &[u8])) -> usize {
-        if self.conn.is_none() || self.cfg.role == Role::Server {
+        if self.conn.is_none() {
             self.maintain(Instant::now());
+        } else if self.cfg.role == Role::Server {
+            // A replacing peer is picked up within ACCEPT_PERIOD; a failed accept() costs
+            // the kernel a socket allocation, so not on every poll.
+            let now = Instant::now();
+            if now >= self.next_accept {
+                self.next_accept = now + ACCEPT_PERIOD;
+                self.accept_pending();
+            }
         }
         let mut delivered = 0usize;
         for _ in 0..self.cfg.max_reads_per_poll.max(1) {
