@@ -120,7 +120,8 @@ impl DropBuf {
             vnet,
             vnet_len: v as u8,
             field: vnet_hdr_len,
-            buf: VecBuf::from_slice(&frame[v..]),
+            // No headroom: the drop-in never prepends (saves zeroing 128 bytes per packet).
+            buf: VecBuf::with_room(&frame[v..], 0, 0),
         })
     }
 
@@ -130,7 +131,7 @@ impl DropBuf {
             vnet: [0; MAX_VNET_HDR_LEN as usize],
             vnet_len: 0,
             field: vnet_hdr_len,
-            buf: VecBuf::from_slice(frame),
+            buf: VecBuf::with_room(frame, 0, 0),
         }
     }
 
