@@ -204,7 +204,8 @@ struct Sink<'a> {
     outdev: &'a mut FramedSocket,
     held: &'a mut VecDeque<DropBuf>,
     stats: &'a mut DropInStats,
-    want_checkpoint: &'a mut bool,
+    /// Divergence events in this poll round.
+    want_checkpoint: &'a mut u64,
 }
 
 impl Sink<'_> {
@@ -237,7 +238,7 @@ impl Output<DropBuf> for Sink<'_> {
     fn free_secondary(&mut self, _pkt: DropBuf, _how: SecondaryFree) {}
     fn event(&mut self, _ev: DivergenceEvent) {
         self.stats.divergences += 1;
-        *self.want_checkpoint = true;
+        *self.want_checkpoint += 1;
     }
 }
 
@@ -324,7 +325,7 @@ impl DropIn {
         }
         outdev.flush();
 
-        let mut want = false;
+        let mut want = 0u64;
         let mut sink = Sink {
             outdev,
             held,
@@ -368,18 +369,19 @@ impl DropIn {
         }
         engine.tick(now, &mut sink);
 
-        if want {
+        if want > 0 {
             match notify.as_mut() {
                 Some(n) => {
                     let due = outstanding.is_none_or(|t| now.saturating_sub(t) >= timeout);
                     if due && n.send(0, XenOut::DoCheckpoint.text()).is_ok() {
                         *outstanding = Some(now);
                         stats.do_checkpoint_sent += 1;
+                        stats.requests_coalesced += want - 1;
                     } else {
-                        stats.requests_coalesced += 1;
+                        stats.requests_coalesced += want;
                     }
                 }
-                None => stats.requests_unsent += 1,
+                None => stats.requests_unsent += want,
             }
         }
         if let Some(n) = notify.as_mut() {
@@ -400,7 +402,7 @@ impl DropIn {
             stats,
             ..
         } = self;
-        let mut want = false;
+        let mut want = 0u64;
         let mut sink = Sink {
             outdev,
             held,
