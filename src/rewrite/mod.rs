@@ -9,8 +9,9 @@
 //!   client, in either arrival order) and by the VM (the SVM's SYN + the server's SYN-ACK,
 //!   in either order). A TCP timestamp offset is learned the same way.
 //! - [`Direction::ToSecondary`]: `ack += offset`, SACK edges `+= offset`, TSecr `+= ts_offset`.
-//!   [`Direction::FromSecondary`]: `seq −= offset`, TSval `−= ts_offset`. The two are exact
-//!   inverses, so a packet translated into the secondary's space and back is bit-identical.
+//!   [`Direction::FromSecondary`]: `seq −= offset`, TSval `−= ts_offset`. Every edit is a
+//!   modular addition with an exact checksum update, so translating by `d` and then by `−d`
+//!   gives back the original bytes, checksum included.
 //! - Checksums are updated incrementally (RFC 1624) and are independent of IP options and the
 //!   IP version; a device-completed partial checksum ([`PacketBuf::l4_csum_partial`]) is not
 //!   touched because it does not cover seq/ack/options.
@@ -21,7 +22,8 @@
 //! - [`Rewriter::checkpoint`] sets every offset to 0 and ends every half-learned handshake
 //!   (the SVM is now the PVM's copy); [`Rewriter::failover`] keeps existing entries and stops
 //!   creating new ones.
-//! - No allocation per packet: the table is sized at construction.
+//! - No allocation, lock or clock read per packet: the table is sized at construction and
+//!   `now` is passed in.
 
 mod edit;
 
@@ -31,8 +33,6 @@ use crate::buf::PacketBuf;
 use crate::flow::{FlowKey, FlowTable};
 use crate::wire::packet::{tcp_flags, Layer, IPPROTO_TCP};
 use crate::wire::{self, ParseError};
-
-pub use edit::Opts as TcpOptionOffsets;
 
 /// Which way a packet crosses the rewriter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
