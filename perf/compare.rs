@@ -5,9 +5,7 @@
 //! `cargo bench --bench compare -- --smoke` runs each case briefly (CI); without `--smoke` each
 //! case runs about 2 s. A counting global allocator shows allocations per pair in the timed loop.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use colo_proxy::buf::{PacketBuf, VecBuf};
@@ -18,29 +16,11 @@ use colo_proxy::flow::FlowKey;
 use colo_proxy::wire::{parse, PacketInfo};
 use etherparse::PacketBuilder;
 
-struct Counting;
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
+#[path = "../tests/alloc_count/mod.rs"]
+mod alloc_count;
 
 #[global_allocator]
-static A: Counting = Counting;
+static A: alloc_count::Counting = alloc_count::Counting;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Proto {
@@ -319,7 +299,7 @@ fn run_case(c: &Case, dur: Duration) -> Row {
     let mut base_slots = setup(c);
     // Preallocated: the measurement itself must not allocate.
     let (mut te, mut tb) = (Vec::with_capacity(1 << 16), Vec::with_capacity(1 << 16));
-    let a0 = ALLOCS.load(Ordering::Relaxed);
+    let a0 = alloc_count::allocations();
     let (m0, p0) = (e.out.matched, e.eng.counters().primary_in);
     let t0 = Instant::now();
     // Alternate engine and baseline chunks so both see the same machine load.
@@ -330,7 +310,7 @@ fn run_case(c: &Case, dur: Duration) -> Row {
         }));
     }
     let pairs = e.eng.counters().primary_in - p0;
-    let allocs = ALLOCS.load(Ordering::Relaxed) - a0;
+    let allocs = alloc_count::allocations() - a0;
     assert!(e.eng.counters().balanced());
     black_box(e.out.events);
     let (eb, em) = stats(te);

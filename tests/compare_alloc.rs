@@ -4,39 +4,16 @@
 
 mod compare_support;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use colo_proxy::buf::VecBuf;
 use colo_proxy::compare::{
     Comparator, CompareConfig, DivergenceEvent, Output, Release, SecondaryFree, Side,
 };
 use compare_support::*;
 
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
+mod alloc_count;
 
 #[global_allocator]
-static A: Counting = Counting;
+static A: alloc_count::Counting = alloc_count::Counting;
 
 /// Keeps the released/freed buffers in preallocated storage (no growth).
 struct Sink {
@@ -96,14 +73,15 @@ fn steady_state_processing_does_not_allocate() {
     for (side, b) in it.by_ref().take(warm) {
         c.process(side, b, 0, &mut sink);
     }
-    let before = ALLOCS.load(Ordering::Relaxed);
+    alloc_count::assert_installed();
+    let before = alloc_count::allocations();
     let mut now = 0;
     for (side, b) in it {
         now += 100;
         c.process(side, b, now, &mut sink);
         c.tick(now, &mut sink);
     }
-    let after = ALLOCS.load(Ordering::Relaxed);
+    let after = alloc_count::allocations();
     assert_eq!(sink.matched as usize, total / 2, "every primary matched");
     assert_eq!(after - before, 0, "allocations in steady state");
     assert!(c.counters().balanced());

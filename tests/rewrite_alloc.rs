@@ -1,32 +1,16 @@
 //! No heap allocation per packet: handshakes, data, closes, evictions and ageing in steady state
 //! run without a single allocation once the rewriter is built.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use colo_proxy::buf::VecBuf;
 use colo_proxy::rewrite::{Direction, Outcome, Rewriter, RewriterConfig};
 
 mod rewrite_util;
 use rewrite_util::*;
 
-struct Counting;
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.dealloc(p, l) }
-    }
-}
+mod alloc_count;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static A: alloc_count::Counting = alloc_count::Counting;
 
 #[test]
 fn steady_state_processing_does_not_allocate() {
@@ -58,7 +42,8 @@ fn steady_state_processing_does_not_allocate() {
         }
     }
     let mut rewritten = 0u64;
-    let before = ALLOCS.load(Ordering::Relaxed);
+    alloc_count::assert_installed();
+    let before = alloc_count::allocations();
     let mut now = 0u64;
     for (dir, b) in bufs.iter_mut() {
         now += 100;
@@ -71,7 +56,7 @@ fn steady_state_processing_does_not_allocate() {
     }
     rw.checkpoint();
     rw.tick(now + 1_000_000);
-    let after = ALLOCS.load(Ordering::Relaxed);
+    let after = alloc_count::allocations();
     assert_eq!(after - before, 0, "allocations on the data path");
     assert!(
         rewritten >= 200 * 4,
