@@ -44,7 +44,13 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config, eal } => colo_proxy::pipeline::cli::run(&config, &eal),
+        Command::Run { config, eal } => match colo_proxy::config::Config::load(&config) {
+            // The colo-compare drop-in needs no EAL; the pipeline reports config errors itself.
+            Ok(cfg) if cfg.role == colo_proxy::config::Role::Compare => {
+                colo_proxy::link::dropin::run(&cfg)
+            }
+            _ => colo_proxy::pipeline::cli::run(&config, &eal),
+        },
         Command::Demo(args) => colo_proxy::pipeline::cli::demo(&args),
         Command::CheckConfig { file } => colo_proxy::config::cli::check_config(&file),
         Command::Selfcheck { eal } => colo_proxy::dpdk::selfcheck::cli(&eal),

@@ -233,3 +233,206 @@ fn kvm_mode_counts_unsent_requests_and_bad_vnet_is_handled() {
     assert_eq!(r.d.stats().primary_bad_vnet, 1);
     assert_eq!(r.d.stats().do_checkpoint_sent, 0);
 }
+
+/// The real binary in drop-in mode (`run --config` with role `compare`): SIGTERM/SIGINT stop it
+/// gracefully — every queued primary reaches outdev, the final report is printed, exit 0.
+mod signals {
+    use super::*;
+    use std::process::{Child, Command, Stdio};
+
+    struct Proc(Option<Child>, std::path::PathBuf);
+
+    impl Drop for Proc {
+        fn drop(&mut self) {
+            if let Some(c) = self.0.as_mut() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+
+    fn start(tag: &str) -> Proc {
+        let dir =
+            std::env::temp_dir().join(format!("colo-dropin-sig-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = |id: &str| format!("unix:{}", dir.join(id).display());
+        let toml = format!(
+            r#"role = "compare"
+[eal]
+args = ["-l", "0"]
+[lcores]
+main = 0
+compare = 0
+[compare_sockets]
+primary_in = {{ addr = "{}", mode = "server" }}
+secondary_in = {{ addr = "{}", mode = "server" }}
+outdev = {{ addr = "{}", mode = "server" }}
+vnet_hdr_support = false
+[compare]
+timeout_ms = 600000
+scan_period_ms = 600000
+[mgmt]
+control_socket = "{}"
+"#,
+            sock("pri"),
+            sock("sec"),
+            sock("out"),
+            dir.join("ctl").display()
+        );
+        let cfg = dir.join("compare.toml");
+        std::fs::write(&cfg, toml).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_colo-proxy"))
+            .arg("run")
+            .arg("--config")
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let p = Proc(Some(child), dir.clone());
+        until(|| ["pri", "sec", "out"].iter().all(|s| dir.join(s).exists()));
+        p
+    }
+
+    fn client(dir: &std::path::Path, id: &str) -> FramedSocket {
+        let mut c = SocketConfig::parse(
+            &format!("unix:{}", dir.join(id).display()),
+            Role::Client,
+            FrameConfig::with_vnet(false),
+        )
+        .unwrap();
+        c.backoff_initial = Duration::from_millis(5);
+        FramedSocket::new(c).unwrap()
+    }
+
+    fn stop(p: &mut Proc, sig: i32) -> std::process::Output {
+        let child = p.0.take().unwrap();
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        let r = unsafe { libc::kill(child.id() as i32, sig) };
+        assert_eq!(r, 0);
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(Duration::from_secs(15)) {
+            Ok(o) => o.unwrap(),
+            Err(_) => {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                panic!("drop-in did not exit within 15 s of signal {sig}");
+            }
+        }
+    }
+
+    #[test]
+    fn sigterm_releases_queued_primaries_and_reports() {
+        let mut p = start("term");
+        let dir = p.1.clone();
+        let (mut pri, mut sec, mut out) = (
+            client(&dir, "pri"),
+            client(&dir, "sec"),
+            client(&dir, "out"),
+        );
+        until(|| {
+            pri.flush();
+            sec.flush();
+            out.flush();
+            pri.is_connected() && sec.is_connected() && out.is_connected()
+        });
+        // Queued at the signal: two primaries with no secondary yet (flow 1) and one that
+        // diverged (flow 2; KVM mode, so the request is only counted and the primary waits).
+        let queued = [
+            tcp(1, 1, b"waiting-1"),
+            tcp(1, 10, b"waiting-2"),
+            tcp(2, 1, b"primary!"),
+        ];
+        for f in &queued {
+            pri.send(0, f).unwrap();
+        }
+        sec.send(0, &tcp(2, 1, b"second!!")).unwrap();
+        // A matching pair sent after them: once it is released, everything above was read.
+        let matched = tcp(3, 1, b"same");
+        pri.send(0, &matched).unwrap();
+        sec.send(0, &matched).unwrap();
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        until(|| {
+            pri.flush();
+            sec.flush();
+            out.poll_recv(|_, f| got.push(f.to_vec()));
+            !got.is_empty()
+        });
+        assert_eq!(
+            got,
+            vec![matched.clone()],
+            "only the matched primary is released before the signal"
+        );
+
+        let o = stop(&mut p, libc::SIGTERM);
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            o.status.success(),
+            "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            o.status
+        );
+        // The queued primaries were written before the process exited: still readable.
+        until(|| {
+            out.poll_recv(|_, f| got.push(f.to_vec()));
+            got.len() >= 4
+        });
+        for _ in 0..20 {
+            out.poll_recv(|_, f| got.push(f.to_vec()));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let mut rest = got[1..].to_vec();
+        rest.sort();
+        let mut want = queued.to_vec();
+        want.sort();
+        assert_eq!(rest, want, "queued primaries on outdev after SIGTERM");
+        // Per flow in order.
+        let pos = |f: &Vec<u8>| got.iter().position(|g| g == f).unwrap();
+        assert!(pos(&queued[0]) < pos(&queued[1]));
+
+        assert!(
+            stdout.contains("final report"),
+            "no final report:\n{stdout}"
+        );
+        let line = |k: &str| {
+            stdout
+                .lines()
+                .find(|l| l.starts_with(k))
+                .unwrap_or_else(|| panic!("no {k} line:\n{stdout}"))
+                .to_string()
+        };
+        let pl = line("primary ");
+        assert!(pl.contains("in 4 released 4 (matched 1 "), "{pl}");
+        assert!(pl.contains("flushed at exit 3)"), "{pl}");
+        assert!(pl.contains("queued 0"), "{pl}");
+        assert!(
+            line("released ").contains("4 to outdev,")
+                && line("released ").contains("unsent at exit 0"),
+            "{stdout}"
+        );
+        assert!(line("checkpoint ").contains("divergences 1 "), "{stdout}");
+        assert!(line("outdev ").contains("frames in 0 out 4,"), "{stdout}");
+    }
+
+    #[test]
+    fn sigint_stops_an_idle_drop_in() {
+        let mut p = start("int");
+        let o = stop(&mut p, libc::SIGINT);
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success(),
+            "exit {:?}: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(stdout.contains("final report"), "{stdout}");
+        assert!(stdout.contains("primary       in 0 released 0"), "{stdout}");
+    }
+}

@@ -14,6 +14,9 @@
 //! - Unlike QEMU: FIFO output under backpressure, FIFO datagram compare, no silent queue-full
 //!   drops, and non-IPv4 primaries (ARP, IPv6) are compared rather than passed through (see
 //!   docs/QEMU-INTEROP.md for the full list).
+//! - [`run`] stops on SIGINT/SIGTERM: inputs are no longer read, every queued primary is
+//!   released (flushed by rule, counted) and written to outdev within [`SHUTDOWN_GRACE`], the
+//!   final report is printed and the exit status is 0.
 //!
 //! One packet copy per frame (socket buffer → [`VecBuf`]); no syscall per packet (batched
 //! reads and writes); `now` is passed in once per poll.
@@ -22,7 +25,10 @@ use std::collections::VecDeque;
 use std::io;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::buf::{BufError, PacketBuf, VecBuf};
 use crate::compare::{
@@ -33,6 +39,9 @@ use crate::control::xen::{XenIn, XenOut};
 
 use super::framing::{FrameConfig, MAX_VNET_HDR_LEN};
 use super::socket::{FramedSocket, LinkAddr, Role, SendError, SocketConfig, SocketStats};
+
+/// How long shutdown waits for outdev to take the last released primaries.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Sockets and compare settings of the drop-in.
 #[derive(Debug, Clone)]
@@ -242,6 +251,22 @@ impl Output<DropBuf> for Sink<'_> {
     }
 }
 
+/// Write held packets to outdev in order until it pushes back; returns how many went.
+fn drain_held(outdev: &mut FramedSocket, held: &mut VecDeque<DropBuf>) -> usize {
+    let mut n = 0;
+    while let Some(p) = held.front() {
+        match outdev.send_parts(p.field, &[p.vnet(), p.data()]) {
+            // A frame the framing refuses is counted by the socket (`send_errors`).
+            Ok(()) | Err(SendError::Frame(_)) => {
+                held.pop_front();
+                n += 1;
+            }
+            Err(SendError::Backpressure) => break,
+        }
+    }
+    n
+}
+
 /// The drop-in runtime: sockets + one compare engine, driven by [`DropIn::poll`].
 pub struct DropIn {
     primary: FramedSocket,
@@ -314,17 +339,7 @@ impl DropIn {
         let mut work = 0usize;
 
         // Released packets waiting for outdev go first, in order.
-        while let Some(p) = held.front() {
-            match outdev.send_parts(p.field, &[p.vnet(), p.data()]) {
-                Ok(()) | Err(SendError::Frame(_)) => {
-                    held.pop_front();
-                    work += 1;
-                }
-                Err(SendError::Backpressure) => break,
-            }
-        }
-        outdev.flush();
-
+        work += drain_held(outdev, held);
         let mut want = 0u64;
         let mut sink = Sink {
             outdev,
@@ -393,10 +408,14 @@ impl DropIn {
         work
     }
 
-    /// Release everything still queued (shutdown) and flush outdev as far as it goes.
-    pub fn shutdown(&mut self) {
+    /// Shutdown: stop reading the inputs, release every queued primary by rule (counted as
+    /// flushed), and write them and everything held to outdev, waiting at most `grace` for a
+    /// slow outdev peer. Returns the frames that could not be handed to the kernel in time
+    /// (0 normally); they are also in [`DropIn::unsent`].
+    pub fn shutdown(&mut self, grace: Duration) -> u64 {
         let DropIn {
             outdev,
+            notify,
             engine,
             held,
             stats,
@@ -410,15 +429,105 @@ impl DropIn {
             want_checkpoint: &mut want,
         };
         engine.flush_all(&mut sink);
-        let deadline = Instant::now() + Duration::from_secs(1);
-        while (!self.held.is_empty() || self.outdev.pending_out() > 0) && Instant::now() < deadline
-        {
-            self.poll(0);
+        let deadline = Instant::now() + grace;
+        loop {
+            drain_held(outdev, held);
+            outdev.flush();
+            if let Some(n) = notify.as_mut() {
+                n.flush();
+            }
+            if held.is_empty() && outdev.pending_out() == 0 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
             std::thread::sleep(Duration::from_millis(1));
         }
+        self.unsent()
     }
 
-    /// Poll until `quit` is set, sleeping briefly when idle.
+    /// Released primaries not yet handed to the kernel: held for outdev backpressure plus
+    /// whole frames in outdev's output buffer.
+    pub fn unsent(&self) -> u64 {
+        self.held.len() as u64 + self.outdev.pending_frames()
+    }
+
+    /// The final report printed when `run` stops: socket, engine and checkpoint counters.
+    pub fn report(&self) -> String {
+        let s = self.stats();
+        let c = self.compare_counters();
+        let mut r = String::new();
+        let sock = |name: &str, x: &SocketStats| {
+            format!(
+                "{name:<13} frames in {} out {}, bytes in {} out {}, connects {} disconnects {}, bad input {} (oversize {} bad vnet {} truncated {})\n",
+                x.frames_in,
+                x.frames_out,
+                x.bytes_in,
+                x.bytes_out,
+                x.connects,
+                x.disconnects,
+                x.decode_resets,
+                x.oversize,
+                x.bad_vnet,
+                x.truncated
+            )
+        };
+        r += "colo-proxy compare drop-in final report\n";
+        r += &sock("primary_in", &s.primary);
+        r += &sock("secondary_in", &s.secondary);
+        r += &sock("outdev", &s.outdev);
+        if self.notify.is_some() {
+            r += &sock("notify_dev", &s.notify);
+        }
+        r += &format!(
+            "primary       in {} released {} (matched {} retransmit {} bypass {} uncomparable {} checkpoint {} overflow {} evicted {} expired {} timeout {} flushed at exit {}), bad vnet {}, queued {}\n",
+            c.primary_in,
+            c.primary_out(),
+            c.rel_matched,
+            c.rel_retransmit,
+            c.rel_bypass,
+            c.rel_uncomparable,
+            c.rel_checkpoint,
+            c.rel_overflow,
+            c.rel_evicted,
+            c.rel_expired,
+            c.rel_timeout,
+            c.rel_flush,
+            s.primary_bad_vnet,
+            c.queued_primary
+        );
+        r += &format!(
+            "secondary     in {} freed {} (matched {} dropped at checkpoint {} flushed at exit {}), bad vnet {}, queued {}\n",
+            c.secondary_in,
+            c.secondary_out(),
+            c.sec_matched,
+            c.sec_checkpoint,
+            c.sec_drop_flush,
+            s.secondary_bad_vnet,
+            c.queued_secondary
+        );
+        r += &format!(
+            "released      {} to outdev, held for backpressure {} (max {}), unsent at exit {}\n",
+            s.released,
+            s.held,
+            s.held_max,
+            self.unsent()
+        );
+        r += &format!(
+            "checkpoint    divergences {} DO_CHECKPOINT sent {} coalesced {} unsent (no notify_dev) {} done {} proxy inits {} notify unsupported {}\n",
+            s.divergences,
+            s.do_checkpoint_sent,
+            s.requests_coalesced,
+            s.requests_unsent,
+            s.checkpoints_done,
+            s.proxy_inits,
+            s.notify_unsupported
+        );
+        r
+    }
+
+    /// Poll until `quit` is set, sleeping briefly when idle (then call [`DropIn::shutdown`]).
     pub fn run_until(&mut self, quit: &AtomicBool) {
         let t0 = Instant::now();
         let mut idle = 0u32;
@@ -433,7 +542,6 @@ impl DropIn {
                 }
             }
         }
-        self.shutdown();
     }
 }
 
@@ -456,6 +564,17 @@ pub fn run(cfg: &Config) -> ExitCode {
             .map(|n| format!(" notify_dev {}", n.addr))
             .unwrap_or_default()
     );
+    // SIGINT/SIGTERM stop the loop; a second one while shutting down exits at once (1).
+    // Installed before the sockets exist, so a peer that sees them can already stop us.
+    let quit = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        let r = signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&quit))
+            .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&quit)));
+        if let Err(e) = r {
+            eprintln!("error: cannot install the signal handler: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let mut d = match DropIn::new(dc) {
         Ok(d) => d,
         Err(e) => {
@@ -463,8 +582,15 @@ pub fn run(cfg: &Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Stops only when the process is killed (like QEMU's object); no signal handler here.
-    let quit = AtomicBool::new(false);
     d.run_until(&quit);
+    eprintln!("colo-proxy compare drop-in: stopping (inputs closed, releasing queued primaries)");
+    let unsent = d.shutdown(SHUTDOWN_GRACE);
+    print!("{}", d.report());
+    if unsent > 0 {
+        eprintln!(
+            "warning: {unsent} released primaries could not be written to outdev within {} ms (peer not reading)",
+            SHUTDOWN_GRACE.as_millis()
+        );
+    }
     ExitCode::SUCCESS
 }

@@ -353,6 +353,18 @@ impl FramedSocket {
         self.obuf.len() - self.wpos
     }
 
+    /// Frames queued but not yet fully handed to the kernel (walks the output buffer; for
+    /// reports, not per packet).
+    pub fn pending_frames(&self) -> u64 {
+        let hl = self.cfg.out_framing.header_len();
+        let (mut pos, mut n) = (self.fpos, 0u64);
+        while pos + hl <= self.obuf.len() {
+            pos += hl + self.frame_len_at(pos);
+            n += 1;
+        }
+        n
+    }
+
     /// Connection housekeeping: accept (server) or connect with back-off (client). Called by
     /// the poll functions; cheap when nothing is due.
     pub fn maintain(&mut self, now: Instant) {
