@@ -1,7 +1,8 @@
 //! DPDK telemetry commands and pdump. [`register`] adds a command to DPDK's telemetry socket
 //! (`dpdk-telemetry.py`, the telemetry exporter) whose answer is any JSON value, flattened into
 //! the one-level dictionary DPDK telemetry can carry; [`pdump_init`] lets `dpdk-dumpcap` capture
-//! on this process's ports. Callbacks run on DPDK's telemetry thread, never on a data lcore.
+//! on this process's ports (needs hugepages and a shared EAL config; see docs/OPERATIONS.md).
+//! Callbacks run on DPDK's telemetry thread, never on a data lcore.
 
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::sync::{Arc, Mutex};
@@ -187,14 +188,46 @@ pub fn register(cmd: &str, help: &str, h: Handler) -> Result<()> {
     Ok(())
 }
 
-/// Initialise pdump so `dpdk-dumpcap` (a secondary process) can capture on our ports. Needs EAL
-/// with shared config: fails with ENOTSUP under `--in-memory`/`--no-shconf`.
+/// Initialise pdump so `dpdk-dumpcap` (a DPDK secondary process) can capture on our ports.
+///
+/// Call once after EAL init, before or after the ports are set up: it only registers pdump's
+/// multi-process handler; dumpcap's request later installs rx/tx callbacks on every queue of
+/// the port it names, and packets are copied in `rte_eth_rx_burst`/`rte_eth_tx_burst`.
+/// dumpcap must attach to our memory, so this refuses (ENOTSUP, with the reason) when EAL runs
+/// without hugepages (`--no-huge`) or without a shared config (`--in-memory`, `--no-shconf`),
+/// where DPDK's own `rte_pdump_init` would report success and dumpcap would then fail.
 pub fn pdump_init() -> Result<()> {
-    // SAFETY: plain call; EAL must be up (checked first).
     if !super::is_up() {
         return Err(DpdkError::new(
             libc::EINVAL,
             "rte_pdump_init: EAL is not initialised".to_string(),
+        ));
+    }
+    // SAFETY: EAL is initialised; plain query.
+    if unsafe { ffi::rte_eal_has_hugepages() } == 0 {
+        return Err(DpdkError::new(
+            libc::ENOTSUP,
+            "dpdk-dumpcap capture unavailable: EAL runs with --no-huge (a secondary process \
+             cannot attach to that memory)"
+                .to_string(),
+        ));
+    }
+    // The shared config file exists unless EAL runs --in-memory or --no-shconf.
+    // SAFETY: EAL is initialised; the runtime dir is a NUL-terminated string owned by EAL.
+    let dir = unsafe { ffi::rte_eal_get_runtime_dir() };
+    let shared = !dir.is_null() && {
+        // SAFETY: non-null, NUL-terminated, valid while EAL is up.
+        let d = unsafe { CStr::from_ptr(dir) }
+            .to_string_lossy()
+            .into_owned();
+        std::path::Path::new(&d).join("config").exists()
+    };
+    if !shared {
+        return Err(DpdkError::new(
+            libc::ENOTSUP,
+            "dpdk-dumpcap capture unavailable: EAL runs without a shared config (--in-memory \
+             or --no-shconf); use --file-prefix NAME instead"
+                .to_string(),
         ));
     }
     // SAFETY: EAL is initialised.
