@@ -18,8 +18,9 @@
 //!   released (flushed by rule, counted) and written to outdev within [`SHUTDOWN_GRACE`], the
 //!   final report is printed and the exit status is 0.
 //!
-//! One packet copy per frame (socket buffer → [`VecBuf`]); no syscall per packet (batched
-//! reads and writes); `now` is passed in once per poll.
+//! One packet copy per frame (socket buffer → a reused [`DropBuf`]; no allocation per packet
+//! once warm); no syscall per packet (batched reads and writes; an idle loop blocks in one
+//! `poll(2)` on its sockets instead of spinning); `now` is passed in once per poll.
 
 use std::collections::VecDeque;
 use std::io;
@@ -28,9 +29,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustix::event::{PollFd, PollFlags, Timespec};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
-use crate::buf::{BufError, PacketBuf, VecBuf};
+use crate::buf::{BufError, PacketBuf};
 use crate::compare::{
     self, Comparator, CompareConfig, DivergenceEvent, Output, Release, SecondaryFree, Side,
 };
@@ -39,6 +41,15 @@ use crate::control::xen::{XenIn, XenOut};
 
 use super::framing::{FrameConfig, MAX_VNET_HDR_LEN};
 use super::socket::{FramedSocket, LinkAddr, Role, SendError, SocketConfig, SocketStats};
+
+/// Empty polls before an idle drop-in blocks in `poll(2)` (a short spin catches back-to-back
+/// batches without a wake-up).
+const SPIN_POLLS: u32 = 4;
+/// Longest block when idle: bounds timer (compare timeout, scan, resend) and reconnect delay.
+const IDLE_WAIT: Duration = Duration::from_millis(1);
+
+/// Busy poll rounds between reads of outdev (which only detect its peer closing).
+const OUTDEV_READ_EVERY: u64 = 64;
 
 /// How long shutdown waits for outdev to take the last released primaries.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -106,68 +117,110 @@ impl DropInConfig {
     }
 }
 
-/// A packet as the drop-in holds it: the Ethernet frame for the engine, plus the vnet header
-/// it arrived with (restored on output).
+/// Most packet buffers kept for reuse (bounds the memory a burst leaves behind).
+pub const SPARE_MAX: usize = 4096;
+
+/// Storage of freed packets, reused for the next ones: no allocation per packet once warm.
+#[derive(Default)]
+struct Spare(Vec<Vec<u8>>);
+
+impl Spare {
+    fn take(&mut self) -> Vec<u8> {
+        self.0.pop().unwrap_or_default()
+    }
+    fn put(&mut self, v: Vec<u8>) {
+        if self.0.len() < SPARE_MAX {
+            self.0.push(v);
+        }
+    }
+}
+
+/// A packet as the drop-in holds it: the vnet header it arrived with (restored on output)
+/// followed by the Ethernet frame the engine sees, in one reusable buffer.
 pub struct DropBuf {
-    vnet: [u8; MAX_VNET_HDR_LEN as usize],
-    vnet_len: u8,
+    /// `[vnet header][frame]`, the frame at `start..end`.
+    storage: Vec<u8>,
+    vnet_len: usize,
+    start: usize,
+    end: usize,
     /// The vnet_hdr_len field as received (written back on output).
     field: u32,
-    buf: VecBuf,
 }
 
 impl DropBuf {
     /// Split a received frame; `None` when the vnet header is longer than the frame.
     pub fn new(vnet_hdr_len: u32, frame: &[u8]) -> Option<DropBuf> {
+        Self::split_in(vnet_hdr_len, frame, Vec::new())
+    }
+
+    fn split_in(vnet_hdr_len: u32, frame: &[u8], storage: Vec<u8>) -> Option<DropBuf> {
         let v = vnet_hdr_len as usize;
         if v > frame.len() || vnet_hdr_len > MAX_VNET_HDR_LEN {
             return None;
         }
-        let mut vnet = [0u8; MAX_VNET_HDR_LEN as usize];
-        vnet[..v].copy_from_slice(&frame[..v]);
-        Some(DropBuf {
-            vnet,
-            vnet_len: v as u8,
-            field: vnet_hdr_len,
-            // No headroom: the drop-in never prepends (saves zeroing 128 bytes per packet).
-            buf: VecBuf::with_room(&frame[v..], 0, 0),
-        })
+        Some(Self::filled(v, vnet_hdr_len, frame, storage))
     }
 
     /// A frame kept whole and uncompared (its vnet field is nonsense), forwarded as received.
-    fn raw(vnet_hdr_len: u32, frame: &[u8]) -> DropBuf {
+    fn raw(vnet_hdr_len: u32, frame: &[u8], storage: Vec<u8>) -> DropBuf {
+        Self::filled(0, vnet_hdr_len, frame, storage)
+    }
+
+    fn filled(vnet_len: usize, field: u32, frame: &[u8], mut storage: Vec<u8>) -> DropBuf {
+        // No zeroing and, with reused storage, no allocation: one copy of the frame.
+        storage.clear();
+        storage.extend_from_slice(frame);
         DropBuf {
-            vnet: [0; MAX_VNET_HDR_LEN as usize],
-            vnet_len: 0,
-            field: vnet_hdr_len,
-            buf: VecBuf::with_room(frame, 0, 0),
+            storage,
+            vnet_len,
+            start: vnet_len,
+            end: frame.len(),
+            field,
         }
     }
 
     /// The vnet header bytes.
     pub fn vnet(&self) -> &[u8] {
-        &self.vnet[..self.vnet_len as usize]
+        &self.storage[..self.vnet_len]
     }
 }
 
 impl PacketBuf for DropBuf {
     fn data(&self) -> &[u8] {
-        self.buf.data()
+        &self.storage[self.start..self.end]
     }
     fn data_mut(&mut self) -> &mut [u8] {
-        self.buf.data_mut()
+        &mut self.storage[self.start..self.end]
     }
     fn trim(&mut self, n: usize) -> Result<(), BufError> {
-        self.buf.trim(n)
+        if n > self.end - self.start {
+            return Err(BufError::TooShort);
+        }
+        self.end -= n;
+        Ok(())
     }
     fn adj(&mut self, n: usize) -> Result<(), BufError> {
-        self.buf.adj(n)
+        if n > self.end - self.start {
+            return Err(BufError::TooShort);
+        }
+        self.start += n;
+        Ok(())
     }
     fn prepend(&mut self, n: usize) -> Result<&mut [u8], BufError> {
-        self.buf.prepend(n)
+        // Only bytes previously removed with `adj`: the vnet header is not headroom.
+        if n > self.start - self.vnet_len {
+            return Err(BufError::NoHeadroom);
+        }
+        self.start -= n;
+        Ok(&mut self.storage[self.start..self.start + n])
     }
     fn append(&mut self, n: usize) -> Result<&mut [u8], BufError> {
-        self.buf.append(n)
+        let old = self.end;
+        if self.storage.len() - self.end < n {
+            self.storage.resize(self.end + n, 0);
+        }
+        self.end += n;
+        Ok(&mut self.storage[old..self.end])
     }
 }
 
@@ -212,6 +265,7 @@ pub struct DropInStats {
 struct Sink<'a> {
     outdev: &'a mut FramedSocket,
     held: &'a mut VecDeque<DropBuf>,
+    spare: &'a mut Spare,
     stats: &'a mut DropInStats,
     /// Divergence events in this poll round.
     want_checkpoint: &'a mut u64,
@@ -224,11 +278,10 @@ impl Sink<'_> {
             return;
         }
         match self.outdev.send_parts(pkt.field, &[pkt.vnet(), pkt.data()]) {
-            Ok(()) => {}
             Err(SendError::Backpressure) => self.hold(pkt),
-            // Cannot happen for frames that came in through the same framing; counted by the
-            // socket (`send_errors`).
-            Err(SendError::Frame(_)) => {}
+            // A frame error cannot happen for frames that came in through the same framing;
+            // counted by the socket (`send_errors`).
+            Ok(()) | Err(SendError::Frame(_)) => self.spare.put(pkt.storage),
         }
     }
 
@@ -244,7 +297,9 @@ impl Output<DropBuf> for Sink<'_> {
         self.stats.released += 1;
         self.emit(pkt);
     }
-    fn free_secondary(&mut self, _pkt: DropBuf, _how: SecondaryFree) {}
+    fn free_secondary(&mut self, pkt: DropBuf, _how: SecondaryFree) {
+        self.spare.put(pkt.storage);
+    }
     fn event(&mut self, _ev: DivergenceEvent) {
         self.stats.divergences += 1;
         *self.want_checkpoint += 1;
@@ -252,13 +307,15 @@ impl Output<DropBuf> for Sink<'_> {
 }
 
 /// Write held packets to outdev in order until it pushes back; returns how many went.
-fn drain_held(outdev: &mut FramedSocket, held: &mut VecDeque<DropBuf>) -> usize {
+fn drain_held(outdev: &mut FramedSocket, held: &mut VecDeque<DropBuf>, spare: &mut Spare) -> usize {
     let mut n = 0;
     while let Some(p) = held.front() {
         match outdev.send_parts(p.field, &[p.vnet(), p.data()]) {
             // A frame the framing refuses is counted by the socket (`send_errors`).
             Ok(()) | Err(SendError::Frame(_)) => {
-                held.pop_front();
+                if let Some(p) = held.pop_front() {
+                    spare.put(p.storage);
+                }
                 n += 1;
             }
             Err(SendError::Backpressure) => break,
@@ -275,6 +332,9 @@ pub struct DropIn {
     notify: Option<FramedSocket>,
     engine: Comparator<DropBuf>,
     held: VecDeque<DropBuf>,
+    spare: Spare,
+    /// Poll rounds so far.
+    polls: u64,
     /// `now` of the outstanding `DO_CHECKPOINT`, if any.
     outstanding: Option<u64>,
     stats: DropInStats,
@@ -290,6 +350,8 @@ impl DropIn {
             notify: cfg.notify_dev.map(FramedSocket::new).transpose()?,
             held: VecDeque::with_capacity(cfg.compare.pool_size.min(65_536)),
             engine: Comparator::new(cfg.compare),
+            spare: Spare::default(),
+            polls: 0,
             outstanding: None,
             stats: DropInStats::default(),
         })
@@ -332,18 +394,21 @@ impl DropIn {
             notify,
             engine,
             held,
+            spare,
             outstanding,
             stats,
+            polls,
         } = self;
         let timeout = engine.config().timeout_ns;
         let mut work = 0usize;
 
         // Released packets waiting for outdev go first, in order.
-        work += drain_held(outdev, held);
+        work += drain_held(outdev, held, spare);
         let mut want = 0u64;
         let mut sink = Sink {
             outdev,
             held,
+            spare,
             stats,
             want_checkpoint: &mut want,
         };
@@ -369,15 +434,18 @@ impl DropIn {
 
         // Input only while nothing waits for outdev (backpressure towards the sources).
         if sink.held.is_empty() {
-            work += primary.poll_recv(|v, f| match DropBuf::new(v, f) {
-                Some(b) => engine.process(Side::Primary, b, now, &mut sink),
-                None => {
-                    // Not comparable; QEMU forwards unparsable primaries too.
-                    sink.stats.primary_bad_vnet += 1;
-                    sink.emit(DropBuf::raw(v, f));
+            work += primary.poll_recv(|v, f| {
+                match DropBuf::split_in(v, f, sink.spare.take()) {
+                    Some(b) => engine.process(Side::Primary, b, now, &mut sink),
+                    None => {
+                        // Not comparable; QEMU forwards unparsable primaries too.
+                        sink.stats.primary_bad_vnet += 1;
+                        let b = DropBuf::raw(v, f, sink.spare.take());
+                        sink.emit(b);
+                    }
                 }
             });
-            work += secondary.poll_recv(|v, f| match DropBuf::new(v, f) {
+            work += secondary.poll_recv(|v, f| match DropBuf::split_in(v, f, sink.spare.take()) {
                 Some(b) => engine.process(Side::Secondary, b, now, &mut sink),
                 None => sink.stats.secondary_bad_vnet += 1,
             });
@@ -403,8 +471,12 @@ impl DropIn {
             n.flush();
         }
         outdev.flush();
-        // outdev's peer never sends; reading detects its close.
-        outdev.poll_recv(|_, _| {});
+        // outdev's peer never sends; reading detects its close (and accepts a server's first
+        // peer). Not every busy round: that is a syscall for nothing.
+        *polls = polls.wrapping_add(1);
+        if work == 0 || polls.is_multiple_of(OUTDEV_READ_EVERY) || !outdev.is_connected() {
+            outdev.poll_recv(|_, _| {});
+        }
         work
     }
 
@@ -418,6 +490,7 @@ impl DropIn {
             notify,
             engine,
             held,
+            spare,
             stats,
             ..
         } = self;
@@ -425,13 +498,14 @@ impl DropIn {
         let mut sink = Sink {
             outdev,
             held,
+            spare,
             stats,
             want_checkpoint: &mut want,
         };
         engine.flush_all(&mut sink);
         let deadline = Instant::now() + grace;
         loop {
-            drain_held(outdev, held);
+            drain_held(outdev, held, spare);
             outdev.flush();
             if let Some(n) = notify.as_mut() {
                 n.flush();
@@ -537,11 +611,39 @@ impl DropIn {
                 idle = 0;
             } else {
                 idle = idle.saturating_add(1);
-                if idle > 64 {
-                    std::thread::sleep(Duration::from_micros(50));
+                if idle > SPIN_POLLS {
+                    self.wait(IDLE_WAIT);
                 }
             }
         }
+    }
+
+    /// Block until a socket is readable (or outdev writable while output waits), or `timeout`
+    /// passes (timers, reconnects, a client between attempts). Idle path only.
+    pub fn wait(&self, timeout: Duration) {
+        let out_waiting = !self.held.is_empty() || self.outdev.pending_out() > 0;
+        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(4);
+        for (sock, out) in [
+            (Some(&self.primary), false),
+            (Some(&self.secondary), false),
+            (Some(&self.outdev), out_waiting),
+            (self.notify.as_ref(), false),
+        ] {
+            if let Some(fd) = sock.and_then(FramedSocket::wait_fd) {
+                let flags = if out {
+                    PollFlags::IN | PollFlags::OUT
+                } else {
+                    PollFlags::IN
+                };
+                fds.push(PollFd::from_borrowed_fd(fd, flags));
+            }
+        }
+        let ts = Timespec {
+            tv_sec: timeout.as_secs() as _,
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
+        // EINTR (a signal) or any error: the caller polls again, which is always safe.
+        let _ = rustix::event::poll(&mut fds, Some(&ts));
     }
 }
 
@@ -593,4 +695,51 @@ pub fn run(cfg: &Config) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropbuf_splits_vnet_and_frame_and_keeps_the_vnet_out_of_headroom() {
+        let mut wire = vec![9u8; 12];
+        wire.extend_from_slice(&[1, 2, 3, 4, 5]);
+        let mut b = DropBuf::new(12, &wire).unwrap();
+        assert_eq!(
+            (b.vnet(), b.data(), b.field),
+            (&[9u8; 12][..], &[1u8, 2, 3, 4, 5][..], 12)
+        );
+        assert_eq!(b.prepend(1), Err(BufError::NoHeadroom));
+        b.adj(2).unwrap();
+        b.trim(1).unwrap();
+        assert_eq!(b.data(), &[3, 4]);
+        b.prepend(2).unwrap().copy_from_slice(&[7, 8]);
+        assert_eq!((b.vnet(), b.data()), (&[9u8; 12][..], &[7u8, 8, 3, 4][..]));
+        b.append(3).unwrap().copy_from_slice(&[6, 6, 6]);
+        assert_eq!(b.data(), &[7, 8, 3, 4, 6, 6, 6]);
+        assert_eq!(b.adj(8), Err(BufError::TooShort));
+        assert!(DropBuf::new(13, &[0; 12]).is_none());
+        assert!(DropBuf::new(21, &[0; 40]).is_none());
+    }
+
+    #[test]
+    fn spare_storage_is_reused_without_reallocation() {
+        let mut spare = Spare::default();
+        let b = DropBuf::split_in(0, &[5u8; 1500], spare.take()).unwrap();
+        let ptr = b.storage.as_ptr();
+        spare.put(b.storage);
+        let b = DropBuf::split_in(0, &[6u8; 1000], spare.take()).unwrap();
+        assert_eq!(b.storage.as_ptr(), ptr, "same allocation reused");
+        assert_eq!(b.data(), &[6u8; 1000][..]);
+        let raw = DropBuf::raw(40, &[1, 2, 3], spare.take());
+        assert_eq!(
+            (raw.vnet(), raw.data(), raw.field),
+            (&[][..], &[1u8, 2, 3][..], 40)
+        );
+        for _ in 0..SPARE_MAX + 10 {
+            spare.put(Vec::new());
+        }
+        assert_eq!(spare.0.len(), SPARE_MAX);
+    }
 }

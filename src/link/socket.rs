@@ -19,6 +19,7 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -346,6 +347,18 @@ impl FramedSocket {
     /// Counters so far.
     pub fn stats(&self) -> SocketStats {
         self.stats
+    }
+
+    /// The descriptor to wait on for this socket's next event: the connection when connected,
+    /// else a server's listener; `None` for a client between connection attempts.
+    pub fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
+        match (&self.conn, &self.listener) {
+            (Some(Stream::Tcp(s)), _) => Some(s.as_fd()),
+            (Some(Stream::Unix(s)), _) => Some(s.as_fd()),
+            (None, Some(Listener::Tcp(l))) => Some(l.as_fd()),
+            (None, Some(Listener::Unix(l, _))) => Some(l.as_fd()),
+            (None, None) => None,
+        }
     }
 
     /// Output bytes not yet handed to the kernel.
