@@ -2,7 +2,7 @@
 //! See the module docs of [`crate::compare`] for the guarantees.
 
 use crate::buf::PacketBuf;
-use crate::flow::{FlowKey, FlowTable};
+use crate::flow::{FlowKey, HashedTable};
 use crate::wire::packet::{tcp_flags, L3Kind, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP};
 use crate::wire::{parse, seq, PacketInfo};
 
@@ -46,6 +46,7 @@ struct TcpState {
 }
 
 impl TcpState {
+    #[inline]
     fn record_match(&mut self, start: u32, end: u32) {
         if !self.frontier_set {
             self.frontier = start;
@@ -53,7 +54,9 @@ impl TcpState {
         }
         if seq::le(start, self.frontier) {
             self.frontier = seq::max(self.frontier, end);
-            self.merge_ahead();
+            if self.n_ahead != 0 {
+                self.merge_ahead();
+            }
         } else if (self.n_ahead as usize) < AHEAD {
             self.ahead[self.n_ahead as usize] = (start, end);
             self.n_ahead += 1;
@@ -72,6 +75,7 @@ impl TcpState {
         }
     }
 
+    #[cold]
     fn merge_ahead(&mut self) {
         let mut changed = true;
         while changed {
@@ -131,7 +135,6 @@ struct Conn {
     p_bytes: u64,
     s_pkts: u64,
     s_bytes: u64,
-    last_seen: u64,
     tcp: TcpState,
 }
 
@@ -149,7 +152,6 @@ impl Conn {
             p_bytes: 0,
             s_pkts: 0,
             s_bytes: 0,
-            last_seen: 0,
             tcp: TcpState::default(),
         }
     }
@@ -162,33 +164,45 @@ impl Conn {
 /// The compare engine of one shard. See [`crate::compare`].
 pub struct Comparator<B: PacketBuf> {
     cfg: CompareConfig,
-    table: FlowTable<Conn>,
+    table: HashedTable<Conn>,
     pool: Pool<B>,
     c: CompareCounters,
     next_scan: u64,
 }
 
 /// Everything a per-connection step needs besides the connection (split borrows).
-struct Ctx<'a, B, O> {
+struct Ctx<'a, 'k, B, O> {
     pool: &'a mut Pool<B>,
     c: &'a mut CompareCounters,
     cfg: &'a CompareConfig,
     out: &'a mut O,
-    key: FlowKey,
+    /// Only read when an event is raised.
+    key: &'k FlowKey,
     now: u64,
 }
 
-impl<B: PacketBuf, O: Output<B>> Ctx<'_, B, O> {
+impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
+    #[cold]
+    fn uncomparable_kind(&mut self, side: Side, pkt: B) {
+        match side {
+            Side::Primary => self.release(pkt, Release::Uncomparable(Uncomparable::KindConflict)),
+            Side::Secondary => self.free(pkt, SecondaryFree::Dropped(DropReason::Malformed)),
+        }
+    }
+
+    #[inline]
     fn release(&mut self, pkt: B, how: Release) {
         self.c.count_release(how);
         self.out.release(pkt, how);
     }
 
+    #[inline]
     fn free(&mut self, pkt: B, how: SecondaryFree) {
         self.c.count_free(how);
         self.out.free_secondary(pkt, how);
     }
 
+    #[inline]
     fn release_node(&mut self, conn: &mut Conn, id: u32, how: Release) {
         if conn.cursor == id {
             conn.cursor = self.pool.next(id);
@@ -199,6 +213,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, B, O> {
         }
     }
 
+    #[inline]
     fn free_node(&mut self, conn: &mut Conn, id: u32, how: SecondaryFree) {
         if let Some(p) = self.pool.remove(&mut conn.sq, id) {
             self.c.queued_secondary -= 1;
@@ -220,6 +235,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, B, O> {
     }
 
     /// Raise a divergence unless this connection already asked (then it is counted only).
+    #[cold]
     fn diverge(
         &mut self,
         conn: &mut Conn,
@@ -237,6 +253,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, B, O> {
         self.emit(conn, side, reason, range, p, s);
     }
 
+    #[cold]
     fn emit(
         &mut self,
         conn: &mut Conn,
@@ -249,7 +266,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, B, O> {
         conn.last_event_ns = self.now;
         conn.divergences = conn.divergences.saturating_add(1);
         let ev = DivergenceEvent {
-            flow: self.key,
+            flow: *self.key,
             side,
             reason,
             seq_range: range,
@@ -263,6 +280,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, B, O> {
     }
 
     /// Queue a primary, applying the overflow rule (release the oldest to make room).
+    #[inline]
     fn enqueue_primary(&mut self, conn: &mut Conn, pkt: B, m: Meta) -> bool {
         let full = conn.pq.len as usize >= self.cfg.queue_size;
         if full || self.pool.is_full() {
@@ -318,6 +336,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, B, O> {
 
     // ---------------------------------------------------------------- TCP
 
+    #[inline]
     fn tcp_primary(&mut self, conn: &mut Conn, pkt: B, m: Meta) {
         let t = &mut conn.tcp;
         let f = m.flags;
@@ -360,6 +379,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, B, O> {
         }
     }
 
+    #[inline]
     fn tcp_secondary(&mut self, conn: &mut Conn, pkt: B, m: Meta) {
         let t = &mut conn.tcp;
         let f = m.flags;
@@ -447,6 +467,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, B, O> {
     }
 
     /// Compare what can be compared, then release the ready prefix of the primary queue.
+    #[inline]
     fn pump_tcp(&mut self, conn: &mut Conn) {
         if conn.diverged {
             return;
@@ -482,6 +503,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, B, O> {
     /// arrived while no secondary data is queued. Returns true when the segment is wholly
     /// consumed (behind the frontier), so it never needs a queue node. Anything it cannot
     /// settle (partial cover, mismatch) is left to the queue path, which reports it.
+    #[inline]
     fn resolve_direct(&mut self, conn: &mut Conn, spkt: &B, sm: &Meta) -> bool {
         let sdata = spkt.data();
         while conn.cursor != NIL {
@@ -563,12 +585,14 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, B, O> {
 
     // ---------------------------------------------------------------- datagrams / L3
 
+    #[inline]
     fn dgram_primary(&mut self, conn: &mut Conn, pkt: B, m: Meta) {
         if self.enqueue_primary(conn, pkt, m) {
             self.pump_dgram(conn);
         }
     }
 
+    #[inline]
     fn dgram_secondary(&mut self, conn: &mut Conn, pkt: B, m: Meta) {
         if conn.diverged {
             self.free(pkt, SecondaryFree::Dropped(DropReason::Diverged));
@@ -703,7 +727,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, B, O> {
     }
 
     /// A connection leaves the table (eviction or ageing): release its queue by rule.
-    fn retire(&mut self, mut conn: Conn, reason: Reason, rel: Release, drop: DropReason) {
+    fn retire(&mut self, conn: &mut Conn, reason: Reason, rel: Release, drop: DropReason) {
         if conn.queued() {
             let (p, s) = (conn.pq.head, conn.sq.head);
             let side = if p != NIL {
@@ -711,9 +735,9 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, B, O> {
             } else {
                 Side::Secondary
             };
-            self.diverge(&mut conn, side, reason, None, p, s);
+            self.diverge(conn, side, reason, None, p, s);
         }
-        self.empty_conn(&mut conn, rel, SecondaryFree::Dropped(drop));
+        self.empty_conn(conn, rel, SecondaryFree::Dropped(drop));
     }
 }
 
@@ -733,6 +757,7 @@ enum Pre {
     Compare(u32),
 }
 
+#[inline]
 fn precheck(t: &TcpState, m: &Meta) -> Pre {
     if m.flags & tcp_flags::FIN != 0 {
         if let Some(sf) = t.s_fin {
@@ -761,6 +786,7 @@ fn precheck(t: &TcpState, m: &Meta) -> Pre {
 }
 
 /// Whether a resolved primary TCP segment may go: control counterpart and ack gate.
+#[inline]
 fn tcp_ready(conn: &Conn, m: &Meta) -> bool {
     if m.state & DATA_OK == 0 {
         return false;
@@ -775,6 +801,7 @@ fn tcp_ready_but_gate(conn: &Conn, m: &Meta) -> bool {
     control_ok(conn, m) && !gate_ok(conn, m)
 }
 
+#[inline]
 fn control_ok(conn: &Conn, m: &Meta) -> bool {
     let t = &conn.tcp;
     let f = m.flags;
@@ -802,6 +829,7 @@ fn control_ok(conn: &Conn, m: &Meta) -> bool {
 }
 
 /// Ack gate: a segment's ack must not be ahead of the secondary's highest ack.
+#[inline]
 fn gate_ok(conn: &Conn, m: &Meta) -> bool {
     let f = m.flags;
     if f & tcp_flags::ACK == 0 || f & tcp_flags::RST != 0 {
@@ -811,6 +839,7 @@ fn gate_ok(conn: &Conn, m: &Meta) -> bool {
 }
 
 /// `None` when equal, else why not.
+#[inline]
 fn dgram_equal(pm: &Meta, pd: &[u8], sm: &Meta, sd: &[u8]) -> Option<Reason> {
     let a = pd
         .get(pm.cmp_off as usize..pm.cmp_end as usize)
@@ -846,6 +875,74 @@ fn l3_equal(a: &[u8], b: &[u8], ipver: u8) -> bool {
     }
 }
 
+/// The common frame shape (untagged IPv4 without options, not a fragment, TCP) parsed
+/// straight into its flow key, [`FlowKey::hash64`] and compare metadata. Gives exactly what
+/// `parse` + `FlowKey::of` + `meta_of` give for such a frame (property-tested against them)
+/// without building a [`PacketInfo`]; `None` sends the frame down the general path.
+#[inline(always)]
+fn fast_tcp4(d: &[u8], now: u64) -> Option<(FlowKey, u64, Meta)> {
+    let h: &[u8; 54] = d.get(..54)?.try_into().ok()?;
+    if h[12] != 0x08 || h[13] != 0x00 || h[14] != 0x45 || h[23] != crate::wire::packet::IPPROTO_TCP
+    {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes([h[16], h[17]]));
+    let l3_end = 14 + total;
+    // IP length covers a TCP header and lies inside the frame; not a fragment.
+    if total < 40 || l3_end > d.len() || u16::from_be_bytes([h[20], h[21]]) & 0x3fff != 0 {
+        return None;
+    }
+    let doff = usize::from(h[46] >> 4) * 4;
+    let payload_off = 34 + doff;
+    if doff < 20 || payload_off > l3_end {
+        return None;
+    }
+    let src = [h[26], h[27], h[28], h[29]];
+    let dst = [h[30], h[31], h[32], h[33]];
+    let sp = u16::from_be_bytes([h[34], h[35]]);
+    let dp = u16::from_be_bytes([h[36], h[37]]);
+    let flags = h[47];
+    let ((lo, plo), (hi, phi)) = if (u32::from_be_bytes(src), sp) <= (u32::from_be_bytes(dst), dp) {
+        ((src, sp), (dst, dp))
+    } else {
+        ((dst, dp), (src, sp))
+    };
+    let proto = u16::from(crate::wire::packet::IPPROTO_TCP);
+    let hash = FlowKey::hash64_v4(proto, lo, hi, plo, phi);
+    let (mut addr_lo, mut addr_hi) = ([0u8; 16], [0u8; 16]);
+    addr_lo[..4].copy_from_slice(&lo);
+    addr_hi[..4].copy_from_slice(&hi);
+    let key = FlowKey {
+        family: crate::flow::Family::V4,
+        proto_or_ethertype: proto,
+        addr_lo,
+        addr_hi,
+        port_lo: plo,
+        port_hi: phi,
+    };
+    let seq = u32::from_be_bytes([h[38], h[39], h[40], h[41]])
+        .wrapping_add(u32::from(flags & tcp_flags::SYN != 0));
+    let len = if flags & tcp_flags::RST != 0 {
+        0
+    } else {
+        (l3_end - payload_off) as u32
+    };
+    let m = Meta {
+        arrival: now,
+        seq,
+        end: seq.wrapping_add(len),
+        ack: u32::from_be_bytes([h[42], h[43], h[44], h[45]]),
+        cmp_off: payload_off as u32,
+        cmp_end: l3_end as u32,
+        flags,
+        kind: K_TCP,
+        ipver: 0,
+        state: 0,
+    };
+    Some((key, hash, m))
+}
+
+#[inline]
 fn kind_code(k: FlowKind) -> u8 {
     match k {
         FlowKind::Tcp => K_TCP,
@@ -854,6 +951,7 @@ fn kind_code(k: FlowKind) -> u8 {
     }
 }
 
+#[inline]
 fn flow_kind(info: &PacketInfo) -> FlowKind {
     if info.tcp.is_some() {
         FlowKind::Tcp
@@ -867,6 +965,7 @@ fn flow_kind(info: &PacketInfo) -> FlowKind {
     }
 }
 
+#[inline]
 fn meta_of(info: &PacketInfo, kind: FlowKind, now: u64) -> Meta {
     let mut m = Meta {
         arrival: now,
@@ -906,7 +1005,7 @@ fn meta_of(info: &PacketInfo, kind: FlowKind, now: u64) -> Meta {
 impl<B: PacketBuf> Comparator<B> {
     /// A comparator with every table and pool preallocated from `cfg`.
     pub fn new(cfg: CompareConfig) -> Self {
-        let table = FlowTable::with_capacity(cfg.table_capacity);
+        let table = HashedTable::with_capacity(cfg.table_capacity);
         let pool = Pool::with_capacity(cfg.pool_size);
         Comparator {
             cfg,
@@ -940,6 +1039,20 @@ impl<B: PacketBuf> Comparator<B> {
     /// Take one packet from `side`. Every packet leaves through `out` exactly once, now or
     /// later.
     pub fn process(&mut self, side: Side, pkt: B, now: u64, out: &mut impl Output<B>) {
+        if self.cfg.bypass.is_empty() && pkt.len() <= MAX_FRAME_LEN {
+            if let Some((key, hash, m)) = fast_tcp4(pkt.data(), now) {
+                let len = pkt.len();
+                self.count_in(side, len);
+                self.on_conn(side, pkt, FlowKind::Tcp, m, &key, hash, len, now, out);
+                return;
+            }
+        }
+        self.process_slow(side, pkt, now, out);
+    }
+
+    /// Every frame [`fast_tcp4`] does not take (or with bypass rules configured).
+    #[inline(never)]
+    fn process_slow(&mut self, side: Side, pkt: B, now: u64, out: &mut impl Output<B>) {
         let info = if pkt.len() > MAX_FRAME_LEN {
             Err(Uncomparable::Oversize)
         } else {
@@ -948,7 +1061,8 @@ impl<B: PacketBuf> Comparator<B> {
         match info {
             Ok(info) => {
                 let key = FlowKey::of(&info, pkt.data());
-                self.process_parsed(side, pkt, &info, key, now, out);
+                let hash = key.hash64();
+                self.process_parsed_hashed(side, pkt, &info, &key, hash, now, out);
             }
             Err(why) => {
                 self.count_in(side, pkt.len());
@@ -957,6 +1071,7 @@ impl<B: PacketBuf> Comparator<B> {
         }
     }
 
+    #[inline]
     fn count_in(&mut self, side: Side, len: usize) {
         match side {
             Side::Primary => {
@@ -974,12 +1089,31 @@ impl<B: PacketBuf> Comparator<B> {
     /// both to pick the shard). `info` and `key` must come from `wire::parse(pkt.data())` and
     /// `FlowKey::of` on this frame; if they do not, verdicts may be wrong but nothing panics
     /// (every byte access is bounds-checked against the frame).
+    #[inline]
     pub fn process_parsed(
         &mut self,
         side: Side,
         pkt: B,
         info: &PacketInfo,
         key: FlowKey,
+        now: u64,
+        out: &mut impl Output<B>,
+    ) {
+        let hash = key.hash64();
+        self.process_parsed_hashed(side, pkt, info, &key, hash, now, out);
+    }
+
+    /// [`Self::process_parsed`] with the key's [`FlowKey::hash64`] too (the redirector
+    /// computed it to pick the shard), so the table does not hash again. A `hash` that is not
+    /// `key.hash64()` makes the connection lookups miss (verdicts may be wrong), never panics.
+    #[allow(clippy::too_many_arguments)]
+    pub fn process_parsed_hashed(
+        &mut self,
+        side: Side,
+        pkt: B,
+        info: &PacketInfo,
+        key: &FlowKey,
+        hash: u64,
         now: u64,
         out: &mut impl Output<B>,
     ) {
@@ -992,21 +1126,33 @@ impl<B: PacketBuf> Comparator<B> {
                 .iter()
                 .any(|r| super::bypass::matches(r, info))
         {
-            match side {
-                Side::Primary => {
-                    self.c.rel_bypass += 1;
-                    out.release(pkt, Release::Bypass);
-                }
-                Side::Secondary => {
-                    self.c.sec_bypass += 1;
-                    out.free_secondary(pkt, SecondaryFree::Bypass);
-                }
-            }
+            self.bypass(side, pkt, out);
             return;
         }
         let kind = flow_kind(info);
         let m = meta_of(info, kind, now);
+        self.on_conn(side, pkt, kind, m, key, hash, len, now, out);
+    }
 
+    /// Find or create the connection, then the per-kind step.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn on_conn(
+        &mut self,
+        side: Side,
+        pkt: B,
+        kind: FlowKind,
+        m: Meta,
+        key: &FlowKey,
+        hash: u64,
+        len: usize,
+        now: u64,
+        out: &mut impl Output<B>,
+    ) {
+        let id = match self.table.find(hash, key) {
+            Some(id) => id,
+            None => self.create(hash, key, kind, now, out),
+        };
         let Comparator {
             cfg,
             table,
@@ -1014,11 +1160,6 @@ impl<B: PacketBuf> Comparator<B> {
             c,
             ..
         } = self;
-        let mut created = false;
-        let (_, conn, evicted) = table.get_or_insert_with(key, now, || {
-            created = true;
-            Conn::new(kind)
-        });
         let mut ctx = Ctx {
             pool,
             c,
@@ -1027,30 +1168,15 @@ impl<B: PacketBuf> Comparator<B> {
             key,
             now,
         };
-        if let Some((ekey, econn)) = evicted {
-            ctx.c.conns_evicted += 1;
-            ctx.key = ekey;
-            ctx.retire(
-                econn,
-                Reason::TableOverflow,
-                Release::Evicted,
-                DropReason::Evicted,
-            );
-            ctx.key = key;
-        }
-        if created {
-            ctx.c.conns_created += 1;
-        }
-        conn.last_seen = now;
+        let Some(conn) = table.touch(id, now) else {
+            // Unreachable (a found or created entry is live), but never lose the packet.
+            ctx.uncomparable_kind(side, pkt);
+            return;
+        };
         if conn.kind != kind {
             // Same key, different comparison (e.g. TCP with both ports 0 against fragments):
             // nothing sensible to compare against.
-            match side {
-                Side::Primary => {
-                    ctx.release(pkt, Release::Uncomparable(Uncomparable::KindConflict))
-                }
-                Side::Secondary => ctx.free(pkt, SecondaryFree::Dropped(DropReason::Malformed)),
-            }
+            ctx.uncomparable_kind(side, pkt);
             return;
         }
         match side {
@@ -1071,6 +1197,53 @@ impl<B: PacketBuf> Comparator<B> {
                 }
             }
         }
+    }
+
+    #[cold]
+    fn bypass(&mut self, side: Side, pkt: B, out: &mut impl Output<B>) {
+        match side {
+            Side::Primary => {
+                self.c.rel_bypass += 1;
+                out.release(pkt, Release::Bypass);
+            }
+            Side::Secondary => {
+                self.c.sec_bypass += 1;
+                out.free_secondary(pkt, SecondaryFree::Bypass);
+            }
+        }
+    }
+
+    /// A new connection; when the table is full the evicted one releases its queue by rule.
+    #[cold]
+    #[inline(never)]
+    fn create(
+        &mut self,
+        hash: u64,
+        key: &FlowKey,
+        kind: FlowKind,
+        now: u64,
+        out: &mut impl Output<B>,
+    ) -> u32 {
+        let ins = self.table.insert(hash, *key, now, || Conn::new(kind));
+        self.c.conns_created += 1;
+        if let Some((ekey, mut econn)) = ins.evicted {
+            self.c.conns_evicted += 1;
+            let mut ctx = Ctx {
+                pool: &mut self.pool,
+                c: &mut self.c,
+                cfg: &self.cfg,
+                out,
+                key: &ekey,
+                now,
+            };
+            ctx.retire(
+                &mut econn,
+                Reason::TableOverflow,
+                Release::Evicted,
+                DropReason::Evicted,
+            );
+        }
+        ins.id
     }
 
     fn uncomparable(
@@ -1125,23 +1298,24 @@ impl<B: PacketBuf> Comparator<B> {
             c,
             ..
         } = self;
-        let mut ctx = Ctx {
-            pool,
-            c,
-            cfg,
-            out,
-            key: FlowKey::of(&PacketInfo::default(), &[]),
-            now,
-        };
-        table.for_each_mut(|k, conn| {
-            ctx.key = *k;
+        let idle = cfg.idle_timeout_ns;
+        // One pass: timeouts of every connection, then ageing of the idle ones.
+        table.retain_mut(|k, conn, last_used| {
+            let mut ctx = Ctx {
+                pool: &mut *pool,
+                c: &mut *c,
+                cfg,
+                out: &mut *out,
+                key: k,
+                now,
+            };
             ctx.scan(conn);
-        });
-        let idle = ctx.cfg.idle_timeout_ns;
-        table.expire(now, idle, |k, conn| {
+            if now.saturating_sub(last_used) < idle {
+                return false;
+            }
             ctx.c.conns_expired += 1;
-            ctx.key = k;
             ctx.retire(conn, Reason::Expired, Release::Expired, DropReason::Expired);
+            true
         });
     }
 
@@ -1156,16 +1330,15 @@ impl<B: PacketBuf> Comparator<B> {
             ..
         } = self;
         c.checkpoints += 1;
-        let mut ctx = Ctx {
-            pool,
-            c,
-            cfg,
-            out,
-            key: FlowKey::of(&PacketInfo::default(), &[]),
-            now,
-        };
         table.for_each_mut(|k, conn| {
-            ctx.key = *k;
+            let mut ctx = Ctx {
+                pool: &mut *pool,
+                c: &mut *c,
+                cfg,
+                out: &mut *out,
+                key: k,
+                now,
+            };
             ctx.empty_conn(conn, Release::Checkpoint, SecondaryFree::Checkpoint);
             conn.diverged = false;
             conn.tcp.sync_to_primary();
@@ -1182,26 +1355,26 @@ impl<B: PacketBuf> Comparator<B> {
             c,
             ..
         } = self;
-        let mut ctx = Ctx {
-            pool,
-            c,
-            cfg,
-            out,
-            key: FlowKey::of(&PacketInfo::default(), &[]),
-            now: 0,
-        };
-        table.drain(|_, mut conn| {
+        table.drain(|k, conn| {
+            let mut ctx = Ctx {
+                pool: &mut *pool,
+                c: &mut *c,
+                cfg,
+                out: &mut *out,
+                key: k,
+                now: 0,
+            };
             ctx.empty_conn(
-                &mut conn,
+                conn,
                 Release::Flush,
                 SecondaryFree::Dropped(DropReason::Flush),
             );
         });
     }
 
-    /// Visit every connection (least recently used first) with its summary.
+    /// Visit every connection (in table order) with its summary.
     pub fn flows(&self, mut f: impl FnMut(&FlowKey, FlowSummary)) {
-        self.table.for_each(|k, conn, _| {
+        self.table.for_each(|k, conn, last_used| {
             f(
                 k,
                 FlowSummary {
@@ -1218,7 +1391,7 @@ impl<B: PacketBuf> Comparator<B> {
                     queued_primary: conn.pq.len,
                     queued_secondary: conn.sq.len,
                     divergences: conn.divergences,
-                    last_seen_ns: conn.last_seen,
+                    last_seen_ns: last_used,
                 },
             )
         });
@@ -1270,6 +1443,63 @@ mod tests {
         c[20] = 0;
         assert!(!l3_equal(&a, &c, 4));
         assert!(!l3_equal(&a, &b, 0), "non-IP compares every byte");
+    }
+
+    fn meta_fields(m: &Meta) -> (u64, u32, u32, u32, u32, u32, u8, u8, u8, u8) {
+        (
+            m.arrival, m.seq, m.end, m.ack, m.cmp_off, m.cmp_end, m.flags, m.kind, m.ipver, m.state,
+        )
+    }
+
+    proptest::proptest! {
+        /// The fast path agrees with parse + FlowKey::of + hash64 + meta_of whenever it takes a
+        /// frame, and takes every valid untagged option-less IPv4 TCP frame.
+        #[test]
+        fn fast_tcp4_agrees_with_the_general_path(
+            src: [u8; 4], dst: [u8; 4], sp: u16, dp: u16, seq: u32, ack: u32, flags: u8,
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+            opt_words in 0usize..3, pad in 0usize..8,
+            pokes in proptest::collection::vec((0usize..80, proptest::prelude::any::<u8>()), 0..3),
+        ) {
+            let mut f = Vec::new();
+            etherparse::PacketBuilder::ethernet2([1; 6], [2; 6])
+                .ipv4(src, dst, 64)
+                .tcp(sp, dp, seq, 1000)
+                .write(&mut f, &payload)
+                .unwrap();
+            f[42..46].copy_from_slice(&ack.to_be_bytes());
+            f[47] = flags;
+            // TCP options (NOPs) grow the header: patch data offset and IP length.
+            for _ in 0..opt_words * 4 {
+                f.insert(54, 1);
+            }
+            f[46] = ((5 + opt_words as u8) << 4) | (f[46] & 0x0f);
+            let total = (f.len() - 14) as u16;
+            f[16..18].copy_from_slice(&total.to_be_bytes());
+            f.extend(std::iter::repeat_n(0u8, pad)); // Ethernet padding
+            let clean = f.clone();
+            let general = |f: &[u8]| {
+                let info = parse(f).ok()?;
+                let key = FlowKey::of(&info, f);
+                let kind = flow_kind(&info);
+                (kind == FlowKind::Tcp).then(|| (key, key.hash64(), meta_of(&info, kind, 7)))
+            };
+            let fast = fast_tcp4(&clean, 7);
+            proptest::prop_assert!(fast.is_some(), "valid frame not taken");
+            for (at, v) in pokes {
+                if at < f.len() {
+                    f[at] = v;
+                }
+            }
+            for frame in [&clean, &f] {
+                if let Some((k, h, m)) = fast_tcp4(frame, 7) {
+                    let (gk, gh, gm) = general(frame).expect("fast path took a frame the parser rejects");
+                    proptest::prop_assert_eq!(k, gk);
+                    proptest::prop_assert_eq!(h, gh);
+                    proptest::prop_assert_eq!(meta_fields(&m), meta_fields(&gm));
+                }
+            }
+        }
     }
 
     #[test]

@@ -433,6 +433,7 @@ impl CompareCounters {
         self.events.iter().sum()
     }
 
+    #[inline]
     fn count_release(&mut self, how: Release) {
         let c = match how {
             Release::Matched => &mut self.rel_matched,
@@ -449,6 +450,7 @@ impl CompareCounters {
         *c += 1;
     }
 
+    #[inline]
     fn count_free(&mut self, how: SecondaryFree) {
         let c = match how {
             SecondaryFree::Matched => &mut self.sec_matched,

@@ -85,6 +85,7 @@ impl<B: PacketBuf> Pool<B> {
         }
     }
 
+    #[inline]
     pub fn is_full(&self) -> bool {
         self.free_n == 0
     }
@@ -123,6 +124,7 @@ impl<B: PacketBuf> Pool<B> {
     }
 
     /// Take a free node for `pkt`; gives the packet back when the pool is empty.
+    #[inline]
     pub fn alloc(&mut self, pkt: B, m: Meta) -> Result<u32, B> {
         if self.free == NIL {
             return Err(pkt);
@@ -139,6 +141,7 @@ impl<B: PacketBuf> Pool<B> {
     }
 
     /// Link `id` after `after` (`NIL` = at the front).
+    #[inline]
     pub fn insert_after(&mut self, list: &mut List, after: u32, id: u32) {
         let next = if after == NIL {
             list.head
@@ -163,12 +166,14 @@ impl<B: PacketBuf> Pool<B> {
         list.len += 1;
     }
 
+    #[inline]
     pub fn push_back(&mut self, list: &mut List, id: u32) {
         let t = list.tail;
         self.insert_after(list, t, id);
     }
 
     /// Unlink `id` from `list` and return its packet; the node goes back to the pool.
+    #[inline]
     pub fn remove(&mut self, list: &mut List, id: u32) -> Option<B> {
         let (prev, next) = {
             let n = &self.nodes[id as usize];

@@ -2,8 +2,10 @@
 //!
 //! Pure: no DPDK, no locks, no allocation after construction.
 
+pub mod hashed;
 pub mod key;
 pub mod table;
 
+pub use hashed::HashedTable;
 pub use key::{Family, FlowKey};
 pub use table::{EntryId, FlowTable};

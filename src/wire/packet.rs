@@ -243,6 +243,7 @@ fn be32(d: &[u8], at: usize) -> u32 {
 
 /// Parse an Ethernet frame (no FCS). Non-IP frames parse successfully with `l3` set; IP
 /// frames are validated through the transport header.
+#[inline]
 pub fn parse(frame: &[u8]) -> Result<PacketInfo, ParseError> {
     let mut info = PacketInfo::default();
     if frame.len() < ETH_HLEN {
@@ -288,6 +289,7 @@ pub fn parse(frame: &[u8]) -> Result<PacketInfo, ParseError> {
     Ok(info)
 }
 
+#[inline]
 fn parse_ipv4(frame: &[u8], l3: usize, info: &mut PacketInfo) -> Result<(), ParseError> {
     info.l3 = L3Kind::Ipv4;
     if frame.len() < l3 + 20 {
@@ -387,6 +389,7 @@ fn parse_ipv6(frame: &[u8], l3: usize, info: &mut PacketInfo) -> Result<(), Pars
     Err(ParseError::TooManyExtHeaders)
 }
 
+#[inline]
 fn parse_l4(frame: &[u8], info: &mut PacketInfo) -> Result<(), ParseError> {
     let l4 = info.l4_off as usize;
     let end = info.l3_end as usize;
