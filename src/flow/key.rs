@@ -98,54 +98,48 @@ impl FlowKey {
         }
     }
 
-    /// The one flow hash (64-bit, well mixed). Stable across processes and stages.
+    /// The one flow hash (64-bit, well mixed, not keyed). Stable across processes and stages.
+    ///
+    /// Three folded 64×64→128 multiplies, the first two independent: a short dependency chain,
+    /// since every packet on the compare core pays its latency.
     #[inline]
     pub fn hash64(&self) -> u64 {
         let w = |b: &[u8; 16], i: usize| {
-            u64::from_le_bytes([
-                b[i],
-                b[i + 1],
-                b[i + 2],
-                b[i + 3],
-                b[i + 4],
-                b[i + 5],
-                b[i + 6],
-                b[i + 7],
-            ])
+            let mut x = [0u8; 8];
+            x.copy_from_slice(&b[i..i + 8]);
+            u64::from_le_bytes(x)
         };
-        let mut h = (self.family as u64) << 56
-            ^ u64::from(self.proto_or_ethertype) << 32
-            ^ u64::from(self.port_lo) << 16
-            ^ u64::from(self.port_hi);
-        for v in [
+        hash_words(
+            self.meta_word(),
             w(&self.addr_lo, 0),
             w(&self.addr_lo, 8),
             w(&self.addr_hi, 0),
             w(&self.addr_hi, 8),
-        ] {
-            h = mix(h ^ v);
-        }
-        mix(h)
+        )
     }
 
     /// [`Self::hash64`] of an IPv4 key given by its parts (lower endpoint first), without
     /// building the key's address arrays: the same value, for a caller that has the parts.
     #[inline]
     pub fn hash64_v4(proto: u16, lo: [u8; 4], hi: [u8; 4], port_lo: u16, port_hi: u16) -> u64 {
-        let mut h = (Family::V4 as u64) << 56
-            ^ u64::from(proto) << 32
-            ^ u64::from(port_lo) << 16
-            ^ u64::from(port_hi);
         // The address words as `hash64` reads them: IPv4 in the first 4 bytes, zeros after.
-        for v in [
+        hash_words(
+            meta_word(Family::V4, proto, port_lo, port_hi),
             u64::from(u32::from_le_bytes(lo)),
             0,
             u64::from(u32::from_le_bytes(hi)),
             0,
-        ] {
-            h = mix(h ^ v);
-        }
-        mix(h)
+        )
+    }
+
+    #[inline]
+    fn meta_word(&self) -> u64 {
+        meta_word(
+            self.family,
+            self.proto_or_ethertype,
+            self.port_lo,
+            self.port_hi,
+        )
     }
 
     /// The compare shard (0..shards) owning this flow. `shards` must be at least 1.
@@ -159,6 +153,35 @@ impl FlowKey {
 #[inline]
 pub fn shard_of(hash: u64, n: usize) -> usize {
     ((u128::from(hash) * n as u128) >> 64) as usize
+}
+
+#[inline]
+fn meta_word(family: Family, proto: u16, port_lo: u16, port_hi: u16) -> u64 {
+    (family as u64) << 56 ^ u64::from(proto) << 32 ^ u64::from(port_lo) << 16 ^ u64::from(port_hi)
+}
+
+/// Multiply two words to 128 bits and fold the halves together.
+#[inline]
+fn fold(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    (p as u64) ^ (p >> 64) as u64
+}
+
+/// The flow hash of the key's five words (wyhash-style folded multiplies). Odd constants
+/// with high bits set keep an IPv4 word (upper half zero) from ever cancelling to zero.
+#[inline]
+fn hash_words(meta: u64, lo0: u64, lo1: u64, hi0: u64, hi1: u64) -> u64 {
+    const K: [u64; 6] = [
+        0xa076_1d64_78bd_642f,
+        0xe703_7ed1_a0b4_28db,
+        0x8ebc_6af0_9c88_c6e3,
+        0x5899_65cc_7537_4cc3,
+        0x1d8e_4e27_c47d_124f,
+        0x9e37_79b9_7f4a_7c15,
+    ];
+    let a = fold(lo0 ^ K[0], hi0 ^ K[1]);
+    let b = fold(lo1 ^ K[2], hi1 ^ K[3]);
+    fold(a ^ meta ^ K[4], b ^ K[5])
 }
 
 /// A strong 64-bit finaliser (splitmix64).
@@ -311,6 +334,32 @@ mod tests {
         for n in 1..9 {
             assert_eq!(key(&a).shard(n), key(&b).shard(n));
             assert!(key(&a).shard(n) < n);
+        }
+    }
+
+    #[test]
+    fn hash_spreads_low_and_high_bits() {
+        // Low bits index a shard's table, high bits pick the shard.
+        let (mut low, mut high) = (vec![0u32; 1024], vec![0u32; 1024]);
+        for i in 0..65_536u32 {
+            let k = FlowKey {
+                family: Family::V4,
+                proto_or_ethertype: 6,
+                addr_lo: {
+                    let mut a = [0u8; 16];
+                    a[..4].copy_from_slice(&(0x0a00_0000 + (i >> 8)).to_be_bytes());
+                    a
+                },
+                addr_hi: [0; 16],
+                port_lo: 1024 + (i & 0xff) as u16,
+                port_hi: 80,
+            };
+            let h = k.hash64();
+            low[(h & 1023) as usize] += 1;
+            high[(h >> 54) as usize] += 1;
+        }
+        for bins in [low, high] {
+            assert!(bins.iter().all(|&n| (24..=110).contains(&n)), "{bins:?}");
         }
     }
 
