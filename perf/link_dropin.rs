@@ -3,9 +3,13 @@
 //! 64/512/1500-byte frames. Both compares run as a separate process pinned to CPU 1 (`taskset`);
 //! the generator runs on CPU 0. Reports released packets/s, compare-process CPU per packet
 //! (utime+stime from /proc), and latency p50/p99 (primary+secondary sent → primary released),
-//! with ratios ours/QEMU.
+//! with ratios ours/QEMU. Both processes stay up per size and are driven in alternating rounds
+//! (each keeps its own connections and window), so a shared machine's load changes hit both
+//! alike; the table gives per-metric medians over the rounds and the range of the per-round
+//! ratios.
 //!
-//! `cargo bench --bench link_dropin -- --smoke` (~15 s) or without `--smoke` (longer runs).
+//! `cargo bench --bench link_dropin -- --smoke` (1 round of 1.5 s each, ~15 s) or without
+//! `--smoke` (7 rounds of 2 s each, ~1.5 min).
 //! Skips with a message when qemu-system-x86_64 cannot run.
 
 use std::io::{BufRead, BufReader, Write};
@@ -180,87 +184,155 @@ fn client(dir: &Path, id: &str) -> FramedSocket {
     FramedSocket::new(c).unwrap()
 }
 
-/// Drive `pid`'s compare for `secs` with `size`-byte frames.
-fn drive(dir: &Path, pid: u32, size: usize, secs: f64) -> Res {
-    let mut pri = client(dir, "primary_in");
-    let mut sec = client(dir, "secondary_in");
-    let mut out = client(dir, "outdev");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !(pri.is_connected() && sec.is_connected() && out.is_connected()) {
-        pri.flush();
-        sec.flush();
-        out.flush();
-        assert!(Instant::now() < deadline, "connect");
-        std::thread::sleep(Duration::from_millis(2));
+/// A connected generator for one compare process; keeps its window across rounds.
+struct Driver {
+    pid: u32,
+    pri: FramedSocket,
+    sec: FramedSocket,
+    out: FramedSocket,
+    seqs: [u32; FLOWS],
+    templates: Vec<Vec<u8>>,
+    sent_at: Vec<Instant>,
+    released: u64,
+    next: u64,
+}
+
+impl Driver {
+    fn connect(dir: &Path, pid: u32, size: usize) -> Driver {
+        let mut pri = client(dir, "primary_in");
+        let mut sec = client(dir, "secondary_in");
+        let mut out = client(dir, "outdev");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(pri.is_connected() && sec.is_connected() && out.is_connected()) {
+            pri.flush();
+            sec.flush();
+            out.flush();
+            assert!(Instant::now() < deadline, "connect");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        Driver {
+            pid,
+            pri,
+            sec,
+            out,
+            seqs: [1000u32; FLOWS],
+            // Frames are built once per flow and patched (seq, index): the generator must not
+            // be the bottleneck. Checksums go stale; neither compare checks them.
+            templates: (0..FLOWS).map(|fl| tcp_frame(fl, 0, size, 0)).collect(),
+            sent_at: Vec::with_capacity(1 << 22),
+            released: 0,
+            next: 0,
+        }
     }
-    std::thread::sleep(Duration::from_millis(300));
-    let mut seqs = [1000u32; FLOWS];
-    // Frames are built once per flow and patched (seq, index): the generator must not be the
-    // bottleneck. Checksums go stale; neither compare checks them.
-    let mut templates: Vec<Vec<u8>> = (0..FLOWS).map(|fl| tcp_frame(fl, 0, size, 0)).collect();
-    let mut sent_at: Vec<Instant> = Vec::with_capacity(1 << 20);
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-    let mut released = 0u64;
-    let mut next = 0u64;
-    let t0 = Instant::now();
-    let c0 = cpu_ticks(pid);
-    let end = t0 + Duration::from_secs_f64(secs);
-    let mut stall = Instant::now();
-    while Instant::now() < end {
-        let mut progressed = false;
-        while (next - released) < WINDOW as u64 {
-            let flow = (next as usize) % FLOWS;
-            let f = &mut templates[flow];
-            f[38..42].copy_from_slice(&seqs[flow].to_be_bytes());
-            f[54..62].copy_from_slice(&next.to_be_bytes());
-            let f = &f[..];
-            let plen = (f.len() - 54) as u32;
-            match (pri.send(0, f), sec.send(0, f)) {
-                (Ok(()), Ok(())) => {}
-                (a, b) => {
-                    if a == Err(SendError::Backpressure) || b == Err(SendError::Backpressure) {
-                        break;
+
+    /// Drive the compare for `secs`; the window stays full across rounds.
+    fn round(&mut self, secs: f64) -> Res {
+        let Driver {
+            pid,
+            pri,
+            sec,
+            out,
+            seqs,
+            templates,
+            sent_at,
+            released,
+            next,
+            ..
+        } = self;
+        let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+        let r0 = *released;
+        let t0 = Instant::now();
+        let c0 = cpu_ticks(*pid);
+        let end = t0 + Duration::from_secs_f64(secs);
+        let mut stall = Instant::now();
+        while Instant::now() < end {
+            let mut progressed = false;
+            while (*next - *released) < WINDOW as u64 {
+                let flow = (*next as usize) % FLOWS;
+                let f = &mut templates[flow];
+                f[38..42].copy_from_slice(&seqs[flow].to_be_bytes());
+                f[54..62].copy_from_slice(&next.to_be_bytes());
+                let f = &f[..];
+                let plen = (f.len() - 54) as u32;
+                match (pri.send(0, f), sec.send(0, f)) {
+                    (Ok(()), Ok(())) => {}
+                    (a, b) => {
+                        if a == Err(SendError::Backpressure) || b == Err(SendError::Backpressure) {
+                            break;
+                        }
+                        panic!("send: {a:?} {b:?}");
                     }
-                    panic!("send: {a:?} {b:?}");
                 }
+                seqs[flow] = seqs[flow].wrapping_add(plen);
+                sent_at.push(Instant::now());
+                *next += 1;
+                progressed = true;
             }
-            seqs[flow] = seqs[flow].wrapping_add(plen);
-            sent_at.push(Instant::now());
-            next += 1;
-            progressed = true;
-        }
-        pri.flush();
-        sec.flush();
-        let now = Instant::now();
-        let before = released;
-        out.poll_recv(|_, f| {
-            if f.len() >= 62 {
-                let idx = u64::from_be_bytes(f[54..62].try_into().unwrap());
-                if let Some(t) = sent_at.get(idx as usize) {
-                    let us = now.saturating_duration_since(*t).as_micros() as u64;
-                    let _ = hist.record(us.max(1));
+            pri.flush();
+            sec.flush();
+            let now = Instant::now();
+            let before = *released;
+            out.poll_recv(|_, f| {
+                if f.len() >= 62 {
+                    let idx = u64::from_be_bytes(f[54..62].try_into().unwrap());
+                    if let Some(t) = sent_at.get(idx as usize) {
+                        let us = now.saturating_duration_since(*t).as_micros() as u64;
+                        let _ = hist.record(us.max(1));
+                    }
                 }
+                *released += 1;
+            });
+            if progressed || *released != before {
+                stall = now;
             }
-            released += 1;
-        });
-        if progressed || released != before {
-            stall = now;
+            assert!(
+                now.duration_since(stall) < Duration::from_secs(10),
+                "compare stalled at {released}"
+            );
         }
-        assert!(
-            now.duration_since(stall) < Duration::from_secs(10),
-            "compare stalled at {released}"
-        );
+        let elapsed = t0.elapsed().as_secs_f64();
+        let ticks = cpu_ticks(*pid) - c0;
+        let hz = 100.0; // USER_HZ on Linux
+        let n = *released - r0;
+        Res {
+            pps: n as f64 / elapsed,
+            cpu_us_per_pkt: ticks as f64 / hz * 1e6 / n.max(1) as f64,
+            p50_us: hist.value_at_quantile(0.5) as f64,
+            p99_us: hist.value_at_quantile(0.99) as f64,
+            released: n,
+        }
     }
-    let elapsed = t0.elapsed().as_secs_f64();
-    let ticks = cpu_ticks(pid) - c0;
-    let hz = 100.0; // USER_HZ on Linux
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Per-metric medians over rounds.
+fn med(rs: &[Res]) -> Res {
     Res {
-        pps: released as f64 / elapsed,
-        cpu_us_per_pkt: ticks as f64 / hz * 1e6 / released.max(1) as f64,
-        p50_us: hist.value_at_quantile(0.5) as f64,
-        p99_us: hist.value_at_quantile(0.99) as f64,
-        released,
+        pps: median(rs.iter().map(|r| r.pps).collect()),
+        cpu_us_per_pkt: median(rs.iter().map(|r| r.cpu_us_per_pkt).collect()),
+        p50_us: median(rs.iter().map(|r| r.p50_us).collect()),
+        p99_us: median(rs.iter().map(|r| r.p99_us).collect()),
+        released: rs.iter().map(|r| r.released).sum(),
     }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn main() {
@@ -280,10 +352,17 @@ fn main() {
         return;
     }
     let _ = core_affinity::set_for_current(core_affinity::CoreId { id: 0 });
-    let secs = if smoke { 2.0 } else { 10.0 };
-    println!("colo-compare drop-in vs QEMU 7.2 colo-compare ({} mode, {FLOWS} TCP flows, window {WINDOW}, compare on CPU 1)", if smoke { "smoke" } else { "full" });
+    // Rounds alternate between the two compares, so load changes on a shared machine hit
+    // both alike; the table shows per-metric medians over rounds and the range of the
+    // per-round ratios.
+    let (rounds, secs) = if smoke { (1, 1.5) } else { (7, 2.0) };
     println!(
-        "{:>5} | {:>10} {:>8} {:>8} {:>8} | {:>10} {:>8} {:>8} {:>8} | {:>6} {:>6}",
+        "colo-compare drop-in vs QEMU 7.2 colo-compare ({} mode: {rounds} alternating round(s) of {secs} s each, {FLOWS} TCP flows, window {WINDOW}, compare on CPU 1; load {})",
+        if smoke { "smoke" } else { "full" },
+        loadavg()
+    );
+    println!(
+        "{:>5} | {:>10} {:>8} {:>8} {:>8} | {:>10} {:>8} {:>8} {:>8} | {:>6} {:>6} | {:>11} {:>11}",
         "size",
         "ours pps",
         "cpu us",
@@ -294,7 +373,9 @@ fn main() {
         "p50 us",
         "p99 us",
         "pps x",
-        "cpu /"
+        "cpu /",
+        "pps x range",
+        "cpu / range"
     );
     // `--size N` runs one size (profiling).
     let sizes: Vec<usize> = match args.iter().position(|a| a == "--size") {
@@ -307,17 +388,28 @@ fn main() {
         let (dq, do_) = (base.join("q"), base.join("o"));
         std::fs::create_dir_all(&dq).unwrap();
         std::fs::create_dir_all(&do_).unwrap();
-        let o = {
-            let p = start_ours(&do_);
-            drive(&do_, p.child.id(), size, secs)
+        let po = start_ours(&do_);
+        let pq = start_qemu(&dq);
+        // taskset execs qemu in place: same pid.
+        let mut dro = Driver::connect(&do_, po.child.id(), size);
+        let mut drq = Driver::connect(&dq, pq.child.id(), size);
+        let (mut ro, mut rq) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            ro.push(dro.round(secs));
+            rq.push(drq.round(secs));
+        }
+        drop((dro, drq, po, pq));
+        let range = |f: &dyn Fn(&Res, &Res) -> f64| {
+            let v: Vec<f64> = ro.iter().zip(&rq).map(|(o, q)| f(o, q)).collect();
+            let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
+            let hi = v.iter().cloned().fold(0.0, f64::max);
+            format!("{lo:.1}-{hi:.1}x")
         };
-        let q = {
-            let p = start_qemu(&dq);
-            // taskset execs qemu in place: same pid.
-            drive(&dq, p.child.id(), size, secs)
-        };
+        let pps_range = range(&|o, q| o.pps / q.pps);
+        let cpu_range = range(&|o, q| q.cpu_us_per_pkt / o.cpu_us_per_pkt.max(1e-9));
+        let (o, q) = (med(&ro), med(&rq));
         println!(
-            "{:>5} | {:>10.0} {:>8.2} {:>8.0} {:>8.0} | {:>10.0} {:>8.2} {:>8.0} {:>8.0} | {:>5.1}x {:>5.1}x",
+            "{:>5} | {:>10.0} {:>8.2} {:>8.0} {:>8.0} | {:>10.0} {:>8.2} {:>8.0} {:>8.0} | {:>5.1}x {:>5.1}x | {:>11} {:>11}",
             size,
             o.pps,
             o.cpu_us_per_pkt,
@@ -328,9 +420,12 @@ fn main() {
             q.p50_us,
             q.p99_us,
             o.pps / q.pps,
-            q.cpu_us_per_pkt / o.cpu_us_per_pkt.max(1e-9)
+            q.cpu_us_per_pkt / o.cpu_us_per_pkt.max(1e-9),
+            pps_range,
+            cpu_range
         );
         let _ = (o.released, q.released);
         let _ = std::fs::remove_dir_all(&base);
     }
+    println!("load after: {}", loadavg());
 }
