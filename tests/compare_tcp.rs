@@ -692,3 +692,31 @@ fn flows_summary_reports_per_side_traffic_and_state() {
     assert_eq!((s.queued_primary, s.queued_secondary), (1, 0));
     assert_eq!(s.state, colo_proxy::compare::FlowState::Comparing);
 }
+
+#[test]
+fn a_reused_four_tuple_after_both_sides_closed_is_a_new_connection() {
+    // Clients recycle source ports (TIME_WAIT over): the next connection on the same 4-tuple
+    // starts at an unrelated ISN and must not be judged against the old one's FIN or frontier.
+    let mut h = H::new();
+    let isn2 = ISN.wrapping_add(0x4000_0000);
+    h.both(&tcp(ISN, CACK, SYN | ACK, b""));
+    h.both(&tcp(ISN + 1, CACK, ACK | PSH, b"first reply"));
+    h.both(&tcp(ISN + 12, CACK + 1, FIN | ACK, b""));
+    h.both(&tcp(isn2, CACK + 7, SYN | ACK, b""));
+    h.both(&tcp(isn2 + 1, CACK + 7, ACK | PSH, b"second reply, longer"));
+    h.both(&tcp(isn2 + 21, CACK + 8, FIN | ACK, b""));
+    assert!(h.r.events.is_empty(), "{:?}", h.r.reasons());
+    assert_eq!(h.r.hows(), vec![Release::Matched; 6]);
+    assert_eq!(h.queued(), (0, 0));
+}
+
+#[test]
+fn a_syn_ack_while_the_old_connection_is_open_does_not_reset_it() {
+    // Only a finished connection restarts: a retransmitted SYN-ACK mid-stream changes nothing.
+    let mut h = H::new();
+    h.both(&tcp(ISN, CACK, SYN | ACK, b""));
+    h.p(&tcp(ISN + 1, CACK, ACK | PSH, b"data"));
+    h.p(&tcp(ISN, CACK, SYN | ACK, b""));
+    h.s(&as_secondary(tcp(ISN + 1, CACK, ACK | PSH, b"dat!")));
+    assert_eq!(h.r.reasons(), vec![Reason::PayloadMismatch]);
+}

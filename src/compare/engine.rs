@@ -46,6 +46,12 @@ struct TcpState {
 }
 
 impl TcpState {
+    /// Both VMs closed the connection (FIN each way from the guest, or a reset from each):
+    /// a SYN now opens a new connection on the same 4-tuple (a client reusing its port).
+    fn finished(&self) -> bool {
+        (self.p_fin.is_some() && self.s_fin.is_some()) || (self.p_rst && self.s_rst)
+    }
+
     #[inline]
     fn record_match(&mut self, start: u32, end: u32) {
         if !self.frontier_set {
@@ -338,6 +344,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
 
     #[inline]
     fn tcp_primary(&mut self, conn: &mut Conn, pkt: B, m: Meta) {
+        restart_if_reused(conn, &m);
         let t = &mut conn.tcp;
         let f = m.flags;
         if f & tcp_flags::SYN != 0 {
@@ -381,6 +388,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
 
     #[inline]
     fn tcp_secondary(&mut self, conn: &mut Conn, pkt: B, m: Meta) {
+        restart_if_reused(conn, &m);
         let t = &mut conn.tcp;
         let f = m.flags;
         if f & tcp_flags::ACK != 0 && f & tcp_flags::RST == 0 {
@@ -755,6 +763,15 @@ enum Pre {
     Diverge(Reason),
     /// Compare from this sequence number to the segment's end.
     Compare(u32),
+}
+
+/// A SYN on a finished, drained connection starts a new incarnation: fresh compare state.
+/// With packets still queued the old state stays (they resolve by match, timeout or checkpoint).
+#[inline]
+fn restart_if_reused(conn: &mut Conn, m: &Meta) {
+    if m.flags & tcp_flags::SYN != 0 && conn.tcp.finished() && !conn.queued() {
+        conn.tcp = TcpState::default();
+    }
 }
 
 #[inline]
