@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use build::DEFAULT_ETHER_TYPE;
 pub use bypass::BypassRule;
 
 /// Which half of COLO this process plays.

@@ -101,7 +101,7 @@ impl Drop for Inner {
 pub struct Port {
     inner: Arc<Inner>,
     cfg: PortConfig,
-    rx_taken: Vec<bool>,
+    rx_held: Vec<Arc<AtomicBool>>,
     tx_taken: Vec<bool>,
     started: bool,
 }
@@ -242,7 +242,9 @@ impl Port {
         let mut port = Port {
             inner,
             cfg: *cfg,
-            rx_taken: vec![false; cfg.rx_queues as usize],
+            rx_held: (0..cfg.rx_queues)
+                .map(|_| Arc::new(AtomicBool::new(false)))
+                .collect(),
             tx_taken: vec![false; cfg.tx_queues as usize],
             started: false,
         };
@@ -365,27 +367,49 @@ impl Port {
         Ok(a.addr_bytes)
     }
 
-    /// Take the handle of rx queue `q` (once).
+    /// Take the handle of rx queue `q`; a queue has at most one handle at a time.
     pub fn rx_queue(&mut self, q: u16) -> Result<RxQueue> {
         let id = self.id();
-        match self.rx_taken.get_mut(q as usize) {
-            None => Err(DpdkError::new(
+        let Some(held) = self.rx_held.get(q as usize) else {
+            return Err(DpdkError::new(
                 libc::EINVAL,
                 format!("port {id}: no rx queue {q}"),
-            )),
-            Some(true) => Err(DpdkError::new(
+            ));
+        };
+        if held.swap(true, Ordering::AcqRel) {
+            return Err(DpdkError::new(
                 libc::EBUSY,
                 format!("port {id}: rx queue {q} already taken"),
-            )),
-            Some(t) => {
-                *t = true;
-                Ok(RxQueue {
-                    port: id,
-                    queue: q,
-                    _dev: self.inner.clone(),
-                })
+            ));
+        }
+        Ok(RxQueue {
+            port: id,
+            queue: q,
+            held: held.clone(),
+            _dev: self.inner.clone(),
+        })
+    }
+
+    /// Receive and free whatever waits in the rx queues that no handle polls (after the
+    /// pipeline stopped), so every mbuf returns to its pool. Returns how many were freed.
+    pub fn drain_rx(&mut self) -> usize {
+        let mut freed = 0;
+        for q in 0..self.rx_held.len() as u16 {
+            // Taking the handle proves nobody else polls this queue right now.
+            let Ok(mut rx) = self.rx_queue(q) else {
+                continue;
+            };
+            let mut burst = MbufBurst::<32>::new();
+            loop {
+                let n = rx.rx_burst(&mut burst);
+                if n == 0 {
+                    break;
+                }
+                freed += n;
+                burst.clear();
             }
         }
+        freed
     }
 
     /// Take the handle of tx queue `q` (once).
@@ -416,7 +440,14 @@ impl Port {
 pub struct RxQueue {
     port: u16,
     queue: u16,
+    held: Arc<AtomicBool>,
     _dev: Arc<Inner>,
+}
+
+impl Drop for RxQueue {
+    fn drop(&mut self) {
+        self.held.store(false, Ordering::Release);
+    }
 }
 
 /// The transmit side of one queue; use it from one lcore.

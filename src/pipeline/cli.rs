@@ -1,23 +1,65 @@
-//! `run` and `demo` subcommands (work in progress).
+//! `run` and `demo` subcommands.
 use std::path::Path;
 use std::process::ExitCode;
 
 /// Options of `colo-proxy demo`.
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct DemoArgs {
-    /// EAL arguments (after `--`).
+    /// How long to run, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Probability that the SVM answers a request differently (injected divergence).
+    #[arg(long, default_value_t = 0.002)]
+    pub divergence_rate: f64,
+    /// Concurrent client TCP connections.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Compare shards.
+    #[arg(long, default_value_t = 1)]
+    pub shards: usize,
+    /// Simulated checkpoint duration (VMs paused, state copied), in milliseconds.
+    #[arg(long, default_value_t = 5)]
+    pub checkpoint_ms: u64,
+    /// Seed of the simulated traffic.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// No live status lines, only the final report.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Serve the control socket here (e.g. for `colo-proxy ctl --socket PATH stats`).
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<std::path::PathBuf>,
+    /// Write every divergence's packets to pcapng files in this directory.
+    #[arg(long, value_name = "DIR")]
+    pub capture_dir: Option<std::path::PathBuf>,
+    /// Extra EAL arguments (after `--`), appended to the defaults.
     #[arg(last = true)]
     pub eal: Vec<String>,
 }
 
 /// `colo-proxy run`.
-pub fn run(_config: &Path, _eal: &[String]) -> ExitCode {
-    eprintln!("colo-proxy run: not implemented yet");
-    ExitCode::FAILURE
+pub fn run(config: &Path, eal: &[String]) -> ExitCode {
+    super::run::run(config, eal)
 }
 
 /// `colo-proxy demo`.
-pub fn demo(_args: &DemoArgs) -> ExitCode {
-    eprintln!("colo-proxy demo: not implemented yet");
-    ExitCode::FAILURE
+pub fn demo(args: &DemoArgs) -> ExitCode {
+    if !(0.0..=1.0).contains(&args.divergence_rate) {
+        eprintln!("error: --divergence-rate must be between 0 and 1");
+        return ExitCode::from(2);
+    }
+    match super::demo::demo(args) {
+        Ok(summary) => {
+            if super::demo::report(&summary) {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("error: an invariant failed (see the report)");
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

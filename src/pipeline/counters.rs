@@ -44,11 +44,12 @@ counters! {
     Tx = "tx",
     /// Frames consumed by a built-in simulator (demo).
     Consumed = "consumed",
-    /// Secondary frames freed after matching their primary.
+    /// Secondary frames freed after comparison: payload matched, a duplicate of compared
+    /// bytes, a control segment (its ack and flags were used), or bypassed.
     SecondaryMatched = "secondary_matched",
     /// Secondary frames freed by a checkpoint flush or shutdown.
     SecondaryFlushed = "secondary_flushed",
-    /// Secondary frames dropped (malformed, queue overflow, eviction).
+    /// Secondary frames dropped (malformed, queue overflow, eviction, diverged connection).
     SecondaryDropped = "secondary_dropped",
     /// Dropped: the port's transmit queue was full.
     DropTxFull = "drop_tx_full",

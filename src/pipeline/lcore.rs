@@ -39,6 +39,19 @@ pub enum Command {
     Capture(bool),
     /// Stop generating traffic (built-in simulators), ahead of a stop.
     Quiesce,
+    /// Replace the compare shards' bypass rules.
+    Bypass(Arc<Vec<crate::config::BypassRule>>),
+    /// Compare shards append their busiest flows to the request (for `ctl flows`).
+    Flows(Arc<FlowsRequest>),
+}
+
+/// A `flows` query travelling to every compare shard.
+#[derive(Debug, Default)]
+pub struct FlowsRequest {
+    /// How many flows each shard reports at most.
+    pub top: usize,
+    /// Each shard's answer (JSON objects).
+    pub out: std::sync::Mutex<Vec<serde_json::Value>>,
 }
 
 /// Run phases, moved forward only by management.
@@ -144,6 +157,9 @@ impl LcoreShared {
 pub struct ControlPlane {
     phase: AtomicU8,
     next_seq: AtomicU64,
+    // One command in flight at a time (management and the telemetry thread both send), so
+    // acknowledgements arrive in sequence order.
+    broadcast_lock: std::sync::Mutex<()>,
     /// Every lcore's shared block.
     pub lcores: Vec<Arc<LcoreShared>>,
     clock_origin: Instant,
@@ -155,6 +171,7 @@ impl ControlPlane {
         ControlPlane {
             phase: AtomicU8::new(Phase::Run as u8),
             next_seq: AtomicU64::new(1),
+            broadcast_lock: std::sync::Mutex::new(()),
             lcores,
             clock_origin: Instant::now(),
         }
@@ -191,6 +208,10 @@ impl ControlPlane {
 
     /// Send `cmd` to every lcore and wait until each has applied it (or `timeout`).
     pub fn broadcast(&self, cmd: Command, timeout: Duration) -> Result<(), String> {
+        let _one_at_a_time = self
+            .broadcast_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
         for l in &self.lcores {
             let mut item = (seq, cmd.clone());
@@ -249,7 +270,7 @@ pub fn run_loop(
             work += s.poll(&cx);
         }
         loops = loops.wrapping_add(1);
-        if loops % HOUSEKEEPING_EVERY == 0 || work == 0 {
+        if loops.is_multiple_of(HOUSEKEEPING_EVERY) || work == 0 {
             for s in stages.iter_mut() {
                 s.housekeeping(&cx);
             }
@@ -309,7 +330,7 @@ mod tests {
         }
         fn poll(&mut self, cx: &LoopCtx) -> usize {
             self.polls += 1;
-            if cx.phase == Phase::Run && self.polls % 3 == 0 {
+            if cx.phase == Phase::Run && self.polls.is_multiple_of(3) {
                 cx.counters.inc(Counter::Rx);
                 cx.counters.inc(Counter::Tx);
                 1

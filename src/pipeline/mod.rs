@@ -1,9 +1,15 @@
 //! The runtime: lcore poll loops running stages, rings between them, counters, topology.
 pub mod cli;
+pub mod control;
 pub mod counters;
+pub mod demo;
 pub mod io;
 pub mod latency;
 pub mod lcore;
 pub mod link;
+pub mod manage;
+pub mod run;
 pub mod runtime;
 pub mod sim;
+pub mod stages;
+pub mod topology;

@@ -22,12 +22,15 @@ pub struct LcorePlan {
     pub stages: Vec<Box<dyn Stage>>,
 }
 
+/// The stages the main lcore polls itself, with its shared block.
+type MainPlan = (Arc<LcoreShared>, Vec<Box<dyn Stage>>);
+
 /// A running pipeline.
 pub struct Running {
     /// Phases and commands.
     pub control: Arc<ControlPlane>,
     jobs: Vec<dpdk::LcoreJob<()>>,
-    main_plan: Option<(Arc<LcoreShared>, Vec<Box<dyn Stage>>)>,
+    main_plan: Option<MainPlan>,
     backoff: Backoff,
 }
 

@@ -1,0 +1,238 @@
+//! The management lcore's loop, shared by `run` and `demo`: drive [`Management`] (control
+//! socket, checkpoint coordination and sinks, capture), print a live status line, and perform
+//! the orderly stop when asked (signal, `shutdown` command, or the end of a timed run).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::mgmt::coordinator::CheckpointRequest;
+use crate::mgmt::sink::{CheckpointSink, SinkEvent};
+use crate::mgmt::{status, Management, MgmtStats};
+
+use super::counters::{Counter, Snapshot};
+use super::lcore::{Command, ControlPlane};
+use super::runtime;
+
+/// How the loop runs and ends.
+pub struct LoopOptions<'a> {
+    /// Stop when this is raised (signal handler, `shutdown` command).
+    pub stop: &'a AtomicBool,
+    /// Stop after this long (`None`: run until stopped).
+    pub run_for: Option<Duration>,
+    /// Print a status line this often (`None`: quiet).
+    pub status_every: Option<Duration>,
+    /// Built-in traffic sources exist: quiesce them first and let the last checkpoint finish.
+    pub quiesce_sources: bool,
+}
+
+/// What the run ended with.
+pub struct LoopOutcome {
+    /// Counter totals after the stop.
+    pub totals: Snapshot,
+    /// Management's counters after the stop.
+    pub mgmt: MgmtStats,
+    /// Every phase of the stop was acknowledged by every lcore.
+    pub stopped_cleanly: bool,
+}
+
+/// Run management until stopped, then stop the pipeline in order.
+pub fn run(ctl: &ControlPlane, mgmt: &mut Management, o: &LoopOptions) -> LoopOutcome {
+    let start = Instant::now();
+    let mut last_status = Instant::now();
+    let mut last_totals = runtime::totals(ctl);
+    loop {
+        let out = mgmt.poll(ctl.now_ns());
+        if out.shutdown || o.stop.load(Ordering::Acquire) {
+            break;
+        }
+        if o.run_for.is_some_and(|d| start.elapsed() >= d) {
+            break;
+        }
+        if let Some(every) = o.status_every {
+            if last_status.elapsed() >= every {
+                let t = runtime::totals(ctl);
+                let line = status_line(&t.delta(&last_totals), last_status.elapsed());
+                println!(
+                    "[{:>6.1}s] {line} | {}",
+                    start.elapsed().as_secs_f64(),
+                    status::status_line(&mgmt.stats())
+                );
+                last_totals = t;
+                last_status = Instant::now();
+            }
+        }
+        if out.work == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    if o.quiesce_sources {
+        // Sources first, then let what they sent settle and an outstanding checkpoint finish,
+        // so the report reflects a quiet system.
+        let _ = ctl.broadcast(Command::Quiesce, Duration::from_secs(2));
+        settle(ctl, mgmt, Duration::from_millis(200));
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while mgmt.stats().checkpoint.outstanding && Instant::now() < deadline {
+            mgmt.poll(ctl.now_ns());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let stopped_cleanly = runtime::stop(ctl, Duration::from_millis(100));
+    // Divergences raised while flushing still reach the report (the checkpoint they request
+    // cannot be taken any more: the pipeline has stopped).
+    for _ in 0..16 {
+        if mgmt.poll(ctl.now_ns()).work == 0 {
+            break;
+        }
+    }
+    LoopOutcome {
+        totals: runtime::totals(ctl),
+        mgmt: mgmt.stats(),
+        stopped_cleanly,
+    }
+}
+
+/// Keep management polling while waiting for the counters to stop moving.
+fn settle(ctl: &ControlPlane, mgmt: &mut Management, quiet: Duration) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let moving = |s: &Snapshot| s.get(Counter::Rx) + s.get(Counter::Tx) + s.get(Counter::Generated);
+    let mut last = moving(&runtime::totals(ctl));
+    let mut since = Instant::now();
+    while Instant::now() < deadline {
+        mgmt.poll(ctl.now_ns());
+        std::thread::sleep(Duration::from_millis(2));
+        let now = moving(&runtime::totals(ctl));
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= quiet {
+            return;
+        }
+    }
+}
+
+/// The data-plane half of the live status line (rates over the last interval).
+pub fn status_line(d: &Snapshot, dt: Duration) -> String {
+    let rate = |v: u64| v as f64 / dt.as_secs_f64().max(1e-9);
+    let released = d.get(Counter::ReleasedMatched)
+        + d.get(Counter::ReleasedBypass)
+        + d.get(Counter::ReleasedCheckpoint)
+        + d.get(Counter::ReleasedUncompared);
+    let drops = d.get(Counter::DropTxFull)
+        + d.get(Counter::DropRingFull)
+        + d.get(Counter::DropUnsupported)
+        + d.get(Counter::DropNoMbuf)
+        + d.get(Counter::DropLinkDown);
+    let busy = d.get(Counter::BusyCycles) as f64;
+    let idle = d.get(Counter::IdleCycles) as f64;
+    format!(
+        "rx {} tx {} mirrored {} released {} matched-sec {} rewritten {} drops {} busy {:.0}%",
+        si(rate(d.get(Counter::Rx))),
+        si(rate(d.get(Counter::Tx))),
+        si(rate(d.get(Counter::Mirrored))),
+        si(rate(released)),
+        si(rate(d.get(Counter::SecondaryMatched))),
+        si(rate(d.get(Counter::Rewritten))),
+        drops,
+        100.0 * busy / (busy + idle).max(1.0),
+    )
+}
+
+/// A rate per second, short: `812/s`, `45.3k/s`, `1.21M/s`.
+fn si(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2}M/s", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1}k/s", v / 1e3)
+    } else {
+        format!("{v:.0}/s")
+    }
+}
+
+/// The demo's stand-in for the COLO frame: a checkpoint takes `duration` (VMs paused, state
+/// copied), then it reports done, which reaches every stage through management.
+pub struct SimulatedFrame {
+    duration_ns: u64,
+    due_ns: Option<u64>,
+    requests: u64,
+    completed: u64,
+}
+
+impl SimulatedFrame {
+    /// A frame whose checkpoints take `duration`.
+    pub fn new(duration: Duration) -> Self {
+        SimulatedFrame {
+            duration_ns: duration.as_nanos() as u64,
+            due_ns: None,
+            requests: 0,
+            completed: 0,
+        }
+    }
+}
+
+impl CheckpointSink for SimulatedFrame {
+    fn name(&self) -> &str {
+        "colo-frame-sim"
+    }
+
+    fn request(&mut self, _req: &CheckpointRequest, now_ns: u64) {
+        self.requests += 1;
+        // A resend while one is running does not restart it.
+        if self.due_ns.is_none() {
+            self.due_ns = Some(now_ns.saturating_add(self.duration_ns));
+        }
+    }
+
+    fn poll(&mut self, now_ns: u64, out: &mut Vec<SinkEvent>) {
+        if self.due_ns.is_some_and(|d| now_ns >= d) {
+            self.due_ns = None;
+            self.completed += 1;
+            out.push(SinkEvent::CheckpointDone);
+        }
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        serde_json::json!({
+            "ready": true,
+            "sent": self.requests,
+            "completed": self.completed,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simulated_frame_completes_once_per_request_after_its_duration() {
+        let mut f = SimulatedFrame::new(Duration::from_millis(5));
+        let req = CheckpointRequest {
+            id: 1,
+            reason: "payload".into(),
+            flow: None,
+            since_ns: 0,
+        };
+        let mut out = Vec::new();
+        f.poll(0, &mut out);
+        assert!(out.is_empty());
+        f.request(&req, 1_000_000);
+        f.request(&req, 3_000_000); // a resend does not move the deadline
+        f.poll(5_999_999, &mut out);
+        assert!(out.is_empty());
+        f.poll(6_000_000, &mut out);
+        assert_eq!(out, vec![SinkEvent::CheckpointDone]);
+        f.poll(7_000_000, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(f.stats()["completed"], 1);
+    }
+
+    #[test]
+    fn status_line_shows_rates_and_drops() {
+        let c = super::super::counters::LcoreCounters::default();
+        c.add(Counter::Rx, 2_000_000);
+        c.add(Counter::DropTxFull, 3);
+        let l = status_line(&c.snapshot(), Duration::from_secs(2));
+        assert!(l.contains("rx 1.00M/s"), "{l}");
+        assert!(l.contains("drops 3"), "{l}");
+    }
+}

@@ -1,0 +1,158 @@
+//! `colo-proxy run --config FILE`: EAL up, pipeline built from the config, stages launched,
+//! management loop until SIGINT/SIGTERM (or a `shutdown` command), then the orderly stop and
+//! the final report.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, Role};
+use crate::dpdk::{Eal, Mempool};
+use crate::mgmt::{Management, MgmtConfig};
+
+use super::control::PipelineControl;
+use super::latency::percentiles_us;
+use super::manage::{self, LoopOptions};
+use super::runtime;
+use super::topology::{self, Topology};
+
+/// `colo-proxy run`.
+pub fn run(config_path: &Path, eal_overrides: &[String]) -> ExitCode {
+    let cfg = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            for m in e.messages() {
+                eprintln!("error: {}: {m}", config_path.display());
+            }
+            return ExitCode::from(2);
+        }
+    };
+    if cfg.role == Role::Compare {
+        return crate::link::dropin::run(&cfg);
+    }
+    match run_pipeline(&cfg, eal_overrides) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_pipeline(cfg: &Config, eal_overrides: &[String]) -> Result<bool, String> {
+    let args = cfg.eal_args(eal_overrides);
+    cfg.check_lcores(&args)
+        .map_err(|e| e.messages().join("; "))?;
+    // The config's list starts with the program name; Eal::init adds its own.
+    let eal = Eal::init(args.get(1..).unwrap_or(&[])).map_err(|e| e.to_string())?;
+    let m = &cfg.mempool;
+    let pool = Mempool::with_params("colo_pool", m.mbufs, m.cache, m.data_room, None)
+        .map_err(|e| e.to_string())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| format!("signal handler: {e}"))?;
+    }
+    let bypass = if cfg.role == Role::Primary {
+        cfg.compare.bypass.clone()
+    } else {
+        Vec::new()
+    };
+    let control = Arc::new(PipelineControl::new(bypass, stop.clone()));
+    let mut mgmt = Management::new(MgmtConfig::from_config(cfg), control.clone())
+        .map_err(|e| format!("management: {e}"))?;
+    let Topology {
+        plans,
+        mut ports,
+        hold,
+        backoff,
+    } = topology::build(cfg, &pool, &mgmt.sender())?;
+    // After the ports exist, so `dpdk-dumpcap` can capture on them.
+    if let Err(e) = crate::dpdk::telemetry::pdump_init() {
+        eprintln!("warning: pdump not available (dpdk-dumpcap cannot attach): {e}");
+    }
+    let stages: Vec<String> = plans
+        .iter()
+        .map(|p| {
+            let names: Vec<&str> = p.stages.iter().map(|s| s.name()).collect();
+            format!("lcore {}: {}", p.lcore, names.join(", "))
+        })
+        .collect();
+    println!(
+        "colo-proxy {} running as {} ({})",
+        env!("CARGO_PKG_VERSION"),
+        cfg.role,
+        stages.join("; ")
+    );
+    if let Some(p) = mgmt.server().unix_path() {
+        println!("control socket: {}", p.display());
+    }
+    let running = runtime::launch(plans, backoff).map_err(|e| e.to_string())?;
+    control.attach(running.control.clone());
+    if let Err(e) = crate::mgmt::telemetry::register(control.clone(), Some(mgmt.stats_handle())) {
+        eprintln!("warning: telemetry commands not registered: {e}");
+    }
+    let status_every = Duration::from_millis(cfg.mgmt.stats_interval_ms.max(100));
+    let quiet =
+        !std::io::IsTerminal::is_terminal(&std::io::stdout()) && cfg.mgmt.stats_interval_ms == 0;
+    let result = Arc::new(std::sync::Mutex::new(None));
+    let r2 = result.clone();
+    let failures = running.run_main_and_wait(move |ctl| {
+        let o = LoopOptions {
+            stop: &stop,
+            run_for: None,
+            status_every: (!quiet).then_some(status_every),
+            quiesce_sources: false,
+        };
+        let out = manage::run(&ctl, &mut mgmt, &o);
+        if let Ok(mut g) = r2.lock() {
+            *g = Some(out);
+        }
+    });
+    let out = result
+        .lock()
+        .ok()
+        .and_then(|mut g| g.take())
+        .ok_or("management did not finish")?;
+    let leftover: usize = ports.iter_mut().map(|(_, p)| p.drain_rx()).sum();
+    let totals = out.totals;
+    println!("\n== colo-proxy final report ==");
+    for (name, v) in totals.nonzero() {
+        println!("{name:<24} {v}");
+    }
+    print!("{}", crate::mgmt::status::final_report(&out.mgmt));
+    println!(
+        "compare hold             {}",
+        percentiles_us(&hold.snapshot())
+    );
+    for (name, p) in &ports {
+        if let Ok(s) = p.stats() {
+            println!(
+                "port {name:<8} rx {} tx {} missed {} rx-errors {} tx-errors {} rx-nombuf {}",
+                s.ipackets, s.opackets, s.imissed, s.ierrors, s.oerrors, s.rx_nombuf
+            );
+        }
+    }
+    let acc = totals.accounting();
+    println!(
+        "accounting               entered {} = terminal {} → {}",
+        acc.entered,
+        acc.terminal,
+        if acc.balanced() {
+            "balanced"
+        } else {
+            "MISMATCH"
+        }
+    );
+    println!("frames left in rx queues {leftover} (freed)");
+    for f in &failures {
+        println!("lcore failure: {f}");
+    }
+    drop(ports);
+    drop(pool);
+    drop(eal);
+    Ok(failures.is_empty() && acc.balanced() && out.stopped_cleanly)
+}

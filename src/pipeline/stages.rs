@@ -1,0 +1,606 @@
+//! The proxy's stages as they run on lcores: mirror, redirector, compare shard, rewriter.
+//!
+//! Each stage owns its queues and rings outright (one poller per queue, one producer and one
+//! consumer per ring) and does its work in bursts of [`BURST`]. The COLO logic lives in the
+//! pure engines ([`Comparator`], [`Rewriter`]); this file only moves mbufs and counts them.
+
+use crate::compare::{self, Comparator, DivergenceEvent, Side};
+use crate::dpdk::{Mbuf, MbufBurst, Mempool, RxQueue};
+use crate::flow::FlowKey;
+use crate::mgmt::capture::{CapturedPacket, DivergenceCapture};
+use crate::mgmt::{EventSender, Input};
+use crate::rewrite::{Direction, Rewriter};
+
+use super::counters::Counter;
+use super::io::{RingIn, RingOut, TxBuf, BURST};
+use super::latency::LatencyRecorder;
+use super::lcore::{Command, LoopCtx, Phase, Stage};
+use super::link::{LinkRx, LinkTx};
+
+/// Primary: client frames from the NIC go to the PVM, and a zero-copy clone to the secondary.
+pub struct MirrorStage {
+    nic_rx: RxQueue,
+    pvm_tx: TxBuf,
+    link_tx: LinkTx,
+    burst: MbufBurst<BURST>,
+    mirroring: bool,
+}
+
+impl MirrorStage {
+    /// A mirror reading `nic_rx`, writing the PVM and the link.
+    pub fn new(nic_rx: RxQueue, pvm_tx: TxBuf, link_tx: LinkTx) -> Self {
+        MirrorStage {
+            nic_rx,
+            pvm_tx,
+            link_tx,
+            burst: MbufBurst::new(),
+            mirroring: true,
+        }
+    }
+}
+
+impl Stage for MirrorStage {
+    fn name(&self) -> &str {
+        "mirror"
+    }
+
+    fn poll(&mut self, cx: &LoopCtx) -> usize {
+        let c = cx.counters;
+        if cx.phase != Phase::Run {
+            self.pvm_tx.flush(c);
+            self.link_tx.flush(c);
+            return 0;
+        }
+        let n = self.nic_rx.rx_burst(&mut self.burst);
+        if n == 0 {
+            self.link_tx.flush(c);
+            return 0;
+        }
+        c.add(Counter::Rx, n as u64);
+        for mut m in self.burst.drain() {
+            m.set_timestamp(cx.now_ns);
+            if self.mirroring {
+                match m.try_clone() {
+                    Some(clone) => {
+                        c.inc(Counter::Cloned);
+                        self.link_tx.push(clone, c);
+                    }
+                    None => c.inc(Counter::CloneFailed),
+                }
+                c.inc(Counter::Mirrored);
+            }
+            self.pvm_tx.push(m, c);
+        }
+        self.pvm_tx.flush(c);
+        self.link_tx.flush(c);
+        n
+    }
+
+    fn housekeeping(&mut self, cx: &LoopCtx) {
+        self.link_tx.housekeeping(cx);
+    }
+
+    fn command(&mut self, cmd: &Command, _cx: &LoopCtx) {
+        if let Command::Failover = cmd {
+            // The secondary is gone: stop feeding it.
+            self.mirroring = false;
+        }
+    }
+
+    fn flush(&mut self, cx: &LoopCtx) {
+        self.pvm_tx.flush(cx.counters);
+        self.link_tx.flush(cx.counters);
+    }
+}
+
+/// The compare shard owning a frame's flow (the one hash); unparsable frames go to shard 0,
+/// whose engine counts them as malformed.
+#[inline]
+pub fn shard_of_frame(frame: &[u8], shards: usize) -> usize {
+    match crate::wire::parse(frame) {
+        Ok(info) => FlowKey::of(&info, frame).shard(shards),
+        Err(_) => 0,
+    }
+}
+
+/// Primary: PVM output and the secondary's output (from the link) to the compare shard that
+/// owns each flow.
+pub struct RedirectorStage {
+    pvm_rx: RxQueue,
+    link_rx: LinkRx,
+    to_primary: Vec<RingOut>,
+    to_secondary: Vec<RingOut>,
+    burst: MbufBurst<BURST>,
+}
+
+impl RedirectorStage {
+    /// A redirector feeding `to_primary[k]`/`to_secondary[k]` of shard k.
+    pub fn new(
+        pvm_rx: RxQueue,
+        link_rx: LinkRx,
+        to_primary: Vec<RingOut>,
+        to_secondary: Vec<RingOut>,
+    ) -> Self {
+        RedirectorStage {
+            pvm_rx,
+            link_rx,
+            to_primary,
+            to_secondary,
+            burst: MbufBurst::new(),
+        }
+    }
+
+    fn flush_rings(&mut self, cx: &LoopCtx) {
+        for r in self
+            .to_primary
+            .iter_mut()
+            .chain(self.to_secondary.iter_mut())
+        {
+            r.flush(cx.counters);
+        }
+    }
+}
+
+fn route(burst: &mut MbufBurst<BURST>, rings: &mut [RingOut], cx: &LoopCtx) {
+    let c = cx.counters;
+    let shards = rings.len();
+    for mut m in burst.drain() {
+        m.set_timestamp(cx.now_ns);
+        let k = shard_of_frame(m.data(), shards);
+        if let Err(m) = rings[k].push(m, c) {
+            // has_room() was checked for every ring before rx, so this only happens when
+            // one burst maps entirely to a ring that was already nearly full.
+            drop(m);
+            c.inc(Counter::DropRingFull);
+        }
+    }
+}
+
+impl Stage for RedirectorStage {
+    fn name(&self) -> &str {
+        "redirector"
+    }
+
+    fn poll(&mut self, cx: &LoopCtx) -> usize {
+        let c = cx.counters;
+        // Back-pressure: take no input while any shard ring has a backlog.
+        let room = |rs: &[RingOut]| rs.iter().all(|r| r.pending() == 0);
+        if !room(&self.to_primary) || !room(&self.to_secondary) {
+            self.flush_rings(cx);
+            return 0;
+        }
+        let mut work = 0;
+        if cx.phase == Phase::Run {
+            let n = self.pvm_rx.rx_burst(&mut self.burst);
+            c.add(Counter::Rx, n as u64);
+            route(&mut self.burst, &mut self.to_primary, cx);
+            work += n;
+        }
+        if cx.phase <= Phase::StopRx {
+            let n = self.link_rx.recv(&mut self.burst, cx);
+            route(&mut self.burst, &mut self.to_secondary, cx);
+            work += n;
+        }
+        self.flush_rings(cx);
+        work
+    }
+
+    fn housekeeping(&mut self, cx: &LoopCtx) {
+        self.link_rx.housekeeping(cx);
+    }
+
+    fn flush(&mut self, cx: &LoopCtx) {
+        self.flush_rings(cx);
+        for r in self
+            .to_primary
+            .iter_mut()
+            .chain(self.to_secondary.iter_mut())
+        {
+            r.discard_pending(cx.counters);
+        }
+    }
+}
+
+/// Bytes of each diverging frame kept for capture.
+const CAPTURE_SNAPLEN: usize = 2048;
+
+/// Verdict sink of one compare shard for one loop: counts and moves mbufs.
+struct ShardOutput<'a> {
+    nic_tx: &'a mut TxBuf,
+    events: &'a EventSender,
+    latency: &'a mut LatencyRecorder,
+    cx: &'a LoopCtx<'a>,
+    capture_on: bool,
+    captured: Option<Box<DivergenceCapture>>,
+}
+
+fn captured(side: crate::control::Side, m: &Mbuf, now_ns: u64) -> CapturedPacket {
+    let d = m.data();
+    CapturedPacket {
+        side,
+        time_ns: now_ns,
+        data: d[..d.len().min(CAPTURE_SNAPLEN)].to_vec(),
+        orig_len: d.len() as u32,
+    }
+}
+
+impl compare::Output<Mbuf> for ShardOutput<'_> {
+    #[inline]
+    fn release(&mut self, pkt: Mbuf, how: compare::Release) {
+        let c = self.cx.counters;
+        c.inc(match how {
+            compare::Release::Matched | compare::Release::Retransmit => Counter::ReleasedMatched,
+            compare::Release::Bypass => Counter::ReleasedBypass,
+            compare::Release::Checkpoint => Counter::ReleasedCheckpoint,
+            _ => Counter::ReleasedUncompared,
+        });
+        self.latency
+            .record(self.cx.now_ns.saturating_sub(pkt.timestamp()));
+        self.nic_tx.push(pkt, c);
+    }
+
+    #[inline]
+    fn free_secondary(&mut self, pkt: Mbuf, how: compare::SecondaryFree) {
+        let c = self.cx.counters;
+        c.inc(match how {
+            compare::SecondaryFree::Matched
+            | compare::SecondaryFree::Duplicate
+            | compare::SecondaryFree::Control
+            | compare::SecondaryFree::Bypass => Counter::SecondaryMatched,
+            compare::SecondaryFree::Checkpoint => Counter::SecondaryFlushed,
+            _ => Counter::SecondaryDropped,
+        });
+        drop(pkt);
+    }
+
+    fn capture(&mut self, ev: &DivergenceEvent, primary: Option<&Mbuf>, secondary: Option<&Mbuf>) {
+        if !self.capture_on {
+            return;
+        }
+        // Only on a divergence, and only while an operator asked for capture: allocating here
+        // is off the steady-state path.
+        let now = self.cx.now_ns;
+        self.captured = Some(Box::new(DivergenceCapture {
+            flow: ev.flow.to_string(),
+            reason: ev.reason.as_str().to_string(),
+            seq_range: ev.seq_range,
+            primary: primary.map(|m| captured(crate::control::Side::Primary, m, now)),
+            secondary: secondary.map(|m| captured(crate::control::Side::Secondary, m, now)),
+            context: Vec::new(),
+        }));
+    }
+
+    fn event(&mut self, ev: DivergenceEvent) {
+        let c = self.cx.counters;
+        c.inc(Counter::Divergences);
+        let input = match self.captured.take() {
+            Some(cap) => Input::Divergence(crate::control::Event::from(&ev), cap),
+            None => Input::Compare(ev),
+        };
+        if !self.events.send(input) {
+            c.inc(Counter::EventsDropped);
+        }
+    }
+}
+
+/// Primary: one flow shard's comparator between the redirector and the NIC.
+pub struct CompareStage {
+    shard: usize,
+    from_primary: RingIn,
+    from_secondary: RingIn,
+    nic_tx: TxBuf,
+    engine: Comparator<Mbuf>,
+    events: EventSender,
+    latency: LatencyRecorder,
+    burst: MbufBurst<BURST>,
+    name: String,
+    failed_over: bool,
+    capture_on: bool,
+}
+
+impl CompareStage {
+    /// Shard `shard` of the compare stage.
+    pub fn new(
+        shard: usize,
+        from_primary: RingIn,
+        from_secondary: RingIn,
+        nic_tx: TxBuf,
+        engine: Comparator<Mbuf>,
+        events: EventSender,
+        latency: LatencyRecorder,
+    ) -> Self {
+        CompareStage {
+            shard,
+            from_primary,
+            from_secondary,
+            nic_tx,
+            engine,
+            events,
+            latency,
+            burst: MbufBurst::new(),
+            name: format!("compare{shard}"),
+            failed_over: false,
+            capture_on: false,
+        }
+    }
+
+    fn output<'a>(
+        &'a mut self,
+        cx: &'a LoopCtx<'a>,
+    ) -> (ShardOutput<'a>, &'a mut Comparator<Mbuf>) {
+        (
+            ShardOutput {
+                nic_tx: &mut self.nic_tx,
+                events: &self.events,
+                latency: &mut self.latency,
+                cx,
+                capture_on: self.capture_on,
+                captured: None,
+            },
+            &mut self.engine,
+        )
+    }
+
+    fn flows_json(&self, top: usize) -> Vec<serde_json::Value> {
+        let mut all = Vec::with_capacity(self.engine.connections());
+        self.engine.flows(|k, f| all.push((*k, f)));
+        all.sort_by_key(|(_, f)| std::cmp::Reverse(f.primary_bytes + f.secondary_bytes));
+        all.truncate(top);
+        all.into_iter()
+            .map(|(k, f)| {
+                serde_json::json!({
+                    "shard": self.shard,
+                    "flow": k.to_string(),
+                    "kind": format!("{:?}", f.kind),
+                    "state": format!("{:?}", f.state),
+                    "primary_packets": f.primary_packets,
+                    "primary_bytes": f.primary_bytes,
+                    "secondary_packets": f.secondary_packets,
+                    "secondary_bytes": f.secondary_bytes,
+                    "queued_primary": f.queued_primary,
+                    "queued_secondary": f.queued_secondary,
+                    "divergences": f.divergences,
+                    "last_seen_ns": f.last_seen_ns,
+                })
+            })
+            .collect()
+    }
+
+    /// The shard number.
+    pub fn shard(&self) -> usize {
+        self.shard
+    }
+}
+
+impl Stage for CompareStage {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn poll(&mut self, cx: &LoopCtx) -> usize {
+        let c = cx.counters;
+        let failed_over = self.failed_over;
+        // Secondary first: a primary arriving in the same loop then finds its counterpart.
+        let ns = self.from_secondary.dequeue(&mut self.burst);
+        let np;
+        {
+            let mut burst = std::mem::take(&mut self.burst);
+            let (mut out, engine) = self.output(cx);
+            c.add(Counter::ComparedSecondary, ns as u64);
+            for m in burst.drain() {
+                if failed_over {
+                    // After failover nothing is compared: the secondary is gone.
+                    c.inc(Counter::SecondaryDropped);
+                    continue;
+                }
+                engine.process(Side::Secondary, m, cx.now_ns, &mut out);
+            }
+            drop(out);
+            np = self.from_primary.dequeue(&mut burst);
+            let (mut out, engine) = self.output(cx);
+            if failed_over {
+                c.add(Counter::ReleasedUncompared, np as u64);
+                for m in burst.drain() {
+                    out.nic_tx.push(m, c);
+                }
+            } else {
+                c.add(Counter::ComparedPrimary, np as u64);
+                for m in burst.drain() {
+                    engine.process(Side::Primary, m, cx.now_ns, &mut out);
+                }
+            }
+            drop(out);
+            self.burst = burst;
+        }
+        self.nic_tx.flush(c);
+        ns + np
+    }
+
+    fn housekeeping(&mut self, cx: &LoopCtx) {
+        let (mut out, engine) = self.output(cx);
+        engine.tick(cx.now_ns, &mut out);
+        drop(out);
+        self.nic_tx.flush(cx.counters);
+        self.latency.publish();
+    }
+
+    fn command(&mut self, cmd: &Command, cx: &LoopCtx) {
+        match cmd {
+            Command::CheckpointDone => {
+                let (mut out, engine) = self.output(cx);
+                engine.checkpoint_done(cx.now_ns, &mut out);
+                cx.counters.inc(Counter::CheckpointsApplied);
+            }
+            Command::Failover => {
+                let (mut out, engine) = self.output(cx);
+                engine.flush_all(&mut out);
+                self.failed_over = true;
+            }
+            Command::Capture(on) => self.capture_on = *on,
+            Command::Bypass(rules) => self.engine.set_bypass(rules.to_vec()),
+            Command::Flows(req) => {
+                let mine = self.flows_json(req.top);
+                req.out
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(mine);
+            }
+            Command::Quiesce => {}
+        }
+        self.nic_tx.flush(cx.counters);
+    }
+
+    fn flush(&mut self, cx: &LoopCtx) {
+        // Drain what the redirector already queued, then release everything by rule.
+        while self.poll(cx) > 0 {}
+        let (mut out, engine) = self.output(cx);
+        engine.flush_all(&mut out);
+        drop(out);
+        self.nic_tx.flush(cx.counters);
+        self.latency.publish();
+    }
+}
+
+/// Copy a shared mbuf (an in-process ring wire hands the same mbuf to two owners) so it can be
+/// rewritten in place. `None` when the pool is empty.
+fn make_unique(m: Mbuf, pool: &Mempool) -> Option<Mbuf> {
+    if !m.is_shared() {
+        return Some(m);
+    }
+    let mut copy = pool.alloc()?;
+    copy.set_data(m.data()).ok()?;
+    copy.set_timestamp(m.timestamp());
+    Some(copy)
+}
+
+/// Secondary: the mirror stream into the SVM (ack += offset) and the SVM's output back to the
+/// primary (seq −= offset); after failover, the SVM serves the client through the NIC.
+pub struct RewriterStage {
+    link_rx: LinkRx,
+    svm_tx: TxBuf,
+    svm_rx: RxQueue,
+    link_tx: LinkTx,
+    nic: Option<(RxQueue, TxBuf)>,
+    rewriter: Rewriter,
+    pool: Mempool,
+    burst: MbufBurst<BURST>,
+    failed_over: bool,
+}
+
+impl RewriterStage {
+    /// A rewriter between the link and the SVM port; `nic` is used after failover.
+    pub fn new(
+        link_rx: LinkRx,
+        svm_tx: TxBuf,
+        svm_rx: RxQueue,
+        link_tx: LinkTx,
+        nic: Option<(RxQueue, TxBuf)>,
+        rewriter: Rewriter,
+        pool: Mempool,
+    ) -> Self {
+        RewriterStage {
+            link_rx,
+            svm_tx,
+            svm_rx,
+            link_tx,
+            nic,
+            rewriter,
+            pool,
+            burst: MbufBurst::new(),
+            failed_over: false,
+        }
+    }
+
+    fn rewrite_into(&mut self, dir: Direction, cx: &LoopCtx, to_svm: bool) {
+        let c = cx.counters;
+        for m in self.burst.drain() {
+            let Some(mut m) = make_unique(m, &self.pool) else {
+                c.inc(Counter::DropNoMbuf);
+                continue;
+            };
+            if self.rewriter.process(dir, &mut m, cx.now_ns).rewritten() {
+                c.inc(Counter::Rewritten);
+            } else {
+                c.inc(Counter::RewritePassed);
+            }
+            if to_svm {
+                self.svm_tx.push(m, c);
+            } else if self.failed_over {
+                match &mut self.nic {
+                    Some((_, tx)) => tx.push(m, c),
+                    None => {
+                        drop(m);
+                        c.inc(Counter::DropLinkDown);
+                    }
+                }
+            } else {
+                self.link_tx.push(m, c);
+            }
+        }
+    }
+}
+
+impl Stage for RewriterStage {
+    fn name(&self) -> &str {
+        "rewriter"
+    }
+
+    fn poll(&mut self, cx: &LoopCtx) -> usize {
+        let c = cx.counters;
+        if cx.phase != Phase::Run {
+            self.flush(cx);
+            return 0;
+        }
+        let mut work = 0;
+        let n = self.link_rx.recv(&mut self.burst, cx);
+        work += n;
+        self.rewrite_into(Direction::ToSecondary, cx, true);
+        if self.failed_over {
+            if let Some((rx, _)) = &mut self.nic {
+                let n = rx.rx_burst(&mut self.burst);
+                c.add(Counter::Rx, n as u64);
+                work += n;
+                self.rewrite_into(Direction::ToSecondary, cx, true);
+            }
+        }
+        let n = self.svm_rx.rx_burst(&mut self.burst);
+        c.add(Counter::Rx, n as u64);
+        work += n;
+        self.rewrite_into(Direction::FromSecondary, cx, false);
+        self.svm_tx.flush(c);
+        self.link_tx.flush(c);
+        if let Some((_, tx)) = &mut self.nic {
+            tx.flush(c);
+        }
+        work
+    }
+
+    fn housekeeping(&mut self, cx: &LoopCtx) {
+        self.rewriter.tick(cx.now_ns);
+        self.link_tx.housekeeping(cx);
+        self.link_rx.housekeeping(cx);
+    }
+
+    fn command(&mut self, cmd: &Command, cx: &LoopCtx) {
+        match cmd {
+            Command::CheckpointDone => {
+                self.rewriter.checkpoint();
+                cx.counters.inc(Counter::CheckpointsApplied);
+            }
+            Command::Failover => {
+                self.rewriter.failover();
+                self.failed_over = true;
+            }
+            Command::Capture(_) | Command::Quiesce | Command::Bypass(_) | Command::Flows(_) => {}
+        }
+    }
+
+    fn flush(&mut self, cx: &LoopCtx) {
+        let c = cx.counters;
+        self.svm_tx.flush(c);
+        self.link_tx.flush(c);
+        if let Some((_, tx)) = &mut self.nic {
+            tx.flush(c);
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! Building a primary or secondary pipeline from a validated [`Config`]: ports and their
+//! queues, one ring per producer→consumer pair, stages placed on the configured lcores.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::compare::{self, Comparator};
+use crate::config::{Config, LinkSpec, PortDevice, Role, SockAddr, SocketMode};
+use crate::dpdk::{self, Mbuf, Mempool, Port, PortConfig, RingFlags};
+use crate::link::encap::{EncapConfig, EncapRx, EncapTx};
+use crate::link::framing::FrameConfig;
+use crate::link::socket::{FramedSocket, LinkAddr, Role as SockRole, SocketConfig};
+use crate::rewrite::{self, Rewriter};
+
+use super::io::{RingIn, RingOut, TxBuf};
+use super::latency::{LatencyRecorder, SharedHistogram};
+use super::lcore::{Backoff, Stage};
+use super::link::{LinkRx, LinkTx};
+use super::runtime::LcorePlan;
+use super::stages::{CompareStage, MirrorStage, RedirectorStage, RewriterStage};
+use crate::mgmt::EventSender;
+
+/// Mirror-stream id in the link encapsulation.
+pub const STREAM_MIRROR: u8 = 0;
+/// Secondary-output stream id in the link encapsulation.
+pub const STREAM_SECONDARY: u8 = 1;
+
+/// A built pipeline, ready to launch.
+pub struct Topology {
+    /// Stages per lcore.
+    pub plans: Vec<LcorePlan>,
+    /// Open, started ports (kept alive for the run; stats).
+    pub ports: Vec<(String, Port)>,
+    /// Compare hold time of released primaries.
+    pub hold: SharedHistogram,
+    /// Idle back-off from the config.
+    pub backoff: Backoff,
+}
+
+/// The compare engine's configuration from the file's `[compare]`.
+pub fn compare_config(cfg: &Config) -> compare::CompareConfig {
+    let c = &cfg.compare;
+    compare::CompareConfig {
+        timeout_ns: c.timeout_ms * 1_000_000,
+        scan_period_ns: c.scan_period_ms * 1_000_000,
+        queue_size: c.queue_size as usize,
+        table_capacity: c.table_capacity as usize,
+        idle_timeout_ns: c.idle_timeout_ms * 1_000_000,
+        bypass: c.bypass.clone(),
+        ..compare::CompareConfig::default()
+    }
+}
+
+/// The rewriter's configuration from the file's `[rewriter]`.
+pub fn rewriter_config(cfg: &Config) -> rewrite::RewriterConfig {
+    rewrite::RewriterConfig {
+        table_capacity: cfg.rewriter.table_capacity as usize,
+        idle_timeout_ns: cfg.rewriter.idle_timeout_ms * 1_000_000,
+    }
+}
+
+fn device_name(d: &PortDevice) -> &str {
+    match d {
+        PortDevice::Pci(addr) => addr,
+        PortDevice::Vdev(args) => args.split(',').next().unwrap_or(args),
+    }
+}
+
+fn socket(
+    addr: &SockAddr,
+    mode: SocketMode,
+    vnet: bool,
+    reconnect_ms: u64,
+) -> Result<FramedSocket, String> {
+    let shown = addr.to_string();
+    let addr = match addr {
+        SockAddr::Tcp(a) => LinkAddr::Tcp(*a),
+        SockAddr::Unix(p) => LinkAddr::Unix(p.clone()),
+    };
+    let role = match mode {
+        SocketMode::Server => SockRole::Server,
+        SocketMode::Client => SockRole::Client,
+    };
+    let mut sc = SocketConfig::new(addr, role, FrameConfig::with_vnet(vnet));
+    sc.backoff_max = Duration::from_millis(reconnect_ms.max(1));
+    // One read per poll bounds the frames a stage takes in one loop.
+    sc.max_reads_per_poll = 1;
+    sc.read_buf = 64 * 1024;
+    FramedSocket::new(sc).map_err(|e| format!("link socket {shown}: {e}"))
+}
+
+/// Build the pipeline for `cfg` (role primary or secondary); compare shards report divergences
+/// to `events`. EAL must be up.
+pub fn build(cfg: &Config, pool: &Mempool, events: &EventSender) -> Result<Topology, String> {
+    let shards = cfg.compare.shards.max(1) as usize;
+    let ring_size = cfg.rings.size;
+    // Queues each port needs: the nic transmits from every compare shard.
+    let need_tx = |name: &str| -> u16 {
+        if cfg.role == Role::Primary && name == "nic" {
+            shards as u16
+        } else {
+            1
+        }
+    };
+    let mut ports: BTreeMap<String, Port> = BTreeMap::new();
+    for (name, spec) in &cfg.ports {
+        let id = Port::id_by_name(device_name(&spec.device))
+            .map_err(|e| format!("ports.{name}: {e}"))?;
+        let pc = PortConfig {
+            rx_queues: spec.rx_queues.max(1),
+            tx_queues: spec.tx_queues.max(need_tx(name)),
+            rx_desc: spec.rx_desc,
+            tx_desc: spec.tx_desc,
+            promiscuous: true,
+        };
+        let mut p = Port::open(id, &pc, pool).map_err(|e| format!("ports.{name}: {e}"))?;
+        p.start().map_err(|e| format!("ports.{name}: {e}"))?;
+        ports.insert(name.clone(), p);
+    }
+    fn port<'a>(ports: &'a mut BTreeMap<String, Port>, name: &str) -> Result<&'a mut Port, String> {
+        ports
+            .get_mut(name)
+            .ok_or_else(|| format!("ports.{name}: missing"))
+    }
+    let q = |p: &mut Port, name: &str, txq: u16| -> Result<(dpdk::RxQueue, TxBuf), String> {
+        let rx = p.rx_queue(0).map_err(|e| format!("ports.{name}: {e}"))?;
+        let tx = p.tx_queue(txq).map_err(|e| format!("ports.{name}: {e}"))?;
+        Ok((rx, TxBuf::new(tx)))
+    };
+
+    // The link, as (tx side, rx side).
+    let (link_tx, link_rx) = match &cfg.link {
+        Some(LinkSpec::Port {
+            port: lp,
+            ether_type,
+            peer_mac,
+        }) => {
+            let p = port(&mut ports, lp)?;
+            let mac = p.mac().map_err(|e| format!("ports.{lp}: {e}"))?;
+            let (rx, tx) = q(p, lp, 0)?;
+            let stream = if cfg.role == Role::Primary {
+                STREAM_MIRROR
+            } else {
+                STREAM_SECONDARY
+            };
+            let ecfg = EncapConfig {
+                dst: peer_mac.unwrap_or([0xff; 6]),
+                src: mac,
+                ethertype: *ether_type,
+            };
+            (
+                LinkTx::EncapPort {
+                    tx,
+                    encap: EncapTx::new(ecfg, stream),
+                    pool: pool.clone(),
+                },
+                LinkRx::EncapPort {
+                    rx,
+                    decap: Box::new(EncapRx::new(*ether_type)),
+                },
+            )
+        }
+        Some(LinkSpec::Socket {
+            mirror,
+            secondary_out,
+            vnet_hdr_support,
+            reconnect_ms,
+        }) => {
+            let (out, inn) = if cfg.role == Role::Primary {
+                (mirror, secondary_out)
+            } else {
+                (secondary_out, mirror)
+            };
+            let tx = socket(&out.addr, out.mode, *vnet_hdr_support, *reconnect_ms)?;
+            let rx = socket(&inn.addr, inn.mode, *vnet_hdr_support, *reconnect_ms)?;
+            (
+                LinkTx::Socket(Box::new(tx)),
+                LinkRx::socket(rx, pool.clone()),
+            )
+        }
+        None => return Err("link: missing".into()),
+    };
+
+    let hold = SharedHistogram::default();
+    let mut by_lcore: BTreeMap<u32, Vec<Box<dyn Stage>>> = BTreeMap::new();
+    let mut place = |lcore: Option<u32>, stage: Box<dyn Stage>| -> Result<(), String> {
+        let l = lcore.ok_or_else(|| format!("lcores: no lcore for stage {}", stage.name()))?;
+        by_lcore.entry(l).or_default().push(stage);
+        Ok(())
+    };
+    match cfg.role {
+        Role::Primary => {
+            let (nic_rx, _) = {
+                let p = port(&mut ports, "nic")?;
+                (p.rx_queue(0).map_err(|e| format!("ports.nic: {e}"))?, ())
+            };
+            let (pvm_rx, pvm_tx) = q(port(&mut ports, "pvm")?, "pvm", 0)?;
+            place(
+                cfg.lcores.mirror,
+                Box::new(MirrorStage::new(nic_rx, pvm_tx, link_tx)),
+            )?;
+            let (mut to_p, mut to_s) = (Vec::new(), Vec::new());
+            let mut shard_stages = Vec::new();
+            for k in 0..shards {
+                let flags = RingFlags::default();
+                let (pp, pc) = dpdk::ring::<Mbuf>(&format!("cmp_p{k}"), ring_size, flags)
+                    .map_err(|e| e.to_string())?;
+                let (sp, sc) = dpdk::ring::<Mbuf>(&format!("cmp_s{k}"), ring_size, flags)
+                    .map_err(|e| e.to_string())?;
+                to_p.push(RingOut::new(pp));
+                to_s.push(RingOut::new(sp));
+                let tx = port(&mut ports, "nic")?
+                    .tx_queue(k as u16)
+                    .map_err(|e| format!("ports.nic: tx queue {k}: {e}"))?;
+                let ev = events.clone();
+                let engine = Comparator::new(compare_config(cfg));
+                let lat = LatencyRecorder::new(hold.clone());
+                shard_stages.push((
+                    k,
+                    CompareStage::new(
+                        k,
+                        RingIn::new(pc),
+                        RingIn::new(sc),
+                        TxBuf::new(tx),
+                        engine,
+                        ev,
+                        lat,
+                    ),
+                ));
+            }
+            place(
+                cfg.lcores.redirector,
+                Box::new(RedirectorStage::new(pvm_rx, link_rx, to_p, to_s)),
+            )?;
+            for (k, s) in shard_stages {
+                let l = cfg
+                    .lcores
+                    .compare
+                    .get(k)
+                    .or(cfg.lcores.compare.first())
+                    .copied();
+                place(l, Box::new(s))?;
+            }
+        }
+        Role::Secondary => {
+            let (svm_rx, svm_tx) = q(port(&mut ports, "svm")?, "svm", 0)?;
+            let nic = match ports.get_mut("nic") {
+                Some(p) => Some(q(p, "nic", 0)?),
+                None => None,
+            };
+            let rw = RewriterStage::new(
+                link_rx,
+                svm_tx,
+                svm_rx,
+                link_tx,
+                nic,
+                Rewriter::new(rewriter_config(cfg)),
+                pool.clone(),
+            );
+            place(cfg.lcores.rewriter, Box::new(rw))?;
+        }
+        Role::Compare => return Err("role compare runs without DPDK (see the drop-in mode)".into()),
+    }
+    let backoff = Backoff {
+        enabled: cfg.idle.backoff,
+        spin_loops: cfg.idle.spin_loops,
+        max_sleep: Duration::from_micros(u64::from(cfg.idle.max_sleep_us)),
+    };
+    Ok(Topology {
+        plans: by_lcore
+            .into_iter()
+            .map(|(lcore, stages)| LcorePlan { lcore, stages })
+            .collect(),
+        ports: ports.into_iter().collect(),
+        hold,
+        backoff,
+    })
+}
