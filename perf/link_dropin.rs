@@ -174,6 +174,10 @@ struct Res {
     p50_us: f64,
     p99_us: f64,
     released: u64,
+    /// Share of one CPU the compare process used.
+    busy: f64,
+    /// Share of one CPU the generator (this process) used.
+    gen_busy: f64,
 }
 
 fn client(dir: &Path, id: &str) -> FramedSocket {
@@ -244,6 +248,7 @@ impl Driver {
         let r0 = *released;
         let t0 = Instant::now();
         let c0 = cpu_ticks(*pid);
+        let g0 = cpu_ticks(std::process::id());
         let end = t0 + Duration::from_secs_f64(secs);
         let mut stall = Instant::now();
         while Instant::now() < end {
@@ -293,6 +298,7 @@ impl Driver {
         }
         let elapsed = t0.elapsed().as_secs_f64();
         let ticks = cpu_ticks(*pid) - c0;
+        let gen_ticks = cpu_ticks(std::process::id()) - g0;
         let hz = 100.0; // USER_HZ on Linux
         let n = *released - r0;
         Res {
@@ -301,6 +307,8 @@ impl Driver {
             p50_us: hist.value_at_quantile(0.5) as f64,
             p99_us: hist.value_at_quantile(0.99) as f64,
             released: n,
+            busy: ticks as f64 / hz / elapsed,
+            gen_busy: gen_ticks as f64 / hz / elapsed,
         }
     }
 }
@@ -323,6 +331,8 @@ fn med(rs: &[Res]) -> Res {
         p50_us: median(rs.iter().map(|r| r.p50_us).collect()),
         p99_us: median(rs.iter().map(|r| r.p99_us).collect()),
         released: rs.iter().map(|r| r.released).sum(),
+        busy: median(rs.iter().map(|r| r.busy).collect()),
+        gen_busy: median(rs.iter().map(|r| r.gen_busy).collect()),
     }
 }
 
@@ -423,6 +433,14 @@ fn main() {
             q.cpu_us_per_pkt / o.cpu_us_per_pkt.max(1e-9),
             pps_range,
             cpu_range
+        );
+        println!(
+            "{:>5}   busy: ours {:.0} %, QEMU {:.0} % of CPU 1; generator {:.0} % / {:.0} % of CPU 0 (medians)",
+            "",
+            o.busy * 100.0,
+            q.busy * 100.0,
+            o.gen_busy * 100.0,
+            q.gen_busy * 100.0
         );
         let _ = (o.released, q.released);
         let _ = std::fs::remove_dir_all(&base);
