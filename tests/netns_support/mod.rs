@@ -1,0 +1,406 @@
+//! Shared harness for the real-stack pipeline tests: network namespaces and veth pairs (removed
+//! by a Drop guard), `colo-proxy run` child processes (killed by a Drop guard), control-socket
+//! queries, and the Python services in `svc.py`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The services and the client, run with the system Python.
+pub const SVC_PY: &str = include_str!("svc.py");
+
+/// The VMs' address (PVM and SVM alike) and MAC.
+pub const VM_IP: &str = "10.77.0.2";
+/// The VMs' MAC (PVM and SVM alike).
+pub const VM_MAC: &str = "02:00:00:00:00:02";
+/// The client's address.
+pub const CLIENT_IP: &str = "10.77.0.1";
+/// The client's MAC.
+pub const CLIENT_MAC: &str = "02:00:00:00:00:01";
+
+/// Why the test cannot run here, or None.
+pub fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root (network namespaces and af_packet need CAP_NET_ADMIN/RAW)".into());
+    }
+    match Command::new("ip").args(["netns", "list"]).output() {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            return Some(format!(
+                "`ip netns` unavailable: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ))
+        }
+        Err(e) => return Some(format!("`ip` not found: {e}")),
+    }
+    for tool in ["ethtool", "python3"] {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            return Some(format!("`{tool}` not found"));
+        }
+    }
+    None
+}
+
+/// Run a command, panic with its output when it fails.
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Run a command, ignore failure.
+fn sh_quiet(args: &[&str]) {
+    let _ = Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// One namespace with a veth pair: `eth0` inside, `root_if` in the root namespace (where the
+/// proxies bind it with af_packet).
+pub struct Host {
+    /// Namespace name.
+    pub ns: String,
+    /// The root-namespace end of its veth pair.
+    pub root_if: String,
+}
+
+impl Host {
+    /// `ip netns exec NS args...` as a Command.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns]).args(args);
+        c
+    }
+
+    /// Run `args` in the namespace, panic on failure.
+    pub fn sh(&self, args: &[&str]) -> String {
+        let mut v = vec!["ip", "netns", "exec", &self.ns];
+        v.extend_from_slice(args);
+        sh(&v)
+    }
+
+    /// Set a sysctl in the namespace.
+    pub fn sysctl(&self, kv: &str) {
+        self.sh(&["sysctl", "-qw", kv]);
+    }
+}
+
+/// The test network: namespaces `client`, `pvm`, `svm` (and more if asked), each with a veth
+/// pair, all removed on drop. Names carry the pid so parallel runs cannot collide.
+pub struct Net {
+    /// Hosts by role.
+    pub hosts: Vec<(String, Host)>,
+}
+
+impl Net {
+    /// Create the namespaces in `roles` (e.g. `["client", "pvm", "svm"]`); `client` gets
+    /// [`CLIENT_IP`], the others [`VM_IP`] with the same MAC. Static neighbour entries, IPv6 off
+    /// (no ARP, DAD or router solicitations racing between PVM and SVM), offloads off on both
+    /// veth ends so frames crossing DPDK are MTU-sized with full checksums.
+    pub fn new(tag: &str, roles: &[&str]) -> Net {
+        let mut net = Net { hosts: Vec::new() };
+        for role in roles {
+            let short = &role[..1];
+            let host = Host {
+                ns: format!("colo-{role}-{tag}"),
+                root_if: format!("c{short}{tag}"),
+            };
+            // Registered before creation, so a failure half-way still cleans up.
+            net.hosts.push((role.to_string(), host));
+            let h = &net.hosts.last().unwrap().1;
+            sh(&["ip", "netns", "add", &h.ns]);
+            h.sysctl("net.ipv6.conf.all.disable_ipv6=1");
+            h.sysctl("net.ipv6.conf.default.disable_ipv6=1");
+            sh(&[
+                "ip", "link", "add", &h.root_if, "type", "veth", "peer", "name", "eth0", "netns",
+                &h.ns,
+            ]);
+            sh(&[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv6.conf.{}.disable_ipv6=1", h.root_if),
+            ]);
+            sh(&[
+                "ethtool", "-K", &h.root_if, "tx", "off", "tso", "off", "gso", "off", "gro", "off",
+            ]);
+            // rx off inside: the namespace's kernel verifies every checksum the proxies wrote.
+            h.sh(&[
+                "ethtool", "-K", "eth0", "tx", "off", "rx", "off", "tso", "off", "gso", "off",
+                "gro", "off",
+            ]);
+            let (ip, mac, peer_ip, peer_mac) = if *role == "client" {
+                (CLIENT_IP, CLIENT_MAC, VM_IP, VM_MAC)
+            } else {
+                (VM_IP, VM_MAC, CLIENT_IP, CLIENT_MAC)
+            };
+            h.sh(&["ip", "link", "set", "lo", "up"]);
+            h.sh(&["ip", "link", "set", "eth0", "address", mac]);
+            h.sh(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+            h.sh(&["ip", "link", "set", "eth0", "up"]);
+            h.sh(&[
+                "ip",
+                "neigh",
+                "replace",
+                peer_ip,
+                "lladdr",
+                peer_mac,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ]);
+            if *role != "client" {
+                // The client sends as far as the PVM's window allows; an SVM whose window is
+                // smaller at that moment (its application read a little later) drops the excess
+                // as out of window and only a checkpoint would resync it. Receive buffers far
+                // larger than any transfer here keep the window out of play.
+                h.sysctl("net.ipv4.tcp_rmem=4096 8388608 8388608");
+                h.sysctl("net.ipv4.tcp_moderate_rcvbuf=0");
+            }
+            sh(&["ip", "link", "set", &h.root_if, "up"]);
+        }
+        net
+    }
+
+    /// The host playing `role`.
+    pub fn host(&self, role: &str) -> &Host {
+        &self
+            .hosts
+            .iter()
+            .find(|(r, _)| r == role)
+            .unwrap_or_else(|| panic!("no host {role}"))
+            .1
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for (_, h) in &self.hosts {
+            // Deleting the namespace destroys its veth end and so the pair.
+            sh_quiet(&["ip", "netns", "del", &h.ns]);
+            sh_quiet(&["ip", "link", "del", &h.root_if]);
+        }
+    }
+}
+
+/// A child process killed (and reaped) on drop unless it already exited.
+pub struct Proc {
+    /// What it is, for messages.
+    pub name: String,
+    /// The process.
+    pub child: Option<Child>,
+    /// Its stdout+stderr file.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Spawn `cmd` with stdout and stderr into `log`.
+    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Proc {
+        let f = std::fs::File::create(log).expect("log file");
+        let f2 = f.try_clone().expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f)
+            .stderr(f2)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Proc {
+            name: name.into(),
+            child: Some(child),
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// Its output so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Still running?
+    pub fn running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Send `sig`.
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on our own child's pid; it is not reaped yet, so the pid is ours.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
+    /// Wait up to `limit` for exit; None when it did not exit (it is then killed).
+    pub fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let mut c = self.child.take()?;
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A service process whose stdin we hold (it exits when stdin closes) and that printed READY.
+pub struct Service {
+    child: Child,
+}
+
+impl Service {
+    /// Start `svc.py server ROLE` in `host` and wait for READY.
+    pub fn start(host: &Host, py: &Path, role: &str) -> Service {
+        let mut child = host
+            .cmd(&["python3", py.to_str().unwrap(), "server", role])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn service");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut l = String::new();
+            let _ = BufReader::new(out).read_line(&mut l);
+            let _ = tx.send(l);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
+        let mut s = Service { child };
+        assert_eq!(line.trim(), "READY", "service in {} did not start", host.ns);
+        let _ = s.child.stdin.as_mut().map(|i| i.flush());
+        s
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run a command with a time limit; returns (exit ok, stdout+stderr).
+pub fn run_limited(mut cmd: Command, limit: Duration) -> (bool, String) {
+    let dir = std::env::temp_dir().join(format!("colo-run-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let log = dir.join("out.txt");
+    let mut p = Proc::spawn(
+        "cmd",
+        std::mem::replace(&mut cmd, Command::new("true")),
+        &log,
+    );
+    let st = p.wait(limit);
+    let out = p.output();
+    let _ = std::fs::remove_dir_all(&dir);
+    match st {
+        Some(s) => (s.success(), out),
+        None => (false, format!("{out}\n(killed after {limit:?})")),
+    }
+}
+
+/// `RESULT key=value` lines of an output.
+pub fn results(out: &str) -> std::collections::HashMap<String, String> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("RESULT "))
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `colo-proxy ctl --socket S --raw WORDS` → the reply's `result`.
+pub fn ctl(socket: &Path, words: &[&str]) -> Result<serde_json::Value, String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_colo-proxy"))
+        .args([
+            "ctl",
+            "--socket",
+            socket.to_str().unwrap(),
+            "--raw",
+            "--timeout",
+            "5",
+        ])
+        .args(words)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(text.trim()).map_err(|e| {
+        format!(
+            "ctl {words:?}: {e}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    Ok(v.get("result").cloned().unwrap_or(v))
+}
+
+/// A counter from `ctl stats` totals.
+pub fn total(stats: &serde_json::Value, name: &str) -> u64 {
+    stats["dataplane"]["totals"][name].as_u64().unwrap_or(0)
+}
+
+/// Poll until `f` is true or `limit` passes.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+/// Established TCP connections on 127.0.0.1 whose local or remote port is `port`.
+pub fn established(port: u16) -> usize {
+    let out = Command::new("ss")
+        .args(["-Htn", "state", "established"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let p = format!("127.0.0.1:{port}");
+    out.lines()
+        .filter(|l| l.split_whitespace().any(|w| w == p))
+        .count()
+}

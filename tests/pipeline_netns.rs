@@ -1,0 +1,328 @@
+//! Real TCP stacks through a primary and a secondary `colo-proxy run`.
+//!
+//! Namespaces `client`, `pvm` and `svm` (PVM and SVM with the same IP and MAC, running the same
+//! deterministic services of `netns_support/svc.py`; their kernels pick different ISNs and
+//! timestamps) hang off veth pairs whose root ends the proxies bind with `net_af_packet`. The
+//! primary (nic ↔ client, pvm ↔ PVM) and the secondary (svm ↔ SVM) talk over QEMU-framed TCP
+//! sockets on 127.0.0.1. The client does request/response on many new connections and a bulk
+//! transfer each way, with `tcp_timestamps` off and on: every byte must arrive intact with zero
+//! divergences. Then a service that answers differently on the SVM must raise a divergence.
+//! SIGTERM stops both proxies: exit 0 with balanced accounting.
+//!
+//! Needs root and `ip netns`; otherwise it prints why and passes without running.
+
+mod netns_support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use netns_support::*;
+
+/// New connections in each request/response round (3 requests each).
+const CONNS: usize = 60;
+/// Bytes of each bulk transfer.
+const BULK: usize = 3_000_000;
+
+fn primary_toml(tag: &str, nic: &str, pvm: &str, dir: &Path, mirror: u16, sec: u16) -> String {
+    format!(
+        r#"role = "primary"
+[eal]
+args = ["--lcores", "0@0,1@1", "--no-pci", "--no-huge", "-m", "512", "--no-shconf",
+        "--file-prefix", "colo-nsp-{tag}", "--log-level", "lib.eal:warning"]
+[ports.nic]
+vdev = "net_af_packet0,iface={nic}"
+[ports.pvm]
+vdev = "net_af_packet1,iface={pvm}"
+[link]
+kind = "socket"
+mirror = {{ addr = "tcp:127.0.0.1:{mirror}", mode = "server" }}
+secondary_out = {{ addr = "tcp:127.0.0.1:{sec}", mode = "server" }}
+[lcores]
+main = 0
+mirror = 1
+redirector = 1
+compare = 1
+[mempool]
+mbufs = 8191
+[idle]
+backoff = true
+[mgmt]
+control_socket = "{dir}/primary.sock"
+"#,
+        dir = dir.display()
+    )
+}
+
+fn secondary_toml(tag: &str, svm: &str, dir: &Path, mirror: u16, sec: u16) -> String {
+    format!(
+        r#"role = "secondary"
+[eal]
+args = ["--lcores", "0@0,1@1", "--no-pci", "--no-huge", "-m", "512", "--no-shconf",
+        "--file-prefix", "colo-nss-{tag}", "--log-level", "lib.eal:warning"]
+[ports.svm]
+vdev = "net_af_packet0,iface={svm}"
+[link]
+kind = "socket"
+mirror = {{ addr = "tcp:127.0.0.1:{mirror}", mode = "client" }}
+secondary_out = {{ addr = "tcp:127.0.0.1:{sec}", mode = "client" }}
+reconnect_ms = 100
+[lcores]
+main = 0
+rewriter = 1
+[mempool]
+mbufs = 8191
+[idle]
+backoff = true
+[mgmt]
+control_socket = "{dir}/secondary.sock"
+"#,
+        dir = dir.display()
+    )
+}
+
+fn proxy(name: &str, cfg: &Path, dir: &Path) -> Proc {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_colo-proxy"));
+    c.args(["run", "--config", cfg.to_str().unwrap()]);
+    Proc::spawn(name, c, &dir.join(format!("{name}.log")))
+}
+
+struct Ctx<'a> {
+    net: &'a Net,
+    py: &'a Path,
+    psock: &'a Path,
+    ssock: &'a Path,
+    primary: &'a Proc,
+    secondary: &'a Proc,
+}
+
+impl Ctx<'_> {
+    fn logs(&self) -> String {
+        format!(
+            "--- primary\n{}\n--- secondary\n{}",
+            self.primary.output(),
+            self.secondary.output()
+        )
+    }
+
+    fn stats(&self) -> (serde_json::Value, serde_json::Value) {
+        let p = ctl(self.psock, &["stats"]).unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
+        let s = ctl(self.ssock, &["stats"]).unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
+        (p, s)
+    }
+
+    /// The client's request/response and bulk cases; returns their RESULT map.
+    fn client_round(&self, label: &str) {
+        let t0 = Instant::now();
+        let client = self.net.host("client");
+        let cmd = client.cmd(&[
+            "python3",
+            self.py.to_str().unwrap(),
+            "client",
+            VM_IP,
+            &CONNS.to_string(),
+            &BULK.to_string(),
+        ]);
+        let (ok, out) = run_limited(cmd, Duration::from_secs(60));
+        let r = results(&out);
+        let (p, s) = self.stats();
+        let ctx = || {
+            format!(
+                "{label}: client output:\n{out}\nprimary stats {p}\nsecondary stats {s}\n{}",
+                self.logs()
+            )
+        };
+        assert!(ok, "{}", ctx());
+        assert_eq!(
+            r.get("reqresp_ok").map(String::as_str),
+            Some(&*CONNS.to_string()),
+            "{}",
+            ctx()
+        );
+        assert_eq!(
+            r.get("download_bytes").map(String::as_str),
+            Some(&*BULK.to_string()),
+            "{}",
+            ctx()
+        );
+        assert_eq!(
+            r.get("download_hash_ok").map(String::as_str),
+            Some("1"),
+            "{}",
+            ctx()
+        );
+        assert_eq!(
+            r.get("upload_hash_ok").map(String::as_str),
+            Some("1"),
+            "{}",
+            ctx()
+        );
+        assert_eq!(total(&p, "divergences"), 0, "{}", ctx());
+        assert!(total(&p, "released_matched") > 0, "{}", ctx());
+        assert!(total(&s, "rewritten") > 0, "{}", ctx());
+        println!(
+            "{label}: ok in {:.1}s (reqresp {}s, download {}s, upload {}s); primary released_matched {} released_uncompared {} secondary rewritten {}",
+            t0.elapsed().as_secs_f64(),
+            r.get("reqresp_secs").map(String::as_str).unwrap_or("?"),
+            r.get("download_secs").map(String::as_str).unwrap_or("?"),
+            r.get("upload_secs").map(String::as_str).unwrap_or("?"),
+            total(&p, "released_matched"),
+            total(&p, "released_uncompared"),
+            total(&s, "rewritten"),
+        );
+    }
+}
+
+#[test]
+fn real_tcp_stacks_through_primary_and_secondary() {
+    if let Some(why) = skip_reason() {
+        println!("SKIPPED pipeline_netns: {why}");
+        return;
+    }
+    let t_start = Instant::now();
+    let tag = format!("{}", std::process::id() % 100_000);
+    let dir = std::env::temp_dir().join(format!("colo-netns-{tag}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let py = dir.join("svc.py");
+    std::fs::write(&py, SVC_PY).unwrap();
+
+    let net = Net::new(&tag, &["client", "pvm", "svm"]);
+    let (mirror, sec) = (free_port(), free_port());
+    let pcfg = dir.join("primary.toml");
+    let scfg = dir.join("secondary.toml");
+    std::fs::write(
+        &pcfg,
+        primary_toml(
+            &tag,
+            &net.host("client").root_if,
+            &net.host("pvm").root_if,
+            &dir,
+            mirror,
+            sec,
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        &scfg,
+        secondary_toml(&tag, &net.host("svm").root_if, &dir, mirror, sec),
+    )
+    .unwrap();
+
+    let _pvm_svc = Service::start(net.host("pvm"), &py, "pvm");
+    let _svm_svc = Service::start(net.host("svm"), &py, "svm");
+
+    // The primary owns the link's listening sockets: start it first (QEMU's order too).
+    let mut primary = proxy("primary", &pcfg, &dir);
+    let psock = dir.join("primary.sock");
+    let ssock = dir.join("secondary.sock");
+    assert!(
+        wait_until(Duration::from_secs(20), || psock.exists()),
+        "primary did not come up\n{}",
+        primary.output()
+    );
+    let mut secondary = proxy("secondary", &scfg, &dir);
+    // Both link streams connected: no frame may be lost to a link still coming up.
+    let linked = wait_until(Duration::from_secs(20), || {
+        ssock.exists() && established(mirror) >= 2 && established(sec) >= 2
+    });
+    assert!(
+        linked,
+        "link did not come up\n--- primary\n{}\n--- secondary\n{}",
+        primary.output(),
+        secondary.output()
+    );
+    println!(
+        "proxies up and linked after {:.1}s",
+        t_start.elapsed().as_secs_f64()
+    );
+
+    {
+        let cx = Ctx {
+            net: &net,
+            py: &py,
+            psock: &psock,
+            ssock: &ssock,
+            primary: &primary,
+            secondary: &secondary,
+        };
+        for ts in [0, 1] {
+            for (_, h) in &net.hosts {
+                h.sysctl(&format!("net.ipv4.tcp_timestamps={ts}"));
+            }
+            cx.client_round(&format!("tcp_timestamps={ts}"));
+        }
+
+        // A service whose answer differs on the SVM: the compare must hold the PVM's answer
+        // and raise a divergence; a checkpoint-done (what the COLO frame sends once the SVM is
+        // a copy of the PVM) then releases the held answer to the client.
+        let client = net.host("client");
+        let dcmd = client.cmd(&["python3", py.to_str().unwrap(), "diverge", VM_IP]);
+        let mut dclient = Proc::spawn("diverge", dcmd, &dir.join("diverge.log"));
+        let mut mgmt = serde_json::Value::Null;
+        let diverged = wait_until(Duration::from_secs(10), || match ctl(&psock, &["stats"]) {
+            Ok(p) if total(&p, "divergences") > 0 => {
+                mgmt = p["mgmt"].clone();
+                true
+            }
+            _ => false,
+        });
+        let (p, s) = cx.stats();
+        assert!(
+            diverged,
+            "no divergence for a service answering differently\nclient: {}\nprimary {p}\nsecondary {s}\n{}",
+            dclient.output(),
+            cx.logs()
+        );
+        assert!(
+            mgmt["divergences_by_reason"]["payload_mismatch"].as_u64() >= Some(1),
+            "divergence reasons {mgmt}"
+        );
+        // Held, not released: the client has no answer yet.
+        assert!(
+            !dclient.output().contains("diverge_reply"),
+            "{}",
+            dclient.output()
+        );
+        ctl(&psock, &["checkpoint-done"]).unwrap_or_else(|e| panic!("{e}\n{}", cx.logs()));
+        let st = dclient.wait(Duration::from_secs(15));
+        let out = dclient.output();
+        assert!(
+            st.is_some_and(|s| s.success()),
+            "diverge client {st:?}: {out}"
+        );
+        // Only the PVM's answer ever reaches the client.
+        assert!(
+            out.contains("RESULT diverge_reply=pvm"),
+            "{out}\n{}",
+            cx.logs()
+        );
+        println!("divergence case: {mgmt}");
+    }
+
+    // Graceful stop: both exit 0 with balanced accounting.
+    primary.signal(libc::SIGTERM);
+    secondary.signal(libc::SIGTERM);
+    let pst = primary.wait(Duration::from_secs(20));
+    let sst = secondary.wait(Duration::from_secs(20));
+    let (po, so) = (primary.output(), secondary.output());
+    let logs = format!("--- primary\n{po}\n--- secondary\n{so}");
+    assert!(
+        pst.is_some_and(|s| s.success()),
+        "primary exit {pst:?}\n{logs}"
+    );
+    assert!(
+        sst.is_some_and(|s| s.success()),
+        "secondary exit {sst:?}\n{logs}"
+    );
+    for o in [&po, &so] {
+        assert!(
+            o.lines()
+                .any(|l| l.starts_with("accounting") && l.ends_with("balanced")),
+            "{logs}"
+        );
+    }
+    drop(net);
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("total {:.1}s", t_start.elapsed().as_secs_f64());
+}
