@@ -381,8 +381,49 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
             };
             t.p_ack_valid = true;
         }
+        let Some(pkt) = self.primary_first(conn, pkt, m) else {
+            return;
+        };
         if self.enqueue_primary(conn, pkt, m) {
             self.pump_tcp(conn);
+        }
+    }
+
+    /// A primary segment on a connection with no primary queued: its fate is known at once
+    /// in the common cases, with the same outcome as enqueue + [`Self::pump_tcp`] but no queue
+    /// round trip. Gives the packet back when the general path must decide.
+    #[inline(always)]
+    fn primary_first(&mut self, conn: &mut Conn, pkt: B, m: Meta) -> Option<B> {
+        // An empty queue has no unresolved node (the cursor is NIL) and nothing to release.
+        if conn.pq.head != NIL || conn.diverged || self.cfg.queue_size == 0 {
+            return Some(pkt);
+        }
+        match precheck(&conn.tcp, &m) {
+            Pre::Compare(_) if conn.sq.head == NIL => {
+                // Its bytes have not come from the secondary yet: it waits, unresolved.
+                let id = self.pool.alloc(pkt, m).ok()?;
+                self.pool.push_back(&mut conn.pq, id);
+                self.c.queued_primary += 1;
+                conn.cursor = id;
+                None
+            }
+            Pre::Done(bits) => {
+                let m = Meta {
+                    state: m.state | bits,
+                    ..m
+                };
+                if !tcp_ready(conn, &m) {
+                    return Some(pkt);
+                }
+                let how = if bits & RETRANS != 0 {
+                    Release::Retransmit
+                } else {
+                    Release::Matched
+                };
+                self.release(pkt, how);
+                None
+            }
+            _ => Some(pkt),
         }
     }
 
@@ -494,8 +535,8 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
         }
         while conn.pq.head != NIL {
             let h = conn.pq.head;
-            let m = *self.pool.meta(h);
-            if !tcp_ready(conn, &m) {
+            let m = self.pool.meta(h);
+            if !tcp_ready(conn, m) {
                 break;
             }
             let how = if m.state & RETRANS != 0 {
@@ -503,7 +544,13 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
             } else {
                 Release::Matched
             };
-            self.release_node(conn, h, how);
+            if conn.cursor == h {
+                conn.cursor = self.pool.next(h);
+            }
+            if let Some(p) = self.pool.pop_front(&mut conn.pq) {
+                self.c.queued_primary -= 1;
+                self.release(p, how);
+            }
         }
     }
 
@@ -914,26 +961,24 @@ fn fast_tcp4(d: &[u8], now: u64) -> Option<(FlowKey, u64, Meta)> {
     if doff < 20 || payload_off > l3_end {
         return None;
     }
-    let src = [h[26], h[27], h[28], h[29]];
-    let dst = [h[30], h[31], h[32], h[33]];
+    // Addresses as loaded (wire byte order in memory) and as numbers, for the key order.
+    let src = u32::from_le_bytes([h[26], h[27], h[28], h[29]]);
+    let dst = u32::from_le_bytes([h[30], h[31], h[32], h[33]]);
     let sp = u16::from_be_bytes([h[34], h[35]]);
     let dp = u16::from_be_bytes([h[36], h[37]]);
     let flags = h[47];
-    let ((lo, plo), (hi, phi)) = if (u32::from_be_bytes(src), sp) <= (u32::from_be_bytes(dst), dp) {
-        ((src, sp), (dst, dp))
-    } else {
-        ((dst, dp), (src, sp))
-    };
+    // (address, port) as one number: FlowKey::of's byte-wise order of the endpoints.
+    let a = u64::from(src.swap_bytes()) << 16 | u64::from(sp);
+    let b = u64::from(dst.swap_bytes()) << 16 | u64::from(dp);
+    let (lo, hi) = if a <= b { (src, dst) } else { (dst, src) };
+    let (plo, phi) = if a <= b { (sp, dp) } else { (dp, sp) };
     let proto = u16::from(crate::wire::packet::IPPROTO_TCP);
-    let hash = FlowKey::hash64_v4(proto, lo, hi, plo, phi);
-    let (mut addr_lo, mut addr_hi) = ([0u8; 16], [0u8; 16]);
-    addr_lo[..4].copy_from_slice(&lo);
-    addr_hi[..4].copy_from_slice(&hi);
+    let hash = FlowKey::hash64_v4(proto, lo.to_le_bytes(), hi.to_le_bytes(), plo, phi);
     let key = FlowKey {
         family: crate::flow::Family::V4,
         proto_or_ethertype: proto,
-        addr_lo,
-        addr_hi,
+        addr_lo: u128::from(lo).to_le_bytes(),
+        addr_hi: u128::from(hi).to_le_bytes(),
         port_lo: plo,
         port_hi: phi,
     };

@@ -172,6 +172,26 @@ impl<B: PacketBuf> Pool<B> {
         self.insert_after(list, t, id);
     }
 
+    /// Unlink the head of `list` and return its packet; the node goes back to the pool.
+    #[inline]
+    pub fn pop_front(&mut self, list: &mut List) -> Option<B> {
+        let id = list.head;
+        let n = self.nodes.get_mut(id as usize)?;
+        let next = n.next;
+        n.prev = NIL;
+        n.next = self.free;
+        let pkt = n.pkt.take();
+        self.free = id;
+        self.free_n += 1;
+        list.head = next;
+        match self.nodes.get_mut(next as usize) {
+            Some(nx) => nx.prev = NIL,
+            None => list.tail = NIL,
+        }
+        list.len -= 1;
+        pkt
+    }
+
     /// Unlink `id` from `list` and return its packet; the node goes back to the pool.
     #[inline]
     pub fn remove(&mut self, list: &mut List, id: u32) -> Option<B> {
@@ -212,6 +232,30 @@ mod tests {
             i = p.next(i);
         }
         v
+    }
+
+    #[test]
+    fn pop_front_unlinks_the_head_and_recycles_it() {
+        let mut p: Pool<VecBuf> = Pool::with_capacity(2);
+        let mut a = List::EMPTY;
+        assert!(p.pop_front(&mut a).is_none(), "empty list");
+        for v in [1u8, 2] {
+            let id = p.alloc(VecBuf::from_slice(&[v]), Meta::default()).unwrap();
+            p.push_back(&mut a, id);
+        }
+        let second = p.next(a.head);
+        assert_eq!(p.pop_front(&mut a).unwrap().data(), &[1]);
+        assert_eq!(
+            (a.head, a.tail, a.len, p.prev(second)),
+            (second, second, 1, NIL)
+        );
+        let id = p.alloc(VecBuf::from_slice(&[3]), Meta::default()).unwrap();
+        p.push_back(&mut a, id);
+        assert_eq!(ids(&p, &a), vec![2, 3]);
+        assert_eq!(p.pop_front(&mut a).unwrap().data(), &[2]);
+        assert_eq!(p.pop_front(&mut a).unwrap().data(), &[3]);
+        assert_eq!((a.head, a.tail, a.len), (NIL, NIL, 0));
+        assert!(!p.is_full());
     }
 
     #[test]
