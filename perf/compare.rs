@@ -38,29 +38,16 @@ struct Slot {
     pi: PacketInfo,
     si: PacketInfo,
     key: FlowKey,
+    /// `key.hash64()`, which the redirector computed to pick the shard.
+    hash: u64,
 }
 
+/// The verdict sink: every buffer goes straight back to its flow's slot (as an mbuf goes
+/// back to its mempool when the tx path or the free is done with it).
 struct Recycle {
     slots: Vec<Slot>,
-    /// Returned buffers (preallocated; like a tx burst buffer), put back in their slots.
-    ret: Vec<VecBuf>,
     matched: u64,
     events: u64,
-}
-
-impl Recycle {
-    #[inline]
-    fn put_back(&mut self) {
-        while let Some(b) = self.ret.pop() {
-            let i = flow_of(&b);
-            // The source MAC's last bit tells primary (1) from secondary (0) copies.
-            if b.data()[5] & 1 == 1 {
-                self.slots[i].p = Some(b);
-            } else {
-                self.slots[i].s = Some(b);
-            }
-        }
-    }
 }
 
 fn flow_of(b: &VecBuf) -> usize {
@@ -72,11 +59,13 @@ impl Output<VecBuf> for Recycle {
     #[inline]
     fn release(&mut self, pkt: VecBuf, how: Release) {
         self.matched += u64::from(how == Release::Matched);
-        self.ret.push(pkt);
+        let i = flow_of(&pkt);
+        self.slots[i].p = Some(pkt);
     }
     #[inline]
     fn free_secondary(&mut self, pkt: VecBuf, _: SecondaryFree) {
-        self.ret.push(pkt);
+        let i = flow_of(&pkt);
+        self.slots[i].s = Some(pkt);
     }
     fn event(&mut self, _: DivergenceEvent) {
         self.events += 1;
@@ -110,7 +99,7 @@ fn frame(proto: Proto, flow: usize, payload: usize) -> Vec<u8> {
 
 struct Case {
     name: &'static str,
-    /// The redirector's parse result and key are handed over (`process_parsed`).
+    /// The redirector's parse result, key and hash are handed over (`process_parsed_hashed`).
     preparsed: bool,
     proto: Proto,
     flows: usize,
@@ -133,11 +122,13 @@ fn setup(c: &Case) -> Vec<Slot> {
         .map(|i| {
             let f = frame(c.proto, i, c.payload);
             let mut s = f.clone();
-            s[5] = 0; // destination MAC's last byte: marks the secondary copy (not compared)
+            s[5] = 0; // the secondary's own destination MAC byte (not compared)
             s[18] = 0x77; // the secondary's own IP ID
             let (pi, si) = (parse(&f).unwrap(), parse(&s).unwrap());
+            let key = FlowKey::of(&pi, &f);
             Slot {
-                key: FlowKey::of(&pi, &f),
+                key,
+                hash: key.hash64(),
                 p: Some(VecBuf::from_slice(&f)),
                 s: Some(VecBuf::from_slice(&s)),
                 seq: 1,
@@ -175,7 +166,6 @@ impl Engine {
         let mut e = Engine {
             out: Recycle {
                 slots: setup(c),
-                ret: Vec::with_capacity(2 * c.flows),
                 matched: 0,
                 events: 0,
             },
@@ -201,24 +191,22 @@ impl Engine {
             }
             if c.preparsed {
                 let sl = &mut out.slots[i];
-                let (mut pi, mut si, key) = (sl.pi, sl.si, sl.key);
+                let (mut pi, mut si, key, hash) = (sl.pi, sl.si, sl.key, sl.hash);
                 if let (Some(pt), Some(st)) = (pi.tcp.as_mut(), si.tcp.as_mut()) {
                     pt.seq = sl.seq;
                     st.seq = sl.seq;
                 }
-                eng.process_parsed(Side::Primary, p, &pi, key, self.now, out);
-                eng.process_parsed(Side::Secondary, s, &si, key, self.now, out);
+                eng.process_parsed_hashed(Side::Primary, p, &pi, &key, hash, self.now, out);
+                eng.process_parsed_hashed(Side::Secondary, s, &si, &key, hash, self.now, out);
             } else {
                 eng.process(Side::Primary, p, self.now, out);
                 eng.process(Side::Secondary, s, self.now, out);
             }
-            out.put_back();
             self.now += 50;
         }
         if c.mismatch {
             // Every flow diverged: the checkpoint releases them (and is part of the cost).
             eng.checkpoint_done(self.now, out);
-            out.put_back();
             for s in out.slots.iter_mut() {
                 if let Some(b) = s.s.as_mut() {
                     let n = b.len();
@@ -227,7 +215,6 @@ impl Engine {
             }
         }
         eng.tick(self.now, out);
-        out.put_back();
     }
 }
 
@@ -430,7 +417,7 @@ fn main() {
         );
     }
     println!("\nMpairs/s from the best chunk; baseline = parse both frames + memcmp payloads;");
-    println!("pre-parsed = process_parsed() with the redirector's PacketInfo + FlowKey (parse off this core);");
+    println!("pre-parsed = process_parsed_hashed() with the redirector's PacketInfo, FlowKey and hash64 (parse off this core);");
     println!("ratio = engine best / baseline best (same run, alternating chunks)");
     let target = rows.first().map_or(f64::INFINITY, |r| r.best);
     println!(
