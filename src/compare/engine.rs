@@ -21,28 +21,31 @@ const AHEAD: usize = 4;
 
 /// TCP compare state of one connection. "Frontier": every primary byte before it was compared
 /// equal (or synchronised by a checkpoint); secondary bytes before it are no longer needed.
+/// Field order is cache order (`repr(C)`): what every segment reads first, the rarely used
+/// out-of-order ranges last.
 #[derive(Clone, Copy, Default)]
+#[repr(C)]
 struct TcpState {
     frontier: u32,
-    frontier_set: bool,
-    ahead: [(u32, u32); AHEAD],
-    n_ahead: u8,
     // What the secondary has produced.
     s_ack: u32,
+    // What the primary has produced (copied to the secondary's side by a checkpoint).
+    p_end: u32,
+    p_ack: u32,
+    frontier_set: bool,
     s_ack_valid: bool,
+    p_end_valid: bool,
+    p_ack_valid: bool,
     s_syn: bool,
     s_synack: bool,
     s_rst: bool,
-    s_fin: Option<u32>,
-    // What the primary has produced (copied to the secondary's side by a checkpoint).
-    p_end: u32,
-    p_end_valid: bool,
-    p_ack: u32,
-    p_ack_valid: bool,
     p_syn: bool,
     p_synack: bool,
     p_rst: bool,
+    n_ahead: u8,
+    s_fin: Option<u32>,
     p_fin: Option<u32>,
+    ahead: [(u32, u32); AHEAD],
 }
 
 impl TcpState {
@@ -128,20 +131,22 @@ impl TcpState {
     }
 }
 
+/// Hot fields first (`repr(C)`), so a segment touches as few cache lines as possible.
+#[repr(C)]
 struct Conn {
     kind: FlowKind,
-    pq: List,
-    sq: List,
+    diverged: bool,
     /// First primary node not yet resolved (compared); NIL when all are.
     cursor: u32,
-    diverged: bool,
-    last_event_ns: u64,
-    divergences: u32,
+    pq: List,
+    sq: List,
     p_pkts: u64,
     p_bytes: u64,
     s_pkts: u64,
     s_bytes: u64,
     tcp: TcpState,
+    last_event_ns: u64,
+    divergences: u32,
 }
 
 impl Conn {
@@ -1101,9 +1106,10 @@ impl<B: PacketBuf> Comparator<B> {
     /// Take one packet from `side`. Every packet leaves through `out` exactly once, now or
     /// later.
     pub fn process(&mut self, side: Side, pkt: B, now: u64, out: &mut impl Output<B>) {
-        if self.cfg.bypass.is_empty() && pkt.len() <= MAX_FRAME_LEN {
-            if let Some((key, hash, m)) = fast_tcp4(pkt.data(), now) {
-                let len = pkt.len();
+        let d = pkt.data();
+        let len = d.len();
+        if self.cfg.bypass.is_empty() && len <= MAX_FRAME_LEN {
+            if let Some((key, hash, m)) = fast_tcp4(d, now) {
                 self.count_in(side, len);
                 self.on_conn(side, pkt, FlowKind::Tcp, m, &key, hash, len, now, out);
                 return;

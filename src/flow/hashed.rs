@@ -29,6 +29,8 @@ struct Bucket {
 
 const EMPTY: Bucket = Bucket { tag: 0, id: NIL };
 
+/// Key, tag and stamp first (`repr(C)`): a lookup reads one cache line before the value.
+#[repr(C)]
 struct Slot<V> {
     key: FlowKey,
     tag: u32,
