@@ -406,7 +406,11 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
         match precheck(&conn.tcp, &m) {
             Pre::Compare(_) if conn.sq.head == NIL => {
                 // Its bytes have not come from the secondary yet: it waits, unresolved.
-                let id = self.pool.alloc(pkt, m).ok()?;
+                // A full pool is the general path's overflow rule.
+                let id = match self.pool.alloc(pkt, m) {
+                    Ok(id) => id,
+                    Err(pkt) => return Some(pkt),
+                };
                 self.pool.push_back(&mut conn.pq, id);
                 self.c.queued_primary += 1;
                 conn.cursor = id;
@@ -463,6 +467,9 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
             self.free(pkt, SecondaryFree::Dropped(DropReason::Diverged));
             return;
         }
+        let Some(pkt) = self.secondary_in_order(conn, pkt, &m) else {
+            return;
+        };
         if m.end == m.seq {
             self.free(pkt, SecondaryFree::Control);
         } else if behind {
@@ -557,6 +564,57 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
                 self.release(p, how);
             }
         }
+    }
+
+    /// The in-order case: the secondary segment carries exactly the bytes of the only queued,
+    /// unresolved primary, which starts at the frontier (no FIN anywhere, nothing out of
+    /// order). Same outcome as `resolve_direct` + [`Self::pump_tcp`] without their loops.
+    /// Gives the packet back when the general path must decide.
+    #[inline(always)]
+    fn secondary_in_order(&mut self, conn: &mut Conn, pkt: B, m: &Meta) -> Option<B> {
+        let id = conn.cursor;
+        let t = &conn.tcp;
+        if id == NIL
+            || id != conn.pq.head
+            || conn.sq.head != NIL
+            || m.end == m.seq
+            || !t.frontier_set
+            || t.frontier != m.seq
+            || t.n_ahead != 0
+            || t.s_fin.is_some()
+        {
+            return Some(pkt);
+        }
+        let pm = self.pool.meta(id);
+        if pm.seq != m.seq
+            || pm.end != m.end
+            || pm.flags & tcp_flags::FIN != 0
+            || self.pool.next(id) != NIL
+        {
+            return Some(pkt);
+        }
+        let n = m.end.wrapping_sub(m.seq) as usize;
+        let (pa, sa) = (pm.cmp_off as usize, m.cmp_off as usize);
+        match (
+            self.pool.data(id).get(pa..pa + n),
+            pkt.data().get(sa..sa + n),
+        ) {
+            (Some(a), Some(b)) if a == b => {}
+            // A mismatch is reported by the queue path, with both packets.
+            _ => return Some(pkt),
+        }
+        // As `record_match(seq, end)` at the frontier with nothing ahead.
+        conn.tcp.frontier = m.end;
+        conn.cursor = NIL;
+        self.pool.meta_mut(id).state |= DATA_OK;
+        self.free(pkt, SecondaryFree::Matched);
+        if tcp_ready(conn, self.pool.meta(id)) {
+            if let Some(p) = self.pool.pop_front(&mut conn.pq) {
+                self.c.queued_primary -= 1;
+                self.release(p, Release::Matched);
+            }
+        }
+        None
     }
 
     /// Fast path: compare the unresolved primaries directly against a secondary segment that
