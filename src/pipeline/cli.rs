@@ -29,6 +29,9 @@ pub struct DemoArgs {
     /// Serve the control socket here (e.g. for `colo-proxy ctl --socket PATH stats`).
     #[arg(long, value_name = "PATH")]
     pub control_socket: Option<std::path::PathBuf>,
+    /// Also write the final report as JSON to this file (for scripts and tests).
+    #[arg(long, value_name = "FILE")]
+    pub report_json: Option<std::path::PathBuf>,
     /// Write every divergence's packets to pcapng files in this directory.
     #[arg(long, value_name = "DIR")]
     pub capture_dir: Option<std::path::PathBuf>,
@@ -50,6 +53,13 @@ pub fn demo(args: &DemoArgs) -> ExitCode {
     }
     match super::demo::demo(args) {
         Ok(summary) => {
+            if let Some(path) = &args.report_json {
+                let text = super::demo::report_json(&summary).to_string();
+                if let Err(e) = std::fs::write(path, text) {
+                    eprintln!("error: {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
             if super::demo::report(&summary) {
                 ExitCode::SUCCESS
             } else {

@@ -507,6 +507,35 @@ pub struct DemoSummary {
     pub seconds: f64,
 }
 
+/// The final report as JSON: every counter, management's statistics, the client's view and the
+/// invariants.
+pub fn report_json(s: &DemoSummary) -> serde_json::Value {
+    let acc = s.totals.accounting();
+    let client = s.client.as_ref().map(|c| {
+        serde_json::json!({
+            "tcp_completed": c.tcp_completed,
+            "tcp_failed": c.tcp_failed,
+            "responses_verified": c.responses_verified,
+            "responses_wrong": c.responses_wrong,
+            "udp_sent": c.udp_sent,
+            "udp_answered": c.udp_answered,
+            "icmp_sent": c.icmp_sent,
+            "icmp_answered": c.icmp_answered,
+        })
+    });
+    serde_json::json!({
+        "seconds": s.seconds,
+        "counters": s.totals.to_json(),
+        "mgmt": serde_json::to_value(&s.mgmt).unwrap_or_default(),
+        "client": client,
+        "accounting": { "entered": acc.entered, "terminal": acc.terminal, "balanced": acc.balanced() },
+        "mempool_in_use": s.mempool_in_use,
+        "leftover_in_wires": s.leftover_in_wires,
+        "stopped_cleanly": s.stopped_cleanly,
+        "failures": s.failures,
+    })
+}
+
 /// Print the final report; returns false when an invariant failed.
 pub fn report(s: &DemoSummary) -> bool {
     let t = &s.totals;

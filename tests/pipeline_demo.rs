@@ -1,0 +1,313 @@
+//! `colo-proxy demo` end to end, as a child process: a primary and a secondary proxy with the
+//! built-in client and simulated PVM/SVM on ring-pair virtual devices. Each run checks the
+//! report's invariants (accounting balanced, no mbuf leak, clean stop) and what the run was for.
+//! Demo runs are serialised: each one busy-polls three lcores on this 2-core machine.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+static ONE_DEMO_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_colo-proxy")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("colo-demo-test-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+/// Wait for `child` at most `limit`, killing it after that (the test then fails).
+fn wait_bounded(mut child: Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "demo did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn demo(args: &[&str], report: &Path) -> (Output, serde_json::Value) {
+    let _ = std::fs::remove_file(report);
+    let child = Command::new(bin())
+        .arg("demo")
+        .args(["--quiet", "--report-json"])
+        .arg(report)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_bounded(child, Duration::from_secs(60));
+    let text = std::fs::read_to_string(report).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}); exit {:?}\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out, serde_json::from_str(&text).unwrap())
+}
+
+fn n(v: &serde_json::Value, path: &[&str]) -> u64 {
+    let mut cur = v;
+    for p in path {
+        cur = &cur[*p];
+    }
+    cur.as_u64()
+        .unwrap_or_else(|| panic!("{path:?} is not a number in {v}"))
+}
+
+/// What every run must show: everything accounted for, nothing leaked, a clean stop.
+fn assert_invariants(out: &Output, r: &serde_json::Value) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "exit {:?}\n{stdout}", out.status);
+    assert_eq!(r["accounting"]["balanced"], true, "{}", r["accounting"]);
+    assert!(
+        n(r, &["accounting", "entered"]) > 10_000,
+        "{}",
+        r["accounting"]
+    );
+    assert_eq!(n(r, &["mempool_in_use"]), 0, "mbuf leak");
+    assert_eq!(r["stopped_cleanly"], true);
+    assert_eq!(r["failures"], serde_json::json!([]));
+    assert_eq!(n(r, &["client", "responses_wrong"]), 0, "{}", r["client"]);
+    assert!(
+        stdout.contains("accounting") && stdout.contains("balanced"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn identical_guests_with_different_isns_are_released_without_divergence() {
+    let _one = ONE_DEMO_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let (out, r) = demo(
+        &["--seconds", "3", "--divergence-rate", "0"],
+        &tmp("identical.json"),
+    );
+    assert_invariants(&out, &r);
+    let c = &r["counters"];
+    assert_eq!(n(c, &["divergences"]), 0, "{c}");
+    assert_eq!(n(&r, &["mgmt", "checkpoint", "requested"]), 0);
+    // The PVM and SVM pick different ISNs: only the rewriter makes their output compare equal.
+    assert!(n(c, &["rewritten"]) > 1000, "{c}");
+    assert!(n(c, &["released_matched"]) > 1000, "{c}");
+    assert_eq!(n(c, &["released_uncompared"]), 0, "{c}");
+    assert_eq!(n(c, &["released_checkpoint"]), 0, "{c}");
+    // Every primary that entered a shard left it matched.
+    assert_eq!(
+        n(c, &["compared_primary"]),
+        n(c, &["released_matched"]),
+        "{c}"
+    );
+    let cl = &r["client"];
+    assert!(n(cl, &["tcp_completed"]) > 100, "{cl}");
+    assert_eq!(n(cl, &["tcp_failed"]), 0, "{cl}");
+    assert!(
+        n(cl, &["udp_answered"]) > 10 && n(cl, &["icmp_answered"]) > 10,
+        "{cl}"
+    );
+}
+
+#[test]
+fn injected_divergence_requests_checkpoints_and_traffic_keeps_flowing() {
+    let _one = ONE_DEMO_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let (out, r) = demo(
+        &["--seconds", "3", "--divergence-rate", "0.01", "--seed", "7"],
+        &tmp("diverge.json"),
+    );
+    assert_invariants(&out, &r);
+    let c = &r["counters"];
+    let m = &r["mgmt"];
+    assert!(n(c, &["divergences"]) > 0, "{c}");
+    assert_eq!(
+        n(m, &["divergences"]),
+        n(c, &["divergences"]),
+        "every event reached management"
+    );
+    assert!(
+        n(m, &["divergences_by_reason", "payload_mismatch"]) > 0,
+        "{m}"
+    );
+    let ck = &m["checkpoint"];
+    assert!(n(ck, &["issued"]) > 0 && n(ck, &["completed"]) > 0, "{ck}");
+    assert_eq!(
+        n(ck, &["requested"]),
+        n(ck, &["issued"]) + n(ck, &["coalesced"]),
+        "{ck}"
+    );
+    assert!(
+        n(c, &["checkpoints_applied"]) >= n(ck, &["completed"]),
+        "{c}"
+    );
+    // Checkpoints unblock the diverged connections: the client keeps completing transactions
+    // and never sees a wrong answer (the SVM's differing replies are never released).
+    assert!(n(&r, &["client", "tcp_completed"]) > 100, "{}", r["client"]);
+    assert!(n(c, &["released_checkpoint"]) > 0, "{c}");
+}
+
+fn ctl(sock: &Path, words: &[&str]) -> serde_json::Value {
+    let out = Command::new(bin())
+        .args(["ctl", "--raw", "--timeout", "10", "--socket"])
+        .arg(sock)
+        .args(words)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ctl {words:?}: {:?}\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("ctl {words:?}: {e}: {text}"))
+}
+
+#[test]
+fn the_control_socket_drives_a_running_demo_and_shutdown_stops_it() {
+    let _one = ONE_DEMO_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let sock = tmp("ctl.sock");
+    let report = tmp("ctl.json");
+    let _ = std::fs::remove_file(&sock);
+    let _ = std::fs::remove_file(&report);
+    let child = Command::new(bin())
+        .args([
+            "demo",
+            "--quiet",
+            "--seconds",
+            "50",
+            "--divergence-rate",
+            "0",
+        ])
+        .arg("--control-socket")
+        .arg(&sock)
+        .arg("--report-json")
+        .arg(&report)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !sock.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no control socket"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let stats = ctl(&sock, &["stats"]);
+    let totals = &stats["result"]["dataplane"]["totals"];
+    assert!(n(totals, &["mirrored"]) > 0, "{stats}");
+    assert!(
+        stats["result"]["dataplane"]["lcores"]
+            .as_array()
+            .unwrap()
+            .len()
+            >= 2
+    );
+
+    let flows = ctl(&sock, &["flows", "5"]);
+    let list = flows["result"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{flows}"));
+    assert!(!list.is_empty() && list.len() <= 5, "{flows}");
+    assert!(
+        list[0]["flow"].as_str().unwrap().contains("10.0.0.")
+            || list[0]["flow"].as_str().unwrap().contains("fd00"),
+        "{flows}"
+    );
+
+    // Bypass UDP port 7000 (the demo's UDP service): its primaries are released uncompared.
+    let added = ctl(&sock, &["bypass", "add", "udp", "7000"]);
+    assert_eq!(added["result"].as_array().map(Vec::len), Some(1), "{added}");
+    std::thread::sleep(Duration::from_millis(500));
+    let listed = ctl(&sock, &["bypass", "list"]);
+    assert_eq!(listed["result"][0]["proto"], "udp", "{listed}");
+    let stats = ctl(&sock, &["stats"]);
+    assert!(
+        n(
+            &stats["result"]["dataplane"]["totals"],
+            &["released_bypass"]
+        ) > 0,
+        "{stats}"
+    );
+    let deleted = ctl(&sock, &["bypass", "del", "0"]);
+    assert_eq!(deleted["result"], serde_json::json!([]), "{deleted}");
+
+    // An operator's checkpoint-done reaches every stage.
+    let done = ctl(&sock, &["checkpoint-done"]);
+    assert_eq!(done["ok"], true, "{done}");
+    let stats = ctl(&sock, &["stats"]);
+    assert!(
+        n(
+            &stats["result"]["dataplane"]["totals"],
+            &["checkpoints_applied"]
+        ) >= 1,
+        "{stats}"
+    );
+
+    // Failover (the secondary is gone): shards release everything they hold, then pass the
+    // PVM's output straight to the client; the mirror stops feeding the link.
+    let before = ctl(&sock, &["stats"])["result"]["dataplane"]["totals"].clone();
+    let fo = ctl(&sock, &["failover"]);
+    assert_eq!(fo["ok"], true, "{fo}");
+    std::thread::sleep(Duration::from_millis(300));
+    let mid = ctl(&sock, &["stats"])["result"]["dataplane"]["totals"].clone();
+    std::thread::sleep(Duration::from_millis(700));
+    let after = ctl(&sock, &["stats"]);
+    let t = &after["result"]["dataplane"]["totals"];
+    assert_eq!(n(&after["result"]["mgmt"], &["failovers"]), 1, "{after}");
+    assert!(
+        n(t, &["released_uncompared"]) > n(&before, &["released_uncompared"]),
+        "nothing passed uncompared after failover: {t}"
+    );
+    assert_eq!(
+        n(t, &["mirrored"]),
+        n(&mid, &["mirrored"]),
+        "the mirror still feeds the link: {t}"
+    );
+    assert!(
+        n(t, &["tx"]) > n(&mid, &["tx"]),
+        "traffic stopped after failover: {t}"
+    );
+
+    let bye = ctl(&sock, &["shutdown"]);
+    assert_eq!(bye["ok"], true, "{bye}");
+    let out = wait_bounded(child, Duration::from_secs(20));
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "shutdown did not stop the demo early"
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_invariants(&out, &r);
+}
+
+#[test]
+fn bad_demo_arguments_are_refused_with_a_message() {
+    let out = Command::new(bin())
+        .args(["demo", "--divergence-rate", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("divergence-rate"));
+}
