@@ -4,7 +4,7 @@
 //! device took it, [`Counter::DropTxFull`] when the queue stayed full, and ring leftovers are
 //! kept (back-pressure), never dropped, until the stage is flushed at shutdown.
 
-use crate::dpdk::{Mbuf, MbufBurst, RingConsumer, RingProducer, TxQueue};
+use crate::dpdk::{Mbuf, MbufBurst, RingConsumer, RingProducer, RxQueue, TxQueue};
 
 use super::counters::{Counter, LcoreCounters};
 
@@ -13,6 +13,46 @@ pub const BURST: usize = 32;
 
 /// Transmit attempts before the rest of a burst is dropped as `DropTxFull`.
 const TX_ATTEMPTS: usize = 4;
+
+/// Every rx queue of one port, polled by one stage. A port may spread frames over several
+/// queues (af_packet `qpairs` fan-out, RSS, a multi-queue vhost-user guest); a queue nobody
+/// polls would lose its frames silently, so a stage takes them all.
+pub struct RxSet {
+    queues: Vec<RxQueue>,
+    next: usize,
+}
+
+impl RxSet {
+    /// Poll `queues` (at least one).
+    pub fn new(queues: Vec<RxQueue>) -> Self {
+        RxSet { queues, next: 0 }
+    }
+
+    /// Receive into `burst`'s free space from every queue, starting with a different queue on
+    /// each call so none is starved; returns how many mbufs were added.
+    #[inline]
+    pub fn rx_burst<const N: usize>(&mut self, burst: &mut MbufBurst<N>) -> usize {
+        let k = self.queues.len();
+        if k == 1 {
+            return self.queues[0].rx_burst(burst);
+        }
+        let mut n = 0;
+        for i in 0..k {
+            if burst.is_full() {
+                break;
+            }
+            n += self.queues[(self.next + i) % k].rx_burst(burst);
+        }
+        self.next = (self.next + 1) % k.max(1);
+        n
+    }
+}
+
+impl From<RxQueue> for RxSet {
+    fn from(q: RxQueue) -> Self {
+        RxSet::new(vec![q])
+    }
+}
 
 /// A transmit queue with a pending burst, flushed when full and at the end of every poll.
 pub struct TxBuf {

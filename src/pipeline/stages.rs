@@ -12,14 +12,14 @@ use crate::mgmt::{EventSender, Input};
 use crate::rewrite::{Direction, Rewriter};
 
 use super::counters::Counter;
-use super::io::{RingIn, RingOut, TxBuf, BURST};
+use super::io::{RingIn, RingOut, RxSet, TxBuf, BURST};
 use super::latency::LatencyRecorder;
 use super::lcore::{Command, LoopCtx, Phase, Stage};
 use super::link::{LinkRx, LinkTx};
 
 /// Primary: client frames from the NIC go to the PVM, and a zero-copy clone to the secondary.
 pub struct MirrorStage {
-    nic_rx: RxQueue,
+    nic_rx: RxSet,
     pvm_tx: TxBuf,
     link_tx: LinkTx,
     burst: MbufBurst<BURST>,
@@ -28,9 +28,9 @@ pub struct MirrorStage {
 
 impl MirrorStage {
     /// A mirror reading `nic_rx`, writing the PVM and the link.
-    pub fn new(nic_rx: RxQueue, pvm_tx: TxBuf, link_tx: LinkTx) -> Self {
+    pub fn new(nic_rx: impl Into<RxSet>, pvm_tx: TxBuf, link_tx: LinkTx) -> Self {
         MirrorStage {
-            nic_rx,
+            nic_rx: nic_rx.into(),
             pvm_tx,
             link_tx,
             burst: MbufBurst::new(),
@@ -106,7 +106,7 @@ pub fn shard_of_frame(frame: &[u8], shards: usize) -> usize {
 /// Primary: PVM output and the secondary's output (from the link) to the compare shard that
 /// owns each flow.
 pub struct RedirectorStage {
-    pvm_rx: RxQueue,
+    pvm_rx: RxSet,
     link_rx: LinkRx,
     to_primary: Vec<RingOut>,
     to_secondary: Vec<RingOut>,
@@ -116,13 +116,13 @@ pub struct RedirectorStage {
 impl RedirectorStage {
     /// A redirector feeding `to_primary[k]`/`to_secondary[k]` of shard k.
     pub fn new(
-        pvm_rx: RxQueue,
+        pvm_rx: impl Into<RxSet>,
         link_rx: LinkRx,
         to_primary: Vec<RingOut>,
         to_secondary: Vec<RingOut>,
     ) -> Self {
         RedirectorStage {
-            pvm_rx,
+            pvm_rx: pvm_rx.into(),
             link_rx,
             to_primary,
             to_secondary,
@@ -478,7 +478,7 @@ fn make_unique(m: Mbuf, pool: &Mempool) -> Option<Mbuf> {
 pub struct RewriterStage {
     link_rx: LinkRx,
     svm_tx: TxBuf,
-    svm_rx: RxQueue,
+    svm_rx: RxSet,
     link_tx: LinkTx,
     nic: Option<(RxQueue, TxBuf)>,
     rewriter: Rewriter,
@@ -492,7 +492,7 @@ impl RewriterStage {
     pub fn new(
         link_rx: LinkRx,
         svm_tx: TxBuf,
-        svm_rx: RxQueue,
+        svm_rx: impl Into<RxSet>,
         link_tx: LinkTx,
         nic: Option<(RxQueue, TxBuf)>,
         rewriter: Rewriter,
@@ -501,7 +501,7 @@ impl RewriterStage {
         RewriterStage {
             link_rx,
             svm_tx,
-            svm_rx,
+            svm_rx: svm_rx.into(),
             link_tx,
             nic,
             rewriter,

@@ -5,14 +5,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::compare::{self, Comparator};
-use crate::config::{Config, LinkSpec, PortDevice, Role, SockAddr, SocketMode};
+use crate::config::{Config, LinkSpec, PortDevice, PortSpec, Role, SockAddr, SocketMode};
 use crate::dpdk::{self, Mbuf, Mempool, Port, PortConfig, RingFlags};
 use crate::link::encap::{EncapConfig, EncapRx, EncapTx};
 use crate::link::framing::FrameConfig;
 use crate::link::socket::{FramedSocket, LinkAddr, Role as SockRole, SocketConfig};
 use crate::rewrite::{self, Rewriter};
 
-use super::io::{RingIn, RingOut, TxBuf};
+use super::io::{RingIn, RingOut, RxSet, TxBuf};
 use super::latency::{LatencyRecorder, SharedHistogram};
 use super::lcore::{Backoff, Stage};
 use super::link::{LinkRx, LinkTx};
@@ -66,6 +66,23 @@ fn device_name(d: &PortDevice) -> &str {
     }
 }
 
+/// Rx queues to configure on a port: the file's, or more when the device spreads frames over
+/// more queues by itself. net_af_packet opens `qpairs` sockets in one fan-out group at probe
+/// whatever is configured, so with fewer rx queues the kernel hands some flows to a socket
+/// that nobody reads.
+fn rx_queues(spec: &PortSpec) -> u16 {
+    let device_queues = match &spec.device {
+        PortDevice::Vdev(args) if device_name(&spec.device).starts_with("net_af_packet") => args
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| k.trim() == "qpairs")
+            .and_then(|(_, v)| v.trim().parse::<u16>().ok())
+            .unwrap_or(1),
+        _ => 1,
+    };
+    spec.rx_queues.max(device_queues).max(1)
+}
+
 fn socket(
     addr: &SockAddr,
     mode: SocketMode,
@@ -107,13 +124,23 @@ pub fn build(cfg: &Config, pool: &Mempool, events: &EventSender) -> Result<Topol
         let id = Port::id_by_name(device_name(&spec.device))
             .map_err(|e| format!("ports.{name}: {e}"))?;
         let pc = PortConfig {
-            rx_queues: spec.rx_queues.max(1),
+            rx_queues: rx_queues(spec),
             tx_queues: spec.tx_queues.max(need_tx(name)),
             rx_desc: spec.rx_desc,
             tx_desc: spec.tx_desc,
             promiscuous: true,
         };
-        let mut p = Port::open(id, &pc, pool).map_err(|e| format!("ports.{name}: {e}"))?;
+        let mut p = Port::open(id, &pc, pool).map_err(|e| {
+            let hint = if need_tx(name) > 1 {
+                format!(
+                    " (compare.shards = {shards}: each shard transmits on its own queue; \
+                     for net_af_packet add qpairs={shards} to the devargs)"
+                )
+            } else {
+                String::new()
+            };
+            format!("ports.{name}: {e}{hint}")
+        })?;
         p.start().map_err(|e| format!("ports.{name}: {e}"))?;
         ports.insert(name.clone(), p);
     }
@@ -125,6 +152,18 @@ pub fn build(cfg: &Config, pool: &Mempool, events: &EventSender) -> Result<Topol
     let q = |p: &mut Port, name: &str, txq: u16| -> Result<(dpdk::RxQueue, TxBuf), String> {
         let rx = p.rx_queue(0).map_err(|e| format!("ports.{name}: {e}"))?;
         let tx = p.tx_queue(txq).map_err(|e| format!("ports.{name}: {e}"))?;
+        Ok((rx, TxBuf::new(tx)))
+    };
+    // Every rx queue of a VM or client port goes to its one stage.
+    let all_rx = |p: &mut Port, name: &str| -> Result<RxSet, String> {
+        let queues = (0..p.config().rx_queues)
+            .map(|k| p.rx_queue(k).map_err(|e| format!("ports.{name}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RxSet::new(queues))
+    };
+    let q_all = |p: &mut Port, name: &str| -> Result<(RxSet, TxBuf), String> {
+        let rx = all_rx(p, name)?;
+        let tx = p.tx_queue(0).map_err(|e| format!("ports.{name}: {e}"))?;
         Ok((rx, TxBuf::new(tx)))
     };
 
@@ -190,11 +229,8 @@ pub fn build(cfg: &Config, pool: &Mempool, events: &EventSender) -> Result<Topol
     };
     match cfg.role {
         Role::Primary => {
-            let (nic_rx, _) = {
-                let p = port(&mut ports, "nic")?;
-                (p.rx_queue(0).map_err(|e| format!("ports.nic: {e}"))?, ())
-            };
-            let (pvm_rx, pvm_tx) = q(port(&mut ports, "pvm")?, "pvm", 0)?;
+            let nic_rx = all_rx(port(&mut ports, "nic")?, "nic")?;
+            let (pvm_rx, pvm_tx) = q_all(port(&mut ports, "pvm")?, "pvm")?;
             place(
                 cfg.lcores.mirror,
                 Box::new(MirrorStage::new(nic_rx, pvm_tx, link_tx)),
@@ -243,7 +279,7 @@ pub fn build(cfg: &Config, pool: &Mempool, events: &EventSender) -> Result<Topol
             }
         }
         Role::Secondary => {
-            let (svm_rx, svm_tx) = q(port(&mut ports, "svm")?, "svm", 0)?;
+            let (svm_rx, svm_tx) = q_all(port(&mut ports, "svm")?, "svm")?;
             let nic = match ports.get_mut("nic") {
                 Some(p) => Some(q(p, "nic", 0)?),
                 None => None,
