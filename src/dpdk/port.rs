@@ -358,6 +358,22 @@ impl Port {
         })
     }
 
+    /// MTU (largest L3 payload of a frame).
+    pub fn mtu(&self) -> Result<u16> {
+        let mut m: u16 = 0;
+        // SAFETY: valid port; m lives across the call.
+        let r = unsafe { ffi::rte_eth_dev_get_mtu(self.id(), &mut m) };
+        check(r, || format!("port {}: get MTU", self.id()))?;
+        Ok(m)
+    }
+
+    /// Set the MTU (for net_af_packet this sets the kernel interface's MTU).
+    pub fn set_mtu(&mut self, mtu: u16) -> Result<()> {
+        // SAFETY: valid port.
+        let r = unsafe { ffi::rte_eth_dev_set_mtu(self.id(), mtu) };
+        check(r, || format!("port {}: set MTU {mtu}", self.id()))
+    }
+
     /// MAC address.
     pub fn mac(&self) -> Result<[u8; 6]> {
         let mut a = ffi::rte_ether_addr::default();
