@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::compare::{self, Comparator};
 use crate::config::{Config, LinkSpec, PortDevice, PortSpec, Role, SockAddr, SocketMode};
 use crate::dpdk::{self, Mbuf, Mempool, Port, PortConfig, RingFlags};
-use crate::link::encap::{EncapConfig, EncapRx, EncapTx};
+use crate::link::encap::{EncapConfig, EncapRx, EncapTx, OVERHEAD};
 use crate::link::framing::FrameConfig;
 use crate::link::socket::{FramedSocket, LinkAddr, Role as SockRole, SocketConfig};
 use crate::rewrite::{self, Rewriter};
@@ -72,15 +72,65 @@ fn device_name(d: &PortDevice) -> &str {
 /// that nobody reads.
 fn rx_queues(spec: &PortSpec) -> u16 {
     let device_queues = match &spec.device {
-        PortDevice::Vdev(args) if device_name(&spec.device).starts_with("net_af_packet") => args
-            .split(',')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| k.trim() == "qpairs")
-            .and_then(|(_, v)| v.trim().parse::<u16>().ok())
-            .unwrap_or(1),
+        PortDevice::Vdev(args) if device_name(&spec.device).starts_with("net_af_packet") => {
+            devarg(args, "qpairs")
+                .and_then(|v| v.parse::<u16>().ok())
+                .unwrap_or(1)
+        }
         _ => 1,
     };
     spec.rx_queues.max(device_queues).max(1)
+}
+
+/// MTU the encapsulating link needs so a VM's full 1500-byte frames still fit.
+pub const LINK_MTU: u16 = 1500 + OVERHEAD as u16;
+
+/// The value of `key` in vdev devargs `name,k=v,...`.
+fn devarg<'a>(args: &'a str, key: &str) -> Option<&'a str> {
+    args.split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| k.trim() == key)
+        .map(|(_, v)| v.trim())
+}
+
+/// The link port carries every VM frame plus the encapsulation: make sure its MTU allows
+/// that, or say loudly that it does not. Without it a full-sized frame is dropped by the link
+/// (a kernel veth drops it without a counter the proxy can see) and the compare later times
+/// out on it.
+fn check_link_mtu(name: &str, spec: &PortSpec, p: &mut Port) {
+    let fix = |iface: &str, mtu: u32| {
+        eprintln!(
+            "warning: ports.{name}: link MTU {mtu} < {LINK_MTU}: VM frames over {} bytes cannot \
+             cross the encapsulated link; raise it on both link ends ({iface})",
+            mtu.saturating_sub(OVERHEAD as u32) + 14
+        );
+    };
+    // net_af_packet (DPDK 22.11) refuses MTUs over 1500 although its frames hold more: the
+    // kernel interface's MTU is what counts, and only its owner can raise it.
+    if let PortDevice::Vdev(args) = &spec.device {
+        if device_name(&spec.device).starts_with("net_af_packet") {
+            if let Some(iface) = devarg(args, "iface") {
+                let path = format!("/sys/class/net/{iface}/mtu");
+                if let Some(mtu) = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u32>().ok())
+                {
+                    if mtu < u32::from(LINK_MTU) {
+                        fix(&format!("ip link set {iface} mtu {LINK_MTU}"), mtu);
+                    }
+                }
+            }
+            return;
+        }
+    }
+    let current = p.mtu().unwrap_or(0);
+    if current >= LINK_MTU {
+        return;
+    }
+    if let Err(e) = p.set_mtu(LINK_MTU) {
+        eprintln!("warning: ports.{name}: {e}");
+        fix("the NIC and the switch in between", u32::from(current));
+    }
 }
 
 fn socket(
@@ -141,6 +191,9 @@ pub fn build(cfg: &Config, pool: &Mempool, events: &EventSender) -> Result<Topol
             };
             format!("ports.{name}: {e}{hint}")
         })?;
+        if matches!(&cfg.link, Some(LinkSpec::Port { port, .. }) if port == name) {
+            check_link_mtu(name, spec, &mut p);
+        }
         p.start().map_err(|e| format!("ports.{name}: {e}"))?;
         ports.insert(name.clone(), p);
     }
