@@ -4,9 +4,10 @@
 //! deterministic services of `netns_support/svc.py`; their kernels pick different ISNs and
 //! timestamps) hang off veth pairs whose root ends the proxies bind with `net_af_packet`. The
 //! primary (nic ↔ client, pvm ↔ PVM) and the secondary (svm ↔ SVM) talk over QEMU-framed TCP
-//! sockets on 127.0.0.1. The client does request/response on many new connections and a bulk
-//! transfer each way, with `tcp_timestamps` off and on: every byte must arrive intact with zero
-//! divergences. Then a service that answers differently on the SVM must raise a divergence.
+//! sockets on 127.0.0.1 (one compare shard), or over an encapsulated DPDK port link on a veth
+//! pair (two compare shards, so the nic has two af_packet queue pairs). The client does
+//! request/response on many new connections (several at once) and a bulk transfer each way,
+//! with `tcp_timestamps` off and on: every byte must arrive intact with zero divergences. Then a service that answers differently on the SVM must raise a divergence.
 //! SIGTERM stops both proxies: exit 0 with balanced accounting.
 //!
 //! Needs root and `ip netns`; otherwise it prints why and passes without running.
@@ -21,40 +22,109 @@ use netns_support::*;
 
 /// New connections in each request/response round (3 requests each).
 const CONNS: usize = 60;
+/// Connections open at once.
+const PAR: usize = 4;
 /// Bytes of each bulk transfer.
 const BULK: usize = 3_000_000;
 
-fn primary_toml(tag: &str, nic: &str, pvm: &str, dir: &Path, mirror: u16, sec: u16) -> String {
+/// How the two proxies are linked.
+#[derive(Clone, Copy)]
+enum Link {
+    /// QEMU-framed TCP sockets on 127.0.0.1.
+    Socket,
+    /// DPDK ports (net_af_packet on a root-namespace veth pair) with the encapsulation.
+    Port,
+}
+
+/// One run of the whole scenario.
+#[derive(Clone, Copy)]
+struct Variant {
+    link: Link,
+    shards: u32,
+}
+
+struct Names<'a> {
+    tag: &'a str,
+    dir: &'a Path,
+    nic: &'a str,
+    pvm: &'a str,
+    svm: &'a str,
+    /// (primary's end, secondary's end) of the link veth pair.
+    link: (&'a str, &'a str),
+    ports: (u16, u16),
+}
+
+fn link_toml(v: Variant, n: &Names, primary: bool) -> String {
+    let (mirror, sec) = n.ports;
+    match v.link {
+        Link::Socket => {
+            let mode = if primary { "server" } else { "client" };
+            format!(
+                r#"[link]
+kind = "socket"
+mirror = {{ addr = "tcp:127.0.0.1:{mirror}", mode = "{mode}" }}
+secondary_out = {{ addr = "tcp:127.0.0.1:{sec}", mode = "{mode}" }}
+reconnect_ms = 100
+"#
+            )
+        }
+        Link::Port => {
+            let (iface, dev) = if primary {
+                (n.link.0, "net_af_packet2")
+            } else {
+                (n.link.1, "net_af_packet1")
+            };
+            format!(
+                r#"[link]
+kind = "port"
+[ports.link]
+vdev = "{dev},iface={iface}"
+"#
+            )
+        }
+    }
+}
+
+fn primary_toml(v: Variant, n: &Names) -> String {
+    // Each compare shard transmits on its own nic queue: af_packet needs that many qpairs.
+    let qpairs = if v.shards > 1 {
+        format!(",qpairs={}", v.shards)
+    } else {
+        String::new()
+    };
     format!(
         r#"role = "primary"
 [eal]
 args = ["--lcores", "0@0,1@1", "--no-pci", "--no-huge", "-m", "512", "--no-shconf",
         "--file-prefix", "colo-nsp-{tag}", "--log-level", "lib.eal:warning"]
 [ports.nic]
-vdev = "net_af_packet0,iface={nic}"
+vdev = "net_af_packet0,iface={nic}{qpairs}"
 [ports.pvm]
 vdev = "net_af_packet1,iface={pvm}"
-[link]
-kind = "socket"
-mirror = {{ addr = "tcp:127.0.0.1:{mirror}", mode = "server" }}
-secondary_out = {{ addr = "tcp:127.0.0.1:{sec}", mode = "server" }}
 [lcores]
 main = 0
 mirror = 1
 redirector = 1
 compare = 1
+[compare]
+shards = {shards}
 [mempool]
 mbufs = 8191
 [idle]
 backoff = true
 [mgmt]
 control_socket = "{dir}/primary.sock"
-"#,
-        dir = dir.display()
+{link}"#,
+        tag = n.tag,
+        nic = n.nic,
+        pvm = n.pvm,
+        shards = v.shards,
+        dir = n.dir.display(),
+        link = link_toml(v, n, true),
     )
 }
 
-fn secondary_toml(tag: &str, svm: &str, dir: &Path, mirror: u16, sec: u16) -> String {
+fn secondary_toml(v: Variant, n: &Names) -> String {
     format!(
         r#"role = "secondary"
 [eal]
@@ -62,11 +132,6 @@ args = ["--lcores", "0@0,1@1", "--no-pci", "--no-huge", "-m", "512", "--no-shcon
         "--file-prefix", "colo-nss-{tag}", "--log-level", "lib.eal:warning"]
 [ports.svm]
 vdev = "net_af_packet0,iface={svm}"
-[link]
-kind = "socket"
-mirror = {{ addr = "tcp:127.0.0.1:{mirror}", mode = "client" }}
-secondary_out = {{ addr = "tcp:127.0.0.1:{sec}", mode = "client" }}
-reconnect_ms = 100
 [lcores]
 main = 0
 rewriter = 1
@@ -76,8 +141,11 @@ mbufs = 8191
 backoff = true
 [mgmt]
 control_socket = "{dir}/secondary.sock"
-"#,
-        dir = dir.display()
+{link}"#,
+        tag = n.tag,
+        svm = n.svm,
+        dir = n.dir.display(),
+        link = link_toml(v, n, false),
     )
 }
 
@@ -122,6 +190,7 @@ impl Ctx<'_> {
             VM_IP,
             &CONNS.to_string(),
             &BULK.to_string(),
+            &PAR.to_string(),
         ]);
         let (ok, out) = run_limited(cmd, Duration::from_secs(60));
         let r = results(&out);
@@ -173,14 +242,39 @@ impl Ctx<'_> {
     }
 }
 
+/// The scenarios share the 2 cores: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
-fn real_tcp_stacks_through_primary_and_secondary() {
+fn socket_link_one_shard() {
+    run(
+        "s",
+        Variant {
+            link: Link::Socket,
+            shards: 1,
+        },
+    );
+}
+
+#[test]
+fn encapsulated_port_link_two_shards() {
+    run(
+        "e",
+        Variant {
+            link: Link::Port,
+            shards: 2,
+        },
+    );
+}
+
+fn run(label: &str, v: Variant) {
     if let Some(why) = skip_reason() {
         println!("SKIPPED pipeline_netns: {why}");
         return;
     }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let t_start = Instant::now();
-    let tag = format!("{}", std::process::id() % 100_000);
+    let tag = format!("{label}{}", std::process::id() % 100_000);
     let dir = std::env::temp_dir().join(format!("colo-netns-{tag}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -188,26 +282,32 @@ fn real_tcp_stacks_through_primary_and_secondary() {
     std::fs::write(&py, SVC_PY).unwrap();
 
     let net = Net::new(&tag, &["client", "pvm", "svm"]);
-    let (mirror, sec) = (free_port(), free_port());
+    let link_pair = match v.link {
+        Link::Port => Some(VethPair::new(
+            &format!("la{tag}"),
+            &format!("lb{tag}"),
+            colo_proxy::pipeline::topology::LINK_MTU,
+        )),
+        Link::Socket => None,
+    };
+    let (la, lb) = link_pair
+        .as_ref()
+        .map(|p| (p.a.clone(), p.b.clone()))
+        .unwrap_or_default();
+    let names = Names {
+        tag: &tag,
+        dir: &dir,
+        nic: &net.host("client").root_if,
+        pvm: &net.host("pvm").root_if,
+        svm: &net.host("svm").root_if,
+        link: (&la, &lb),
+        ports: (free_port(), free_port()),
+    };
+    let (mirror, sec) = names.ports;
     let pcfg = dir.join("primary.toml");
     let scfg = dir.join("secondary.toml");
-    std::fs::write(
-        &pcfg,
-        primary_toml(
-            &tag,
-            &net.host("client").root_if,
-            &net.host("pvm").root_if,
-            &dir,
-            mirror,
-            sec,
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        &scfg,
-        secondary_toml(&tag, &net.host("svm").root_if, &dir, mirror, sec),
-    )
-    .unwrap();
+    std::fs::write(&pcfg, primary_toml(v, &names)).unwrap();
+    std::fs::write(&scfg, secondary_toml(v, &names)).unwrap();
 
     let _pvm_svc = Service::start(net.host("pvm"), &py, "pvm");
     let _svm_svc = Service::start(net.host("svm"), &py, "svm");
@@ -217,14 +317,21 @@ fn real_tcp_stacks_through_primary_and_secondary() {
     let psock = dir.join("primary.sock");
     let ssock = dir.join("secondary.sock");
     assert!(
-        wait_until(Duration::from_secs(20), || psock.exists()),
+        wait_until(Duration::from_secs(20), || primary
+            .output()
+            .contains("running as primary")),
         "primary did not come up\n{}",
         primary.output()
     );
     let mut secondary = proxy("secondary", &scfg, &dir);
-    // Both link streams connected: no frame may be lost to a link still coming up.
+    // Both pipelines running and, for the socket link, both streams connected: no frame may
+    // be lost to a link still coming up.
     let linked = wait_until(Duration::from_secs(20), || {
-        ssock.exists() && established(mirror) >= 2 && established(sec) >= 2
+        secondary.output().contains("running as secondary")
+            && match v.link {
+                Link::Socket => established(mirror) >= 2 && established(sec) >= 2,
+                Link::Port => true,
+            }
     });
     assert!(
         linked,
@@ -233,7 +340,7 @@ fn real_tcp_stacks_through_primary_and_secondary() {
         secondary.output()
     );
     println!(
-        "proxies up and linked after {:.1}s",
+        "{label}: proxies up and linked after {:.1}s",
         t_start.elapsed().as_secs_f64()
     );
 
@@ -250,7 +357,7 @@ fn real_tcp_stacks_through_primary_and_secondary() {
             for (_, h) in &net.hosts {
                 h.sysctl(&format!("net.ipv4.tcp_timestamps={ts}"));
             }
-            cx.client_round(&format!("tcp_timestamps={ts}"));
+            cx.client_round(&format!("{label}: tcp_timestamps={ts}"));
         }
 
         // A service whose answer differs on the SVM: the compare must hold the PVM's answer
@@ -297,7 +404,7 @@ fn real_tcp_stacks_through_primary_and_secondary() {
             "{out}\n{}",
             cx.logs()
         );
-        println!("divergence case: {mgmt}");
+        println!("{label}: divergence case: {mgmt}");
     }
 
     // Graceful stop: both exit 0 with balanced accounting.
@@ -322,7 +429,8 @@ fn real_tcp_stacks_through_primary_and_secondary() {
             "{logs}"
         );
     }
+    drop(link_pair);
     drop(net);
     let _ = std::fs::remove_dir_all(&dir);
-    println!("total {:.1}s", t_start.elapsed().as_secs_f64());
+    println!("{label}: total {:.1}s", t_start.elapsed().as_secs_f64());
 }

@@ -404,3 +404,42 @@ pub fn established(port: u16) -> usize {
         .filter(|l| l.split_whitespace().any(|w| w == p))
         .count()
 }
+
+/// A veth pair in the root namespace (the encapsulated link between the two proxies), with an
+/// MTU that fits a 1500-byte VM frame plus the encapsulation; removed on drop.
+pub struct VethPair {
+    /// One end.
+    pub a: String,
+    /// The other end.
+    pub b: String,
+}
+
+impl VethPair {
+    /// Create `a`—`b` with `mtu`, offloads and IPv6 off, up.
+    pub fn new(a: &str, b: &str, mtu: u16) -> VethPair {
+        let pair = VethPair {
+            a: a.into(),
+            b: b.into(),
+        };
+        sh(&["ip", "link", "add", a, "type", "veth", "peer", "name", b]);
+        for i in [a, b] {
+            sh(&[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv6.conf.{i}.disable_ipv6=1"),
+            ]);
+            sh(&[
+                "ethtool", "-K", i, "tx", "off", "tso", "off", "gso", "off", "gro", "off",
+            ]);
+            sh(&["ip", "link", "set", i, "mtu", &mtu.to_string()]);
+            sh(&["ip", "link", "set", i, "up"]);
+        }
+        pair
+    }
+}
+
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        sh_quiet(&["ip", "link", "del", &self.a]);
+    }
+}

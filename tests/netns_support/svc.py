@@ -6,7 +6,7 @@ server ROLE: listens on
   7001 bulk source: reads "N\n", sends N deterministic bytes, half-closes, waits for the client
   7002 bulk sink: reads to EOF, replies the sha256 hex of what it got, closes
   7003 role: per line, replies the ROLE given on the command line (differs between PVM and SVM)
-client HOST CONNS BULK: runs the request/response and bulk cases, prints RESULT lines.
+client HOST CONNS BULK PAR: runs the request/response and bulk cases, prints RESULT lines.
 udp HOST PORT N: N datagrams, counts the intact echoes (the vhost test's guest echoes them).
 diverge HOST: one request to 7003, prints what came back (or the timeout).
 Everything a server sends depends only on what it received, so PVM and SVM answer alike.
@@ -112,10 +112,8 @@ def recv_all(s):
         parts.append(b)
 
 
-def client(host, conns, bulk):
-    t0 = time.time()
-    ok = 0
-    for i in range(conns):
+def reqresp(host, first, count, errors):
+    for i in range(first, first + count):
         with connect(host, 7000) as s:
             f = s.makefile("rb")
             for j in range(3):
@@ -124,10 +122,26 @@ def client(host, conns, bulk):
                 want = b"ok " + hashlib.sha256(line).hexdigest()[:16].encode() + b"\n"
                 got = f.readline()
                 if got != want:
-                    print("RESULT reqresp_error=conn %d req %d got %r want %r" % (i, j, got, want))
+                    errors.append("conn %d req %d got %r want %r" % (i, j, got, want))
                     return
-            ok += 1
-    print("RESULT reqresp_ok=%d" % ok)
+
+
+def client(host, conns, bulk, par):
+    """conns request/response connections (par at a time), then the bulk transfers."""
+    t0 = time.time()
+    errors = []
+    per = conns // par
+    threads = [
+        threading.Thread(target=reqresp, args=(host, k * per, per, errors)) for k in range(par)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        print("RESULT reqresp_error=%s" % errors[0])
+        return
+    print("RESULT reqresp_ok=%d" % (per * par))
     print("RESULT reqresp_secs=%.2f" % (time.time() - t0), flush=True)
 
     t0 = time.time()
@@ -197,7 +211,7 @@ if __name__ == "__main__":
     if mode == "server":
         server(sys.argv[2])
     elif mode == "client":
-        client(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        client(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
     elif mode == "udp":
         udp(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     elif mode == "diverge":
