@@ -26,7 +26,7 @@ pub enum Family {
 /// - TCP/UDP: 5-tuple; ICMP/ICMPv6 echo: address pair + echo id (in both port slots);
 /// - other IP protocols and fragments: address pair + protocol;
 /// - non-IP: MAC pair + EtherType (in `proto_or_ethertype`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Eq, PartialOrd, Ord)]
 pub struct FlowKey {
     /// Address family.
     pub family: Family,
@@ -251,6 +251,16 @@ impl fmt::Display for FlowKey {
                 )
             }
         }
+    }
+}
+
+impl PartialEq for FlowKey {
+    /// Every field, without short-circuit branches: the table compares a key per packet.
+    #[inline]
+    fn eq(&self, o: &Self) -> bool {
+        (self.addr_lo == o.addr_lo)
+            & (self.addr_hi == o.addr_hi)
+            & (self.meta_word() == o.meta_word())
     }
 }
 
