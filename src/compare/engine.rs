@@ -1007,7 +1007,7 @@ fn l3_equal(a: &[u8], b: &[u8], ipver: u8) -> bool {
 /// `parse` + `FlowKey::of` + `meta_of` give for such a frame (property-tested against them)
 /// without building a [`PacketInfo`]; `None` sends the frame down the general path.
 #[inline(always)]
-fn fast_tcp4(d: &[u8], now: u64) -> Option<(FlowKey, u64, Meta)> {
+fn fast_tcp4(d: &[u8], now: u64, key: &mut FlowKey, m: &mut Meta) -> Option<u64> {
     let h: &[u8; 54] = d.get(..54)?.try_into().ok()?;
     if h[12] != 0x08 || h[13] != 0x00 || h[14] != 0x45 || h[23] != crate::wire::packet::IPPROTO_TCP
     {
@@ -1037,7 +1037,7 @@ fn fast_tcp4(d: &[u8], now: u64) -> Option<(FlowKey, u64, Meta)> {
     let (plo, phi) = if a <= b { (sp, dp) } else { (dp, sp) };
     let proto = u16::from(crate::wire::packet::IPPROTO_TCP);
     let hash = FlowKey::hash64_v4(proto, lo.to_le_bytes(), hi.to_le_bytes(), plo, phi);
-    let key = FlowKey {
+    *key = FlowKey {
         family: crate::flow::Family::V4,
         proto_or_ethertype: proto,
         addr_lo: u128::from(lo).to_le_bytes(),
@@ -1052,7 +1052,7 @@ fn fast_tcp4(d: &[u8], now: u64) -> Option<(FlowKey, u64, Meta)> {
     } else {
         (l3_end - payload_off) as u32
     };
-    let m = Meta {
+    *m = Meta {
         arrival: now,
         seq,
         end: seq.wrapping_add(len),
@@ -1064,7 +1064,7 @@ fn fast_tcp4(d: &[u8], now: u64) -> Option<(FlowKey, u64, Meta)> {
         ipver: 0,
         state: 0,
     };
-    Some((key, hash, m))
+    Some(hash)
 }
 
 #[inline]
@@ -1167,7 +1167,16 @@ impl<B: PacketBuf> Comparator<B> {
         let d = pkt.data();
         let len = d.len();
         if self.cfg.bypass.is_empty() && len <= MAX_FRAME_LEN {
-            if let Some((key, hash, m)) = fast_tcp4(d, now) {
+            let mut key = FlowKey {
+                family: crate::flow::Family::L2,
+                proto_or_ethertype: 0,
+                addr_lo: [0; 16],
+                addr_hi: [0; 16],
+                port_lo: 0,
+                port_hi: 0,
+            };
+            let mut m = Meta::default();
+            if let Some(hash) = fast_tcp4(d, now, &mut key, &mut m) {
                 self.count_in(side, len);
                 self.on_conn(side, pkt, FlowKind::Tcp, m, &key, hash, len, now, out);
                 return;
@@ -1610,7 +1619,12 @@ mod tests {
                 let kind = flow_kind(&info);
                 (kind == FlowKind::Tcp).then(|| (key, key.hash64(), meta_of(&info, kind, 7)))
             };
-            let fast = fast_tcp4(&clean, 7);
+            let fast4 = |f: &[u8]| {
+                let mut k = FlowKey::of(&PacketInfo::default(), &[]);
+                let mut m = Meta::default();
+                fast_tcp4(f, 7, &mut k, &mut m).map(|h| (k, h, m))
+            };
+            let fast = fast4(&clean);
             proptest::prop_assert!(fast.is_some(), "valid frame not taken");
             for (at, v) in pokes {
                 if at < f.len() {
@@ -1618,7 +1632,7 @@ mod tests {
                 }
             }
             for frame in [&clean, &f] {
-                if let Some((k, h, m)) = fast_tcp4(frame, 7) {
+                if let Some((k, h, m)) = fast4(frame) {
                     let (gk, gh, gm) = general(frame).expect("fast path took a frame the parser rejects");
                     proptest::prop_assert_eq!(k, gk);
                     proptest::prop_assert_eq!(h, gh);

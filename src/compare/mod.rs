@@ -34,8 +34,10 @@
 //!     queued on that connection the new packet itself is released;
 //!   - secondary queue full / pool empty: the new secondary packet is dropped
 //!     ([`DropReason::Overflow`]);
-//!   - table full: the least recently used connection is evicted; its queued primaries are
-//!     released in order ([`Release::Evicted`]) and an event is raised if any were queued;
+//!   - table full: a least recently used connection is evicted (exactly the LRU one in tables
+//!     of up to 16 connections, else the LRU one of 16 at a rotating clock hand, see
+//!     [`crate::flow::HashedTable`]); its queued primaries are released in order
+//!     ([`Release::Evicted`]) and an event is raised if any were queued;
 //!   - idle ageing (`idle_timeout_ns`) the same with [`Release::Expired`];
 //!   - `release_after_ns` (0 = never, QEMU's behaviour): a diverged connection whose oldest
 //!     primary waited this long is released ([`Release::Timeout`]) and reset, as if a checkpoint
@@ -48,9 +50,17 @@
 //! with the packets involved, still owned by the engine (the management side may copy them or
 //! take an mbuf reference).
 //!
-//! Entry points: [`Comparator::process`] parses the frame itself;
-//! [`Comparator::process_parsed`] takes the redirector's `PacketInfo` and `FlowKey` (it
-//! parsed and keyed the frame to pick the shard), saving a second parse on the compare core.
+//! Entry points: [`Comparator::process`] parses the frame itself (untagged option-less IPv4
+//! TCP, the common shape, straight into key, hash and compare metadata; everything else
+//! through `wire::parse`); [`Comparator::process_parsed`] takes the redirector's `PacketInfo`
+//! and `FlowKey` (it parsed and keyed the frame to pick the shard), saving a second parse on
+//! the compare core; [`Comparator::process_parsed_hashed`] takes its `FlowKey::hash64` too,
+//! which the flow table is indexed by.
+//!
+//! Fast paths (each gives exactly the outcome of the general queue path, which the tests
+//! exercise): a primary segment on a connection with nothing queued is released at once or
+//! queued unresolved without a pump; a secondary segment that exactly covers the only
+//! unresolved primary at the compare frontier is compared and both leave without a queue walk.
 //!
 //! Memory: the flow table and a packet pool (`pool_size` queue nodes shared by all
 //! connections, intrusive per-connection lists) are allocated in [`Comparator::new`]; nothing
@@ -262,7 +272,8 @@ pub struct CompareConfig {
     pub scan_period_ns: u64,
     /// Queue length per connection and side (QEMU `max_queue_size`, 1024; exact, not max+1).
     pub queue_size: usize,
-    /// Connections per shard (QEMU wipes its table at 16384; we evict LRU one at a time).
+    /// Connections per shard (QEMU wipes its table at 16384; we evict one (approximately)
+    /// least recently used connection at a time).
     pub table_capacity: usize,
     /// Packets queued at once in the whole shard (both sides); the pool is preallocated.
     pub pool_size: usize,

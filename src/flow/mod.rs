@@ -1,4 +1,6 @@
-//! Flows: the direction-independent key, the one shard hash, and the per-shard table.
+//! Flows: the direction-independent key, the one shard hash, and the per-shard tables:
+//! [`HashedTable`] (indexed by the caller's [`FlowKey::hash64`]; the compare shards) and
+//! [`FlowTable`] (exact LRU list, keyed by the key itself; the rewriter).
 //!
 //! Pure: no DPDK, no locks, no allocation after construction.
 
