@@ -180,8 +180,9 @@ impl Ctx<'_> {
     }
 
     /// The client's request/response and bulk cases; returns their RESULT map.
-    fn client_round(&self, label: &str) {
+    fn client_round(&self, label: &str, failed_over: bool) {
         let t0 = Instant::now();
+        let (p0, s0) = self.stats();
         let client = self.net.host("client");
         let cmd = client.cmd(&[
             "python3",
@@ -226,9 +227,26 @@ impl Ctx<'_> {
             "{}",
             ctx()
         );
-        assert_eq!(total(&p, "divergences"), 0, "{}", ctx());
-        assert!(total(&p, "released_matched") > 0, "{}", ctx());
-        assert!(total(&s, "rewritten") > 0, "{}", ctx());
+        assert_eq!(
+            r.get("udp_echoed").map(String::as_str),
+            Some("200"),
+            "{}",
+            ctx()
+        );
+        assert_eq!(r.get("udp_bad").map(String::as_str), Some("0"), "{}", ctx());
+        let delta =
+            |a: &serde_json::Value, b: &serde_json::Value, k: &str| total(b, k) - total(a, k);
+        assert_eq!(delta(&p0, &p, "divergences"), 0, "{}", ctx());
+        if failed_over {
+            // Nothing compared any more: all released as is, the secondary gets nothing.
+            assert_eq!(delta(&p0, &p, "released_matched"), 0, "{}", ctx());
+            assert!(delta(&p0, &p, "released_uncompared") > 0, "{}", ctx());
+            assert_eq!(delta(&s0, &s, "rx"), 0, "{}", ctx());
+        } else {
+            assert!(delta(&p0, &p, "released_matched") > 0, "{}", ctx());
+            assert_eq!(delta(&p0, &p, "released_uncompared"), 0, "{}", ctx());
+            assert!(delta(&s0, &s, "rewritten") > 0, "{}", ctx());
+        }
         println!(
             "{label}: ok in {:.1}s (reqresp {}s, download {}s, upload {}s); primary released_matched {} released_uncompared {} secondary rewritten {}",
             t0.elapsed().as_secs_f64(),
@@ -357,7 +375,7 @@ fn run(label: &str, v: Variant) {
             for (_, h) in &net.hosts {
                 h.sysctl(&format!("net.ipv4.tcp_timestamps={ts}"));
             }
-            cx.client_round(&format!("{label}: tcp_timestamps={ts}"));
+            cx.client_round(&format!("{label}: tcp_timestamps={ts}"), false);
         }
 
         // A service whose answer differs on the SVM: the compare must hold the PVM's answer
@@ -405,6 +423,12 @@ fn run(label: &str, v: Variant) {
             cx.logs()
         );
         println!("{label}: divergence case: {mgmt}");
+
+        // Failover (the COLO frame declared the secondary dead): the primary stops mirroring
+        // and releases everything uncompared; the PVM alone keeps serving the client.
+        let f = ctl(&psock, &["failover"]).unwrap_or_else(|e| panic!("{e}\n{}", cx.logs()));
+        assert_eq!(f["failovers"].as_u64(), Some(1), "{f}");
+        cx.client_round(&format!("{label}: after failover"), true);
     }
 
     // Graceful stop: both exit 0 with balanced accounting.

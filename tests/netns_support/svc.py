@@ -6,7 +6,9 @@ server ROLE: listens on
   7001 bulk source: reads "N\n", sends N deterministic bytes, half-closes, waits for the client
   7002 bulk sink: reads to EOF, replies the sha256 hex of what it got, closes
   7003 role: per line, replies the ROLE given on the command line (differs between PVM and SVM)
-client HOST CONNS BULK PAR: runs the request/response and bulk cases, prints RESULT lines.
+  7007/udp echo
+client HOST CONNS BULK PAR: runs the request/response, bulk and UDP echo cases, prints RESULT
+  lines.
 udp HOST PORT N: N datagrams, counts the intact echoes (the vhost test's guest echoes them).
 diverge HOST: one request to 7003, prints what came back (or the timeout).
 Everything a server sends depends only on what it received, so PVM and SVM answer alike.
@@ -17,6 +19,9 @@ import socketserver
 import sys
 import threading
 import time
+
+
+UDP_DGRAMS = 200
 
 
 def blob(n):
@@ -78,6 +83,14 @@ class Role(socketserver.StreamRequestHandler):
             self.wfile.flush()
 
 
+def udp_echo():
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("0.0.0.0", 7007))
+    while True:
+        b, a = u.recvfrom(65536)
+        u.sendto(b, a)
+
+
 class Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
@@ -92,6 +105,7 @@ def server(role):
     ]
     for s in servers:
         threading.Thread(target=s.serve_forever, daemon=True).start()
+    threading.Thread(target=udp_echo, daemon=True).start()
     print("READY", flush=True)
     # Until the test closes our stdin (or kills us).
     sys.stdin.read()
@@ -163,6 +177,8 @@ def client(host, conns, bulk, par):
     print("RESULT upload_reply=%s" % " ".join(reply))
     print("RESULT upload_hash_ok=%d" % ok)
     print("RESULT upload_secs=%.2f" % (time.time() - t0), flush=True)
+
+    udp(host, 7007, UDP_DGRAMS)
 
 
 def udp(host, port, n):
