@@ -409,14 +409,29 @@ fn main() {
             rq.push(drq.round(secs));
         }
         drop((dro, drq, po, pq));
+        // A round where either side released nothing or used no measurable CPU (the whole VM
+        // stalled; seen on the shared machine) has no meaningful ratio: left out of the ranges
+        // and counted. The medians keep every round.
+        let valid = |o: &Res, q: &Res| {
+            o.released > 0 && q.released > 0 && o.cpu_us_per_pkt > 0.0 && q.cpu_us_per_pkt > 0.0
+        };
+        let stalled = ro.iter().zip(&rq).filter(|(o, q)| !valid(o, q)).count();
         let range = |f: &dyn Fn(&Res, &Res) -> f64| {
-            let v: Vec<f64> = ro.iter().zip(&rq).map(|(o, q)| f(o, q)).collect();
+            let v: Vec<f64> = ro
+                .iter()
+                .zip(&rq)
+                .filter(|(o, q)| valid(o, q))
+                .map(|(o, q)| f(o, q))
+                .collect();
+            if v.is_empty() {
+                return "-".to_string();
+            }
             let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
             let hi = v.iter().cloned().fold(0.0, f64::max);
             format!("{lo:.1}-{hi:.1}x")
         };
         let pps_range = range(&|o, q| o.pps / q.pps);
-        let cpu_range = range(&|o, q| q.cpu_us_per_pkt / o.cpu_us_per_pkt.max(1e-9));
+        let cpu_range = range(&|o, q| q.cpu_us_per_pkt / o.cpu_us_per_pkt);
         let (o, q) = (med(&ro), med(&rq));
         println!(
             "{:>5} | {:>10.0} {:>8.2} {:>8.0} {:>8.0} | {:>10.0} {:>8.2} {:>8.0} {:>8.0} | {:>5.1}x {:>5.1}x | {:>11} {:>11}",
@@ -435,12 +450,17 @@ fn main() {
             cpu_range
         );
         println!(
-            "{:>5}   busy: ours {:.0} %, QEMU {:.0} % of CPU 1; generator {:.0} % / {:.0} % of CPU 0 (medians)",
+            "{:>5}   busy: ours {:.0} %, QEMU {:.0} % of CPU 1; generator {:.0} % / {:.0} % of CPU 0 (medians){}",
             "",
             o.busy * 100.0,
             q.busy * 100.0,
             o.gen_busy * 100.0,
-            q.gen_busy * 100.0
+            q.gen_busy * 100.0,
+            if stalled > 0 {
+                format!("; {stalled} stalled round(s) left out of the ranges")
+            } else {
+                String::new()
+            }
         );
         let _ = (o.released, q.released);
         let _ = std::fs::remove_dir_all(&base);
