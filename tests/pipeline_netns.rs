@@ -27,6 +27,17 @@ const PAR: usize = 4;
 /// Bytes of each bulk transfer.
 const BULK: usize = 3_000_000;
 
+/// What a client round expects of the proxies.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// Compared: everything matched.
+    Colo,
+    /// The primary failed over: released uncompared, nothing to the secondary.
+    PrimaryFailedOver,
+    /// The secondary failed over: `client2` talks to the SVM through the secondary's nic.
+    SecondaryFailedOver,
+}
+
 /// How the two proxies are linked.
 #[derive(Clone, Copy)]
 enum Link {
@@ -49,6 +60,8 @@ struct Names<'a> {
     nic: &'a str,
     pvm: &'a str,
     svm: &'a str,
+    /// The secondary's nic (used after its failover).
+    nic2: &'a str,
     /// (primary's end, secondary's end) of the link veth pair.
     link: (&'a str, &'a str),
     ports: (u16, u16),
@@ -59,11 +72,12 @@ fn link_toml(v: Variant, n: &Names, primary: bool) -> String {
     match v.link {
         Link::Socket => {
             let mode = if primary { "server" } else { "client" };
+            let ip = SecHost::PRIMARY_IP;
             format!(
                 r#"[link]
 kind = "socket"
-mirror = {{ addr = "tcp:127.0.0.1:{mirror}", mode = "{mode}" }}
-secondary_out = {{ addr = "tcp:127.0.0.1:{sec}", mode = "{mode}" }}
+mirror = {{ addr = "tcp:{ip}:{mirror}", mode = "{mode}" }}
+secondary_out = {{ addr = "tcp:{ip}:{sec}", mode = "{mode}" }}
 reconnect_ms = 100
 "#
             )
@@ -132,6 +146,8 @@ args = ["--lcores", "0@0,1@1", "--no-pci", "--no-huge", "-m", "512", "--no-shcon
         "--file-prefix", "colo-nss-{tag}", "--log-level", "lib.eal:warning"]
 [ports.svm]
 vdev = "net_af_packet0,iface={svm}"
+[ports.nic]
+vdev = "net_af_packet2,iface={nic2}"
 [lcores]
 main = 0
 rewriter = 1
@@ -144,13 +160,19 @@ control_socket = "{dir}/secondary.sock"
 {link}"#,
         tag = n.tag,
         svm = n.svm,
+        nic2 = n.nic2,
         dir = n.dir.display(),
         link = link_toml(v, n, false),
     )
 }
 
-fn proxy(name: &str, cfg: &Path, dir: &Path) -> Proc {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_colo-proxy"));
+/// `colo-proxy run` on the primary host (the root namespace) or in `host`.
+fn proxy(name: &str, cfg: &Path, dir: &Path, host: Option<&SecHost>) -> Proc {
+    let bin = env!("CARGO_BIN_EXE_colo-proxy");
+    let mut c = match host {
+        Some(h) => h.cmd(bin),
+        None => Command::new(bin),
+    };
     c.args(["run", "--config", cfg.to_str().unwrap()]);
     Proc::spawn(name, c, &dir.join(format!("{name}.log")))
 }
@@ -180,10 +202,13 @@ impl Ctx<'_> {
     }
 
     /// The client's request/response and bulk cases; returns their RESULT map.
-    fn client_round(&self, label: &str, failed_over: bool) {
+    fn client_round(&self, label: &str, mode: Mode) {
         let t0 = Instant::now();
         let (p0, s0) = self.stats();
-        let client = self.net.host("client");
+        let client = self.net.host(match mode {
+            Mode::SecondaryFailedOver => "client2",
+            _ => "client",
+        });
         let cmd = client.cmd(&[
             "python3",
             self.py.to_str().unwrap(),
@@ -237,15 +262,25 @@ impl Ctx<'_> {
         let delta =
             |a: &serde_json::Value, b: &serde_json::Value, k: &str| total(b, k) - total(a, k);
         assert_eq!(delta(&p0, &p, "divergences"), 0, "{}", ctx());
-        if failed_over {
-            // Nothing compared any more: all released as is, the secondary gets nothing.
-            assert_eq!(delta(&p0, &p, "released_matched"), 0, "{}", ctx());
-            assert!(delta(&p0, &p, "released_uncompared") > 0, "{}", ctx());
-            assert_eq!(delta(&s0, &s, "rx"), 0, "{}", ctx());
-        } else {
-            assert!(delta(&p0, &p, "released_matched") > 0, "{}", ctx());
-            assert_eq!(delta(&p0, &p, "released_uncompared"), 0, "{}", ctx());
-            assert!(delta(&s0, &s, "rewritten") > 0, "{}", ctx());
+        match mode {
+            Mode::Colo => {
+                assert!(delta(&p0, &p, "released_matched") > 0, "{}", ctx());
+                assert_eq!(delta(&p0, &p, "released_uncompared"), 0, "{}", ctx());
+                assert!(delta(&s0, &s, "rewritten") > 0, "{}", ctx());
+            }
+            Mode::PrimaryFailedOver => {
+                // Nothing compared any more: all released as is, the secondary gets nothing.
+                assert_eq!(delta(&p0, &p, "released_matched"), 0, "{}", ctx());
+                assert!(delta(&p0, &p, "released_uncompared") > 0, "{}", ctx());
+                assert_eq!(delta(&s0, &s, "rx"), 0, "{}", ctx());
+            }
+            Mode::SecondaryFailedOver => {
+                // The SVM serves the client through the secondary's nic; the primary sees
+                // nothing.
+                assert_eq!(delta(&p0, &p, "rx"), 0, "{}", ctx());
+                assert!(delta(&s0, &s, "rx") > 0, "{}", ctx());
+                assert_eq!(delta(&s0, &s, "drop_link_down"), 0, "{}", ctx());
+            }
         }
         println!(
             "{label}: ok in {:.1}s (reqresp {}s, download {}s, upload {}s); primary released_matched {} released_uncompared {} secondary rewritten {}",
@@ -299,7 +334,7 @@ fn run(label: &str, v: Variant) {
     let py = dir.join("svc.py");
     std::fs::write(&py, SVC_PY).unwrap();
 
-    let net = Net::new(&tag, &["client", "pvm", "svm"]);
+    let net = Net::new(&tag, &["client", "pvm", "svm", "client2"]);
     let link_pair = match v.link {
         Link::Port => Some(VethPair::new(
             &format!("la{tag}"),
@@ -312,12 +347,20 @@ fn run(label: &str, v: Variant) {
         .as_ref()
         .map(|p| (p.a.clone(), p.b.clone()))
         .unwrap_or_default();
+    // The secondary runs on its own "host" with the SVM's and its client's veth ends.
+    let sechost = SecHost::new(&tag);
+    sechost.adopt(&net.host("svm").root_if);
+    sechost.adopt(&net.host("client2").root_if);
+    if !lb.is_empty() {
+        sechost.adopt(&lb);
+    }
     let names = Names {
         tag: &tag,
         dir: &dir,
         nic: &net.host("client").root_if,
         pvm: &net.host("pvm").root_if,
         svm: &net.host("svm").root_if,
+        nic2: &net.host("client2").root_if,
         link: (&la, &lb),
         ports: (free_port(), free_port()),
     };
@@ -331,7 +374,7 @@ fn run(label: &str, v: Variant) {
     let _svm_svc = Service::start(net.host("svm"), &py, "svm");
 
     // The primary owns the link's listening sockets: start it first (QEMU's order too).
-    let mut primary = proxy("primary", &pcfg, &dir);
+    let mut primary = proxy("primary", &pcfg, &dir, None);
     let psock = dir.join("primary.sock");
     let ssock = dir.join("secondary.sock");
     assert!(
@@ -341,13 +384,16 @@ fn run(label: &str, v: Variant) {
         "primary did not come up\n{}",
         primary.output()
     );
-    let mut secondary = proxy("secondary", &scfg, &dir);
+    let mut secondary = proxy("secondary", &scfg, &dir, Some(&sechost));
     // Both pipelines running and, for the socket link, both streams connected: no frame may
     // be lost to a link still coming up.
     let linked = wait_until(Duration::from_secs(20), || {
         secondary.output().contains("running as secondary")
             && match v.link {
-                Link::Socket => established(mirror) >= 2 && established(sec) >= 2,
+                Link::Socket => {
+                    established_at(SecHost::PRIMARY_IP, mirror) >= 1
+                        && established_at(SecHost::PRIMARY_IP, sec) >= 1
+                }
                 Link::Port => true,
             }
     });
@@ -375,7 +421,7 @@ fn run(label: &str, v: Variant) {
             for (_, h) in &net.hosts {
                 h.sysctl(&format!("net.ipv4.tcp_timestamps={ts}"));
             }
-            cx.client_round(&format!("{label}: tcp_timestamps={ts}"), false);
+            cx.client_round(&format!("{label}: tcp_timestamps={ts}"), Mode::Colo);
         }
 
         // A service whose answer differs on the SVM: the compare must hold the PVM's answer
@@ -428,7 +474,19 @@ fn run(label: &str, v: Variant) {
         // and releases everything uncompared; the PVM alone keeps serving the client.
         let f = ctl(&psock, &["failover"]).unwrap_or_else(|e| panic!("{e}\n{}", cx.logs()));
         assert_eq!(f["failovers"].as_u64(), Some(1), "{f}");
-        cx.client_round(&format!("{label}: after failover"), true);
+        cx.client_round(
+            &format!("{label}: primary failed over"),
+            Mode::PrimaryFailedOver,
+        );
+
+        // Failover on the secondary (the primary host is gone): the SVM serves clients through
+        // the secondary's own nic (here a second client namespace with the same address).
+        let f = ctl(&ssock, &["failover"]).unwrap_or_else(|e| panic!("{e}\n{}", cx.logs()));
+        assert_eq!(f["failovers"].as_u64(), Some(1), "{f}");
+        cx.client_round(
+            &format!("{label}: secondary failed over"),
+            Mode::SecondaryFailedOver,
+        );
     }
 
     // Graceful stop: both exit 0 with balanced accounting.
@@ -453,6 +511,7 @@ fn run(label: &str, v: Variant) {
             "{logs}"
         );
     }
+    drop(sechost);
     drop(link_pair);
     drop(net);
     let _ = std::fs::remove_dir_all(&dir);

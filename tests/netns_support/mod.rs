@@ -112,14 +112,20 @@ pub struct Net {
 }
 
 impl Net {
-    /// Create the namespaces in `roles` (e.g. `["client", "pvm", "svm"]`); `client` gets
-    /// [`CLIENT_IP`], the others [`VM_IP`] with the same MAC. Static neighbour entries, IPv6 off
+    /// Create the namespaces in `roles` (e.g. `["client", "pvm", "svm"]`); `client` (and
+    /// `client2`) get [`CLIENT_IP`], the others [`VM_IP`] with the same MAC. Static neighbour entries, IPv6 off
     /// (no ARP, DAD or router solicitations racing between PVM and SVM), offloads off on both
     /// veth ends so frames crossing DPDK are MTU-sized with full checksums.
     pub fn new(tag: &str, roles: &[&str]) -> Net {
         let mut net = Net { hosts: Vec::new() };
         for role in roles {
-            let short = &role[..1];
+            // Root-side names: n = client (the primary's nic), m = the client behind the
+            // secondary's nic (failover), p = PVM, s = SVM.
+            let short = match *role {
+                "client" => "n",
+                "client2" => "m",
+                r => &r[..1],
+            };
             let host = Host {
                 ns: format!("colo-{role}-{tag}"),
                 root_if: format!("c{short}{tag}"),
@@ -147,7 +153,7 @@ impl Net {
                 "ethtool", "-K", "eth0", "tx", "off", "rx", "off", "tso", "off", "gso", "off",
                 "gro", "off",
             ]);
-            let (ip, mac, peer_ip, peer_mac) = if *role == "client" {
+            let (ip, mac, peer_ip, peer_mac) = if role.starts_with("client") {
                 (CLIENT_IP, CLIENT_MAC, VM_IP, VM_MAC)
             } else {
                 (VM_IP, VM_MAC, CLIENT_IP, CLIENT_MAC)
@@ -168,7 +174,7 @@ impl Net {
                 "nud",
                 "permanent",
             ]);
-            if *role != "client" {
+            if !role.starts_with("client") {
                 // The client sends as far as the PVM's window allows; an SVM whose window is
                 // smaller at that moment (its application read a little later) drops the excess
                 // as out of window and only a checkpoint would resync it. Receive buffers far
@@ -390,6 +396,104 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     f()
+}
+
+/// Established TCP connections in the root namespace with `ip:port` at either end.
+pub fn established_at(ip: &str, port: u16) -> usize {
+    let out = Command::new("ss")
+        .args(["-Htn", "state", "established"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let p = format!("{ip}:{port}");
+    out.lines()
+        .filter(|l| l.split_whitespace().any(|w| w == p))
+        .count()
+}
+
+/// The secondary's host: a namespace of its own for the secondary proxy, reached from the
+/// root namespace (the primary's host) over a veth pair, [`SecHost::PRIMARY_IP`] ↔
+/// [`SecHost::SECONDARY_IP`]. Besides realism this keeps the two DPDK processes' af_packet
+/// sockets apart: DPDK 22.11's af_packet joins every socket to the fan-out group
+/// `(pid ^ ifindex) & 0xffff`, and two processes whose values collide on different interfaces
+/// in one namespace fail to start (`could not set PACKET_FANOUT ... Invalid argument`).
+pub struct SecHost {
+    /// Namespace name.
+    pub ns: String,
+    root_if: String,
+}
+
+impl SecHost {
+    /// The primary host's address on the host link.
+    pub const PRIMARY_IP: &'static str = "10.78.0.1";
+    /// The secondary host's address on the host link.
+    pub const SECONDARY_IP: &'static str = "10.78.0.2";
+
+    /// Create the namespace and the host link.
+    pub fn new(tag: &str) -> SecHost {
+        let h = SecHost {
+            ns: format!("colo-sec-{tag}"),
+            root_if: format!("ch{tag}"),
+        };
+        sh(&["ip", "netns", "add", &h.ns]);
+        let inside = |args: &[&str]| {
+            let mut v = vec!["ip", "netns", "exec", &h.ns];
+            v.extend_from_slice(args);
+            sh(&v);
+        };
+        inside(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+        inside(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+        sh(&[
+            "ip", "link", "add", &h.root_if, "type", "veth", "peer", "name", "hostlink", "netns",
+            &h.ns,
+        ]);
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/30", Self::PRIMARY_IP),
+            "dev",
+            &h.root_if,
+        ]);
+        sh(&["ip", "link", "set", &h.root_if, "up"]);
+        inside(&["ip", "link", "set", "lo", "up"]);
+        inside(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/30", Self::SECONDARY_IP),
+            "dev",
+            "hostlink",
+        ]);
+        inside(&["ip", "link", "set", "hostlink", "up"]);
+        h
+    }
+
+    /// Move root-namespace interface `iface` here (offloads off again, up).
+    pub fn adopt(&self, iface: &str) {
+        sh(&["ip", "link", "set", iface, "netns", &self.ns]);
+        let mut v = vec!["ip", "netns", "exec", &self.ns];
+        v.extend_from_slice(&[
+            "ethtool", "-K", iface, "tx", "off", "tso", "off", "gso", "off", "gro", "off",
+        ]);
+        sh(&v);
+        sh(&["ip", "-n", &self.ns, "link", "set", iface, "up"]);
+    }
+
+    /// `ip netns exec NS program args...` as a Command.
+    pub fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns, program]);
+        c
+    }
+}
+
+impl Drop for SecHost {
+    fn drop(&mut self) {
+        // Destroys the veth ends inside, and so their pairs.
+        sh_quiet(&["ip", "netns", "del", &self.ns]);
+        sh_quiet(&["ip", "link", "del", &self.root_if]);
+    }
 }
 
 /// Established TCP connections on 127.0.0.1 whose local or remote port is `port`.
