@@ -8,6 +8,8 @@
 #   sudo ip netns exec colo-pvm <server> & sudo ip netns exec colo-svm <same server> &
 #   sudo ip netns exec colo-client <client to 10.77.0.2>
 #   sudo dpdk-config/veth-lab.sh down
+# Both proxies run in the root namespace here: if the second one fails with "could not set
+# PACKET_FANOUT", start it again (see docs/CONFIG.md, af_packet notes).
 set -eu
 CLIENT_IP=10.77.0.1 CLIENT_MAC=02:00:00:00:00:01
 VM_IP=10.77.0.2 VM_MAC=02:00:00:00:00:02

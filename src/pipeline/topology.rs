@@ -171,8 +171,18 @@ pub fn build(cfg: &Config, pool: &Mempool, events: &EventSender) -> Result<Topol
     };
     let mut ports: BTreeMap<String, Port> = BTreeMap::new();
     for (name, spec) in &cfg.ports {
-        let id = Port::id_by_name(device_name(&spec.device))
-            .map_err(|e| format!("ports.{name}: {e}"))?;
+        let id = Port::id_by_name(device_name(&spec.device)).map_err(|e| {
+            // The device failed to probe; EAL logged why above. One cause is not obvious.
+            let hint = if device_name(&spec.device).starts_with("net_af_packet") {
+                " (the driver's message is above; \"could not set PACKET_FANOUT\" means another \
+                 DPDK process in this network namespace has af_packet's fan-out group id \
+                 (pid ^ ifindex) on another interface: start this process again, or run the \
+                 two in separate namespaces)"
+            } else {
+                " (the driver's message is above)"
+            };
+            format!("ports.{name}: {e}{hint}")
+        })?;
         let pc = PortConfig {
             rx_queues: rx_queues(spec),
             tx_queues: spec.tx_queues.max(need_tx(name)),
