@@ -1024,27 +1024,9 @@ fn fast_tcp4(d: &[u8], now: u64, key: &mut FlowKey, m: &mut Meta) -> Option<u64>
     if doff < 20 || payload_off > l3_end {
         return None;
     }
-    // Addresses as loaded (wire byte order in memory) and as numbers, for the key order.
-    let src = u32::from_le_bytes([h[26], h[27], h[28], h[29]]);
-    let dst = u32::from_le_bytes([h[30], h[31], h[32], h[33]]);
-    let sp = u16::from_be_bytes([h[34], h[35]]);
-    let dp = u16::from_be_bytes([h[36], h[37]]);
     let flags = h[47];
-    // (address, port) as one number: FlowKey::of's byte-wise order of the endpoints.
-    let a = u64::from(src.swap_bytes()) << 16 | u64::from(sp);
-    let b = u64::from(dst.swap_bytes()) << 16 | u64::from(dp);
-    let (lo, hi) = if a <= b { (src, dst) } else { (dst, src) };
-    let (plo, phi) = if a <= b { (sp, dp) } else { (dp, sp) };
-    let proto = u16::from(crate::wire::packet::IPPROTO_TCP);
-    let hash = FlowKey::hash64_v4(proto, lo.to_le_bytes(), hi.to_le_bytes(), plo, phi);
-    *key = FlowKey {
-        family: crate::flow::Family::V4,
-        proto_or_ethertype: proto,
-        addr_lo: u128::from(lo).to_le_bytes(),
-        addr_hi: u128::from(hi).to_le_bytes(),
-        port_lo: plo,
-        port_hi: phi,
-    };
+    let (head, _) = h.split_first_chunk::<42>()?;
+    let hash = v4_ports_key(head, crate::wire::packet::IPPROTO_TCP, key);
     let seq = u32::from_be_bytes([h[38], h[39], h[40], h[41]])
         .wrapping_add(u32::from(flags & tcp_flags::SYN != 0));
     let len = if flags & tcp_flags::RST != 0 {
@@ -1065,6 +1047,60 @@ fn fast_tcp4(d: &[u8], now: u64, key: &mut FlowKey, m: &mut Meta) -> Option<u64>
         state: 0,
     };
     Some(hash)
+}
+
+/// Untagged option-less IPv4 UDP, not a fragment: like [`fast_tcp4`] (same guarantee).
+#[inline(always)]
+fn fast_udp4(d: &[u8], now: u64, key: &mut FlowKey, m: &mut Meta) -> Option<u64> {
+    let h: &[u8; 42] = d.get(..42)?.try_into().ok()?;
+    if h[12] != 0x08 || h[13] != 0x00 || h[14] != 0x45 || h[23] != IPPROTO_UDP {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes([h[16], h[17]]));
+    let l3_end = 14 + total;
+    // IP length covers a UDP header and lies inside the frame; not a fragment.
+    if total < 28 || l3_end > d.len() || u16::from_be_bytes([h[20], h[21]]) & 0x3fff != 0 {
+        return None;
+    }
+    // The UDP length must fit the IP payload (the parser rejects it otherwise).
+    let ulen = usize::from(u16::from_be_bytes([h[38], h[39]]));
+    if ulen < 8 || 34 + ulen > l3_end {
+        return None;
+    }
+    let hash = v4_ports_key(h, IPPROTO_UDP, key);
+    *m = Meta {
+        arrival: now,
+        cmp_off: 34,
+        cmp_end: l3_end as u32,
+        kind: K_DGRAM,
+        ..Meta::default()
+    };
+    Some(hash)
+}
+
+/// The key and hash of an option-less IPv4 header at 14 with ports at 34 (TCP or UDP).
+#[inline(always)]
+fn v4_ports_key(h: &[u8; 42], proto: u8, key: &mut FlowKey) -> u64 {
+    // Addresses as loaded (wire byte order in memory) and as numbers, for the key order.
+    let src = u32::from_le_bytes([h[26], h[27], h[28], h[29]]);
+    let dst = u32::from_le_bytes([h[30], h[31], h[32], h[33]]);
+    let sp = u16::from_be_bytes([h[34], h[35]]);
+    let dp = u16::from_be_bytes([h[36], h[37]]);
+    // (address, port) as one number: FlowKey::of's byte-wise order of the endpoints.
+    let a = u64::from(src.swap_bytes()) << 16 | u64::from(sp);
+    let b = u64::from(dst.swap_bytes()) << 16 | u64::from(dp);
+    let (lo, hi) = if a <= b { (src, dst) } else { (dst, src) };
+    let (plo, phi) = if a <= b { (sp, dp) } else { (dp, sp) };
+    let proto = u16::from(proto);
+    *key = FlowKey {
+        family: crate::flow::Family::V4,
+        proto_or_ethertype: proto,
+        addr_lo: u128::from(lo).to_le_bytes(),
+        addr_hi: u128::from(hi).to_le_bytes(),
+        port_lo: plo,
+        port_hi: phi,
+    };
+    FlowKey::hash64_v4(proto, lo.to_le_bytes(), hi.to_le_bytes(), plo, phi)
 }
 
 #[inline]
@@ -1179,6 +1215,11 @@ impl<B: PacketBuf> Comparator<B> {
             if let Some(hash) = fast_tcp4(d, now, &mut key, &mut m) {
                 self.count_in(side, len);
                 self.on_conn(side, pkt, FlowKind::Tcp, m, &key, hash, len, now, out);
+                return;
+            }
+            if let Some(hash) = fast_udp4(d, now, &mut key, &mut m) {
+                self.count_in(side, len);
+                self.on_conn(side, pkt, FlowKind::Datagram, m, &key, hash, len, now, out);
                 return;
             }
         }
@@ -1626,6 +1667,52 @@ mod tests {
             };
             let fast = fast4(&clean);
             proptest::prop_assert!(fast.is_some(), "valid frame not taken");
+            for (at, v) in pokes {
+                if at < f.len() {
+                    f[at] = v;
+                }
+            }
+            for frame in [&clean, &f] {
+                if let Some((k, h, m)) = fast4(frame) {
+                    let (gk, gh, gm) = general(frame).expect("fast path took a frame the parser rejects");
+                    proptest::prop_assert_eq!(k, gk);
+                    proptest::prop_assert_eq!(h, gh);
+                    proptest::prop_assert_eq!(meta_fields(&m), meta_fields(&gm));
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Same for UDP: agrees with the general path whenever it takes a frame, and takes
+        /// every valid untagged option-less IPv4 UDP frame.
+        #[test]
+        fn fast_udp4_agrees_with_the_general_path(
+            src: [u8; 4], dst: [u8; 4], sp: u16, dp: u16,
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+            pad in 0usize..8,
+            pokes in proptest::collection::vec((0usize..60, proptest::prelude::any::<u8>()), 0..3),
+        ) {
+            let mut f = Vec::new();
+            etherparse::PacketBuilder::ethernet2([1; 6], [2; 6])
+                .ipv4(src, dst, 64)
+                .udp(sp, dp)
+                .write(&mut f, &payload)
+                .unwrap();
+            f.extend(std::iter::repeat_n(0u8, pad)); // Ethernet padding
+            let clean = f.clone();
+            let general = |f: &[u8]| {
+                let info = parse(f).ok()?;
+                let key = FlowKey::of(&info, f);
+                let kind = flow_kind(&info);
+                (kind == FlowKind::Datagram).then(|| (key, key.hash64(), meta_of(&info, kind, 7)))
+            };
+            let fast4 = |f: &[u8]| {
+                let mut k = FlowKey::of(&PacketInfo::default(), &[]);
+                let mut m = Meta::default();
+                fast_udp4(f, 7, &mut k, &mut m).map(|h| (k, h, m))
+            };
+            proptest::prop_assert!(fast4(&clean).is_some(), "valid frame not taken");
             for (at, v) in pokes {
                 if at < f.len() {
                     f[at] = v;

@@ -51,8 +51,8 @@
 //! take an mbuf reference).
 //!
 //! Entry points: [`Comparator::process`] parses the frame itself (untagged option-less IPv4
-//! TCP, the common shape, straight into key, hash and compare metadata; everything else
-//! through `wire::parse`); [`Comparator::process_parsed`] takes the redirector's `PacketInfo`
+//! TCP or UDP, the common shapes, straight into key, hash and compare metadata; everything
+//! else through `wire::parse`); [`Comparator::process_parsed`] takes the redirector's `PacketInfo`
 //! and `FlowKey` (it parsed and keyed the frame to pick the shard), saving a second parse on
 //! the compare core; [`Comparator::process_parsed_hashed`] takes its `FlowKey::hash64` too,
 //! which the flow table is indexed by.
