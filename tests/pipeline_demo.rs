@@ -311,3 +311,84 @@ fn bad_demo_arguments_are_refused_with_a_message() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("divergence-rate"));
 }
+
+/// (frame, comment) of every packet in the pcapng files of `dir`.
+fn captured_packets(dir: &Path) -> Vec<(Vec<u8>, String)> {
+    use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketOption;
+    use pcap_file::pcapng::{Block, PcapNgReader};
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("pcapng") {
+            continue;
+        }
+        let mut r = PcapNgReader::new(std::fs::File::open(&path).unwrap()).unwrap();
+        while let Some(b) = r.next_block() {
+            if let Block::EnhancedPacket(p) = b.unwrap() {
+                let comment = p
+                    .options
+                    .iter()
+                    .find_map(|o| match o {
+                        EnhancedPacketOption::Comment(c) => Some(c.to_string()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                out.push((p.data.to_vec(), comment));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn divergences_are_captured_to_pcapng_with_their_packets_and_context() {
+    let _one = ONE_DEMO_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tmp("capture");
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_s = dir.to_str().unwrap();
+    let (out, r) = demo(
+        &[
+            "--seconds",
+            "2",
+            "--divergence-rate",
+            "0.02",
+            "--capture-dir",
+            dir_s,
+        ],
+        &tmp("capture.json"),
+    );
+    assert_invariants(&out, &r);
+    let divergences = n(&r, &["mgmt", "divergences"]);
+    assert!(divergences > 0, "{}", r["mgmt"]);
+    let pkts = captured_packets(&dir);
+    let primaries: Vec<_> = pkts
+        .iter()
+        .filter(|p| p.1.ends_with("[primary packet]"))
+        .collect();
+    let secondaries: Vec<_> = pkts
+        .iter()
+        .filter(|p| p.1.ends_with("[secondary packet]"))
+        .collect();
+    let context = pkts.iter().filter(|p| p.1.starts_with("context")).count();
+    // Every divergence was written, with both packets of a payload mismatch.
+    assert_eq!(
+        n(&r, &["mgmt", "capture", "divergences"]),
+        divergences,
+        "{}",
+        r["mgmt"]
+    );
+    assert_eq!(primaries.len() as u64, divergences, "{pkts:?}");
+    assert_eq!(secondaries.len() as u64, divergences);
+    assert!(context > 0, "no context packets");
+    for (frame, comment) in &primaries {
+        assert!(
+            comment.contains("reason=payload_mismatch") && comment.contains("flow="),
+            "{comment}"
+        );
+        // A whole, parsable Ethernet frame from the PVM (10.0.0.2 or fd00::2).
+        assert!(colo_proxy::wire::parse(frame).is_ok(), "{comment}");
+    }
+    // The two packets of one divergence differ (the SVM answered differently).
+    let (p, s) = (&primaries[0].0, &secondaries[0].0);
+    assert_ne!(p, s);
+}

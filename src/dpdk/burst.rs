@@ -149,6 +149,17 @@ impl<T: RawItem, const N: usize> Burst<T, N> {
         unsafe { T::drop_raw(&self.raw[..n]) };
     }
 
+    /// Look at each item, front first, without taking it out.
+    #[inline]
+    pub fn for_each_ref(&self, mut f: impl FnMut(&T)) {
+        for &r in &self.raw[..self.len] {
+            // SAFETY: slots [0, len) are owned by the burst; ManuallyDrop leaves that ownership
+            // in place (the value is never dropped here), so this is a borrow.
+            let item = std::mem::ManuallyDrop::new(unsafe { T::from_raw(r) });
+            f(&item);
+        }
+    }
+
     /// Take all items out, front first. Items not consumed are dropped with the iterator.
     #[inline]
     pub fn drain(&mut self) -> Drain<'_, T, N> {

@@ -19,6 +19,9 @@ use super::mempool::Mempool;
 /// Frames each direction of a [`Port::ring_pair`] holds before tx returns unsent mbufs.
 pub const RING_PAIR_DEPTH: u32 = 1024;
 
+/// Most frames [`Port::drain_rx`] reads from one queue.
+pub const DRAIN_LIMIT: usize = 65536;
+
 /// Queue and descriptor counts for [`Port::open`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortConfig {
@@ -408,6 +411,8 @@ impl Port {
 
     /// Receive and free whatever waits in the rx queues that no handle polls (after the
     /// pipeline stopped), so every mbuf returns to its pool. Returns how many were freed.
+    /// Bounded: a source that never runs dry (`net_null`, a busy NIC) is read at most
+    /// [`DRAIN_LIMIT`] frames per queue.
     pub fn drain_rx(&mut self) -> usize {
         let mut freed = 0;
         for q in 0..self.rx_held.len() as u16 {
@@ -416,14 +421,16 @@ impl Port {
                 continue;
             };
             let mut burst = MbufBurst::<32>::new();
-            loop {
+            let mut from_queue = 0;
+            while from_queue < DRAIN_LIMIT {
                 let n = rx.rx_burst(&mut burst);
                 if n == 0 {
                     break;
                 }
-                freed += n;
+                from_queue += n;
                 burst.clear();
             }
+            freed += from_queue;
         }
         freed
     }

@@ -279,7 +279,7 @@ pub fn demo(args: &DemoArgs) -> Result<DemoSummary, String> {
             dir: dir.clone(),
             max_file_bytes: 16 << 20,
             max_files: 4,
-            context_packets: 0,
+            context_packets: 8,
         });
         mcfg.capture_on_start = true;
     }
@@ -311,15 +311,18 @@ pub fn demo(args: &DemoArgs) -> Result<DemoSummary, String> {
         let Some(tx) = nic_tx.take() else {
             return Err("demo: more than one shard needs a multi-queue nic port; use `run`".into());
         };
-        proxy.push(Box::new(CompareStage::new(
-            k,
-            RingIn::new(pc),
-            RingIn::new(sc),
-            tx,
-            Comparator::new(CompareConfig::default()),
-            mgmt.sender(),
-            LatencyRecorder::new(hold.clone()),
-        )));
+        proxy.push(Box::new(
+            CompareStage::new(
+                k,
+                RingIn::new(pc),
+                RingIn::new(sc),
+                tx,
+                Comparator::new(CompareConfig::default()),
+                mgmt.sender(),
+                LatencyRecorder::new(hold.clone()),
+            )
+            .with_capture(mgmt.capture_on()),
+        ));
     }
     // The link carries the encapsulation (stream id + sequence numbers), as on a real NIC.
     let mac = |i: usize| ports.ports[i].mac().unwrap_or([0x02, 0, 0, 0, 0, i as u8]);

@@ -37,6 +37,12 @@ pub struct LoopOutcome {
 
 /// Run management until stopped, then stop the pipeline in order.
 pub fn run(ctl: &ControlPlane, mgmt: &mut Management, o: &LoopOptions) -> LoopOutcome {
+    if mgmt.capture_on() {
+        // Capture configured on from the start: the shards must know.
+        if let Err(e) = ctl.broadcast(Command::Capture(true), Duration::from_secs(2)) {
+            eprintln!("warning: capture not started: {e}");
+        }
+    }
     let start = Instant::now();
     let mut last_status = Instant::now();
     let mut last_totals = runtime::totals(ctl);

@@ -69,7 +69,7 @@ fn run_pipeline(cfg: &Config, eal_overrides: &[String]) -> Result<bool, String> 
         mut ports,
         hold,
         backoff,
-    } = topology::build(cfg, &pool, &mgmt.sender())?;
+    } = topology::build(cfg, &pool, &mgmt.sender(), mgmt.capture_on())?;
     // After the ports exist, so `dpdk-dumpcap` can capture on them.
     if let Err(e) = crate::dpdk::telemetry::pdump_init() {
         eprintln!("warning: pdump not available (dpdk-dumpcap cannot attach): {e}");

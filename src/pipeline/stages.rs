@@ -203,6 +203,89 @@ impl Stage for RedirectorStage {
 
 /// Bytes of each diverging frame kept for capture.
 const CAPTURE_SNAPLEN: usize = 2048;
+/// Recent frames a shard remembers while capture is on (context for a divergence).
+const CONTEXT_FRAMES: usize = 64;
+/// Bytes of each context frame kept (headers and the start of the payload).
+const CONTEXT_SNAPLEN: usize = 256;
+/// Context frames attached to one divergence at most.
+const CONTEXT_PER_DIVERGENCE: usize = 8;
+
+/// One remembered frame.
+#[derive(Clone, Copy)]
+struct ContextFrame {
+    flow_hash: u64,
+    side: Side,
+    time_ns: u64,
+    orig_len: u32,
+    len: u16,
+    data: [u8; CONTEXT_SNAPLEN],
+}
+
+/// The last [`CONTEXT_FRAMES`] frames of a shard, kept only while capture is on: preallocated,
+/// one bounded copy per frame, so a divergence's capture can show what led to it.
+struct ContextRing {
+    frames: Box<[ContextFrame]>,
+    next: usize,
+    filled: usize,
+}
+
+impl ContextRing {
+    fn new() -> Self {
+        let empty = ContextFrame {
+            flow_hash: 0,
+            side: Side::Primary,
+            time_ns: 0,
+            orig_len: 0,
+            len: 0,
+            data: [0; CONTEXT_SNAPLEN],
+        };
+        ContextRing {
+            frames: vec![empty; CONTEXT_FRAMES].into_boxed_slice(),
+            next: 0,
+            filled: 0,
+        }
+    }
+
+    fn remember(&mut self, side: Side, frame: &[u8], now_ns: u64) {
+        let Ok(info) = crate::wire::parse(frame) else {
+            return;
+        };
+        let f = &mut self.frames[self.next];
+        f.flow_hash = FlowKey::of(&info, frame).hash64();
+        f.side = side;
+        f.time_ns = now_ns;
+        f.orig_len = frame.len() as u32;
+        let n = frame.len().min(CONTEXT_SNAPLEN);
+        f.len = n as u16;
+        f.data[..n].copy_from_slice(&frame[..n]);
+        self.next = (self.next + 1) % CONTEXT_FRAMES;
+        self.filled = (self.filled + 1).min(CONTEXT_FRAMES);
+    }
+
+    /// Remembered frames of the flow with `flow_hash`, oldest first, excluding the newest one
+    /// (the packet that diverged is captured in full separately).
+    fn of_flow(&self, flow_hash: u64) -> Vec<CapturedPacket> {
+        let start = (self.next + CONTEXT_FRAMES - self.filled) % CONTEXT_FRAMES;
+        let mut out: Vec<CapturedPacket> = (0..self.filled)
+            .map(|i| &self.frames[(start + i) % CONTEXT_FRAMES])
+            .filter(|f| f.flow_hash == flow_hash)
+            .map(|f| CapturedPacket {
+                side: f.side.into(),
+                time_ns: f.time_ns,
+                data: f.data[..f.len as usize].to_vec(),
+                orig_len: f.orig_len,
+            })
+            .collect();
+        out.pop();
+        let skip = out.len().saturating_sub(CONTEXT_PER_DIVERGENCE);
+        out.drain(..skip);
+        out
+    }
+
+    fn clear(&mut self) {
+        self.filled = 0;
+    }
+}
 
 /// Verdict sink of one compare shard for one loop: counts and moves mbufs.
 struct ShardOutput<'a> {
@@ -212,6 +295,7 @@ struct ShardOutput<'a> {
     cx: &'a LoopCtx<'a>,
     capture_on: bool,
     captured: Option<Box<DivergenceCapture>>,
+    context: &'a ContextRing,
 }
 
 fn captured(side: crate::control::Side, m: &Mbuf, now_ns: u64) -> CapturedPacket {
@@ -266,7 +350,7 @@ impl compare::Output<Mbuf> for ShardOutput<'_> {
             seq_range: ev.seq_range,
             primary: primary.map(|m| captured(crate::control::Side::Primary, m, now)),
             secondary: secondary.map(|m| captured(crate::control::Side::Secondary, m, now)),
-            context: Vec::new(),
+            context: self.context.of_flow(ev.flow.hash64()),
         }));
     }
 
@@ -296,6 +380,7 @@ pub struct CompareStage {
     name: String,
     failed_over: bool,
     capture_on: bool,
+    context: ContextRing,
 }
 
 impl CompareStage {
@@ -321,7 +406,15 @@ impl CompareStage {
             name: format!("compare{shard}"),
             failed_over: false,
             capture_on: false,
+            context: ContextRing::new(),
         }
+    }
+
+    /// Start with divergence capture on (when management captures from start-up), so no
+    /// divergence before the first command goes uncaptured.
+    pub fn with_capture(mut self, on: bool) -> Self {
+        self.capture_on = on;
+        self
     }
 
     fn output<'a>(
@@ -336,6 +429,7 @@ impl CompareStage {
                 cx,
                 capture_on: self.capture_on,
                 captured: None,
+                context: &self.context,
             },
             &mut self.engine,
         )
@@ -385,6 +479,10 @@ impl Stage for CompareStage {
         let np;
         {
             let mut burst = std::mem::take(&mut self.burst);
+            if self.capture_on {
+                let ctx = &mut self.context;
+                burst.for_each_ref(|m| ctx.remember(Side::Secondary, m.data(), cx.now_ns));
+            }
             let (mut out, engine) = self.output(cx);
             c.add(Counter::ComparedSecondary, ns as u64);
             for m in burst.drain() {
@@ -397,6 +495,10 @@ impl Stage for CompareStage {
             }
             drop(out);
             np = self.from_primary.dequeue(&mut burst);
+            if self.capture_on {
+                let ctx = &mut self.context;
+                burst.for_each_ref(|m| ctx.remember(Side::Primary, m.data(), cx.now_ns));
+            }
             let (mut out, engine) = self.output(cx);
             if failed_over {
                 c.add(Counter::ReleasedUncompared, np as u64);
@@ -436,7 +538,10 @@ impl Stage for CompareStage {
                 engine.flush_all(&mut out);
                 self.failed_over = true;
             }
-            Command::Capture(on) => self.capture_on = *on,
+            Command::Capture(on) => {
+                self.capture_on = *on;
+                self.context.clear();
+            }
             Command::Bypass(rules) => self.engine.set_bypass(rules.to_vec()),
             Command::Flows(req) => {
                 let mine = self.flows_json(req.top);

@@ -157,8 +157,13 @@ fn socket(
 }
 
 /// Build the pipeline for `cfg` (role primary or secondary); compare shards report divergences
-/// to `events`. EAL must be up.
-pub fn build(cfg: &Config, pool: &Mempool, events: &EventSender) -> Result<Topology, String> {
+/// to `events` (with their packets from the start when `capture` is on). EAL must be up.
+pub fn build(
+    cfg: &Config,
+    pool: &Mempool,
+    events: &EventSender,
+    capture: bool,
+) -> Result<Topology, String> {
     let shards = cfg.compare.shards.max(1) as usize;
     let ring_size = cfg.rings.size;
     // Queues each port needs: the nic transmits from every compare shard.
@@ -324,7 +329,8 @@ pub fn build(cfg: &Config, pool: &Mempool, events: &EventSender) -> Result<Topol
                         engine,
                         ev,
                         lat,
-                    ),
+                    )
+                    .with_capture(capture),
                 ));
             }
             place(
