@@ -69,11 +69,16 @@ fn device_name(d: &PortDevice) -> &str {
 /// Rx queues to configure on a port: the file's, or more when the device spreads frames over
 /// more queues by itself. net_af_packet opens `qpairs` sockets in one fan-out group at probe
 /// whatever is configured, so with fewer rx queues the kernel hands some flows to a socket
-/// that nobody reads.
+/// that nobody reads; a net_vhost guest with `queues=N` may transmit on any of its N queues.
 fn rx_queues(spec: &PortSpec) -> u16 {
     let device_queues = match &spec.device {
-        PortDevice::Vdev(args) if device_name(&spec.device).starts_with("net_af_packet") => {
-            devarg(args, "qpairs")
+        PortDevice::Vdev(args) => {
+            let key = match device_name(&spec.device) {
+                n if n.starts_with("net_af_packet") || n.starts_with("eth_af_packet") => "qpairs",
+                n if n.starts_with("net_vhost") || n.starts_with("eth_vhost") => "queues",
+                _ => "",
+            };
+            devarg(args, key)
                 .and_then(|v| v.parse::<u16>().ok())
                 .unwrap_or(1)
         }
