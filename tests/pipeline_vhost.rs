@@ -3,7 +3,8 @@
 //! The primary's `pvm` port and the secondary's `svm` port are `net_vhost` backends (vhost-user
 //! servers on UNIX sockets). The "guests" are one more DPDK process — this test binary
 //! re-executed — with two `net_virtio_user` ports connected to those sockets; it echoes every
-//! UDP datagram back with MAC, IP and port swapped, as a UDP echo server would. A client in a
+//! UDP datagram back with MAC, IP and port swapped, as a UDP echo server would. The ports have
+//! two queue pairs and the guest answers on the second, so the proxy must poll every queue. A client in a
 //! network namespace sends datagrams through the primary's `nic` (`net_af_packet` on a veth);
 //! they cross the vhost-user port into the guest, the echoes come back over it, through the
 //! redirector and the compare (matched against the secondary's copy that crossed the SVM's
@@ -25,6 +26,8 @@ const GUEST_ENV: &str = "COLO_VHOST_GUEST";
 /// Datagrams the client sends.
 const DGRAMS: usize = 400;
 const UDP_PORT: u16 = 7777;
+/// Queue pairs of each vhost-user port.
+const QUEUES: u16 = 2;
 
 /// Swap Ethernet addresses, IPv4 addresses and UDP ports in place (checksums are sums of the
 /// same words, so they stay valid). False for anything but IPv4/UDP.
@@ -67,9 +70,9 @@ fn guest(spec: &str) {
         "--log-level".into(),
         "lib.eal:warning".into(),
         "--vdev".into(),
-        format!("net_virtio_user0,path={pvm_sock},queues=1"),
+        format!("net_virtio_user0,path={pvm_sock},queues={QUEUES}"),
         "--vdev".into(),
-        format!("net_virtio_user1,path={svm_sock},queues=1"),
+        format!("net_virtio_user1,path={svm_sock},queues={QUEUES}"),
     ];
     let _eal = Eal::init(&args).expect("guest EAL");
     let pool = Mempool::new("guest_pool", 4095).expect("guest pool");
@@ -77,15 +80,18 @@ fn guest(spec: &str) {
     for name in ["net_virtio_user0", "net_virtio_user1"] {
         let id = Port::id_by_name(name).expect("virtio port");
         let cfg = PortConfig {
+            rx_queues: QUEUES,
+            tx_queues: QUEUES,
             rx_desc: 256,
             tx_desc: 256,
             promiscuous: false,
-            ..PortConfig::default()
         };
         let mut p = Port::open(id, &cfg, &pool).expect("open virtio port");
         p.start().expect("start virtio port");
-        let rx = p.rx_queue(0).expect("rxq");
-        let tx = p.tx_queue(0).expect("txq");
+        let rx: Vec<_> = (0..QUEUES).map(|q| p.rx_queue(q).expect("rxq")).collect();
+        // Echoes leave on the last queue only: the proxy must poll every queue of its
+        // vhost-user port, not just queue 0.
+        let tx = p.tx_queue(QUEUES - 1).expect("txq");
         ports.push((p, rx, tx, 0u64, 0u64, 0u64));
     }
     println!("GUEST READY");
@@ -96,7 +102,7 @@ fn guest(spec: &str) {
     while !stop.exists() && Instant::now() < deadline {
         let mut work = 0;
         for (_, rx, tx, nrx, ntx, nother) in ports.iter_mut() {
-            let n = rx.rx_burst(&mut burst);
+            let n: usize = rx.iter_mut().map(|q| q.rx_burst(&mut burst)).sum();
             work += n;
             *nrx += n as u64;
             for mut m in burst.drain() {
@@ -108,7 +114,6 @@ fn guest(spec: &str) {
                     drop::<Mbuf>(m);
                 }
             }
-            let want = out.len();
             let mut sent = 0;
             for _ in 0..100 {
                 sent += tx.tx_burst(&mut out);
@@ -116,7 +121,6 @@ fn guest(spec: &str) {
                     break;
                 }
             }
-            let _ = want;
             *ntx += sent as u64;
             out.clear();
         }
@@ -148,7 +152,7 @@ args = ["--lcores", "0@0,1@1", "--no-pci", "--no-huge", "-m", "512", "--no-shcon
 [ports.nic]
 vdev = "net_af_packet0,iface={nic}"
 [ports.pvm]
-vdev = "net_vhost0,iface={dir}/pvm.sock,queues=1,client=0"
+vdev = "net_vhost0,iface={dir}/pvm.sock,queues=2,client=0"
 [link]
 kind = "socket"
 mirror = {{ addr = "tcp:127.0.0.1:{mirror}", mode = "server" }}
@@ -176,7 +180,7 @@ fn secondary_toml(tag: &str, dir: &Path, mirror: u16, sec: u16) -> String {
 args = ["--lcores", "0@0,1@1", "--no-pci", "--no-huge", "-m", "512", "--no-shconf",
         "--file-prefix", "colo-vhs-{tag}", "--log-level", "lib.eal:warning"]
 [ports.svm]
-vdev = "net_vhost0,iface={dir}/svm.sock,queues=1,client=0"
+vdev = "net_vhost0,iface={dir}/svm.sock,queues=2,client=0"
 [link]
 kind = "socket"
 mirror = {{ addr = "tcp:127.0.0.1:{mirror}", mode = "client" }}
