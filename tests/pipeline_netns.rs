@@ -62,6 +62,8 @@ struct Names<'a> {
     svm: &'a str,
     /// The secondary's nic (used after its failover).
     nic2: &'a str,
+    /// The primary's address on the host link (socket link).
+    primary_ip: &'a str,
     /// (primary's end, secondary's end) of the link veth pair.
     link: (&'a str, &'a str),
     ports: (u16, u16),
@@ -72,7 +74,7 @@ fn link_toml(v: Variant, n: &Names, primary: bool) -> String {
     match v.link {
         Link::Socket => {
             let mode = if primary { "server" } else { "client" };
-            let ip = SecHost::PRIMARY_IP;
+            let ip = n.primary_ip;
             format!(
                 r#"[link]
 kind = "socket"
@@ -361,6 +363,7 @@ fn run(label: &str, v: Variant) {
         pvm: &net.host("pvm").root_if,
         svm: &net.host("svm").root_if,
         nic2: &net.host("client2").root_if,
+        primary_ip: &sechost.primary_ip,
         link: (&la, &lb),
         ports: (free_port(), free_port()),
     };
@@ -391,8 +394,8 @@ fn run(label: &str, v: Variant) {
         secondary.output().contains("running as secondary")
             && match v.link {
                 Link::Socket => {
-                    established_at(SecHost::PRIMARY_IP, mirror) >= 1
-                        && established_at(SecHost::PRIMARY_IP, sec) >= 1
+                    established_at(&sechost.primary_ip, mirror) >= 1
+                        && established_at(&sechost.primary_ip, sec) >= 1
                 }
                 Link::Port => true,
             }

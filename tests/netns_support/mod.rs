@@ -412,8 +412,9 @@ pub fn established_at(ip: &str, port: u16) -> usize {
 }
 
 /// The secondary's host: a namespace of its own for the secondary proxy, reached from the
-/// root namespace (the primary's host) over a veth pair, [`SecHost::PRIMARY_IP`] ↔
-/// [`SecHost::SECONDARY_IP`]. Besides realism this keeps the two DPDK processes' af_packet
+/// root namespace (the primary's host) over a veth pair, `primary_ip` ↔ `secondary_ip` (a /30
+/// chosen from the pid, so concurrent test processes do not share an address in the root
+/// namespace). Besides realism this keeps the two DPDK processes' af_packet
 /// sockets apart: DPDK 22.11's af_packet joins every socket to the fan-out group
 /// `(pid ^ ifindex) & 0xffff`, and two processes whose values collide on different interfaces
 /// in one namespace fail to start (`could not set PACKET_FANOUT ... Invalid argument`).
@@ -421,19 +422,26 @@ pub struct SecHost {
     /// Namespace name.
     pub ns: String,
     root_if: String,
+    /// The primary host's address on the host link.
+    pub primary_ip: String,
+    /// The secondary host's address on the host link.
+    pub secondary_ip: String,
 }
 
 impl SecHost {
-    /// The primary host's address on the host link.
-    pub const PRIMARY_IP: &'static str = "10.78.0.1";
-    /// The secondary host's address on the host link.
-    pub const SECONDARY_IP: &'static str = "10.78.0.2";
-
     /// Create the namespace and the host link.
     pub fn new(tag: &str) -> SecHost {
+        let slot = std::process::id() % 16384;
+        let net = format!("10.78.{}.{}", slot / 64, (slot % 64) * 4);
+        let last = |k: u32| {
+            let (head, tail) = net.rsplit_once('.').unwrap_or(("10.78.0", "0"));
+            format!("{head}.{}", tail.parse::<u32>().unwrap_or(0) + k)
+        };
         let h = SecHost {
             ns: format!("colo-sec-{tag}"),
             root_if: format!("ch{tag}"),
+            primary_ip: last(1),
+            secondary_ip: last(2),
         };
         sh(&["ip", "netns", "add", &h.ns]);
         let inside = |args: &[&str]| {
@@ -451,7 +459,7 @@ impl SecHost {
             "ip",
             "addr",
             "add",
-            &format!("{}/30", Self::PRIMARY_IP),
+            &format!("{}/30", h.primary_ip),
             "dev",
             &h.root_if,
         ]);
@@ -461,7 +469,7 @@ impl SecHost {
             "ip",
             "addr",
             "add",
-            &format!("{}/30", Self::SECONDARY_IP),
+            &format!("{}/30", h.secondary_ip),
             "dev",
             "hostlink",
         ]);
