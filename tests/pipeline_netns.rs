@@ -330,9 +330,8 @@ fn run(label: &str, v: Variant) {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let t_start = Instant::now();
     let tag = format!("{label}{}", std::process::id() % 100_000);
-    let dir = std::env::temp_dir().join(format!("colo-netns-{tag}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = TmpDir::new(&format!("colo-netns-{tag}"));
+    let dir = scratch.0.clone();
     let py = dir.join("svc.py");
     std::fs::write(&py, SVC_PY).unwrap();
 
@@ -517,6 +516,5 @@ fn run(label: &str, v: Variant) {
     drop(sechost);
     drop(link_pair);
     drop(net);
-    let _ = std::fs::remove_dir_all(&dir);
     println!("{label}: total {:.1}s", t_start.elapsed().as_secs_f64());
 }

@@ -224,9 +224,8 @@ fn vhost_user_ports_carry_traffic_both_ways() {
     }
     let t_start = Instant::now();
     let tag = format!("{}", std::process::id() % 100_000);
-    let dir = std::env::temp_dir().join(format!("colo-vhost-{tag}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = TmpDir::new(&format!("colo-vhost-{tag}"));
+    let dir = scratch.0.clone();
     let py = dir.join("svc.py");
     std::fs::write(&py, SVC_PY).unwrap();
     let net = Net::new(&format!("v{tag}"), &["client"]);
@@ -373,7 +372,6 @@ fn vhost_user_ports_carry_traffic_both_ways() {
         "{all}"
     );
     drop(net);
-    let _ = std::fs::remove_dir_all(&dir);
     println!(
         "vhost: {n} datagrams each way in {:.1}s",
         t_start.elapsed().as_secs_f64()

@@ -555,3 +555,22 @@ impl Drop for VethPair {
         sh_quiet(&["ip", "link", "del", &self.a]);
     }
 }
+
+/// A scratch directory removed on drop (the logs it held are in every assertion message).
+pub struct TmpDir(pub PathBuf);
+
+impl TmpDir {
+    /// A fresh `$TMPDIR/name`.
+    pub fn new(name: &str) -> TmpDir {
+        let d = std::env::temp_dir().join(name);
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("scratch dir");
+        TmpDir(d)
+    }
+}
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
