@@ -29,6 +29,10 @@ pub struct DemoArgs {
     /// Serve the control socket here (e.g. for `colo-proxy ctl --socket PATH stats`).
     #[arg(long, value_name = "PATH")]
     pub control_socket: Option<std::path::PathBuf>,
+    /// Benchmark baseline: forward client ⇄ PVM directly on the same wires and lcores, without
+    /// the proxy (no mirror, compare, secondary).
+    #[arg(long)]
+    pub baseline_forward: bool,
     /// Also write the final report as JSON to this file (for scripts and tests).
     #[arg(long, value_name = "FILE")]
     pub report_json: Option<std::path::PathBuf>,

@@ -207,6 +207,42 @@ impl Stage for VmStage {
     }
 }
 
+/// The benchmark baseline: an io-forwarder between two wires (no mirror, no compare).
+struct ForwardStage {
+    a: (RxQueue, TxBuf),
+    b: (RxQueue, TxBuf),
+    burst: MbufBurst<BURST>,
+}
+
+impl Stage for ForwardStage {
+    fn name(&self) -> &str {
+        "forward"
+    }
+
+    fn poll(&mut self, cx: &LoopCtx) -> usize {
+        let c = cx.counters;
+        if cx.phase != Phase::Run {
+            self.a.1.flush(c);
+            self.b.1.flush(c);
+            return 0;
+        }
+        let mut work = 0;
+        for (rx, tx) in [
+            (&mut self.a.0, &mut self.b.1),
+            (&mut self.b.0, &mut self.a.1),
+        ] {
+            let n = rx.rx_burst(&mut self.burst);
+            c.add(Counter::Rx, n as u64);
+            for m in self.burst.drain() {
+                tx.push(m, c);
+            }
+            tx.flush(c);
+            work += n;
+        }
+        work
+    }
+}
+
 /// Default EAL arguments for the demo: three lcores on two cores, no PCI, and hugepages only
 /// when some are free.
 pub fn default_eal_args() -> Vec<String> {
@@ -294,73 +330,86 @@ pub fn demo(args: &DemoArgs) -> Result<DemoSummary, String> {
     let (links_rx, links_tx) = ports.queues(link_s).map_err(e)?;
     let (svm_rx, svm_tx) = ports.queues(svm_p).map_err(e)?;
 
-    // One ring per producer→consumer pair: redirector → shard k, one per side.
     let hold = SharedHistogram::default();
-    let mut to_p = Vec::new();
-    let mut to_s = Vec::new();
-    let mut proxy: Vec<Box<dyn Stage>> = Vec::new();
-    let mut nic_tx = Some(nic_tx);
-    for k in 0..shards {
-        let (pp, pc) =
-            dpdk::ring::<Mbuf>(&format!("to_cmp_p{k}"), 4096, Default::default()).map_err(e)?;
-        let (sp, sc) =
-            dpdk::ring::<Mbuf>(&format!("to_cmp_s{k}"), 4096, Default::default()).map_err(e)?;
-        to_p.push(RingOut::new(pp));
-        to_s.push(RingOut::new(sp));
-        // A ring port has one tx queue; more shards need a multi-queue nic (see `run`).
-        let Some(tx) = nic_tx.take() else {
-            return Err("demo: more than one shard needs a multi-queue nic port; use `run`".into());
+    let stages: Vec<Box<dyn Stage>> = if args.baseline_forward {
+        // Benchmark baseline: the same wires and lcores, plain forwarding instead of the proxy.
+        drop((linkp_rx, linkp_tx, links_rx, links_tx, svm_rx, svm_tx));
+        vec![Box::new(ForwardStage {
+            a: (nic_rx, nic_tx),
+            b: (pvm_rx, pvm_tx),
+            burst: MbufBurst::new(),
+        })]
+    } else {
+        // One ring per producer→consumer pair: redirector → shard k, one per side.
+        let mut to_p = Vec::new();
+        let mut to_s = Vec::new();
+        let mut proxy: Vec<Box<dyn Stage>> = Vec::new();
+        let mut nic_tx = Some(nic_tx);
+        for k in 0..shards {
+            let (pp, pc) =
+                dpdk::ring::<Mbuf>(&format!("to_cmp_p{k}"), 4096, Default::default()).map_err(e)?;
+            let (sp, sc) =
+                dpdk::ring::<Mbuf>(&format!("to_cmp_s{k}"), 4096, Default::default()).map_err(e)?;
+            to_p.push(RingOut::new(pp));
+            to_s.push(RingOut::new(sp));
+            // A ring port has one tx queue; more shards need a multi-queue nic (see `run`).
+            let Some(tx) = nic_tx.take() else {
+                return Err(
+                    "demo: more than one shard needs a multi-queue nic port; use `run`".into(),
+                );
+            };
+            proxy.push(Box::new(
+                CompareStage::new(
+                    k,
+                    RingIn::new(pc),
+                    RingIn::new(sc),
+                    tx,
+                    Comparator::new(CompareConfig::default()),
+                    mgmt.sender(),
+                    LatencyRecorder::new(hold.clone()),
+                )
+                .with_capture(mgmt.capture_on()),
+            ));
+        }
+        // The link carries the encapsulation (stream id + sequence numbers), as on a real NIC.
+        let mac = |i: usize| ports.ports[i].mac().unwrap_or([0x02, 0, 0, 0, 0, i as u8]);
+        let (mac_p, mac_s) = (mac(link_p), mac(link_s));
+        let encap_tx = |tx: TxBuf, src, dst, stream| LinkTx::EncapPort {
+            tx,
+            encap: EncapTx::new(
+                EncapConfig {
+                    dst,
+                    src,
+                    ethertype: LINK_ETHERTYPE,
+                },
+                stream,
+            ),
+            pool: pool.clone(),
         };
-        proxy.push(Box::new(
-            CompareStage::new(
-                k,
-                RingIn::new(pc),
-                RingIn::new(sc),
-                tx,
-                Comparator::new(CompareConfig::default()),
-                mgmt.sender(),
-                LatencyRecorder::new(hold.clone()),
-            )
-            .with_capture(mgmt.capture_on()),
-        ));
-    }
-    // The link carries the encapsulation (stream id + sequence numbers), as on a real NIC.
-    let mac = |i: usize| ports.ports[i].mac().unwrap_or([0x02, 0, 0, 0, 0, i as u8]);
-    let (mac_p, mac_s) = (mac(link_p), mac(link_s));
-    let encap_tx = |tx: TxBuf, src, dst, stream| LinkTx::EncapPort {
-        tx,
-        encap: EncapTx::new(
-            EncapConfig {
-                dst,
-                src,
-                ethertype: LINK_ETHERTYPE,
-            },
-            stream,
-        ),
-        pool: pool.clone(),
+        let encap_rx = |rx: RxQueue| LinkRx::EncapPort {
+            rx,
+            decap: Box::new(EncapRx::new(LINK_ETHERTYPE)),
+        };
+        let mirror = MirrorStage::new(
+            nic_rx,
+            pvm_tx,
+            encap_tx(linkp_tx, mac_p, mac_s, STREAM_MIRROR),
+        );
+        let redirector = RedirectorStage::new(pvm_rx, encap_rx(linkp_rx), to_p, to_s);
+        let rewriter = RewriterStage::new(
+            encap_rx(links_rx),
+            svm_tx,
+            svm_rx,
+            encap_tx(links_tx, mac_s, mac_p, STREAM_SECONDARY),
+            None,
+            Rewriter::new(RewriterConfig::default()),
+            pool.clone(),
+        );
+        let mut stages: Vec<Box<dyn Stage>> = vec![Box::new(mirror), Box::new(redirector)];
+        stages.append(&mut proxy);
+        stages.push(Box::new(rewriter));
+        stages
     };
-    let encap_rx = |rx: RxQueue| LinkRx::EncapPort {
-        rx,
-        decap: Box::new(EncapRx::new(LINK_ETHERTYPE)),
-    };
-    let mirror = MirrorStage::new(
-        nic_rx,
-        pvm_tx,
-        encap_tx(linkp_tx, mac_p, mac_s, STREAM_MIRROR),
-    );
-    let redirector = RedirectorStage::new(pvm_rx, encap_rx(linkp_rx), to_p, to_s);
-    let rewriter = RewriterStage::new(
-        encap_rx(links_rx),
-        svm_tx,
-        svm_rx,
-        encap_tx(links_tx, mac_s, mac_p, STREAM_SECONDARY),
-        None,
-        Rewriter::new(RewriterConfig::default()),
-        pool.clone(),
-    );
-    let mut stages: Vec<Box<dyn Stage>> = vec![Box::new(mirror), Box::new(redirector)];
-    stages.append(&mut proxy);
-    stages.push(Box::new(rewriter));
 
     let addrs = Addresses::default();
     let sims = Arc::new(Mutex::new(SimReport::default()));
@@ -524,6 +573,10 @@ pub fn report_json(s: &DemoSummary) -> serde_json::Value {
             "udp_answered": c.udp_answered,
             "icmp_sent": c.icmp_sent,
             "icmp_answered": c.icmp_answered,
+            "tcp_latency_us": {
+                "p50": c.lat_tcp.value_at_quantile(0.5) as f64 / 1e3,
+                "p99": c.lat_tcp.value_at_quantile(0.99) as f64 / 1e3,
+            },
         })
     });
     serde_json::json!({
