@@ -281,8 +281,14 @@ fn slow_subscriber_loses_events_not_memory_and_others_are_served() {
         "the stuck subscriber must lose events: {:?}",
         st.control
     );
-    // The live subscriber may lose some too when it falls behind, but it got most of them.
-    assert!(live_got > n / 2, "live subscriber got {live_got} of {n}");
+    // The live subscriber was served; it may lose some too when it falls behind (how many
+    // depends on the machine's load), but never silently: every event it did not get is counted.
+    assert!(live_got > 0, "live subscriber got nothing");
+    assert!(
+        live_got + st.control.events_dropped >= n,
+        "live got {live_got} of {n} and only {} were counted as dropped",
+        st.control.events_dropped
+    );
     drop(stuck);
 }
 
