@@ -4,7 +4,7 @@
 //! device took it, [`Counter::DropTxFull`] when the queue stayed full, and ring leftovers are
 //! kept (back-pressure), never dropped, until the stage is flushed at shutdown.
 
-use crate::dpdk::{Mbuf, MbufBurst, RingConsumer, RingProducer, RxQueue, TxQueue};
+use crate::dpdk::{Mbuf, MbufBurst, Mempool, RingConsumer, RingProducer, RxQueue, TxQueue};
 
 use super::counters::{Counter, LcoreCounters};
 
@@ -177,4 +177,16 @@ impl RingIn {
     pub fn is_empty(&self) -> bool {
         self.ring.is_empty()
     }
+}
+
+/// `m` itself when nobody else holds it, else a private copy from `pool` (same bytes and
+/// timestamp), so it can be written in place. `None` when the pool is empty.
+pub fn unshare(m: Mbuf, pool: &Mempool) -> Option<Mbuf> {
+    if !m.is_shared() {
+        return Some(m);
+    }
+    let mut copy = pool.alloc()?;
+    copy.set_data(m.data()).ok()?;
+    copy.set_timestamp(m.timestamp());
+    Some(copy)
 }

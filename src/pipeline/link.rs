@@ -18,7 +18,7 @@ use crate::link::encap::{EncapRx, EncapTx, SeqEvent, OVERHEAD};
 use crate::link::socket::FramedSocket;
 
 use super::counters::{Counter, LcoreCounters};
-use super::io::{TxBuf, BURST};
+use super::io::{unshare, TxBuf, BURST};
 use super::lcore::LoopCtx;
 
 /// Frames a socket receiver keeps decoded but not yet taken by its stage.
@@ -52,8 +52,9 @@ impl LinkTx {
         match self {
             LinkTx::RawPort(tx) => tx.push(m, c),
             LinkTx::EncapPort { tx, encap, pool } => {
+                // The mirror's clone is shared: the header needs a private copy.
                 let mut m = if m.is_shared() {
-                    match copy_with_headroom(&m, pool) {
+                    match unshare(m, pool).filter(|m| m.headroom() as usize >= OVERHEAD) {
                         Some(copy) => copy,
                         None => {
                             c.inc(Counter::DropNoMbuf);
@@ -98,16 +99,6 @@ impl LinkTx {
             s.flush();
         }
     }
-}
-
-fn copy_with_headroom(m: &Mbuf, pool: &Mempool) -> Option<Mbuf> {
-    let mut copy = pool.alloc()?;
-    if (copy.headroom() as usize) < OVERHEAD {
-        return None;
-    }
-    copy.set_data(m.data()).ok()?;
-    copy.set_timestamp(m.timestamp());
-    Some(copy)
 }
 
 /// Receive side of the link.

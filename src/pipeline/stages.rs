@@ -12,7 +12,7 @@ use crate::mgmt::{EventSender, Input};
 use crate::rewrite::{Direction, Rewriter};
 
 use super::counters::Counter;
-use super::io::{RingIn, RingOut, RxSet, TxBuf, BURST};
+use super::io::{unshare, RingIn, RingOut, RxSet, TxBuf, BURST};
 use super::latency::LatencyRecorder;
 use super::lcore::{Command, LoopCtx, Phase, Stage};
 use super::link::{LinkRx, LinkTx};
@@ -566,18 +566,6 @@ impl Stage for CompareStage {
     }
 }
 
-/// Copy a shared mbuf (an in-process ring wire hands the same mbuf to two owners) so it can be
-/// rewritten in place. `None` when the pool is empty.
-fn make_unique(m: Mbuf, pool: &Mempool) -> Option<Mbuf> {
-    if !m.is_shared() {
-        return Some(m);
-    }
-    let mut copy = pool.alloc()?;
-    copy.set_data(m.data()).ok()?;
-    copy.set_timestamp(m.timestamp());
-    Some(copy)
-}
-
 /// Secondary: the mirror stream into the SVM (ack += offset) and the SVM's output back to the
 /// primary (seq −= offset); after failover, the SVM serves the client through the NIC.
 pub struct RewriterStage {
@@ -619,7 +607,7 @@ impl RewriterStage {
     fn rewrite_into(&mut self, dir: Direction, cx: &LoopCtx, to_svm: bool) {
         let c = cx.counters;
         for m in self.burst.drain() {
-            let Some(mut m) = make_unique(m, &self.pool) else {
+            let Some(mut m) = unshare(m, &self.pool) else {
                 c.inc(Counter::DropNoMbuf);
                 continue;
             };
