@@ -9,6 +9,7 @@
 //! consumed by a simulator, a matched or flushed secondary freed, or dropped with a named
 //! reason. [`Snapshot::accounting`] checks the sum.
 
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 macro_rules! counters {
@@ -100,6 +101,17 @@ counters! {
     IdleCycles = "idle_cycles",
 }
 
+impl Counter {
+    /// Packets dropped with a named reason (terminal: each also counts in the accounting).
+    pub const DROPS: &'static [Counter] = &[
+        Counter::DropTxFull,
+        Counter::DropRingFull,
+        Counter::DropUnsupported,
+        Counter::DropNoMbuf,
+        Counter::DropLinkDown,
+    ];
+}
+
 /// One lcore's counters, on its own cache lines.
 #[repr(align(64))]
 pub struct LcoreCounters {
@@ -172,6 +184,24 @@ impl Accounting {
     }
 }
 
+/// `entered N = terminal M → balanced` (or `→ MISMATCH`): the final reports' accounting line;
+/// tests match the `balanced` at its end.
+impl fmt::Display for Accounting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "entered {} = terminal {} → {}",
+            self.entered,
+            self.terminal,
+            if self.balanced() {
+                "balanced"
+            } else {
+                "MISMATCH"
+            }
+        )
+    }
+}
+
 impl Snapshot {
     /// Value of `c`.
     pub fn get(&self, c: Counter) -> u64 {
@@ -203,13 +233,9 @@ impl Snapshot {
             SecondaryMatched,
             SecondaryFlushed,
             SecondaryDropped,
-            DropTxFull,
-            DropRingFull,
-            DropUnsupported,
-            DropNoMbuf,
-            DropLinkDown,
         ]
         .iter()
+        .chain(Counter::DROPS)
         .map(|&c| self.get(c))
         .sum();
         Accounting { entered, terminal }
@@ -221,6 +247,26 @@ impl Snapshot {
             .iter()
             .map(|&c| (c.name(), self.get(c)))
             .filter(|(_, v)| *v != 0)
+    }
+
+    /// Packets dropped (all [`Counter::DROPS`]).
+    pub fn dropped(&self) -> u64 {
+        Counter::DROPS.iter().map(|&c| self.get(c)).sum()
+    }
+
+    /// The non-zero drop counters and lost events as `name=value ...`, or `none`.
+    pub fn drops_list(&self) -> String {
+        let drops: Vec<String> = Counter::DROPS
+            .iter()
+            .chain(&[Counter::EventsDropped])
+            .filter(|&&c| self.get(c) > 0)
+            .map(|&c| format!("{}={}", c.name(), self.get(c)))
+            .collect();
+        if drops.is_empty() {
+            "none".to_string()
+        } else {
+            drops.join(" ")
+        }
     }
 
     /// As a JSON object `{name: value}` (all counters).
@@ -254,5 +300,27 @@ mod tests {
         assert_eq!(s1.plus(&s1).get(Counter::Rx), 20);
         assert_eq!(Counter::ALL.len(), Counter::COUNT);
         assert_eq!(s1.to_json()["rx"], 10);
+    }
+
+    #[test]
+    fn accounting_line_and_drops_list() {
+        let c = LcoreCounters::default();
+        assert_eq!(c.snapshot().drops_list(), "none");
+        c.add(Counter::Rx, 5);
+        c.add(Counter::Tx, 3);
+        c.add(Counter::DropRingFull, 2);
+        c.inc(Counter::EventsDropped);
+        let s = c.snapshot();
+        assert_eq!(s.dropped(), 2);
+        assert_eq!(s.drops_list(), "drop_ring_full=2 events_dropped=1");
+        assert_eq!(
+            s.accounting().to_string(),
+            "entered 5 = terminal 5 → balanced"
+        );
+        c.inc(Counter::Rx);
+        assert_eq!(
+            c.snapshot().accounting().to_string(),
+            "entered 6 = terminal 5 → MISMATCH"
+        );
     }
 }

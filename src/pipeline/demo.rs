@@ -639,36 +639,8 @@ pub fn report(s: &DemoSummary) -> bool {
         println!("client latency (udp)       {}", percentiles_us(&c.lat_udp));
         println!("client latency (icmp)      {}", percentiles_us(&c.lat_icmp));
     }
-    let drops: Vec<String> = [
-        Counter::DropTxFull,
-        Counter::DropRingFull,
-        Counter::DropUnsupported,
-        Counter::DropNoMbuf,
-        Counter::DropLinkDown,
-        Counter::EventsDropped,
-    ]
-    .iter()
-    .filter(|c| t.get(**c) > 0)
-    .map(|c| format!("{}={}", c.name(), t.get(*c)))
-    .collect();
-    println!(
-        "drops                      {}",
-        if drops.is_empty() {
-            "none".to_string()
-        } else {
-            drops.join(" ")
-        }
-    );
-    println!(
-        "accounting                 entered {} = terminal {} → {}",
-        acc.entered,
-        acc.terminal,
-        if acc.balanced() {
-            "balanced"
-        } else {
-            "MISMATCH"
-        }
-    );
+    println!("drops                      {}", t.drops_list());
+    println!("accounting                 {acc}");
     println!(
         "mbufs in use after stop    {} (frames left in virtual cables: {})",
         s.mempool_in_use, s.leftover_in_wires

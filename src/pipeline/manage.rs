@@ -123,11 +123,6 @@ pub fn status_line(d: &Snapshot, dt: Duration) -> String {
         + d.get(Counter::ReleasedBypass)
         + d.get(Counter::ReleasedCheckpoint)
         + d.get(Counter::ReleasedUncompared);
-    let drops = d.get(Counter::DropTxFull)
-        + d.get(Counter::DropRingFull)
-        + d.get(Counter::DropUnsupported)
-        + d.get(Counter::DropNoMbuf)
-        + d.get(Counter::DropLinkDown);
     let busy = d.get(Counter::BusyCycles) as f64;
     let idle = d.get(Counter::IdleCycles) as f64;
     format!(
@@ -138,7 +133,7 @@ pub fn status_line(d: &Snapshot, dt: Duration) -> String {
         si(rate(released)),
         si(rate(d.get(Counter::SecondaryMatched))),
         si(rate(d.get(Counter::Rewritten))),
-        drops,
+        d.dropped(),
         100.0 * busy / (busy + idle).max(1.0),
     )
 }

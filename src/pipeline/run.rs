@@ -137,16 +137,7 @@ fn run_pipeline(cfg: &Config, eal_overrides: &[String]) -> Result<bool, String> 
         }
     }
     let acc = totals.accounting();
-    println!(
-        "accounting               entered {} = terminal {} → {}",
-        acc.entered,
-        acc.terminal,
-        if acc.balanced() {
-            "balanced"
-        } else {
-            "MISMATCH"
-        }
-    );
+    println!("accounting               {acc}");
     println!("frames left in rx queues {leftover} (freed)");
     for f in &failures {
         println!("lcore failure: {f}");
