@@ -114,9 +114,13 @@ impl From<Vec<u8>> for VecBuf {
 }
 
 impl PacketBuf for VecBuf {
+    // Inlined: every comparison reads both frames through these (a real call per access
+    // otherwise, across the crate boundary of a thin-LTO build).
+    #[inline]
     fn data(&self) -> &[u8] {
         &self.storage[self.start..self.end]
     }
+    #[inline]
     fn data_mut(&mut self) -> &mut [u8] {
         &mut self.storage[self.start..self.end]
     }
