@@ -207,7 +207,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
         self.out.release(pkt, how);
     }
 
-    #[inline]
+    #[inline(always)]
     fn free(&mut self, pkt: B, how: SecondaryFree) {
         self.c.count_free(how);
         self.out.free_secondary(pkt, how);
@@ -311,9 +311,8 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
             self.diverge(conn, Side::Primary, reason, range, h, NIL);
             self.release_node(conn, h, Release::Overflow);
         }
-        match self.pool.alloc(pkt, m) {
+        match self.pool.alloc_back(&mut conn.pq, pkt, m) {
             Ok(id) => {
-                self.pool.push_back(&mut conn.pq, id);
                 self.c.queued_primary += 1;
                 if conn.cursor == NIL {
                     conn.cursor = id;
@@ -347,7 +346,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
 
     // ---------------------------------------------------------------- TCP
 
-    #[inline]
+    #[inline(always)]
     fn tcp_primary(&mut self, conn: &mut Conn, pkt: B, m: Meta) {
         restart_if_reused(conn, &m);
         let t = &mut conn.tcp;
@@ -407,11 +406,10 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
             Pre::Compare(_) if conn.sq.head == NIL => {
                 // Its bytes have not come from the secondary yet: it waits, unresolved.
                 // A full pool is the general path's overflow rule.
-                let id = match self.pool.alloc(pkt, m) {
+                let id = match self.pool.alloc_back(&mut conn.pq, pkt, m) {
                     Ok(id) => id,
                     Err(pkt) => return Some(pkt),
                 };
-                self.pool.push_back(&mut conn.pq, id);
                 self.c.queued_primary += 1;
                 conn.cursor = id;
                 None
@@ -436,7 +434,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn tcp_secondary(&mut self, conn: &mut Conn, pkt: B, m: Meta) {
         restart_if_reused(conn, &m);
         let t = &mut conn.tcp;

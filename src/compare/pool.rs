@@ -140,6 +140,29 @@ impl<B: PacketBuf> Pool<B> {
         Ok(id)
     }
 
+    /// [`Self::alloc`] + [`Self::push_back`] in one step (the queueing fast path): the new
+    /// node is linked at the tail of `list`. Gives the packet back when the pool is empty.
+    #[inline(always)]
+    pub fn alloc_back(&mut self, list: &mut List, pkt: B, m: Meta) -> Result<u32, B> {
+        let id = self.free;
+        let Some(n) = self.nodes.get_mut(id as usize) else {
+            return Err(pkt);
+        };
+        self.free = n.next;
+        self.free_n -= 1;
+        n.pkt = Some(pkt);
+        n.m = m;
+        n.prev = list.tail;
+        n.next = NIL;
+        match self.nodes.get_mut(list.tail as usize) {
+            Some(t) => t.next = id,
+            None => list.head = id,
+        }
+        list.tail = id;
+        list.len += 1;
+        Ok(id)
+    }
+
     /// Link `id` after `after` (`NIL` = at the front).
     #[inline]
     pub fn insert_after(&mut self, list: &mut List, after: u32, id: u32) {
@@ -173,7 +196,7 @@ impl<B: PacketBuf> Pool<B> {
     }
 
     /// Unlink the head of `list` and return its packet; the node goes back to the pool.
-    #[inline]
+    #[inline(always)]
     pub fn pop_front(&mut self, list: &mut List) -> Option<B> {
         let id = list.head;
         let n = self.nodes.get_mut(id as usize)?;
@@ -256,6 +279,41 @@ mod tests {
         assert_eq!(p.pop_front(&mut a).unwrap().data(), &[3]);
         assert_eq!((a.head, a.tail, a.len), (NIL, NIL, 0));
         assert!(!p.is_full());
+    }
+
+    #[test]
+    fn alloc_back_links_at_the_tail_and_gives_the_packet_back_when_full() {
+        let mut p: Pool<VecBuf> = Pool::with_capacity(3);
+        let (mut a, mut b) = (List::EMPTY, List::EMPTY);
+        let n1 = p
+            .alloc_back(&mut a, VecBuf::from_slice(&[1]), Meta::default())
+            .unwrap();
+        assert_eq!(
+            (a.head, a.tail, a.len, p.prev(n1), p.next(n1)),
+            (n1, n1, 1, NIL, NIL)
+        );
+        p.alloc_back(&mut b, VecBuf::from_slice(&[9]), Meta::default())
+            .unwrap();
+        let n2 = p
+            .alloc_back(&mut a, VecBuf::from_slice(&[2]), Meta::default())
+            .unwrap();
+        assert_eq!(ids(&p, &a), vec![1, 2]);
+        assert_eq!((a.tail, a.len, p.prev(n2), p.next(n1)), (n2, 2, n1, n2));
+        assert!(p.is_full());
+        let back = p.alloc_back(&mut a, VecBuf::from_slice(&[3]), Meta::default());
+        assert_eq!(
+            back.unwrap_err().data(),
+            &[3],
+            "full pool: the packet comes back"
+        );
+        assert_eq!((ids(&p, &a), a.len), (vec![1, 2], 2), "list unchanged");
+        assert_eq!(p.pop_front(&mut a).unwrap().data(), &[1]);
+        let n3 = p
+            .alloc_back(&mut a, VecBuf::from_slice(&[3]), Meta::default())
+            .unwrap();
+        assert_eq!(n3, n1, "the freed node is reused");
+        assert_eq!(ids(&p, &a), vec![2, 3]);
+        assert_eq!(ids(&p, &b), vec![9]);
     }
 
     #[test]
