@@ -15,10 +15,10 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use colo_proxy::buf::{PacketBuf, VecBuf};
-use colo_proxy::dpdk::{default_mem_args, Eal, Mbuf, Mempool};
 use colo_proxy::compare::{
     Comparator, CompareConfig, DivergenceEvent, Output, Release, SecondaryFree, Side,
 };
+use colo_proxy::dpdk::{default_mem_args, Eal, Mbuf, Mempool};
 use colo_proxy::flow::FlowKey;
 use colo_proxy::wire::{parse, PacketInfo};
 use etherparse::PacketBuilder;
@@ -61,7 +61,10 @@ impl Bufs for Mbufs {
     type B = Mbuf;
     const NAME: &'static str = "mbuf";
     fn make(&self, frame: &[u8]) -> Mbuf {
-        let mut m = self.0.alloc().expect("the case's mempool holds all its frames");
+        let mut m = self
+            .0
+            .alloc()
+            .expect("the case's mempool holds all its frames");
         m.append(frame.len())
             .expect("data room fits the frame")
             .copy_from_slice(frame);

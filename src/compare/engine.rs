@@ -1101,6 +1101,16 @@ fn v4_ports_key(h: &[u8; 42], proto: u8, key: &mut FlowKey) -> u64 {
     FlowKey::hash64_v4(proto, lo.to_le_bytes(), hi.to_le_bytes(), plo, phi)
 }
 
+/// Start loading the frame's second cache line (bytes 64..128: most of a small segment's
+/// payload) now, so the miss overlaps the flow lookup instead of stalling the payload compare
+/// (a secondary's compare follows in this call; a primary's when its secondary arrives). A
+/// plain load whose value is discarded: the safe stand-in for a prefetch. Measured: 1k flows
+/// 87 → 80 ns per matched 64 B pair, 100k flows 268 → 166 ns (mbufs, perf/compare.rs).
+#[inline(always)]
+fn touch_second_line(d: &[u8]) {
+    std::hint::black_box(d.get(64).copied());
+}
+
 #[inline]
 fn kind_code(k: FlowKind) -> u8 {
     match k {
@@ -1200,6 +1210,7 @@ impl<B: PacketBuf> Comparator<B> {
     pub fn process(&mut self, side: Side, pkt: B, now: u64, out: &mut impl Output<B>) {
         let d = pkt.data();
         let len = d.len();
+        touch_second_line(d);
         if self.cfg.bypass.is_empty() && len <= MAX_FRAME_LEN {
             let mut key = FlowKey {
                 family: crate::flow::Family::L2,
@@ -1292,6 +1303,7 @@ impl<B: PacketBuf> Comparator<B> {
         out: &mut impl Output<B>,
     ) {
         let len = pkt.len();
+        touch_second_line(pkt.data());
         self.count_in(side, len);
         if !self.cfg.bypass.is_empty()
             && self
