@@ -5,6 +5,9 @@
 //! `cargo bench --bench rewrite -- --smoke` runs a few seconds (CI); without `--smoke` it runs
 //! longer rounds for the numbers recorded in perf/RESULTS.md. No allocation per packet: one
 //! buffer per case is translated in place over and over.
+//!
+//! A second table gives the flow-table cost: packets spread over N learned connections against
+//! the same number of buffers that all belong to one connection (ratio = N conns / 1 conn).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -27,12 +30,23 @@ fn frame(
     ts: (u32, u32),
     n: usize,
 ) -> Vec<u8> {
+    frame_port(v6, from_vm, 40000, seq, ack, flags, ts, n)
+}
+
+/// [`frame`] for the client port `port`.
+#[allow(clippy::too_many_arguments)]
+fn frame_port(
+    v6: bool,
+    from_vm: bool,
+    port: u16,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    ts: (u32, u32),
+    n: usize,
+) -> Vec<u8> {
     let (a, b) = ([10u8, 0, 0, 5], [192u8, 168, 1, 10]);
-    let (sp, dp) = if from_vm {
-        (80u16, 40000u16)
-    } else {
-        (40000, 80)
-    };
+    let (sp, dp) = if from_vm { (80u16, port) } else { (port, 80) };
     let mut tcp = Vec::new();
     tcp.extend_from_slice(&sp.to_be_bytes());
     tcp.extend_from_slice(&dp.to_be_bytes());
@@ -110,26 +124,94 @@ fn full_checksum(f: &mut [u8], at: Layout) {
 
 /// A rewriter that learned offsets for the benchmark's connection.
 fn learned(v6: bool) -> Rewriter {
+    learned_ports(v6, 1)
+}
+
+/// The client port of connection `i` (65536 distinct ports from 40000 on, wrapping).
+fn port_of(i: usize) -> u16 {
+    40000u16.wrapping_add(i as u16)
+}
+
+/// A rewriter (default capacity) that learned offsets for the first `n` client ports.
+fn learned_ports(v6: bool, n: usize) -> Rewriter {
     let mut rw = Rewriter::new(RewriterConfig::default());
     let (c, p, s) = (7_000u32, 1_000u32, 5_000_000u32);
-    for (d, f) in [
-        (
-            Direction::ToSecondary,
-            frame(v6, false, c, 0, SYN, (1, 0), 0),
-        ),
-        (
-            Direction::FromSecondary,
-            frame(v6, true, s, c + 1, SYN | ACK, (900, 1), 0),
-        ),
-        (
-            Direction::ToSecondary,
-            frame(v6, false, c + 1, p + 1, ACK, (2, 100), 0),
-        ),
-    ] {
-        let mut b = VecBuf::from_slice(&f);
-        let _ = rw.process(d, &mut b, 1);
+    for port in (0..n).map(port_of) {
+        for (d, f) in [
+            (
+                Direction::ToSecondary,
+                frame_port(v6, false, port, c, 0, SYN, (1, 0), 0),
+            ),
+            (
+                Direction::FromSecondary,
+                frame_port(v6, true, port, s, c + 1, SYN | ACK, (900, 1), 0),
+            ),
+            (
+                Direction::ToSecondary,
+                frame_port(v6, false, port, c + 1, p + 1, ACK, (2, 100), 0),
+            ),
+        ] {
+            let mut b = VecBuf::from_slice(&f);
+            let _ = rw.process(d, &mut b, 1);
+        }
     }
     rw
+}
+
+/// Table cost: packets spread over `n` learned connections (a permuted order, so every
+/// lookup is a different entry), against the same number of buffers all of one connection
+/// (same buffer footprint, one hot table entry) as the baseline.
+fn table_case(n: usize, rounds: usize, target: Duration) {
+    debug_assert!(n.is_power_of_two());
+    let dir = Direction::ToSecondary;
+    let mk = |port: u16| {
+        VecBuf::from_slice(&frame_port(
+            false,
+            false,
+            port,
+            7_001,
+            1_001,
+            ACK,
+            (3, 200),
+            64,
+        ))
+    };
+    let mut many: Vec<VecBuf> = (0..n).map(|i| mk(port_of(i))).collect();
+    let mut one: Vec<VecBuf> = (0..n).map(|_| mk(40000)).collect();
+    let mut rw_many = learned_ports(false, n);
+    let mut rw_one = learned(false);
+    // An odd multiplier permutes 0..n (n a power of two).
+    let at = |i: u64| (i.wrapping_mul(40_503) as usize) & (n - 1);
+    let t = Instant::now();
+    let mut k = 0u64;
+    while t.elapsed() < target / 10 {
+        let _ = rw_many.process(dir, black_box(&mut many[at(k)]), k);
+        k += 1;
+    }
+    let iters = (k * 10).max(n as u64);
+    let (ns_many, ns_one) = measure_pair(
+        rounds,
+        iters,
+        |i| {
+            let o = rw_many.process(dir, black_box(&mut many[at(i)]), i);
+            debug_assert_eq!(o, Outcome::Rewritten);
+            black_box(o);
+        },
+        |i| {
+            let o = rw_one.process(dir, black_box(&mut one[at(i)]), i);
+            debug_assert_eq!(o, Outcome::Rewritten);
+            black_box(o);
+        },
+    );
+    assert_eq!(rw_many.len(), n, "every connection still tracked");
+    assert_eq!(rw_many.counters().evicted, 0);
+    println!(
+        "{:<8} {:>14.1} {:>14.1} {:>7.2}x",
+        n,
+        ns_many,
+        ns_one,
+        ns_many / ns_one
+    );
 }
 
 /// ns per packet of `iters` calls of `one`.
@@ -233,5 +315,15 @@ fn main() {
                 );
             }
         }
+    }
+    println!(
+        "\nflow table: ns/packet (IPv4 to SVM, 64 B) over N connections vs N buffers of one connection, default capacity 65536"
+    );
+    println!(
+        "{:<8} {:>14} {:>14} {:>8}",
+        "flows", "N conns", "1 conn", "ratio"
+    );
+    for n in [1024usize, 16384, 65536] {
+        table_case(n, rounds, target);
     }
 }
