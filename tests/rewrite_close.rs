@@ -3,7 +3,8 @@
 mod rewrite_util;
 
 use colo_proxy::rewrite::{
-    CloseKind, ConnState, Outcome, RewriterConfig, DEFAULT_CLOSED_LINGER_NS,
+    CloseKind, ConnState, Outcome, Rewriter, RewriterConfig, AGE_SCAN_SPACING,
+    DEFAULT_CLOSED_LINGER_NS,
 };
 use rewrite_util::*;
 
@@ -221,4 +222,116 @@ fn stray_syn_on_established_connection_is_ignored() {
     assert_eq!(t.ack, S + 21);
     assert_eq!(h.rw.counters().stray_syns, 1);
     assert_eq!(h.rw.counters().new_incarnations, 0);
+}
+
+/// A connection whose offset was learned at `port`, last used at `h.now` afterwards.
+fn learned_at(h: &mut H, port: u16, s: u32) {
+    let mk = |seg: Seg| seg.port(port);
+    h.send(&mk(Seg::client(C, 0, SYN)));
+    h.send(&mk(Seg::vm(s, C + 1, SYN | ACK)));
+    h.send(&mk(Seg::client(C + 1, P + 1, ACK)));
+}
+
+fn tracked(h: &mut H, port: u16, s: u32) -> bool {
+    let (o, t) = h.send(&Seg::client(C + 1, P + 1, ACK).port(port));
+    o == Outcome::Rewritten && t.ack == s + 1
+}
+
+/// Idle ageing bounds: never before the timeout, at the latest one scan spacing after it, also
+/// when connections fall due one after the other (the scan is skipped while nothing is due).
+#[test]
+fn idle_ageing_is_never_early_and_at_most_one_spacing_late() {
+    let idle = 64_000_000;
+    let spacing = idle / AGE_SCAN_SPACING;
+    let mut h = H::with(RewriterConfig {
+        idle_timeout_ns: idle,
+        ..RewriterConfig::default()
+    });
+    learned_at(&mut h, 1000, S);
+    let last_a = h.now;
+    h.now += 2 * spacing;
+    learned_at(&mut h, 1001, S + 1);
+    let last_b = h.now;
+    // Ticks all along: nothing goes before its own timeout.
+    let mut t = last_a;
+    while t < last_a + idle {
+        h.rw.tick(t);
+        assert_eq!(h.rw.len(), 2, "expired early at {t}");
+        t += spacing / 8;
+    }
+    h.rw.tick(last_a + idle + spacing);
+    assert_eq!(h.rw.len(), 1, "a is due");
+    assert_eq!(h.rw.counters().expired, 1);
+    h.rw.tick(last_b + idle - 1);
+    assert_eq!(h.rw.len(), 1, "b is not due yet");
+    h.rw.tick(last_b + idle + spacing);
+    assert!(h.rw.is_empty(), "b expired at most one spacing late");
+    assert_eq!(h.rw.counters().expired, 2);
+}
+
+/// Above the exact-LRU sample size, eviction is approximate, but a connection in steady use is
+/// never the victim, and every eviction is counted.
+#[test]
+fn large_full_table_never_evicts_a_connection_in_use() {
+    let mut h = H::with(RewriterConfig {
+        table_capacity: 64,
+        ..RewriterConfig::default()
+    });
+    for i in 0..64u16 {
+        learned_at(&mut h, 1000 + i, S + u32::from(i));
+    }
+    assert_eq!(h.rw.counters().evicted, 0);
+    for i in 64..300u16 {
+        assert!(
+            tracked(&mut h, 1000, S),
+            "the busy connection was evicted at {i}"
+        );
+        learned_at(&mut h, 1000 + i, S + u32::from(i));
+    }
+    assert_eq!(h.rw.len(), 64);
+    assert_eq!(h.rw.counters().evicted, 300 - 64);
+    assert_eq!(h.rw.counters().evicted_translated, 300 - 64);
+    assert!(
+        tracked(&mut h, 1000 + 299, S + 299),
+        "the newest is tracked"
+    );
+}
+
+/// After failover, translating connections are kept through ageing with their real last-use
+/// time; a later checkpoint (offsets zeroed) or a close makes them ageable again.
+#[test]
+fn failover_exemption_from_ageing_ends_with_checkpoint_or_close() {
+    let idle = 1_000_000;
+    let cfg = RewriterConfig {
+        idle_timeout_ns: idle,
+        ..RewriterConfig::default()
+    };
+    let mut h = H::with(cfg);
+    // Closed entries stay until ageing (no linger reclaim) so the close path is what is tested.
+    h.rw = Rewriter::new(cfg).with_closed_linger(u64::MAX);
+    learned_at(&mut h, 1000, S);
+    learned_at(&mut h, 1001, S + 1);
+    let last = h.now;
+    h.rw.failover();
+    h.now += 10 * idle;
+    h.rw.tick(h.now);
+    assert_eq!(h.rw.len(), 2);
+    let mut stamps = Vec::new();
+    h.rw.flows(|_, f| stamps.push(f.last_used_ns));
+    assert!(
+        stamps.iter().all(|&t| t <= last),
+        "{stamps:?}: not refreshed by ageing"
+    );
+    // 1001 is reset by the client: no longer exempt, gone once idle.
+    h.send(&Seg::client(C + 1, P + 1, RST | ACK).port(1001));
+    h.now += 2 * idle;
+    h.rw.tick(h.now);
+    assert_eq!(h.rw.len(), 1, "the reset connection aged out");
+    assert!(tracked(&mut h, 1000, S), "the other is still translated");
+    // A checkpoint zeroes the offsets: the survivor ages out at the next due tick.
+    h.rw.checkpoint();
+    h.now += 2 * idle;
+    h.rw.tick(h.now);
+    assert!(h.rw.is_empty());
+    assert_eq!(h.rw.counters().expired, 2);
 }

@@ -282,6 +282,18 @@ impl<V> HashedTable<V> {
         });
         self.hand = 0;
     }
+
+    /// Remove the live entry `id` (a handle from [`Self::find`]); false when it is not live.
+    /// The value stays in its slab slot, dropped when the slot is reused or the table dropped.
+    pub fn remove(&mut self, id: u32) -> bool {
+        match self.slots.get(id as usize) {
+            Some(s) if s.live => {
+                self.remove_id(id as usize);
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -382,6 +394,28 @@ mod tests {
             assert!(t.find(hash(i), &k(i)).is_some(), "{i} unreachable");
         }
         assert_eq!(t.slots.capacity(), 40, "no growth");
+    }
+
+    #[test]
+    fn remove_by_handle_keeps_the_rest_findable() {
+        let mut t: HashedTable<u16> = HashedTable::with_capacity(4);
+        let hash = |_: u16| 5u64; // one home bucket: removal must shift the probe chain back
+        for i in 0..4 {
+            t.insert(hash(i), k(i), 0, || i);
+        }
+        let id = t.find(hash(1), &k(1)).unwrap();
+        assert!(t.remove(id));
+        assert!(!t.remove(id), "already removed");
+        assert!(!t.remove(99), "never allocated");
+        assert_eq!(t.len(), 3);
+        assert!(t.find(hash(1), &k(1)).is_none());
+        for i in [0, 2, 3] {
+            let id = t.find(hash(i), &k(i)).unwrap();
+            assert_eq!(t.get_mut(id).copied(), Some(i));
+        }
+        // The freed slot is reused without eviction.
+        assert!(t.insert(hash(7), k(7), 1, || 7).evicted.is_none());
+        assert_eq!(t.len(), 4);
     }
 
     #[test]

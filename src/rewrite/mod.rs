@@ -18,19 +18,30 @@
 //! - Teardown (passive, active, simultaneous close, RST) is tracked in the primary's sequence
 //!   space, which a checkpoint does not change; closed entries linger briefly (late
 //!   retransmissions are still translated) and are then reclaimed. Idle ageing and a fixed
-//!   capacity with LRU eviction bound the table; all removals are counted.
+//!   capacity bound the table; all removals are counted.
+//! - The table is a [`HashedTable`] indexed by the packet's [`FlowKey::hash64`], computed once
+//!   per packet. A full table evicts a least recently used connection: exactly the LRU one up to
+//!   [`EVICT_SAMPLE`] connections, above that the LRU one of `EVICT_SAMPLE` at a rotating
+//!   clock hand (approximate LRU; an exact LRU list cost a list update per packet).
+//! - Idle ageing: [`Rewriter::tick`] forgets a connection idle for `idle_timeout_ns` or more,
+//!   by a scan of the table that runs only when some entry may be due, and at most once per
+//!   `idle_timeout_ns / 64` ([`AGE_SCAN_SPACING`]): an idle connection is forgotten never
+//!   before `idle_timeout_ns` after its last packet and at the latest by the first tick
+//!   `idle_timeout_ns · (1 + 1/64)` after it; ticks with nothing due cost O(1).
 //! - [`Rewriter::checkpoint`] sets every offset to 0 and ends every half-learned handshake
 //!   (the SVM is now the PVM's copy); [`Rewriter::failover`] keeps existing entries and stops
 //!   creating new ones.
 //! - No allocation, lock or clock read per packet: the table is sized at construction and
 //!   `now` is passed in.
+//!
+//! [`EVICT_SAMPLE`]: crate::flow::hashed::EVICT_SAMPLE
 
 mod edit;
 
 use std::collections::VecDeque;
 
 use crate::buf::PacketBuf;
-use crate::flow::{FlowKey, FlowTable};
+use crate::flow::{FlowKey, HashedTable};
 use crate::wire::packet::{tcp_flags, Layer, IPPROTO_TCP};
 use crate::wire::{self, ParseError};
 
@@ -47,7 +58,8 @@ pub enum Direction {
 /// Rewriter sizing and timers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RewriterConfig {
-    /// Most connections tracked; the least recently used is evicted beyond.
+    /// Most connections tracked; beyond, a least recently used one is evicted (approximate
+    /// LRU above [`EVICT_SAMPLE`](crate::flow::hashed::EVICT_SAMPLE) connections).
     pub table_capacity: usize,
     /// A connection idle this long (ns) is forgotten.
     pub idle_timeout_ns: u64,
@@ -65,6 +77,10 @@ impl Default for RewriterConfig {
 /// How long a closed connection is kept after its close by default (ns), so late
 /// retransmissions (the last ACK, a repeated FIN) are still translated: a short TIME_WAIT.
 pub const DEFAULT_CLOSED_LINGER_NS: u64 = 10_000_000_000;
+
+/// Ageing scans of the whole table are at least `idle_timeout_ns / AGE_SCAN_SPACING` apart, so
+/// connections expiring one by one cost one scan per that period, not one per tick.
+pub const AGE_SCAN_SPACING: u64 = 64;
 
 /// What [`Rewriter::process`] did. The packet is forwarded in every case.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -325,15 +341,26 @@ impl Conn {
     }
 }
 
+/// A closed connection waiting for its linger to end.
+#[derive(Clone, Copy)]
+struct Lingering {
+    key: FlowKey,
+    hash: u64,
+    /// The incarnation that closed (a newer one on the same key is left alone).
+    generation: u32,
+    closed_at: u64,
+}
+
 /// The rewriter: one per secondary host pipeline, owned by one lcore.
 pub struct Rewriter {
     cfg: RewriterConfig,
     closed_linger_ns: u64,
-    table: FlowTable<Conn>,
-    /// Closed connections in close order: (key, generation, closed at).
-    linger: VecDeque<(FlowKey, u32, u64)>,
-    /// Scratch for entries kept through ageing after failover; sized at failover.
-    keep: Vec<(FlowKey, Conn)>,
+    table: HashedTable<Conn>,
+    /// Closed connections in close order.
+    linger: VecDeque<Lingering>,
+    /// No entry can be idle-expired before this time (a lower bound; ticks before it skip the
+    /// ageing scan). Lowered by every insert and close; set by each scan.
+    next_age_ns: u64,
     next_generation: u32,
     failover: bool,
     counters: RewriterCounters,
@@ -356,9 +383,9 @@ impl Rewriter {
         Rewriter {
             cfg,
             closed_linger_ns: DEFAULT_CLOSED_LINGER_NS.min(cfg.idle_timeout_ns),
-            table: FlowTable::with_capacity(cap),
+            table: HashedTable::with_capacity(cap),
             linger: VecDeque::with_capacity(cap),
-            keep: Vec::new(),
+            next_age_ns: u64::MAX,
             next_generation: 0,
             failover: false,
             counters: RewriterCounters::default(),
@@ -397,7 +424,7 @@ impl Rewriter {
         self.failover
     }
 
-    /// Visit every tracked connection (least recently used first).
+    /// Visit every tracked connection (table order, not use order).
     pub fn flows(&self, mut f: impl FnMut(&FlowKey, ConnSummary)) {
         self.table.for_each(|k, c, t| f(k, summary(c, t)));
     }
@@ -428,6 +455,7 @@ impl Rewriter {
         let hdr_end = l4 + usize::from(info.l4_hdr_len);
         let payload_len = info.payload_len() as u32;
         let key = FlowKey::of(&info, frame);
+        let hash = key.hash64();
         // parse() guarantees the header lies inside the frame; stay total anyway.
         let Some(hdr) = frame.get_mut(l4..hdr_end) else {
             self.count_malformed(ParseError::Truncated(Layer::Tcp));
@@ -458,17 +486,30 @@ impl Rewriter {
                 _ => Opener::Vm,
             };
             let generation = self.next_generation;
-            let mut created = false;
-            let (_, conn, evicted) = self.table.get_or_insert_with(key, now_ns, || {
-                created = true;
-                Conn::new(opener, generation)
-            });
-            if let Some((_, old)) = evicted {
-                counters.evicted += 1;
-                if old.translates() {
-                    counters.evicted_translated += 1;
+            let (id, created) = match self.table.find(hash, &key) {
+                Some(id) => (id, false),
+                None => {
+                    let ins = self
+                        .table
+                        .insert(hash, key, now_ns, || Conn::new(opener, generation));
+                    if let Some((_, old)) = ins.evicted {
+                        counters.evicted += 1;
+                        if old.translates() {
+                            counters.evicted_translated += 1;
+                        }
+                    }
+                    self.next_age_ns = self
+                        .next_age_ns
+                        .min(now_ns.saturating_add(self.cfg.idle_timeout_ns));
+                    (ins.id, true)
                 }
-            }
+            };
+            let Some(conn) = self.table.touch(id, now_ns) else {
+                // A handle just found or inserted is live; stay total anyway.
+                counters.unchanged += 1;
+                counters.untracked += 1;
+                return Outcome::Unchanged;
+            };
             if created {
                 counters.conns_created += 1;
                 self.next_generation = self.next_generation.wrapping_add(1);
@@ -480,14 +521,15 @@ impl Rewriter {
             }
             conn
         } else {
-            match self.table.get_mut(&key, now_ns) {
-                Some((_, c)) => {
+            let found = self.table.find(hash, &key);
+            match found.and_then(|id| Some((id, self.table.touch(id, now_ns)?))) {
+                Some((id, c)) => {
                     if syn != Syn::None
                         && is_new_incarnation(c, dir, syn, tcp.seq, &mut self.counters)
                     {
                         // After failover a new connection on an old 4-tuple passes through.
                         self.counters.failover_untracked_syns += 1;
-                        self.table.remove(&key);
+                        self.table.remove(id);
                         self.counters.unchanged += 1;
                         self.counters.untracked += 1;
                         return Outcome::Unchanged;
@@ -617,8 +659,17 @@ impl Rewriter {
                     CloseKind::Reset => counters.closed_reset += 1,
                 }
                 if self.linger.len() < self.linger.capacity() {
-                    self.linger.push_back((key, conn.generation, now_ns));
+                    self.linger.push_back(Lingering {
+                        key,
+                        hash,
+                        generation: conn.generation,
+                        closed_at: now_ns,
+                    });
                 }
+                // After failover the entry may have been exempt from ageing; it no longer is.
+                self.next_age_ns = self
+                    .next_age_ns
+                    .min(now_ns.saturating_add(self.cfg.idle_timeout_ns));
             }
         }
 
@@ -637,6 +688,10 @@ impl Rewriter {
     /// The SVM now equals the PVM: every offset becomes 0, including handshakes in progress.
     pub fn checkpoint(&mut self) {
         self.counters.checkpoints += 1;
+        if self.failover {
+            // Entries exempt from ageing (translating after failover) no longer translate.
+            self.next_age_ns = 0;
+        }
         self.table.for_each_mut(|_, c| {
             c.seq_off = Some(0);
             c.ts_off = Some(0);
@@ -650,44 +705,50 @@ impl Rewriter {
     /// The SVM is now the live VM: tracked connections keep being translated (and may still
     /// finish learning), new connections pass through untracked.
     pub fn failover(&mut self) {
-        if !self.failover {
-            self.failover = true;
-            self.keep = Vec::with_capacity(self.table.len());
-        }
+        self.failover = true;
     }
 
-    /// Housekeeping: reclaim closed connections after their linger and forget idle ones.
-    /// After failover, idle connections that still translate are kept (they cannot be
-    /// re-learned and no checkpoint will zero them).
+    /// Housekeeping: reclaim closed connections after their linger and forget idle ones (see
+    /// the module docs for when the ageing scan runs). After failover, idle connections that
+    /// still translate are kept, with their real last-use time (they cannot be re-learned and
+    /// no checkpoint will zero them).
     pub fn tick(&mut self, now_ns: u64) {
         let linger = self.closed_linger_ns;
-        while let Some(&(key, generation, at)) = self.linger.front() {
-            if now_ns.saturating_sub(at) < linger {
+        while let Some(&l) = self.linger.front() {
+            if now_ns.saturating_sub(l.closed_at) < linger {
                 break;
             }
             self.linger.pop_front();
-            let stale = self
-                .table
-                .get(&key)
-                .is_some_and(|c| c.generation == generation && c.closed.is_some());
-            if stale {
-                self.table.remove(&key);
-                self.counters.reclaimed_closed += 1;
+            if let Some(id) = self.table.find(l.hash, &l.key) {
+                let stale = self
+                    .table
+                    .get_mut(id)
+                    .is_some_and(|c| c.generation == l.generation && c.closed.is_some());
+                if stale && self.table.remove(id) {
+                    self.counters.reclaimed_closed += 1;
+                }
             }
         }
+        if now_ns < self.next_age_ns {
+            return;
+        }
+        let idle = self.cfg.idle_timeout_ns;
         let failover = self.failover;
         let counters = &mut self.counters;
-        let keep = &mut self.keep;
-        self.table.expire(now_ns, self.cfg.idle_timeout_ns, |k, c| {
-            if failover && c.closed.is_none() && c.translates() && keep.len() < keep.capacity() {
-                keep.push((k, c));
-            } else {
-                counters.expired += 1;
+        let mut next = u64::MAX;
+        self.table.retain_mut(|_, c, last_used| {
+            if failover && c.closed.is_none() && c.translates() {
+                return false;
             }
+            let due = last_used.saturating_add(idle);
+            if now_ns >= due {
+                counters.expired += 1;
+                return true;
+            }
+            next = next.min(due);
+            false
         });
-        for (k, c) in self.keep.drain(..) {
-            let _ = self.table.get_or_insert_with(k, now_ns, || c);
-        }
+        self.next_age_ns = next.max(now_ns.saturating_add(idle / AGE_SCAN_SPACING));
     }
 
     fn count_malformed(&mut self, e: ParseError) {
