@@ -31,7 +31,7 @@ use super::latency::{percentiles_us, LatencyRecorder, SharedHistogram};
 use super::lcore::{Backoff, Command, LoopCtx, Phase, Stage};
 use super::link::{LinkRx, LinkTx};
 use super::manage::{self, LoopOptions, SimulatedFrame};
-use super::runtime::{self, LcorePlan};
+use super::runtime::LcorePlan;
 use super::sim::{Addresses, ClientConfig, ClientSim, ClientStats, FrameAlloc, VmConfig, VmSim};
 use super::stages::{CompareStage, MirrorStage, RedirectorStage, RewriterStage};
 use super::topology::{STREAM_MIRROR, STREAM_SECONDARY};
@@ -320,7 +320,7 @@ pub fn demo(args: &DemoArgs) -> Result<DemoSummary, String> {
         mcfg.capture_on_start = true;
     }
     let frame = SimulatedFrame::new(Duration::from_millis(args.checkpoint_ms));
-    let mut mgmt = Management::with_sinks(mcfg, control.clone(), vec![Box::new(frame)])
+    let mgmt = Management::with_sinks(mcfg, control.clone(), vec![Box::new(frame)])
         .map_err(|e| format!("management: {e}"))?;
 
     let shards = args.shards.max(1);
@@ -482,36 +482,16 @@ pub fn demo(args: &DemoArgs) -> Result<DemoSummary, String> {
             stages: vec![Box::new(client), Box::new(vms)],
         },
     ];
-    let running = runtime::launch(plans, Backoff::default()).map_err(e)?;
-    control.attach(running.control.clone());
-    if let Err(err) = crate::mgmt::telemetry::register(control.clone(), Some(mgmt.stats_handle())) {
-        eprintln!("warning: telemetry commands not registered: {err}");
-    }
-    let result = Arc::new(Mutex::new(None));
-    let r2 = result.clone();
-    let opts_run_for = Duration::from_secs_f64(args.seconds.max(0.0));
-    let status_every = (!args.quiet).then_some(Duration::from_secs(1));
-    let stop2 = stop.clone();
+    let o = LoopOptions {
+        stop,
+        run_for: Some(Duration::from_secs_f64(args.seconds.max(0.0))),
+        status_every: (!args.quiet).then_some(Duration::from_secs(1)),
+        quiesce_sources: true,
+    };
     let started = Instant::now();
-    let failures = running.run_main_and_wait(move |ctl| {
-        let o = LoopOptions {
-            stop: &stop2,
-            run_for: Some(opts_run_for),
-            status_every,
-            quiesce_sources: true,
-        };
-        let out = manage::run(&ctl, &mut mgmt, &o);
-        if let Ok(mut g) = r2.lock() {
-            *g = Some(out);
-        }
-    });
+    let (out, failures) = manage::serve(plans, Backoff::default(), &control, mgmt, o)?;
     let seconds = started.elapsed().as_secs_f64();
     let leftover: usize = ports.ports.iter_mut().map(|p| p.drain_rx()).sum();
-    let out = result
-        .lock()
-        .map_err(|_| "management result lock poisoned")?
-        .take()
-        .ok_or("management did not finish")?;
     let client = sims.lock().ok().and_then(|r| r.client.clone());
     let summary = DemoSummary {
         totals: out.totals,

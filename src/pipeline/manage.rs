@@ -3,20 +3,22 @@
 //! the orderly stop when asked (signal, `shutdown` command, or the end of a timed run).
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::mgmt::coordinator::CheckpointRequest;
 use crate::mgmt::sink::{CheckpointSink, SinkEvent};
 use crate::mgmt::{status, Management, MgmtStats};
 
+use super::control::PipelineControl;
 use super::counters::{Counter, Snapshot};
-use super::lcore::{Command, ControlPlane};
-use super::runtime;
+use super::lcore::{Backoff, Command, ControlPlane};
+use super::runtime::{self, LcorePlan};
 
 /// How the loop runs and ends.
-pub struct LoopOptions<'a> {
+pub struct LoopOptions {
     /// Stop when this is raised (signal handler, `shutdown` command).
-    pub stop: &'a AtomicBool,
+    pub stop: Arc<AtomicBool>,
     /// Stop after this long (`None`: run until stopped).
     pub run_for: Option<Duration>,
     /// Print a status line this often (`None`: quiet).
@@ -33,6 +35,37 @@ pub struct LoopOutcome {
     pub mgmt: MgmtStats,
     /// Every phase of the stop was acknowledged by every lcore.
     pub stopped_cleanly: bool,
+}
+
+/// Launch `plans`, attach `control` to the running lcores, register the telemetry commands and
+/// run management on the main lcore ([`run`]) until the pipeline has stopped. Returns the
+/// loop's outcome and the lcore failures.
+pub fn serve(
+    plans: Vec<LcorePlan>,
+    backoff: Backoff,
+    control: &Arc<PipelineControl>,
+    mut mgmt: Management,
+    o: LoopOptions,
+) -> Result<(LoopOutcome, Vec<String>), String> {
+    let running = runtime::launch(plans, backoff).map_err(|e| e.to_string())?;
+    control.attach(running.control.clone());
+    if let Err(e) = crate::mgmt::telemetry::register(control.clone(), Some(mgmt.stats_handle())) {
+        eprintln!("warning: telemetry commands not registered: {e}");
+    }
+    let result = Arc::new(Mutex::new(None));
+    let r2 = result.clone();
+    let failures = running.run_main_and_wait(move |ctl| {
+        let out = run(&ctl, &mut mgmt, &o);
+        if let Ok(mut g) = r2.lock() {
+            *g = Some(out);
+        }
+    });
+    let out = result
+        .lock()
+        .map_err(|_| "management result lock poisoned")?
+        .take()
+        .ok_or("management did not finish")?;
+    Ok((out, failures))
 }
 
 /// Run management until stopped, then stop the pipeline in order.

@@ -15,7 +15,6 @@ use crate::mgmt::{Management, MgmtConfig};
 use super::control::PipelineControl;
 use super::latency::percentiles_us;
 use super::manage::{self, LoopOptions};
-use super::runtime;
 use super::topology::{self, Topology};
 
 /// `colo-proxy run`.
@@ -62,7 +61,7 @@ fn run_pipeline(cfg: &Config, eal_overrides: &[String]) -> Result<bool, String> 
         Vec::new()
     };
     let control = Arc::new(PipelineControl::new(bypass, stop.clone()));
-    let mut mgmt = Management::new(MgmtConfig::from_config(cfg), control.clone())
+    let mgmt = Management::new(MgmtConfig::from_config(cfg), control.clone())
         .map_err(|e| format!("management: {e}"))?;
     let Topology {
         plans,
@@ -90,33 +89,16 @@ fn run_pipeline(cfg: &Config, eal_overrides: &[String]) -> Result<bool, String> 
     if let Some(p) = mgmt.server().unix_path() {
         println!("control socket: {}", p.display());
     }
-    let running = runtime::launch(plans, backoff).map_err(|e| e.to_string())?;
-    control.attach(running.control.clone());
-    if let Err(e) = crate::mgmt::telemetry::register(control.clone(), Some(mgmt.stats_handle())) {
-        eprintln!("warning: telemetry commands not registered: {e}");
-    }
     let status_every = Duration::from_millis(cfg.mgmt.stats_interval_ms.max(100));
     let quiet =
         !std::io::IsTerminal::is_terminal(&std::io::stdout()) && cfg.mgmt.stats_interval_ms == 0;
-    let result = Arc::new(std::sync::Mutex::new(None));
-    let r2 = result.clone();
-    let failures = running.run_main_and_wait(move |ctl| {
-        let o = LoopOptions {
-            stop: &stop,
-            run_for: None,
-            status_every: (!quiet).then_some(status_every),
-            quiesce_sources: false,
-        };
-        let out = manage::run(&ctl, &mut mgmt, &o);
-        if let Ok(mut g) = r2.lock() {
-            *g = Some(out);
-        }
-    });
-    let out = result
-        .lock()
-        .ok()
-        .and_then(|mut g| g.take())
-        .ok_or("management did not finish")?;
+    let o = LoopOptions {
+        stop,
+        run_for: None,
+        status_every: (!quiet).then_some(status_every),
+        quiesce_sources: false,
+    };
+    let (out, failures) = manage::serve(plans, backoff, &control, mgmt, o)?;
     let leftover: usize = ports.iter_mut().map(|(_, p)| p.drain_rx()).sum();
     let totals = out.totals;
     println!("\n== colo-proxy final report ==");
