@@ -1,5 +1,5 @@
-//! io-forwarding benchmark: a minimal forwarder built on `colo_proxy::dpdk` between two
-//! `net_null` ports on one worker lcore, against `dpdk-testpmd --forward-mode=io` on the same
+//! io-forwarding benchmark: the pipeline's io-forward step (`TxBuf::forward_from`, also the
+//! `demo --baseline-forward` stage) between two `net_null` ports on one worker lcore, against `dpdk-testpmd --forward-mode=io` on the same
 //! vdevs, lcores, memory mode and mbuf pool size, in the same invocation.
 //!
 //! Both sides are scored the same way: packets transmitted (both ports) over a steady window
@@ -10,18 +10,18 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use colo_proxy::dpdk::{
-    default_mem_args, launch_on, worker_lcores, Eal, MbufBurst, Mempool, Port, PortConfig, RxQueue,
-    TxQueue,
+    default_mem_args, launch_on, worker_lcores, Eal, Mempool, Port, PortConfig, RxQueue,
 };
+use colo_proxy::pipeline::counters::{Counter, LcoreCounters};
+use colo_proxy::pipeline::io::{TxBuf, BURST};
 
 const POOL_MBUFS: u32 = 8191;
 const POOL_CACHE: u32 = 256;
-const BURST: usize = 32;
 
 struct Mode {
     secs: u64,
@@ -53,33 +53,17 @@ fn cpu_model() -> String {
 }
 
 /// (rx of one port, tx of the other) for both directions.
-type Queues = [(RxQueue, TxQueue); 2];
+type Queues = [(RxQueue, TxBuf); 2];
 
-/// The forwarding loop: port 0 → port 1 and port 1 → port 0, one burst each per iteration.
-/// Returns the queue handles so the next run can reuse them.
-fn forward(
-    mut q: Queues,
-    stop: Arc<AtomicBool>,
-    fwd: Arc<AtomicU64>,
-    dropped: Arc<AtomicU64>,
-) -> Queues {
-    let mut b: MbufBurst<BURST> = MbufBurst::new();
-    let mut total = 0u64;
-    let mut lost = 0u64;
+/// The forwarding loop: port 0 → port 1 and port 1 → port 0, one burst each per iteration,
+/// counted in `counters` (`Tx` forwarded, `DropTxFull` unsent). Returns the queue handles so
+/// the next run can reuse them.
+fn forward(mut q: Queues, stop: Arc<AtomicBool>, counters: Arc<LcoreCounters>) -> Queues {
     while !stop.load(Ordering::Relaxed) {
         for (rx, tx) in q.iter_mut() {
-            if rx.rx_burst(&mut b) == 0 {
-                continue;
-            }
-            total += tx.tx_burst(&mut b) as u64;
-            if !b.is_empty() {
-                lost += b.len() as u64;
-                b.clear();
-            }
+            tx.forward_from(rx, &counters);
         }
-        fwd.store(total, Ordering::Relaxed);
     }
-    dropped.store(lost, Ordering::Relaxed);
     q
 }
 
@@ -94,25 +78,22 @@ fn rust_run(
         p.start().map_err(|e| e.to_string())?;
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let fwd = Arc::new(AtomicU64::new(0));
-    let dropped = Arc::new(AtomicU64::new(0));
+    let counters = Arc::new(LcoreCounters::default());
     let job = {
-        let (s, f, d) = (stop.clone(), fwd.clone(), dropped.clone());
-        launch_on(lcore, move || forward(q, s, f, d)).map_err(|e| e.to_string())?
+        let (s, c) = (stop.clone(), counters.clone());
+        launch_on(lcore, move || forward(q, s, c)).map_err(|e| e.to_string())?
     };
     // Warm up 1 s, then the rate over the measured window.
     std::thread::sleep(Duration::from_secs(1));
-    let (c0, t0) = (fwd.load(Ordering::Relaxed), Instant::now());
+    let (c0, t0) = (counters.get(Counter::Tx), Instant::now());
     std::thread::sleep(Duration::from_secs(secs));
-    let (c1, t1) = (fwd.load(Ordering::Relaxed), Instant::now());
+    let (c1, t1) = (counters.get(Counter::Tx), Instant::now());
     let mpps = (c1 - c0) as f64 / t1.duration_since(t0).as_secs_f64() / 1e6;
     stop.store(true, Ordering::Relaxed);
     let q = job.join().map_err(|e| e.to_string())?;
-    if dropped.load(Ordering::Relaxed) != 0 {
-        eprintln!(
-            "iofwd: rust side dropped {} unsent mbufs",
-            dropped.load(Ordering::Relaxed)
-        );
+    let dropped = counters.get(Counter::DropTxFull);
+    if dropped != 0 {
+        eprintln!("iofwd: rust side dropped {dropped} unsent mbufs");
     }
     for p in ports.iter_mut() {
         p.stop().map_err(|e| e.to_string())?;
@@ -268,11 +249,11 @@ fn main() -> ExitCode {
         let e = |e: colo_proxy::dpdk::DpdkError| e.to_string();
         let (rx0, tx0) = (
             ports[0].rx_queue(0).map_err(e)?,
-            ports[0].tx_queue(0).map_err(e)?,
+            TxBuf::new(ports[0].tx_queue(0).map_err(e)?),
         );
         let (rx1, tx1) = (
             ports[1].rx_queue(0).map_err(e)?,
-            ports[1].tx_queue(0).map_err(e)?,
+            TxBuf::new(ports[1].tx_queue(0).map_err(e)?),
         );
         let mut q: Option<Queues> = Some([(rx0, tx1), (rx1, tx0)]);
         for run in 0..mode.runs {

@@ -82,6 +82,16 @@ impl TxBuf {
         }
     }
 
+    /// The io-forward step: receive one burst from `rx` straight into the pending burst
+    /// (counted `Rx`, no copy) and send it. Returns how many frames were received.
+    #[inline]
+    pub fn forward_from(&mut self, rx: &mut RxQueue, counters: &LcoreCounters) -> usize {
+        let n = rx.rx_burst(&mut self.pending);
+        counters.add(Counter::Rx, n as u64);
+        self.flush(counters);
+        n
+    }
+
     /// Send what is pending; a queue that stays full drops the rest (counted).
     #[inline]
     pub fn flush(&mut self, counters: &LcoreCounters) {
