@@ -13,12 +13,13 @@
 //! Needs root and `ip netns`; otherwise it prints why and passes without running.
 
 mod netns_support;
+mod pipeline_support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use netns_support::*;
+use pipeline_support::*;
 
 /// New connections in each request/response round (3 requests each).
 const CONNS: usize = 60;
@@ -110,10 +111,7 @@ fn primary_toml(v: Variant, n: &Names) -> String {
     };
     format!(
         r#"role = "primary"
-[eal]
-args = ["--lcores", "0@0,1@1", "--no-pci", "--no-huge", "-m", "512", "--no-shconf",
-        "--file-prefix", "colo-nsp-{tag}", "--log-level", "lib.eal:warning"]
-[ports.nic]
+{common}[ports.nic]
 vdev = "net_af_packet0,iface={nic}{qpairs}"
 [ports.pvm]
 vdev = "net_af_packet1,iface={pvm}"
@@ -124,18 +122,11 @@ redirector = 1
 compare = 1
 [compare]
 shards = {shards}
-[mempool]
-mbufs = 8191
-[idle]
-backoff = true
-[mgmt]
-control_socket = "{dir}/primary.sock"
 {link}"#,
-        tag = n.tag,
+        common = common_toml(&format!("colo-nsp-{}", n.tag), n.dir, "primary"),
         nic = n.nic,
         pvm = n.pvm,
         shards = v.shards,
-        dir = n.dir.display(),
         link = link_toml(v, n, true),
     )
 }
@@ -143,40 +134,19 @@ control_socket = "{dir}/primary.sock"
 fn secondary_toml(v: Variant, n: &Names) -> String {
     format!(
         r#"role = "secondary"
-[eal]
-args = ["--lcores", "0@0,1@1", "--no-pci", "--no-huge", "-m", "512", "--no-shconf",
-        "--file-prefix", "colo-nss-{tag}", "--log-level", "lib.eal:warning"]
-[ports.svm]
+{common}[ports.svm]
 vdev = "net_af_packet0,iface={svm}"
 [ports.nic]
 vdev = "net_af_packet2,iface={nic2}"
 [lcores]
 main = 0
 rewriter = 1
-[mempool]
-mbufs = 8191
-[idle]
-backoff = true
-[mgmt]
-control_socket = "{dir}/secondary.sock"
 {link}"#,
-        tag = n.tag,
+        common = common_toml(&format!("colo-nss-{}", n.tag), n.dir, "secondary"),
         svm = n.svm,
         nic2 = n.nic2,
-        dir = n.dir.display(),
         link = link_toml(v, n, false),
     )
-}
-
-/// `colo-proxy run` on the primary host (the root namespace) or in `host`.
-fn proxy(name: &str, cfg: &Path, dir: &Path, host: Option<&SecHost>) -> Proc {
-    let bin = env!("CARGO_BIN_EXE_colo-proxy");
-    let mut c = match host {
-        Some(h) => h.cmd(bin),
-        None => Command::new(bin),
-    };
-    c.args(["run", "--config", cfg.to_str().unwrap()]);
-    Proc::spawn(name, c, &dir.join(format!("{name}.log")))
 }
 
 struct Ctx<'a> {
@@ -190,11 +160,7 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn logs(&self) -> String {
-        format!(
-            "--- primary\n{}\n--- secondary\n{}",
-            self.primary.output(),
-            self.secondary.output()
-        )
+        logs(self.primary, self.secondary)
     }
 
     fn stats(&self) -> (serde_json::Value, serde_json::Value) {
@@ -401,9 +367,8 @@ fn run(label: &str, v: Variant) {
     });
     assert!(
         linked,
-        "link did not come up\n--- primary\n{}\n--- secondary\n{}",
-        primary.output(),
-        secondary.output()
+        "link did not come up\n{}",
+        logs(&primary, &secondary)
     );
     println!(
         "{label}: proxies up and linked after {:.1}s",
@@ -492,27 +457,7 @@ fn run(label: &str, v: Variant) {
     }
 
     // Graceful stop: both exit 0 with balanced accounting.
-    primary.signal(libc::SIGTERM);
-    secondary.signal(libc::SIGTERM);
-    let pst = primary.wait(Duration::from_secs(20));
-    let sst = secondary.wait(Duration::from_secs(20));
-    let (po, so) = (primary.output(), secondary.output());
-    let logs = format!("--- primary\n{po}\n--- secondary\n{so}");
-    assert!(
-        pst.is_some_and(|s| s.success()),
-        "primary exit {pst:?}\n{logs}"
-    );
-    assert!(
-        sst.is_some_and(|s| s.success()),
-        "secondary exit {sst:?}\n{logs}"
-    );
-    for o in [&po, &so] {
-        assert!(
-            o.lines()
-                .any(|l| l.starts_with("accounting") && l.ends_with("balanced")),
-            "{logs}"
-        );
-    }
+    stop_both(&mut primary, &mut secondary);
     drop(sechost);
     drop(link_pair);
     drop(net);

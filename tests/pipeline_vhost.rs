@@ -13,6 +13,7 @@
 //! Needs root and `ip netns` (for the client); otherwise it prints why and passes.
 
 mod netns_support;
+mod pipeline_support;
 
 use std::path::Path;
 use std::process::Command;
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use colo_proxy::dpdk::{Eal, Mbuf, MbufBurst, Mempool, Port, PortConfig};
 use netns_support::*;
+use pipeline_support::*;
 
 /// Env var that makes this binary the guest: its value is `pvm_sock,svm_sock,stop_file`.
 const GUEST_ENV: &str = "COLO_VHOST_GUEST";
@@ -146,10 +148,7 @@ fn guest(spec: &str) {
 fn primary_toml(tag: &str, nic: &str, dir: &Path, mirror: u16, sec: u16) -> String {
     format!(
         r#"role = "primary"
-[eal]
-args = ["--lcores", "0@0,1@1", "--no-pci", "--no-huge", "-m", "512", "--no-shconf",
-        "--file-prefix", "colo-vhp-{tag}", "--log-level", "lib.eal:warning"]
-[ports.nic]
+{common}[ports.nic]
 vdev = "net_af_packet0,iface={nic}"
 [ports.pvm]
 vdev = "net_vhost0,iface={dir}/pvm.sock,queues=2,client=0"
@@ -162,13 +161,8 @@ main = 0
 mirror = 1
 redirector = 1
 compare = 1
-[mempool]
-mbufs = 8191
-[idle]
-backoff = true
-[mgmt]
-control_socket = "{dir}/primary.sock"
 "#,
+        common = common_toml(&format!("colo-vhp-{tag}"), dir, "primary"),
         dir = dir.display()
     )
 }
@@ -176,10 +170,7 @@ control_socket = "{dir}/primary.sock"
 fn secondary_toml(tag: &str, dir: &Path, mirror: u16, sec: u16) -> String {
     format!(
         r#"role = "secondary"
-[eal]
-args = ["--lcores", "0@0,1@1", "--no-pci", "--no-huge", "-m", "512", "--no-shconf",
-        "--file-prefix", "colo-vhs-{tag}", "--log-level", "lib.eal:warning"]
-[ports.svm]
+{common}[ports.svm]
 vdev = "net_vhost0,iface={dir}/svm.sock,queues=2,client=0"
 [link]
 kind = "socket"
@@ -189,21 +180,10 @@ reconnect_ms = 100
 [lcores]
 main = 0
 rewriter = 1
-[mempool]
-mbufs = 8191
-[idle]
-backoff = true
-[mgmt]
-control_socket = "{dir}/secondary.sock"
 "#,
+        common = common_toml(&format!("colo-vhs-{tag}"), dir, "secondary"),
         dir = dir.display()
     )
-}
-
-fn proxy(name: &str, cfg: &Path, dir: &Path) -> Proc {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_colo-proxy"));
-    c.args(["run", "--config", cfg.to_str().unwrap()]);
-    Proc::spawn(name, c, &dir.join(format!("{name}.log")))
 }
 
 fn port_line<'a>(out: &'a str, port: &str) -> &'a str {
@@ -239,7 +219,7 @@ fn vhost_user_ports_carry_traffic_both_ways() {
     .unwrap();
     std::fs::write(&scfg, secondary_toml(&tag, &dir, mirror, sec)).unwrap();
 
-    let mut primary = proxy("primary", &pcfg, &dir);
+    let mut primary = proxy("primary", &pcfg, &dir, None);
     let psock = dir.join("primary.sock");
     let ssock = dir.join("secondary.sock");
     assert!(
@@ -247,9 +227,7 @@ fn vhost_user_ports_carry_traffic_both_ways() {
         "primary did not come up\n{}",
         primary.output()
     );
-    let mut secondary = proxy("secondary", &scfg, &dir);
-    let logs =
-        |p: &Proc, s: &Proc| format!("--- primary\n{}\n--- secondary\n{}", p.output(), s.output());
+    let mut secondary = proxy("secondary", &scfg, &dir, None);
     assert!(
         wait_until(Duration::from_secs(20), || ssock.exists()
             && established(mirror) >= 2
@@ -340,27 +318,8 @@ fn vhost_user_ports_carry_traffic_both_ways() {
         }
     }
 
-    primary.signal(libc::SIGTERM);
-    secondary.signal(libc::SIGTERM);
-    let pst = primary.wait(Duration::from_secs(20));
-    let sst = secondary.wait(Duration::from_secs(20));
-    let (po, so) = (primary.output(), secondary.output());
+    let (po, so) = stop_both(&mut primary, &mut secondary);
     let all = format!("--- primary\n{po}\n--- secondary\n{so}");
-    assert!(
-        pst.is_some_and(|s| s.success()),
-        "primary exit {pst:?}\n{all}"
-    );
-    assert!(
-        sst.is_some_and(|s| s.success()),
-        "secondary exit {sst:?}\n{all}"
-    );
-    for o in [&po, &so] {
-        assert!(
-            o.lines()
-                .any(|l| l.starts_with("accounting") && l.ends_with("balanced")),
-            "{all}"
-        );
-    }
     // The vhost-user ports' own counters: every datagram out to the guest and back.
     let n = DGRAMS;
     assert!(
