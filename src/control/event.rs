@@ -3,6 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Least time between two [`Event::LinkSequence`] events of one link: a lossy link reports
+/// its totals ten times a second rather than once per lost frame.
+pub const LINK_SEQUENCE_PERIOD_NS: u64 = 100_000_000;
+
 /// Which VM's output a divergence concerns.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "kebab-case")]
@@ -78,6 +82,37 @@ pub enum Event {
         /// When.
         time_ns: u64,
     },
+    /// The encapsulated link lost, reordered, duplicated or re-based frames of one stream since
+    /// the last such event (at most one per link per [`LINK_SEQUENCE_PERIOD_NS`]). Counts are
+    /// the stream's totals so far; `new_*` what changed since the previous event.
+    LinkSequence {
+        /// Link name (`mirror` on the secondary, `secondary-out` on the primary).
+        link: String,
+        /// Stream id of the encapsulation header.
+        stream: u8,
+        /// Frames received on the stream.
+        received: u64,
+        /// Frames missing, net of late arrivals.
+        lost: u64,
+        /// Gaps (a jump ahead in the sequence).
+        gaps: u64,
+        /// Late (reordered) frames.
+        reordered: u64,
+        /// Duplicate frames.
+        duplicates: u64,
+        /// Baseline resets (sender restart, or a jump too far back).
+        resyncs: u64,
+        /// Gaps since the previous event.
+        new_gaps: u64,
+        /// Late frames since the previous event.
+        new_reordered: u64,
+        /// Duplicates since the previous event.
+        new_duplicates: u64,
+        /// Resyncs since the previous event.
+        new_resyncs: u64,
+        /// When.
+        time_ns: u64,
+    },
     /// The proxy is shutting down.
     Shutdown {
         /// When.
@@ -117,6 +152,7 @@ impl Event {
             | Event::Failover { time_ns, .. }
             | Event::LinkUp { time_ns, .. }
             | Event::LinkDown { time_ns, .. }
+            | Event::LinkSequence { time_ns, .. }
             | Event::Shutdown { time_ns } => *time_ns,
         }
     }

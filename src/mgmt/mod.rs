@@ -140,6 +140,19 @@ pub struct EventSender {
 }
 
 impl EventSender {
+    /// A sender and the receiving end of a queue of `cap` inputs (management makes its own;
+    /// other drivers and tests use this).
+    pub fn channel(cap: usize) -> (EventSender, Receiver<Input>) {
+        let (tx, rx) = channel::bounded(cap);
+        let dropped = Arc::new(AtomicU64::new(0));
+        (EventSender { tx, dropped }, rx)
+    }
+
+    /// Inputs dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
     /// Queue an input; if management is behind, it is dropped and counted. Returns whether it was
     /// queued.
     pub fn send(&self, input: Input) -> bool {

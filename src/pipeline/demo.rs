@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::compare::{Comparator, CompareConfig};
 use crate::dpdk::{self, Eal, Mbuf, MbufBurst, Mempool, Port, PortConfig, RxQueue};
-use crate::link::encap::{EncapConfig, EncapRx, EncapTx};
+use crate::link::encap::{EncapConfig, EncapTx};
 use crate::mgmt::capture::CaptureConfig;
 use crate::mgmt::{Management, MgmtConfig, MgmtStats};
 use crate::rewrite::{Rewriter, RewriterConfig};
@@ -29,7 +29,7 @@ use super::counters::{Counter, Snapshot};
 use super::io::{RingIn, RingOut, TxBuf, BURST};
 use super::latency::{percentiles_us, LatencyRecorder, SharedHistogram};
 use super::lcore::{Backoff, Command, LoopCtx, Phase, Stage};
-use super::link::{LinkRx, LinkTx};
+use super::link::{LinkRx, LinkTx, SeqReporter};
 use super::manage::{self, LoopOptions, SimulatedFrame};
 use super::runtime::LcorePlan;
 use super::sim::{Addresses, ClientConfig, ClientSim, ClientStats, FrameAlloc, VmConfig, VmSim};
@@ -371,18 +371,22 @@ pub fn demo(args: &DemoArgs) -> Result<DemoSummary, String> {
             ),
             pool: pool.clone(),
         };
-        let encap_rx = |rx: RxQueue| LinkRx::EncapPort {
-            rx,
-            decap: Box::new(EncapRx::new(LINK_ETHERTYPE)),
+        let encap_rx = |rx: RxQueue, name| {
+            LinkRx::encap_port(
+                rx,
+                LINK_ETHERTYPE,
+                Some(SeqReporter::new(mgmt.sender(), name)),
+            )
         };
         let mirror = MirrorStage::new(
             nic_rx,
             pvm_tx,
             encap_tx(linkp_tx, mac_p, mac_s, STREAM_MIRROR),
         );
-        let redirector = RedirectorStage::new(pvm_rx, encap_rx(linkp_rx), to_p, to_s);
+        let redirector =
+            RedirectorStage::new(pvm_rx, encap_rx(linkp_rx, "secondary-out"), to_p, to_s);
         let rewriter = RewriterStage::new(
-            encap_rx(links_rx),
+            encap_rx(links_rx, "mirror"),
             svm_tx,
             svm_rx,
             encap_tx(links_tx, mac_s, mac_p, STREAM_SECONDARY),

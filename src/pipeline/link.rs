@@ -7,15 +7,22 @@
 //! - a QEMU-framed TCP/UNIX socket ([`crate::link::socket::FramedSocket`]), so either end can be
 //!   QEMU's own filter-mirror / filter-redirector / colo-compare.
 //!
+//! Loss, reordering, duplication and resyncs on an encapsulated link are counted per frame
+//! ([`Counter::LinkLost`], [`Counter::LinkReordered`]) and reported to management as
+//! [`Event::LinkSequence`] by a [`SeqReporter`] at housekeeping time (nothing per packet).
+//!
 //! The mirror hands the link zero-copy clones; a shared mbuf cannot take a header in place, so
 //! the encapsulating transmitter copies those (and only those) into a fresh mbuf.
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use crate::control::event::LINK_SEQUENCE_PERIOD_NS;
+use crate::control::Event;
 use crate::dpdk::{Mbuf, MbufBurst, Mempool, RxQueue};
-use crate::link::encap::{EncapRx, EncapTx, SeqEvent, OVERHEAD};
+use crate::link::encap::{EncapRx, EncapTx, SeqEvent, SeqStats, DEFAULT_STREAMS, OVERHEAD};
 use crate::link::socket::FramedSocket;
+use crate::mgmt::EventSender;
 
 use super::counters::{Counter, LcoreCounters};
 use super::io::{unshare, TxBuf, BURST};
@@ -111,6 +118,8 @@ pub enum LinkRx {
         rx: RxQueue,
         /// Header check and per-stream sequence tracking.
         decap: Box<EncapRx>,
+        /// Sequence anomalies → management events (`None`: counters only).
+        report: Option<Box<SeqReporter>>,
     },
     /// A QEMU-framed socket; frames are copied into mbufs from `pool`.
     Socket {
@@ -125,7 +134,80 @@ pub enum LinkRx {
     Down,
 }
 
+/// Reports an encapsulated link's sequence anomalies to management: for every stream whose
+/// gap, late, duplicate or resync count moved since its last event, one
+/// [`Event::LinkSequence`], at most once per [`LINK_SEQUENCE_PERIOD_NS`] per link.
+pub struct SeqReporter {
+    events: EventSender,
+    link: &'static str,
+    /// Each stream's counters as last reported.
+    reported: [SeqStats; DEFAULT_STREAMS],
+    next_ns: u64,
+}
+
+impl SeqReporter {
+    /// A reporter for the link called `link` (`mirror`, `secondary-out`).
+    pub fn new(events: EventSender, link: &'static str) -> Self {
+        SeqReporter {
+            events,
+            link,
+            reported: [SeqStats::default(); DEFAULT_STREAMS],
+            next_ns: 0,
+        }
+    }
+
+    /// Send what changed in `decap`'s counters, if the period allows. Returns the events
+    /// queued (an event management could not take is retried next period).
+    pub fn report(&mut self, decap: &EncapRx, now_ns: u64) -> usize {
+        if now_ns < self.next_ns {
+            return 0;
+        }
+        let mut sent = 0;
+        for (stream, last) in self.reported.iter_mut().enumerate() {
+            let Some(s) = decap.stream_stats(stream as u8) else {
+                continue;
+            };
+            let anomalies = |x: &SeqStats| (x.gaps, x.reordered, x.duplicates, x.resyncs);
+            if anomalies(&s) == anomalies(last) {
+                continue;
+            }
+            let ev = Event::LinkSequence {
+                link: self.link.to_string(),
+                stream: stream as u8,
+                received: s.received,
+                lost: s.lost,
+                gaps: s.gaps,
+                reordered: s.reordered,
+                duplicates: s.duplicates,
+                resyncs: s.resyncs,
+                new_gaps: s.gaps - last.gaps,
+                new_reordered: s.reordered - last.reordered,
+                new_duplicates: s.duplicates - last.duplicates,
+                new_resyncs: s.resyncs - last.resyncs,
+                time_ns: now_ns,
+            };
+            if self.events.event(ev) {
+                *last = s;
+                sent += 1;
+            }
+        }
+        if sent > 0 {
+            self.next_ns = now_ns.saturating_add(LINK_SEQUENCE_PERIOD_NS);
+        }
+        sent
+    }
+}
+
 impl LinkRx {
+    /// An encapsulated port receiver; sequence anomalies go to `report` when given.
+    pub fn encap_port(rx: RxQueue, ethertype: u16, report: Option<SeqReporter>) -> Self {
+        LinkRx::EncapPort {
+            rx,
+            decap: Box::new(EncapRx::new(ethertype)),
+            report: report.map(Box::new),
+        }
+    }
+
     /// A socket receiver.
     pub fn socket(sock: FramedSocket, pool: Mempool) -> Self {
         LinkRx::Socket {
@@ -145,7 +227,7 @@ impl LinkRx {
                 c.add(Counter::Rx, n as u64);
                 n
             }
-            LinkRx::EncapPort { rx, decap } => {
+            LinkRx::EncapPort { rx, decap, .. } => {
                 let mut tmp = MbufBurst::<BURST>::new();
                 let n = rx.rx_burst(&mut tmp);
                 c.add(Counter::Rx, n as u64);
@@ -209,10 +291,18 @@ impl LinkRx {
         }
     }
 
-    /// Periodic work: socket (re)connection.
-    pub fn housekeeping(&mut self, _cx: &LoopCtx) {
-        if let LinkRx::Socket { sock, .. } = self {
-            sock.maintain(Instant::now());
+    /// Periodic work: socket (re)connection, sequence anomaly events.
+    pub fn housekeeping(&mut self, cx: &LoopCtx) {
+        match self {
+            LinkRx::Socket { sock, .. } => sock.maintain(Instant::now()),
+            LinkRx::EncapPort {
+                decap,
+                report: Some(r),
+                ..
+            } => {
+                r.report(decap, cx.now_ns);
+            }
+            _ => {}
         }
     }
 }

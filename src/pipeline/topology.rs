@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::compare::{self, Comparator};
 use crate::config::{Config, LinkSpec, PortDevice, PortSpec, Role, SockAddr, SocketMode};
 use crate::dpdk::{self, Mbuf, Mempool, Port, PortConfig, RingFlags};
-use crate::link::encap::{EncapConfig, EncapRx, EncapTx, OVERHEAD};
+use crate::link::encap::{EncapConfig, EncapTx, OVERHEAD};
 use crate::link::framing::FrameConfig;
 use crate::link::socket::{FramedSocket, LinkAddr, Role as SockRole, SocketConfig};
 use crate::rewrite::{self, Rewriter};
@@ -15,7 +15,7 @@ use crate::rewrite::{self, Rewriter};
 use super::io::{RingIn, RingOut, RxSet, TxBuf};
 use super::latency::{LatencyRecorder, SharedHistogram};
 use super::lcore::{Backoff, Stage};
-use super::link::{LinkRx, LinkTx};
+use super::link::{LinkRx, LinkTx, SeqReporter};
 use super::runtime::LcorePlan;
 use super::stages::{CompareStage, MirrorStage, RedirectorStage, RewriterStage};
 use crate::mgmt::EventSender;
@@ -266,10 +266,18 @@ pub fn build(
                     encap: EncapTx::new(ecfg, stream),
                     pool: pool.clone(),
                 },
-                LinkRx::EncapPort {
+                LinkRx::encap_port(
                     rx,
-                    decap: Box::new(EncapRx::new(*ether_type)),
-                },
+                    *ether_type,
+                    Some(SeqReporter::new(
+                        events.clone(),
+                        if cfg.role == Role::Primary {
+                            "secondary-out"
+                        } else {
+                            "mirror"
+                        },
+                    )),
+                ),
             )
         }
         Some(LinkSpec::Socket {
