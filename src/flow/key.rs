@@ -184,15 +184,6 @@ fn hash_words(meta: u64, lo0: u64, lo1: u64, hi0: u64, hi1: u64) -> u64 {
     fold(a ^ meta ^ K[4], b ^ K[5])
 }
 
-/// A strong 64-bit finaliser (splitmix64).
-#[inline]
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
 impl fmt::Display for FlowKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let proto = |p: u16| match p as u8 {
@@ -284,34 +275,6 @@ impl std::hash::Hash for FlowKey {
         state.write_u64(w(&self.addr_lo, 8));
         state.write_u64(w(&self.addr_hi, 0));
         state.write_u64(w(&self.addr_hi, 8));
-    }
-}
-
-/// A `Hasher` for maps keyed by [`FlowKey`]: uses the flow hash itself.
-#[derive(Default, Clone, Copy)]
-pub struct FlowHasher(u64);
-
-impl std::hash::Hasher for FlowHasher {
-    fn finish(&self) -> u64 {
-        mix(self.0)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut w = [0u8; 8];
-            w[..chunk.len()].copy_from_slice(chunk);
-            self.0 = mix(self.0 ^ u64::from_le_bytes(w));
-        }
-    }
-    fn write_u8(&mut self, i: u8) {
-        self.0 = self.0.rotate_left(8) ^ u64::from(i);
-    }
-    fn write_u16(&mut self, i: u16) {
-        self.0 = self.0.rotate_left(16) ^ u64::from(i);
-    }
-    #[inline]
-    fn write_u64(&mut self, i: u64) {
-        // One multiply per word; `finish` mixes fully, so the table gets well-spread bits.
-        self.0 = (self.0.rotate_left(23) ^ i).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 }
 
