@@ -269,8 +269,7 @@ impl Management {
         } else {
             cfg.event_queue
         };
-        let (tx, rx) = channel::bounded(cap);
-        let dropped = Arc::new(AtomicU64::new(0));
+        let (sender, rx) = EventSender::channel(cap);
         let capture_on = cfg.capture_on_start && capture.is_some();
         Ok(Management {
             server,
@@ -284,13 +283,13 @@ impl Management {
                 divergences_total: 0,
                 failovers: 0,
                 inputs: 0,
-                dropped: dropped.clone(),
+                dropped: sender.dropped.clone(),
                 server_stats: ServerStats::default(),
                 outbox: Vec::new(),
                 shutdown: false,
             },
             rx,
-            sender: EventSender { tx, dropped },
+            sender,
             scratch: Vec::new(),
             shared: Arc::new(Mutex::new(MgmtStats::default())),
             shared_at: None,
