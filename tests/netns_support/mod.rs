@@ -115,7 +115,8 @@ impl Net {
     /// Create the namespaces in `roles` (e.g. `["client", "pvm", "svm"]`); `client` (and
     /// `client2`) get [`CLIENT_IP`], the others [`VM_IP`] with the same MAC. Static neighbour entries, IPv6 off
     /// (no ARP, DAD or router solicitations racing between PVM and SVM), offloads off on both
-    /// veth ends so frames crossing DPDK are MTU-sized with full checksums.
+    /// veth ends so frames crossing DPDK are MTU-sized with full checksums. TCP sysctls stay
+    /// the kernel's defaults (buffer autotuning included): what a real VM runs with.
     pub fn new(tag: &str, roles: &[&str]) -> Net {
         let mut net = Net { hosts: Vec::new() };
         for role in roles {
@@ -174,14 +175,6 @@ impl Net {
                 "nud",
                 "permanent",
             ]);
-            if !role.starts_with("client") {
-                // The client sends as far as the PVM's window allows; an SVM whose window is
-                // smaller at that moment (its application read a little later) drops the excess
-                // as out of window and only a checkpoint would resync it. Receive buffers far
-                // larger than any transfer here keep the window out of play.
-                h.sysctl("net.ipv4.tcp_rmem=4096 8388608 8388608");
-                h.sysctl("net.ipv4.tcp_moderate_rcvbuf=0");
-            }
             sh(&["ip", "link", "set", &h.root_if, "up"]);
         }
         net

@@ -3,14 +3,20 @@
 
 server ROLE: listens on
   7000 request/response: per line, replies "ok <sha256(line)[:16]>\n"; closes after the client
-  7001 bulk source: reads "N\n", sends N deterministic bytes, half-closes, waits for the client
-  7002 bulk sink: reads to EOF, replies the sha256 hex of what it got, closes
+  7001 bulk source: reads "N\n", sends the first N bytes of the pattern stream with blocking
+       writes, half-closes, waits for the client
+  7002 bulk sink: reads to EOF, replies the byte count and the sha256 hex of what it got, closes
+  7004 pattern sink: reads to EOF, replies "N BAD" (BAD: offset of the first byte that is not the
+       pattern stream's, -1 if none), closes
   7003 role: per line, replies the ROLE given on the command line (differs between PVM and SVM)
   7007/udp echo
 client HOST CONNS BULK PAR: runs the request/response, bulk and UDP echo cases, prints RESULT
   lines.
 udp HOST PORT N: N datagrams, counts the intact echoes (the vhost test's guest echoes them).
 diverge HOST: one request to 7003, prints what came back (or the timeout).
+bulk HOST DIR CONNS BYTES: CONNS parallel connections each moving BYTES of the pattern stream,
+  DIR "down" (server to client, 7001) or "up" (client to server, 7004); every byte is checked.
+rr HOST N: N new connections, one request/response each; prints latency percentiles.
 Everything a server sends depends only on what it received, so PVM and SVM answer alike.
 """
 import hashlib
@@ -24,13 +30,54 @@ import time
 UDP_DGRAMS = 200
 
 
+# The pattern stream: byte o is PATTERN[o % PERIOD]. The period is prime, so segment and write
+# boundaries fall on every phase of it; both VMs emit the same bytes however they segment them.
+PERIOD = 1_000_003
+CHUNK = 256 * 1024
+_pat = b"".join(hashlib.sha256(i.to_bytes(8, "big")).digest() for i in range(PERIOD // 32 + 1))
+# Padded by one chunk so any chunk is one slice.
+PATTERN = memoryview(_pat[:PERIOD] + _pat[:CHUNK])
+del _pat
+
+
+def pattern_at(offset, n):
+    """n <= CHUNK bytes of the pattern stream from offset (a memoryview, no copy)."""
+    k = offset % PERIOD
+    return PATTERN[k:k + n]
+
+
 def blob(n):
+    """The first n bytes of the pattern stream."""
     out = bytearray()
-    i = 0
     while len(out) < n:
-        out += hashlib.sha256(i.to_bytes(8, "big")).digest()
-        i += 1
-    return bytes(out[:n])
+        out += pattern_at(len(out), min(CHUNK, n - len(out)))
+    return bytes(out)
+
+
+def send_pattern(sock, n):
+    """Blocking writes of the first n pattern bytes."""
+    off = 0
+    while off < n:
+        m = min(CHUNK, n - off)
+        sock.sendall(pattern_at(off, m))
+        off += m
+
+
+def recv_pattern(sock):
+    """Read to EOF checking the pattern: (bytes read, offset of the first wrong byte or -1)."""
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    off = 0
+    bad = -1
+    while True:
+        n = sock.recv_into(view)
+        if n == 0:
+            return off, bad
+        if bad < 0 and view[:n] != pattern_at(off, n):
+            got = bytes(view[:n])
+            want = bytes(pattern_at(off, n))
+            bad = off + next(i for i in range(n) if got[i] != want[i])
+        off += n
 
 
 def readline(f):
@@ -54,7 +101,7 @@ class Source(socketserver.StreamRequestHandler):
         line = readline(self.rfile)
         if line is None:
             return
-        self.request.sendall(blob(int(line)))
+        send_pattern(self.request, int(line))
         self.request.shutdown(socket.SHUT_WR)
         while self.request.recv(4096):
             pass
@@ -71,6 +118,12 @@ class Sink(socketserver.StreamRequestHandler):
             h.update(b)
             n += len(b)
         self.request.sendall(("%d %s\n" % (n, h.hexdigest())).encode())
+
+
+class PatternSink(socketserver.StreamRequestHandler):
+    def handle(self):
+        n, bad = recv_pattern(self.request)
+        self.request.sendall(("%d %d\n" % (n, bad)).encode())
 
 
 class Role(socketserver.StreamRequestHandler):
@@ -101,7 +154,13 @@ def server(role):
     ROLE = role
     servers = [
         Server(("0.0.0.0", p), h)
-        for p, h in ((7000, ReqResp), (7001, Source), (7002, Sink), (7003, Role))
+        for p, h in (
+            (7000, ReqResp),
+            (7001, Source),
+            (7002, Sink),
+            (7003, Role),
+            (7004, PatternSink),
+        )
     ]
     for s in servers:
         threading.Thread(target=s.serve_forever, daemon=True).start()
@@ -161,10 +220,9 @@ def client(host, conns, bulk, par):
     t0 = time.time()
     with connect(host, 7001) as s:
         s.sendall(b"%d\n" % bulk)
-        data = recv_all(s)
-    want = hashlib.sha256(blob(bulk)).hexdigest()
-    print("RESULT download_bytes=%d" % len(data))
-    print("RESULT download_hash_ok=%d" % (hashlib.sha256(data).hexdigest() == want))
+        n, bad = recv_pattern(s)
+    print("RESULT download_bytes=%d" % n)
+    print("RESULT download_hash_ok=%d" % (n == bulk and bad < 0))
     print("RESULT download_secs=%.2f" % (time.time() - t0), flush=True)
 
     t0 = time.time()
@@ -222,6 +280,68 @@ def diverge(host):
     s.close()
 
 
+def bulk_one(host, direction, nbytes, results, k):
+    try:
+        if direction == "down":
+            with connect(host, 7001) as s:
+                s.sendall(b"%d\n" % nbytes)
+                n, bad = recv_pattern(s)
+        else:
+            with connect(host, 7004) as s:
+                send_pattern(s, nbytes)
+                s.shutdown(socket.SHUT_WR)
+                n, bad = (int(x) for x in recv_all(s).split())
+        results[k] = (n, bad, None)
+    except Exception as e:  # reported, the test asserts on it
+        results[k] = (0, -1, repr(e))
+
+
+def bulk(host, direction, conns, nbytes):
+    results = [None] * conns
+    threads = [
+        threading.Thread(target=bulk_one, args=(host, direction, nbytes, results, k))
+        for k in range(conns)
+    ]
+    t0 = time.time()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    secs = time.time() - t0
+    total = sum(r[0] for r in results)
+    ok = sum(1 for r in results if r[0] == nbytes and r[1] < 0 and r[2] is None)
+    errors = ["conn %d: %d bytes, first bad %d, %s" % (k, *r) for k, r in enumerate(results)
+              if not (r[0] == nbytes and r[1] < 0 and r[2] is None)]
+    print("RESULT bulk_ok=%d" % ok)
+    print("RESULT bulk_bytes=%d" % total)
+    print("RESULT bulk_secs=%.3f" % secs)
+    print("RESULT bulk_gbps=%.3f" % (total * 8 / secs / 1e9))
+    print("RESULT bulk_error=%s" % (errors[0] if errors else "none"), flush=True)
+
+
+def rr(host, n):
+    """n new connections, one request each: connect-to-reply latency percentiles (us)."""
+    lat = []
+    errors = 0
+    for i in range(n):
+        line = ("req %d\n" % i).encode()
+        want = b"ok " + hashlib.sha256(line).hexdigest()[:16].encode() + b"\n"
+        t0 = time.perf_counter()
+        try:
+            with connect(host, 7000) as s:
+                s.sendall(line)
+                got = s.makefile("rb").readline()
+        except OSError:
+            got = b""
+        lat.append((time.perf_counter() - t0) * 1e6)
+        errors += got != want
+    lat.sort()
+    print("RESULT rr_count=%d" % n)
+    print("RESULT rr_errors=%d" % errors)
+    print("RESULT rr_p50_us=%.0f" % lat[len(lat) // 2])
+    print("RESULT rr_p99_us=%.0f" % lat[min(len(lat) - 1, len(lat) * 99 // 100)], flush=True)
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "server":
@@ -230,6 +350,10 @@ if __name__ == "__main__":
         client(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
     elif mode == "udp":
         udp(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    elif mode == "bulk":
+        bulk(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+    elif mode == "rr":
+        rr(sys.argv[2], int(sys.argv[3]))
     elif mode == "diverge":
         diverge(sys.argv[2])
     else:
