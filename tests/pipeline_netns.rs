@@ -15,7 +15,6 @@
 mod netns_support;
 mod pipeline_support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use netns_support::*;
@@ -39,15 +38,6 @@ enum Mode {
     SecondaryFailedOver,
 }
 
-/// How the two proxies are linked.
-#[derive(Clone, Copy)]
-enum Link {
-    /// QEMU-framed TCP sockets on 127.0.0.1.
-    Socket,
-    /// DPDK ports (net_af_packet on a root-namespace veth pair) with the encapsulation.
-    Port,
-}
-
 /// One run of the whole scenario.
 #[derive(Clone, Copy)]
 struct Variant {
@@ -55,138 +45,38 @@ struct Variant {
     shards: u32,
 }
 
-struct Names<'a> {
-    tag: &'a str,
-    dir: &'a Path,
-    nic: &'a str,
-    pvm: &'a str,
-    svm: &'a str,
-    /// The secondary's nic (used after its failover).
-    nic2: &'a str,
-    /// The primary's address on the host link (socket link).
-    primary_ip: &'a str,
-    /// (primary's end, secondary's end) of the link veth pair.
-    link: (&'a str, &'a str),
-    ports: (u16, u16),
-}
-
-fn link_toml(v: Variant, n: &Names, primary: bool) -> String {
-    let (mirror, sec) = n.ports;
-    match v.link {
-        Link::Socket => {
-            let mode = if primary { "server" } else { "client" };
-            let ip = n.primary_ip;
-            format!(
-                r#"[link]
-kind = "socket"
-mirror = {{ addr = "tcp:{ip}:{mirror}", mode = "{mode}" }}
-secondary_out = {{ addr = "tcp:{ip}:{sec}", mode = "{mode}" }}
-reconnect_ms = 100
-"#
-            )
-        }
-        Link::Port => {
-            let (iface, dev) = if primary {
-                (n.link.0, "net_af_packet2")
-            } else {
-                (n.link.1, "net_af_packet1")
-            };
-            format!(
-                r#"[link]
-kind = "port"
-[ports.link]
-vdev = "{dev},iface={iface}"
-"#
-            )
-        }
-    }
-}
-
-fn primary_toml(v: Variant, n: &Names) -> String {
-    // Each compare shard transmits on its own nic queue: af_packet needs that many qpairs.
-    let qpairs = if v.shards > 1 {
-        format!(",qpairs={}", v.shards)
-    } else {
-        String::new()
-    };
-    format!(
-        r#"role = "primary"
-{common}[ports.nic]
-vdev = "net_af_packet0,iface={nic}{qpairs}"
-[ports.pvm]
-vdev = "net_af_packet1,iface={pvm}"
-[lcores]
-main = 0
-mirror = 1
-redirector = 1
-compare = 1
-[compare]
-shards = {shards}
-{link}"#,
-        common = common_toml(&format!("colo-nsp-{}", n.tag), n.dir, "primary"),
-        nic = n.nic,
-        pvm = n.pvm,
-        shards = v.shards,
-        link = link_toml(v, n, true),
-    )
-}
-
-fn secondary_toml(v: Variant, n: &Names) -> String {
-    format!(
-        r#"role = "secondary"
-{common}[ports.svm]
-vdev = "net_af_packet0,iface={svm}"
-[ports.nic]
-vdev = "net_af_packet2,iface={nic2}"
-[lcores]
-main = 0
-rewriter = 1
-{link}"#,
-        common = common_toml(&format!("colo-nss-{}", n.tag), n.dir, "secondary"),
-        svm = n.svm,
-        nic2 = n.nic2,
-        link = link_toml(v, n, false),
-    )
-}
-
 struct Ctx<'a> {
-    net: &'a Net,
-    py: &'a Path,
-    psock: &'a Path,
-    ssock: &'a Path,
-    primary: &'a Proc,
-    secondary: &'a Proc,
+    lab: &'a Lab,
 }
 
 impl Ctx<'_> {
     fn logs(&self) -> String {
-        logs(self.primary, self.secondary)
+        self.lab.logs()
     }
 
     fn stats(&self) -> (serde_json::Value, serde_json::Value) {
-        let p = ctl(self.psock, &["stats"]).unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
-        let s = ctl(self.ssock, &["stats"]).unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
-        (p, s)
+        self.lab.stats()
     }
 
     /// The client's request/response and bulk cases; returns their RESULT map.
     fn client_round(&self, label: &str, mode: Mode) {
         let t0 = Instant::now();
         let (p0, s0) = self.stats();
-        let client = self.net.host(match mode {
+        let client = match mode {
             Mode::SecondaryFailedOver => "client2",
             _ => "client",
-        });
-        let cmd = client.cmd(&[
-            "python3",
-            self.py.to_str().unwrap(),
-            "client",
-            VM_IP,
-            &CONNS.to_string(),
-            &BULK.to_string(),
-            &PAR.to_string(),
-        ]);
-        let (ok, out) = run_limited(cmd, Duration::from_secs(60));
+        };
+        let (ok, out) = self.lab.client(
+            client,
+            &[
+                "client",
+                VM_IP,
+                &CONNS.to_string(),
+                &BULK.to_string(),
+                &PAR.to_string(),
+            ],
+            Duration::from_secs(60),
+        );
         let r = results(&out);
         let (p, s) = self.stats();
         let ctx = || {
@@ -295,106 +185,29 @@ fn run(label: &str, v: Variant) {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let t_start = Instant::now();
-    let tag = format!("{label}{}", std::process::id() % 100_000);
-    let scratch = TmpDir::new(&format!("colo-netns-{tag}"));
-    let dir = scratch.0.clone();
-    let py = dir.join("svc.py");
-    std::fs::write(&py, SVC_PY).unwrap();
-
-    let net = Net::new(&tag, &["client", "pvm", "svm", "client2"]);
-    let link_pair = match v.link {
-        Link::Port => Some(VethPair::new(
-            &format!("la{tag}"),
-            &format!("lb{tag}"),
-            colo_proxy::pipeline::topology::LINK_MTU,
-        )),
-        Link::Socket => None,
-    };
-    let (la, lb) = link_pair
-        .as_ref()
-        .map(|p| (p.a.clone(), p.b.clone()))
-        .unwrap_or_default();
-    // The secondary runs on its own "host" with the SVM's and its client's veth ends.
-    let sechost = SecHost::new(&tag);
-    sechost.adopt(&net.host("svm").root_if);
-    sechost.adopt(&net.host("client2").root_if);
-    if !lb.is_empty() {
-        sechost.adopt(&lb);
-    }
-    let names = Names {
-        tag: &tag,
-        dir: &dir,
-        nic: &net.host("client").root_if,
-        pvm: &net.host("pvm").root_if,
-        svm: &net.host("svm").root_if,
-        nic2: &net.host("client2").root_if,
-        primary_ip: &sechost.primary_ip,
-        link: (&la, &lb),
-        ports: (free_port(), free_port()),
-    };
-    let (mirror, sec) = names.ports;
-    let pcfg = dir.join("primary.toml");
-    let scfg = dir.join("secondary.toml");
-    std::fs::write(&pcfg, primary_toml(v, &names)).unwrap();
-    std::fs::write(&scfg, secondary_toml(v, &names)).unwrap();
-
-    let _pvm_svc = Service::start(net.host("pvm"), &py, "pvm");
-    let _svm_svc = Service::start(net.host("svm"), &py, "svm");
-
-    // The primary owns the link's listening sockets: start it first (QEMU's order too).
-    let mut primary = proxy("primary", &pcfg, &dir, None);
-    let psock = dir.join("primary.sock");
-    let ssock = dir.join("secondary.sock");
-    assert!(
-        wait_until(Duration::from_secs(20), || primary
-            .output()
-            .contains("running as primary")),
-        "primary did not come up\n{}",
-        primary.output()
+    let mut lab = Lab::start(
+        label,
+        LabOptions {
+            link: v.link,
+            shards: v.shards,
+            client2: true,
+        },
     );
-    let mut secondary = proxy("secondary", &scfg, &dir, Some(&sechost));
-    // Both pipelines running and, for the socket link, both streams connected: no frame may
-    // be lost to a link still coming up.
-    let linked = wait_until(Duration::from_secs(20), || {
-        secondary.output().contains("running as secondary")
-            && match v.link {
-                Link::Socket => {
-                    established_at(&sechost.primary_ip, mirror) >= 1
-                        && established_at(&sechost.primary_ip, sec) >= 1
-                }
-                Link::Port => true,
-            }
-    });
-    assert!(
-        linked,
-        "link did not come up\n{}",
-        logs(&primary, &secondary)
-    );
-    println!(
-        "{label}: proxies up and linked after {:.1}s",
-        t_start.elapsed().as_secs_f64()
-    );
+    let (psock, py) = (lab.psock.clone(), lab.py.clone());
+    let ssock = lab.ssock.clone();
+    let dir = lab.dir.clone();
 
     {
-        let cx = Ctx {
-            net: &net,
-            py: &py,
-            psock: &psock,
-            ssock: &ssock,
-            primary: &primary,
-            secondary: &secondary,
-        };
+        let cx = Ctx { lab: &lab };
         for ts in [0, 1] {
-            for (_, h) in &net.hosts {
-                h.sysctl(&format!("net.ipv4.tcp_timestamps={ts}"));
-            }
+            lab.timestamps(ts == 1);
             cx.client_round(&format!("{label}: tcp_timestamps={ts}"), Mode::Colo);
         }
 
         // A service whose answer differs on the SVM: the compare must hold the PVM's answer
         // and raise a divergence; a checkpoint-done (what the COLO frame sends once the SVM is
         // a copy of the PVM) then releases the held answer to the client.
-        let client = net.host("client");
+        let client = lab.net.host("client");
         let dcmd = client.cmd(&["python3", py.to_str().unwrap(), "diverge", VM_IP]);
         let mut dclient = Proc::spawn("diverge", dcmd, &dir.join("diverge.log"));
         let mut mgmt = serde_json::Value::Null;
@@ -457,9 +270,7 @@ fn run(label: &str, v: Variant) {
     }
 
     // Graceful stop: both exit 0 with balanced accounting.
-    stop_both(&mut primary, &mut secondary);
-    drop(sechost);
-    drop(link_pair);
-    drop(net);
+    lab.stop();
+    drop(lab);
     println!("{label}: total {:.1}s", t_start.elapsed().as_secs_f64());
 }
