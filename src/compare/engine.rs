@@ -17,7 +17,7 @@ const K_DGRAM: u8 = 1;
 const K_L3: u8 = 2;
 
 /// Out-of-order matched ranges remembered beyond the contiguous frontier.
-const AHEAD: usize = 4;
+const AHEAD: usize = 8;
 
 /// TCP compare state of one connection. "Frontier": every primary byte before it was compared
 /// equal (or synchronised by a checkpoint); secondary bytes before it are no longer needed.
@@ -66,6 +66,8 @@ impl TcpState {
             if self.n_ahead != 0 {
                 self.merge_ahead();
             }
+        } else if self.extend_ahead(start, end) {
+            // Contiguous matches beyond one hole stay one range.
         } else if (self.n_ahead as usize) < AHEAD {
             self.ahead[self.n_ahead as usize] = (start, end);
             self.n_ahead += 1;
@@ -80,6 +82,45 @@ impl TcpState {
             }
             if hi_i < AHEAD {
                 self.ahead[hi_i] = (start, end);
+            }
+        }
+    }
+
+    /// Grow the ahead range that `[start, end)` overlaps or touches, joining any other range
+    /// the grown one now reaches. False when it touches none.
+    #[inline]
+    fn extend_ahead(&mut self, start: u32, end: u32) -> bool {
+        let n = self.n_ahead as usize;
+        let Some(i) = self.ahead[..n]
+            .iter()
+            .position(|&(s, e)| seq::le(start, e) && seq::le(s, end))
+        else {
+            return false;
+        };
+        let (s, e) = self.ahead[i];
+        self.ahead[i] = (seq::min(s, start), seq::max(e, end));
+        self.join_ahead(i);
+        true
+    }
+
+    /// Join into range `i` every other ahead range it overlaps or touches.
+    #[cold]
+    fn join_ahead(&mut self, mut i: usize) {
+        let mut j = 0;
+        while j < self.n_ahead as usize {
+            let (s, e) = self.ahead[i];
+            let (js, je) = self.ahead[j];
+            if j != i && seq::le(js, e) && seq::le(s, je) {
+                self.ahead[i] = (seq::min(s, js), seq::max(e, je));
+                self.n_ahead -= 1;
+                let last = self.n_ahead as usize;
+                self.ahead[j] = self.ahead[last];
+                if i == last {
+                    i = j;
+                }
+                j = 0;
+            } else {
+                j += 1;
             }
         }
     }
@@ -1595,9 +1636,10 @@ mod tests {
         t.record_match(b, b.wrapping_add(5));
         assert_eq!(t.frontier, b.wrapping_add(5));
         t.record_match(b.wrapping_add(20), b.wrapping_add(30)); // ahead, across 2^32
-        t.record_match(b.wrapping_add(10), b.wrapping_add(20)); // ahead, adjacent
+        t.record_match(b.wrapping_add(10), b.wrapping_add(20)); // ahead, adjacent: joined
         assert_eq!(t.frontier, b.wrapping_add(5));
-        assert_eq!(t.n_ahead, 2);
+        assert_eq!(t.n_ahead, 1);
+        assert_eq!(t.ahead[0], (b.wrapping_add(10), b.wrapping_add(30)));
         t.record_match(b.wrapping_add(5), b.wrapping_add(10)); // fills the gap
         assert_eq!(t.frontier, b.wrapping_add(30));
         assert_eq!(t.n_ahead, 0);

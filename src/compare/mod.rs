@@ -70,9 +70,12 @@
 //! - A connection first seen mid-stream (no SYN since the table entry was created, e.g. after an
 //!   eviction) anchors its compare frontier at the first matched byte; primary bytes that
 //!   later arrive below it count as retransmissions and are released uncompared.
-//! - At most four out-of-order matched ranges are remembered beyond the frontier; a fifth
-//!   (pathological reordering) only delays freeing secondary segments, never releases
-//!   anything uncompared.
+//! - Matched ranges beyond the frontier (the primary's segment at the frontier was lost
+//!   before compare, or reordered) are remembered as at most eight disjoint ranges; touching
+//!   matches join one range, so one hole costs one range however much follows it. With more
+//!   than eight holes at once the highest ranges are forgotten: the frontier then stops at the
+//!   first forgotten range, secondary segments beyond it stay queued until the queue limit or
+//!   a checkpoint, and nothing is ever released uncompared.
 //! - IPv6 fragments are compared as L3 packets including the fragment header's
 //!   identification, which differs between VMs (IPv4 IDs are ignored).
 //! - ICMP errors quote the offending IP header (with its ID), so they mismatch between VMs,
