@@ -85,3 +85,48 @@ fn mixed_losses() {
         .collect();
     stream_with_holes(&holes, 400);
 }
+
+/// The primary runs ahead of the secondary (its window is larger at that moment) and one of
+/// its segments is lost before compare; the secondary's copy of the hole is queued but the
+/// secondary sends nothing more until the client acknowledges the hole. The primary's
+/// retransmission of the hole arrives behind segments still waiting for the secondary: it
+/// must be compared and released at once (the client's TCP reorders by sequence number),
+/// or neither VM ever gets the acknowledgement that would let the stream go on.
+#[test]
+fn primary_retransmission_of_a_hole_overtakes_segments_waiting_for_the_secondary() {
+    let mut h = H::new();
+    let synack = tcp(ISN, CACK, SYN | ACK, b"");
+    h.p(&synack);
+    h.s(&as_secondary(synack));
+    let (hole, svm_sent, pvm_sent) = (50, 120, 200);
+    for i in 0..pvm_sent {
+        if i != hole {
+            h.p(&seg(i));
+        }
+        if i < svm_sent {
+            h.s(&as_secondary(seg(i)));
+        }
+    }
+    // Released: the SYN-ACK and everything the secondary matched except the hole.
+    assert_eq!(h.r.released.len() as u32, 1 + svm_sent - 1);
+    h.p(&seg(hole));
+    assert_eq!(
+        h.r.released.len() as u32,
+        1 + svm_sent,
+        "the hole's retransmission must be released"
+    );
+    assert_eq!(*h.r.frames().last().unwrap(), seg(hole));
+    assert_eq!(h.queued(), (u64::from(pvm_sent - svm_sent), 0));
+    // The secondary then catches up: the rest is compared and released in stream order.
+    for i in svm_sent..pvm_sent {
+        h.s(&as_secondary(seg(i)));
+    }
+    assert_eq!(h.queued(), (0, 0));
+    assert_eq!(h.r.released.len() as u32, 1 + pvm_sent);
+    assert!(h.r.events.is_empty(), "{:?}", h.r.reasons());
+    assert!(h
+        .r
+        .hows()
+        .iter()
+        .all(|r| matches!(r, Release::Matched | Release::Retransmit)));
+}

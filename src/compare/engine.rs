@@ -352,6 +352,10 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
             self.diverge(conn, Side::Primary, reason, range, h, NIL);
             self.release_node(conn, h, Release::Overflow);
         }
+        let tail = conn.pq.tail;
+        if conn.kind == FlowKind::Tcp && tail != NIL && seq::lt(m.seq, self.pool.meta(tail).seq) {
+            return self.insert_primary_by_seq(conn, pkt, m);
+        }
         match self.pool.alloc_back(&mut conn.pq, pkt, m) {
             Ok(id) => {
                 self.c.queued_primary += 1;
@@ -366,6 +370,35 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
                 false
             }
         }
+    }
+
+    /// Queue a TCP primary that starts before the queue's tail (a retransmission filling a
+    /// hole, or reordering) at its stream position, so it is compared and released before
+    /// later segments that may be waiting for secondary bytes the secondary cannot send until
+    /// the client has this one. Rare: walks back from the tail.
+    #[cold]
+    fn insert_primary_by_seq(&mut self, conn: &mut Conn, pkt: B, m: Meta) -> bool {
+        let id = match self.pool.alloc(pkt, m) {
+            Ok(id) => id,
+            // Unreachable (room was made above), but never lose the packet.
+            Err(pkt) => {
+                self.release(pkt, Release::Overflow);
+                return false;
+            }
+        };
+        let mut pred = conn.pq.tail;
+        let mut before_cursor = conn.cursor == NIL;
+        while pred != NIL && seq::lt(m.seq, self.pool.meta(pred).seq) {
+            before_cursor |= pred == conn.cursor;
+            pred = self.pool.prev(pred);
+        }
+        self.pool.insert_after(&mut conn.pq, pred, id);
+        self.c.queued_primary += 1;
+        if before_cursor {
+            // Everything between it and the old cursor is resolved already.
+            conn.cursor = id;
+        }
+        true
     }
 
     /// Room check for a secondary; drops it (counted, event) when there is none.
@@ -691,6 +724,10 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
 
     fn resolve_tcp(&mut self, conn: &mut Conn, id: u32) -> Resolve {
         let m = *self.pool.meta(id);
+        if m.state & DATA_OK != 0 {
+            // Resolved before a hole filler was queued ahead of it.
+            return Resolve::Done;
+        }
         let start = match precheck(&conn.tcp, &m) {
             Pre::Done(bits) => {
                 self.pool.meta_mut(id).state |= bits;

@@ -9,7 +9,10 @@
 //!   [`Output::release`] (primary) or [`Output::free_secondary`] (secondary), with a reason;
 //!   [`CompareCounters::balanced`] checks the sums.
 //! - **Order**: primary packets of one connection are released in their arrival order (never
-//!   LIFO, never newest-first). Packets released before their connection is known (malformed
+//!   LIFO, never newest-first), except that a TCP segment arriving below the queue's tail (a
+//!   retransmission filling a hole left by a segment lost before compare) is queued at its
+//!   stream position: it may overtake later segments still waiting for the secondary, which
+//!   may be unable to send them until the client has acknowledged the hole. Packets released before their connection is known (malformed
 //!   frames) or by a bypass rule are released at once.
 //! - **TCP**: payload bytes are compared by sequence number, never by queue position, so any
 //!   segmentation, out-of-order arrival and wraparound are tolerated. The IP header and the TCP
