@@ -32,10 +32,16 @@ struct TcpState {
     // What the primary has produced (copied to the secondary's side by a checkpoint).
     p_end: u32,
     p_ack: u32,
+    // The highest ack released to the client (`c_ack_valid`): what the ack gate's clamp
+    // must move beyond.
+    c_ack: u32,
     frontier_set: bool,
     s_ack_valid: bool,
     p_end_valid: bool,
     p_ack_valid: bool,
+    c_ack_valid: bool,
+    // The secondary repeated its ack while behind the primary's: it is missing client data.
+    s_behind: bool,
     s_syn: bool,
     s_synack: bool,
     s_rst: bool,
@@ -501,6 +507,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
                 } else {
                     Release::Matched
                 };
+                note_released_ack(&mut conn.tcp, &m);
                 self.release(pkt, how);
                 None
             }
@@ -514,12 +521,20 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
         let t = &mut conn.tcp;
         let f = m.flags;
         if f & tcp_flags::ACK != 0 && f & tcp_flags::RST == 0 {
+            let behind = t.p_ack_valid && seq::lt(m.ack, t.p_ack);
+            if t.s_ack_valid && m.ack == t.s_ack && m.seq == m.end && behind {
+                // A duplicate ACK: the SVM lost a client segment the PVM has.
+                t.s_behind = true;
+            }
             t.s_ack = if t.s_ack_valid {
                 seq::max(t.s_ack, m.ack)
             } else {
                 m.ack
             };
             t.s_ack_valid = true;
+            if t.p_ack_valid && !seq::lt(t.s_ack, t.p_ack) {
+                t.s_behind = false;
+            }
         }
         if f & tcp_flags::SYN != 0 {
             if f & tcp_flags::ACK != 0 {
@@ -619,10 +634,14 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
         }
         while conn.pq.head != NIL {
             let h = conn.pq.head;
-            let m = self.pool.meta(h);
-            if !tcp_ready(conn, m) {
+            let mut m = *self.pool.meta(h);
+            let clamp = if tcp_ready(conn, &m) {
+                None
+            } else if let Some(ack) = ack_clamp(conn, &m) {
+                Some(ack)
+            } else {
                 break;
-            }
+            };
             let how = if m.state & RETRANS != 0 {
                 Release::Retransmit
             } else {
@@ -631,8 +650,14 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
             if conn.cursor == h {
                 conn.cursor = self.pool.next(h);
             }
-            if let Some(p) = self.pool.pop_front(&mut conn.pq) {
+            if let Some(mut p) = self.pool.pop_front(&mut conn.pq) {
                 self.c.queued_primary -= 1;
+                if let Some(ack) = clamp {
+                    set_ack(&mut p, m.ack, ack);
+                    m.ack = ack;
+                    self.c.ack_clamped += 1;
+                }
+                note_released_ack(&mut conn.tcp, &m);
                 self.release(p, how);
             }
         }
@@ -681,8 +706,10 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
         self.pool.meta_mut(id).state |= DATA_OK;
         self.free(pkt, SecondaryFree::Matched);
         if tcp_ready(conn, self.pool.meta(id)) {
+            let pm = *self.pool.meta(id);
             if let Some(p) = self.pool.pop_front(&mut conn.pq) {
                 self.c.queued_primary -= 1;
+                note_released_ack(&mut conn.tcp, &pm);
                 self.release(p, Release::Matched);
             }
         }
@@ -1029,6 +1056,55 @@ fn control_ok(conn: &Conn, m: &Meta) -> bool {
         return conn.s_pkts > 0;
     }
     true
+}
+
+/// Remember the ack of a primary segment released to the client.
+#[inline]
+fn note_released_ack(t: &mut TcpState, m: &Meta) {
+    if m.flags & tcp_flags::ACK != 0 && m.flags & tcp_flags::RST == 0 {
+        t.c_ack = if t.c_ack_valid {
+            seq::max(t.c_ack, m.ack)
+        } else {
+            m.ack
+        };
+        t.c_ack_valid = true;
+    }
+}
+
+/// The ack a gated primary may be released with now: the secondary's highest ack, for a
+/// compared plain data/ACK segment, when the secondary is missing client data (it repeated
+/// its ack) and its ack moves the client's forward.
+#[inline]
+fn ack_clamp(conn: &Conn, m: &Meta) -> Option<u32> {
+    let t = &conn.tcp;
+    let plain = m.flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0
+        && m.flags & tcp_flags::ACK != 0;
+    (plain
+        && t.s_behind
+        && m.state & DATA_OK != 0
+        && control_ok(conn, m)
+        && t.s_ack_valid
+        && seq::lt(t.s_ack, m.ack)
+        && (!t.c_ack_valid || seq::gt(t.s_ack, t.c_ack)))
+    .then_some(t.s_ack)
+}
+
+/// Rewrite a TCP frame's ack from `old` to `new`, keeping its checksum valid (or partial).
+fn set_ack<B: PacketBuf>(pkt: &mut B, old: u32, new: u32) {
+    let Ok(info) = crate::wire::parse(pkt.data()) else {
+        return;
+    };
+    let partial = pkt.l4_csum_partial();
+    let l4 = info.l4_off as usize;
+    let d = pkt.data_mut();
+    let Some(h) = d.get_mut(l4..l4 + 20) else {
+        return;
+    };
+    h[8..12].copy_from_slice(&new.to_be_bytes());
+    if !partial {
+        let cs = u16::from_be_bytes([h[16], h[17]]);
+        h[16..18].copy_from_slice(&crate::wire::checksum::update_u32(cs, old, new).to_be_bytes());
+    }
 }
 
 /// Ack gate: a segment's ack must not be ahead of the secondary's highest ack.

@@ -21,8 +21,15 @@
 //!   counterpart: pure ACKs as soon as the secondary has acknowledged at least as far (by any
 //!   segment, cumulative — never one-for-one); SYN / SYN-ACK / RST once the secondary sent the
 //!   same control segment; FIN once the secondary's FIN sits at the same stream position.
-//!   Ack gate (as QEMU): a segment with ACK set is released only when its ack is not ahead of
-//!   the secondary's highest ack. Data already compared (retransmissions) is released at once.
+//!   Ack gate: a segment with ACK set is released only when its ack is not ahead of the
+//!   secondary's highest ack (as QEMU). When the secondary shows it lost client data (it
+//!   repeated its ack while behind the primary's) and its ack is beyond every ack released to
+//!   the client so far, a gated plain data/ACK segment (never SYN/FIN/RST) goes at once with
+//!   its ack lowered to the secondary's (`ack_clamped`): the client learns what *both* VMs
+//!   have received, so its retransmissions fill the SVM's holes one after the other instead
+//!   of seeing no progress at all (the PVM's ack held for good) until a timeout. A lowered
+//!   ack never repeats one already released, so it cannot look like a duplicate ACK.
+//!   Data already compared (retransmissions) is released at once.
 //! - **Datagrams** (UDP, ICMP, ICMPv6): strictly FIFO per flow, comparing transport header and
 //!   payload. **Other L3** (ARP, non-IP, other IP protocols, IP fragments): the L3 packet is
 //!   compared, ignoring IPv4 ID/TTL/checksum and IPv6 traffic class/flow label/hop limit.
@@ -393,6 +400,9 @@ pub struct CompareCounters {
     pub events: [u64; 10],
     /// Divergences not raised as a new event because the connection already asked.
     pub events_suppressed: u64,
+    /// Primary TCP segments released with their ack lowered to the secondary's highest ack
+    /// (the ack gate's clamp; not a terminal counter: each is also `rel_matched`).
+    pub ack_clamped: u64,
     /// Connections created.
     pub conns_created: u64,
     /// Connections evicted from a full table.
