@@ -75,3 +75,42 @@ fn control_segments_are_never_lowered() {
     h.s(&as_secondary(ack_frame(CACK + 300)));
     assert_eq!(h.r.frames()[1], fin);
 }
+
+/// A frame like [`tcp`] but advertising `window`, built independently by etherparse.
+fn with_window(seq: u32, ack: u32, payload: &[u8], window: u16) -> Vec<u8> {
+    let mut f = Vec::new();
+    etherparse::PacketBuilder::ethernet2([0x52, 0x54, 0, 0, 0, 1], [0x52, 0x54, 0, 0, 0, 0xfe])
+        .ipv4(SERVER, CLIENT, 64)
+        .tcp(SPORT, CPORT, seq, window)
+        .ack(ack)
+        .write(&mut f, payload)
+        .unwrap();
+    f
+}
+
+#[test]
+fn the_client_is_never_offered_more_window_than_the_secondary_offers() {
+    let mut h = H::new();
+    let synack = tcp(ISN, CACK, SYN | ACK, b"");
+    h.p(&synack);
+    h.s(&as_secondary(synack));
+    // The SVM's receive buffer grew less than the PVM's: it offers 1000, the PVM 29200.
+    h.s(&with_window(ISN + 1, CACK + 100, b"", 1000));
+    h.p(&tcp(ISN + 1, CACK + 100, ACK, b""));
+    assert_eq!(h.r.released.len(), 2);
+    // Released as the PVM's ACK with the SVM's window, checksum valid (byte-exact).
+    assert_eq!(h.r.frames()[1], with_window(ISN + 1, CACK + 100, b"", 1000));
+    assert_eq!(h.c.counters().window_clamped, 1);
+    // Data the same way; a larger SVM window leaves the PVM's alone.
+    h.s(&with_window(ISN + 1, CACK + 100, b"resp", 60000));
+    h.p(&tcp(ISN + 1, CACK + 100, ACK, b"resp"));
+    assert_eq!(h.r.frames()[2], tcp(ISN + 1, CACK + 100, ACK, b"resp"));
+    assert_eq!(h.c.counters().window_clamped, 1);
+    // After a checkpoint the SVM is a copy of the PVM: no clamp from stale windows.
+    h.s(&with_window(ISN + 5, CACK + 100, b"", 10));
+    h.checkpoint();
+    h.p(&tcp(ISN + 5, CACK + 100, ACK, b""));
+    h.s(&tcp(ISN + 5, CACK + 100, ACK, b""));
+    assert_eq!(*h.r.frames().last().unwrap(), tcp(ISN + 5, CACK + 100, ACK, b""));
+    assert!(h.r.events.is_empty());
+}

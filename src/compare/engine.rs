@@ -35,11 +35,14 @@ struct TcpState {
     // The highest ack released to the client (`c_ack_valid`): what the ack gate's clamp
     // must move beyond.
     c_ack: u32,
+    s_win: u16,
     frontier_set: bool,
     s_ack_valid: bool,
     p_end_valid: bool,
     p_ack_valid: bool,
     c_ack_valid: bool,
+    // The secondary's latest receive window (raw header value) and `s_win_valid`.
+    s_win_valid: bool,
     // The secondary repeated its ack while behind the primary's: it is missing client data.
     s_behind: bool,
     s_syn: bool,
@@ -154,6 +157,8 @@ impl TcpState {
     /// After a checkpoint the secondary is a copy of the primary: it has produced what the
     /// primary produced, and every primary byte so far counts as compared.
     fn sync_to_primary(&mut self) {
+        // The SVM now has the PVM's windows.
+        self.s_win_valid = false;
         if self.p_end_valid {
             self.frontier = if self.frontier_set {
                 seq::max(self.frontier, self.p_end)
@@ -261,6 +266,21 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
     }
 
     #[inline]
+    /// Release a compared TCP primary: note its ack, and never let it offer the client more
+    /// window than the secondary offers (the client would send what only the PVM can take).
+    #[inline]
+    fn release_tcp(&mut self, conn: &mut Conn, mut pkt: B, m: &Meta, how: Release) {
+        note_released_ack(&mut conn.tcp, m);
+        let t = &conn.tcp;
+        if t.s_win_valid
+            && m.flags & (tcp_flags::SYN | tcp_flags::RST) == 0
+            && clamp_window(&mut pkt, m.cmp_off as usize, t.s_win)
+        {
+            self.c.window_clamped += 1;
+        }
+        self.release(pkt, how);
+    }
+
     fn release_node(&mut self, conn: &mut Conn, id: u32, how: Release) {
         if conn.cursor == id {
             conn.cursor = self.pool.next(id);
@@ -507,8 +527,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
                 } else {
                     Release::Matched
                 };
-                note_released_ack(&mut conn.tcp, &m);
-                self.release(pkt, how);
+                self.release_tcp(conn, pkt, &m, how);
                 None
             }
             _ => Some(pkt),
@@ -520,6 +539,14 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
         restart_if_reused(conn, &m);
         let t = &mut conn.tcp;
         let f = m.flags;
+        if f & tcp_flags::ACK != 0 && f & tcp_flags::RST == 0 && f & tcp_flags::SYN == 0 {
+            if !t.s_ack_valid || !seq::lt(m.ack, t.s_ack) {
+                if let Some(w) = tcp_window(pkt.data(), m.cmp_off as usize) {
+                    t.s_win = w;
+                    t.s_win_valid = true;
+                }
+            }
+        }
         if f & tcp_flags::ACK != 0 && f & tcp_flags::RST == 0 {
             let behind = t.p_ack_valid && seq::lt(m.ack, t.p_ack);
             if t.s_ack_valid && m.ack == t.s_ack && m.seq == m.end && behind {
@@ -657,8 +684,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
                     m.ack = ack;
                     self.c.ack_clamped += 1;
                 }
-                note_released_ack(&mut conn.tcp, &m);
-                self.release(p, how);
+                self.release_tcp(conn, p, &m, how);
             }
         }
     }
@@ -709,8 +735,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
             let pm = *self.pool.meta(id);
             if let Some(p) = self.pool.pop_front(&mut conn.pq) {
                 self.c.queued_primary -= 1;
-                note_released_ack(&mut conn.tcp, &pm);
-                self.release(p, Release::Matched);
+                self.release_tcp(conn, p, &pm, Release::Matched);
             }
         }
         None
@@ -1087,6 +1112,59 @@ fn ack_clamp(conn: &Conn, m: &Meta) -> Option<u32> {
         && seq::lt(t.s_ack, m.ack)
         && (!t.c_ack_valid || seq::gt(t.s_ack, t.c_ack)))
     .then_some(t.s_ack)
+}
+
+/// Where the TCP header of a frame starts, given where its payload starts, for the common
+/// shapes (Ethernet II, up to two VLAN tags, IPv4 with options, IPv6 without extension
+/// headers); None for anything else (the window is then left alone).
+#[inline]
+fn tcp_header_at(d: &[u8], payload: usize) -> Option<usize> {
+    let be16 = |at: usize| Some(u16::from_be_bytes([*d.get(at)?, *d.get(at + 1)?]));
+    let mut l3 = 14;
+    let mut ethertype = be16(12)?;
+    for _ in 0..2 {
+        if ethertype == 0x8100 || ethertype == 0x88a8 {
+            ethertype = be16(l3 + 2)?;
+            l3 += 4;
+        }
+    }
+    let l4 = match ethertype {
+        0x0800 => l3 + usize::from(d.get(l3)? & 0x0f) * 4,
+        0x86dd if *d.get(l3 + 6)? == 6 => l3 + 40,
+        _ => return None,
+    };
+    let hdr_len = usize::from(d.get(l4 + 12)? >> 4) * 4;
+    (hdr_len >= 20 && l4 + hdr_len == payload && d.len() >= payload).then_some(l4)
+}
+
+/// A TCP frame's raw window field.
+#[inline]
+fn tcp_window(d: &[u8], payload: usize) -> Option<u16> {
+    let l4 = tcp_header_at(d, payload)?;
+    Some(u16::from_be_bytes([d[l4 + 14], d[l4 + 15]]))
+}
+
+/// Lower a TCP frame's window field to `max` if it is larger (checksum kept valid, or left
+/// alone when partial). Both VMs scale windows alike (they are replicas), so raw values
+/// compare; with the released ack never ahead of the secondary's, the client's right edge
+/// then never passes the secondary's.
+#[inline]
+fn clamp_window<B: PacketBuf>(pkt: &mut B, payload: usize, max: u16) -> bool {
+    let Some(l4) = tcp_header_at(pkt.data(), payload) else {
+        return false;
+    };
+    let partial = pkt.l4_csum_partial();
+    let h = &mut pkt.data_mut()[l4..l4 + 20];
+    let w = u16::from_be_bytes([h[14], h[15]]);
+    if w <= max {
+        return false;
+    }
+    h[14..16].copy_from_slice(&max.to_be_bytes());
+    if !partial {
+        let cs = u16::from_be_bytes([h[16], h[17]]);
+        h[16..18].copy_from_slice(&crate::wire::checksum::update_u16(cs, w, max).to_be_bytes());
+    }
+    true
 }
 
 /// Rewrite a TCP frame's ack from `old` to `new`, keeping its checksum valid (or partial).

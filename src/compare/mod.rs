@@ -30,6 +30,10 @@
 //!   of seeing no progress at all (the PVM's ack held for good) until a timeout. A lowered
 //!   ack never repeats one already released, so it cannot look like a duplicate ACK.
 //!   Data already compared (retransmissions) is released at once.
+//!   Window: a released primary segment never offers the client more receive window than the
+//!   secondary's latest segment did (`window_clamped`; raw values, as replicas scale alike):
+//!   otherwise the client sends what only the PVM can take, the SVM drops it as out of window,
+//!   and the connection lives on retransmission timeouts.
 //! - **Datagrams** (UDP, ICMP, ICMPv6): strictly FIFO per flow, comparing transport header and
 //!   payload. **Other L3** (ARP, non-IP, other IP protocols, IP fragments): the L3 packet is
 //!   compared, ignoring IPv4 ID/TTL/checksum and IPv6 traffic class/flow label/hop limit.
@@ -403,6 +407,9 @@ pub struct CompareCounters {
     /// Primary TCP segments released with their ack lowered to the secondary's highest ack
     /// (the ack gate's clamp; not a terminal counter: each is also `rel_matched`).
     pub ack_clamped: u64,
+    /// Primary TCP segments released with their window lowered to the secondary's (not a
+    /// terminal counter).
+    pub window_clamped: u64,
     /// Connections created.
     pub conns_created: u64,
     /// Connections evicted from a full table.

@@ -60,7 +60,7 @@ pub fn tcp_opts(
 }
 
 /// The secondary's copy of a frame: same bytes except the fields a second VM changes anyway —
-/// IPv4 ID (bytes 18–19), TTL (22), a stale IP checksum (24–25), TCP window (48–49) and the
+/// IPv4 ID (bytes 18–19), TTL (22), a stale IP checksum (24–25), TCP window (48–49, made larger) and the
 /// TCP checksum (50–51). The compare must ignore all of them.
 pub fn as_secondary(mut f: Vec<u8>) -> Vec<u8> {
     f[18] ^= 0x5a; // IP identification
@@ -68,7 +68,7 @@ pub fn as_secondary(mut f: Vec<u8>) -> Vec<u8> {
     f[22] = 63; // TTL
     f[24] ^= 0xff; // IP header checksum (now wrong)
     if f[23] == 6 {
-        f[48] ^= 0x10; // TCP window
+        f[48] ^= 0x01; // TCP window (larger: the compare must not lower the PVM's)
         f[50] ^= 0x77; // TCP checksum
     }
     f
