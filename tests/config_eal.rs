@@ -2,6 +2,7 @@
 
 use colo_proxy::config::eal::{
     lcore_set, meminfo_has_free_hugepages, merge, parse_corelist, parse_coremask, parse_lcores_opt,
+    with_driver_defaults, AF_PACKET_FRAMES,
 };
 use colo_proxy::config::Config;
 
@@ -279,4 +280,25 @@ fn meminfo_probe_parsing() {
     ));
     assert!(!meminfo_has_free_hugepages("MemTotal: 1 kB\n"));
     assert!(!meminfo_has_free_hugepages("HugePages_Free: lots\n"));
+}
+
+#[test]
+fn af_packet_ports_get_a_deep_ring_unless_the_vdev_sets_one() {
+    let deep = format!("net_af_packet0,iface=veth0,framecnt={AF_PACKET_FRAMES}");
+    assert_eq!(with_driver_defaults("net_af_packet0,iface=veth0"), deep);
+    assert_eq!(
+        with_driver_defaults("net_af_packet1,iface=v,framecnt=1024"),
+        "net_af_packet1,iface=v,framecnt=1024"
+    );
+    assert_eq!(
+        with_driver_defaults("net_vhost0,iface=/tmp/s"),
+        "net_vhost0,iface=/tmp/s"
+    );
+    let c = cfg(
+        r#"["-l", "0-1", "--no-pci"]"#,
+        "no-huge",
+        "[ports.nic]\nvdev = \"net_af_packet0,iface=veth0\"\n[ports.pvm]\nvdev = \"net_ring0\"\n",
+    );
+    let args = c.eal_args_with_probe(&[], || false);
+    assert!(args.contains(&deep), "{args:?}");
 }
