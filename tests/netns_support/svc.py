@@ -147,6 +147,9 @@ def udp_echo():
 class Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
+    # socketserver's default backlog (5) overflows on 8 connections opened at once, and then
+    # the PVM's and the SVM's kernels may treat the same connection differently.
+    request_queue_size = 128
 
 
 def server(role):
