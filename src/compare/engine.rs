@@ -265,7 +265,6 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
         self.out.free_secondary(pkt, how);
     }
 
-    #[inline]
     /// Release a compared TCP primary: note its ack, and never let it offer the client more
     /// window than the secondary offers (the client would send what only the PVM can take).
     #[inline]
@@ -281,6 +280,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
         self.release(pkt, how);
     }
 
+    #[inline]
     fn release_node(&mut self, conn: &mut Conn, id: u32, how: Release) {
         if conn.cursor == id {
             conn.cursor = self.pool.next(id);
