@@ -231,6 +231,8 @@ pub struct Comparator<B: PacketBuf> {
     pool: Pool<B>,
     c: CompareCounters,
     next_scan: u64,
+    /// Lower bound of the oldest queued primary's arrival (exact after each scan).
+    since: u64,
 }
 
 /// Everything a per-connection step needs besides the connection (split borrows).
@@ -242,6 +244,8 @@ struct Ctx<'a, 'k, B, O> {
     /// Only read when an event is raised.
     key: &'k FlowKey,
     now: u64,
+    /// [`Comparator::backlog`]'s oldest-primary estimate (see there).
+    since: &'a mut u64,
 }
 
 impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
@@ -251,6 +255,35 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
             Side::Primary => self.release(pkt, Release::Uncomparable(Uncomparable::KindConflict)),
             Side::Secondary => self.free(pkt, SecondaryFree::Dropped(DropReason::Malformed)),
         }
+    }
+
+    /// A primary was queued (backlog gauges).
+    #[inline(always)]
+    fn pq_added(&mut self, len: usize) {
+        if self.c.queued_primary == 0 {
+            *self.since = self.now;
+        }
+        self.c.queued_primary += 1;
+        self.c.queued_primary_bytes += len as u64;
+    }
+
+    /// A primary left its queue (backlog gauges).
+    #[inline(always)]
+    fn pq_removed(&mut self, len: usize) {
+        self.c.queued_primary -= 1;
+        self.c.queued_primary_bytes -= len as u64;
+    }
+
+    #[inline(always)]
+    fn sq_added(&mut self, len: usize) {
+        self.c.queued_secondary += 1;
+        self.c.queued_secondary_bytes += len as u64;
+    }
+
+    #[inline(always)]
+    fn sq_removed(&mut self, len: usize) {
+        self.c.queued_secondary -= 1;
+        self.c.queued_secondary_bytes -= len as u64;
     }
 
     #[inline]
@@ -286,7 +319,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
             conn.cursor = self.pool.next(id);
         }
         if let Some(p) = self.pool.remove(&mut conn.pq, id) {
-            self.c.queued_primary -= 1;
+            self.pq_removed(p.len());
             self.release(p, how);
         }
     }
@@ -294,7 +327,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
     #[inline]
     fn free_node(&mut self, conn: &mut Conn, id: u32, how: SecondaryFree) {
         if let Some(p) = self.pool.remove(&mut conn.sq, id) {
-            self.c.queued_secondary -= 1;
+            self.sq_removed(p.len());
             self.free(p, how);
         }
     }
@@ -382,9 +415,10 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
         if conn.kind == FlowKind::Tcp && tail != NIL && seq::lt(m.seq, self.pool.meta(tail).seq) {
             return self.insert_primary_by_seq(conn, pkt, m);
         }
+        let len = pkt.len();
         match self.pool.alloc_back(&mut conn.pq, pkt, m) {
             Ok(id) => {
-                self.c.queued_primary += 1;
+                self.pq_added(len);
                 if conn.cursor == NIL {
                     conn.cursor = id;
                 }
@@ -404,6 +438,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
     /// the client has this one. Rare: walks back from the tail.
     #[cold]
     fn insert_primary_by_seq(&mut self, conn: &mut Conn, pkt: B, m: Meta) -> bool {
+        let len = pkt.len();
         let id = match self.pool.alloc(pkt, m) {
             Ok(id) => id,
             // Unreachable (room was made above), but never lose the packet.
@@ -419,7 +454,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
             pred = self.pool.prev(pred);
         }
         self.pool.insert_after(&mut conn.pq, pred, id);
-        self.c.queued_primary += 1;
+        self.pq_added(len);
         if before_cursor {
             // Everything between it and the old cursor is resolved already.
             conn.cursor = id;
@@ -506,11 +541,12 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
             Pre::Compare(_) if conn.sq.head == NIL => {
                 // Its bytes have not come from the secondary yet: it waits, unresolved.
                 // A full pool is the general path's overflow rule.
+                let len = pkt.len();
                 let id = match self.pool.alloc_back(&mut conn.pq, pkt, m) {
                     Ok(id) => id,
                     Err(pkt) => return Some(pkt),
                 };
-                self.c.queued_primary += 1;
+                self.pq_added(len);
                 conn.cursor = id;
                 None
             }
@@ -632,10 +668,11 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
             self.free_node(conn, s, SecondaryFree::Duplicate);
             s = next;
         }
+        let len = pkt.len();
         match self.pool.alloc(pkt, m) {
             Ok(id) => {
                 self.pool.insert_after(&mut conn.sq, pred, id);
-                self.c.queued_secondary += 1;
+                self.sq_added(len);
             }
             Err(pkt) => self.free(pkt, SecondaryFree::Dropped(DropReason::Overflow)),
         }
@@ -678,7 +715,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
                 conn.cursor = self.pool.next(h);
             }
             if let Some(mut p) = self.pool.pop_front(&mut conn.pq) {
-                self.c.queued_primary -= 1;
+                self.pq_removed(p.len());
                 if let Some(ack) = clamp {
                     set_ack(&mut p, m.ack, ack);
                     m.ack = ack;
@@ -734,7 +771,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
         if tcp_ready(conn, self.pool.meta(id)) {
             let pm = *self.pool.meta(id);
             if let Some(p) = self.pool.pop_front(&mut conn.pq) {
-                self.c.queued_primary -= 1;
+                self.pq_removed(p.len());
                 self.release_tcp(conn, p, &pm, Release::Matched);
             }
         }
@@ -857,10 +894,11 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
         let Some(pkt) = self.secondary_room(conn, pkt, &m) else {
             return;
         };
+        let len = pkt.len();
         match self.pool.alloc(pkt, m) {
             Ok(id) => {
                 self.pool.push_back(&mut conn.sq, id);
-                self.c.queued_secondary += 1;
+                self.sq_added(len);
             }
             Err(pkt) => {
                 self.free(pkt, SecondaryFree::Dropped(DropReason::Overflow));
@@ -1414,6 +1452,7 @@ impl<B: PacketBuf> Comparator<B> {
             pool,
             c: CompareCounters::default(),
             next_scan: 0,
+            since: 0,
         }
     }
 
@@ -1576,6 +1615,7 @@ impl<B: PacketBuf> Comparator<B> {
             table,
             pool,
             c,
+            since,
             ..
         } = self;
         let mut ctx = Ctx {
@@ -1585,6 +1625,7 @@ impl<B: PacketBuf> Comparator<B> {
             out,
             key,
             now,
+            since,
         };
         let Some(conn) = table.touch(id, now) else {
             // Unreachable (a found or created entry is live), but never lose the packet.
@@ -1653,6 +1694,7 @@ impl<B: PacketBuf> Comparator<B> {
                 out,
                 key: &ekey,
                 now,
+                since: &mut self.since,
             };
             ctx.retire(
                 &mut econn,
@@ -1714,9 +1756,12 @@ impl<B: PacketBuf> Comparator<B> {
             table,
             pool,
             c,
+            since,
             ..
         } = self;
         let idle = cfg.idle_timeout_ns;
+        // The scan visits every connection: refresh the backlog's oldest arrival exactly.
+        let mut oldest = u64::MAX;
         // One pass: timeouts of every connection, then ageing of the idle ones.
         table.retain_mut(|k, conn, last_used| {
             let mut ctx = Ctx {
@@ -1726,8 +1771,12 @@ impl<B: PacketBuf> Comparator<B> {
                 out: &mut *out,
                 key: k,
                 now,
+                since: &mut *since,
             };
             ctx.scan(conn);
+            if conn.pq.head != NIL {
+                oldest = oldest.min(ctx.pool.meta(conn.pq.head).arrival);
+            }
             if now.saturating_sub(last_used) < idle {
                 return false;
             }
@@ -1735,6 +1784,26 @@ impl<B: PacketBuf> Comparator<B> {
             ctx.retire(conn, Reason::Expired, Release::Expired, DropReason::Expired);
             true
         });
+        if oldest != u64::MAX {
+            *since = oldest;
+        }
+    }
+
+    /// What waits in this shard's queues now, O(1) (gauges kept with each enqueue/dequeue).
+    ///
+    /// `oldest_primary_ns` is a lower bound of the oldest queued primary's arrival (its age is
+    /// never under-reported): exact after every timeout scan ([`Self::tick`], each
+    /// `scan_period_ns`), else the later of the last scan's value and the time the shard's
+    /// primary backlog last became non-empty; it does not move forward when the oldest primary
+    /// leaves between scans. `None` when no primary is queued.
+    pub fn backlog(&self) -> super::Backlog {
+        super::Backlog {
+            primary_packets: self.c.queued_primary,
+            primary_bytes: self.c.queued_primary_bytes,
+            secondary_packets: self.c.queued_secondary,
+            secondary_bytes: self.c.queued_secondary_bytes,
+            oldest_primary_ns: (self.c.queued_primary != 0).then_some(self.since),
+        }
     }
 
     /// The COLO frame finished a checkpoint: release every queued primary in arrival order,
@@ -1745,6 +1814,7 @@ impl<B: PacketBuf> Comparator<B> {
             table,
             pool,
             c,
+            since,
             ..
         } = self;
         c.checkpoints += 1;
@@ -1756,6 +1826,7 @@ impl<B: PacketBuf> Comparator<B> {
                 out: &mut *out,
                 key: k,
                 now,
+                since: &mut *since,
             };
             ctx.empty_conn(conn, Release::Checkpoint, SecondaryFree::Checkpoint);
             conn.diverged = false;
@@ -1771,6 +1842,7 @@ impl<B: PacketBuf> Comparator<B> {
             table,
             pool,
             c,
+            since,
             ..
         } = self;
         table.drain(|k, conn| {
@@ -1781,6 +1853,7 @@ impl<B: PacketBuf> Comparator<B> {
                 out: &mut *out,
                 key: k,
                 now: 0,
+                since: &mut *since,
             };
             ctx.empty_conn(
                 conn,

@@ -338,6 +338,24 @@ pub trait Output<B> {
     }
 }
 
+/// What waits in a shard's queues ([`Comparator::backlog`]): for back-pressure and "SVM lag"
+/// reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Primary packets queued (waiting for the secondary or a checkpoint).
+    pub primary_packets: u64,
+    /// Their frame bytes.
+    pub primary_bytes: u64,
+    /// Secondary packets queued (waiting for the primary).
+    pub secondary_packets: u64,
+    /// Their frame bytes.
+    pub secondary_bytes: u64,
+    /// Arrival time (the `now` passed to `process`) of the oldest queued primary: a lower
+    /// bound, exact after each timeout scan (see [`Comparator::backlog`]). `None` when no
+    /// primary is queued.
+    pub oldest_primary_ns: Option<u64>,
+}
+
 /// Per-shard counters. Single writer (the shard's lcore); plain `u64`s.
 ///
 /// Terminal counters: every primary in is exactly one `rel_*` or still `queued_primary`; every
@@ -400,6 +418,10 @@ pub struct CompareCounters {
     pub queued_primary: u64,
     /// Secondary packets queued now.
     pub queued_secondary: u64,
+    /// Frame bytes of the primary packets queued now.
+    pub queued_primary_bytes: u64,
+    /// Frame bytes of the secondary packets queued now.
+    pub queued_secondary_bytes: u64,
     /// Events raised, indexed like [`Reason::ALL`].
     pub events: [u64; 10],
     /// Divergences not raised as a new event because the connection already asked.
