@@ -92,6 +92,7 @@ struct Recycle<B> {
     slots: Vec<Slot<B>>,
     matched: u64,
     events: u64,
+    dropped: u64,
 }
 
 #[inline]
@@ -104,6 +105,12 @@ impl<B: PacketBuf> Output<B> for Recycle<B> {
     #[inline]
     fn release(&mut self, pkt: B, how: Release) {
         self.matched += u64::from(how == Release::Matched);
+        let i = flow_of(&pkt);
+        self.slots[i].p = Some(pkt);
+    }
+    #[inline]
+    fn drop_primary(&mut self, pkt: B, _: colo_proxy::compare::PrimaryDrop) {
+        self.dropped += 1;
         let i = flow_of(&pkt);
         self.slots[i].p = Some(pkt);
     }
@@ -214,6 +221,7 @@ impl<B: PacketBuf> Engine<B> {
                 slots: setup(c, mk),
                 matched: 0,
                 events: 0,
+                dropped: 0,
             },
             eng: Comparator::new(CompareConfig {
                 table_capacity: c.flows + c.flows / 4,
@@ -345,6 +353,7 @@ fn run_case<M: Bufs>(c: &Case, dur: Duration, mk: &M) -> Row {
     let pairs = e.eng.counters().primary_in - p0;
     let allocs = alloc_count::allocations() - a0;
     assert!(e.eng.counters().balanced());
+    assert_eq!(e.out.dropped, 0, "{}: a primary was dropped", c.name);
     black_box(e.out.events);
     let (eb, em) = stats(te);
     let (bb, bm) = stats(tb);

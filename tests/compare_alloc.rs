@@ -6,7 +6,7 @@ mod compare_support;
 
 use colo_proxy::buf::VecBuf;
 use colo_proxy::compare::{
-    Comparator, CompareConfig, DivergenceEvent, Output, Release, SecondaryFree, Side,
+    Comparator, CompareConfig, DivergenceEvent, Output, PrimaryDrop, Release, SecondaryFree, Side,
 };
 use compare_support::*;
 
@@ -26,6 +26,9 @@ impl Output<VecBuf> for Sink {
         assert_eq!(how, Release::Matched);
         self.matched += 1;
         self.keep.push(pkt);
+    }
+    fn drop_primary(&mut self, _: VecBuf, why: PrimaryDrop) {
+        panic!("unexpected drop ({why:?})");
     }
     fn free_secondary(&mut self, pkt: VecBuf, _: SecondaryFree) {
         self.keep.push(pkt);

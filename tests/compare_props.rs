@@ -5,7 +5,8 @@ mod compare_support;
 
 use colo_proxy::buf::VecBuf;
 use colo_proxy::compare::{
-    Comparator, CompareConfig, DivergenceEvent, Output, Reason, Release, SecondaryFree, Side,
+    Comparator, CompareConfig, DivergenceEvent, Output, PrimaryDrop, Reason, Release,
+    SecondaryFree, Side,
 };
 use compare_support::*;
 use proptest::prelude::*;
@@ -181,13 +182,32 @@ proptest! {
 #[derive(Default)]
 struct Count {
     released: u64,
+    dropped: u64,
     freed: u64,
     events: u64,
+    /// Primaries released neither compared nor committed by a checkpoint.
+    unverified: u64,
 }
 
 impl Output<VecBuf> for Count {
-    fn release(&mut self, _: VecBuf, _: Release) {
+    fn release(&mut self, _: VecBuf, how: Release) {
         self.released += 1;
+        // Flush (failover) and Uncomparable (by rule) are the only other allowed releases;
+        // Timeout only with `release_after_ns`.
+        if !matches!(
+            how,
+            Release::Matched
+                | Release::Retransmit
+                | Release::Checkpoint
+                | Release::Bypass
+                | Release::Uncomparable(_)
+                | Release::Flush
+        ) {
+            self.unverified += 1;
+        }
+    }
+    fn drop_primary(&mut self, _: VecBuf, _: PrimaryDrop) {
+        self.dropped += 1;
     }
     fn free_secondary(&mut self, _: VecBuf, _: SecondaryFree) {
         self.freed += 1;
@@ -263,6 +283,7 @@ proptest! {
         table_capacity in 1usize..4,
         pool_size in 1usize..8,
         release_after in prop_oneof![Just(0u64), Just(5_000 * MS)],
+        shutdown: bool,
     ) {
         let mut c: Comparator<VecBuf> = Comparator::new(CompareConfig {
             queue_size,
@@ -285,13 +306,29 @@ proptest! {
             }
             let k = c.counters();
             prop_assert!(k.balanced(), "{:?}", k);
-            prop_assert_eq!(out.released + k.queued_primary, pin);
+            prop_assert_eq!(out.released + out.dropped + k.queued_primary, pin);
+            prop_assert_eq!(out.dropped, k.primary_dropped());
             prop_assert_eq!(out.freed + k.queued_secondary, sin);
             prop_assert_eq!(out.events, k.events_total());
+            let b = c.backlog();
+            prop_assert_eq!((b.primary_packets, b.secondary_packets), (k.queued_primary, k.queued_secondary));
+            prop_assert!(k.held_primary <= k.queued_primary);
+            if release_after == 0 {
+                prop_assert_eq!(out.unverified, 0, "released unverified: {:?}", k);
+            }
         }
-        c.flush_all(&mut out);
-        prop_assert_eq!(out.released, pin);
+        if shutdown {
+            let before = out.released;
+            c.drop_all(&mut out);
+            prop_assert_eq!(out.released, before, "shutdown releases nothing");
+        } else {
+            c.flush_all(&mut out);
+        }
+        let k = c.counters();
+        prop_assert_eq!(out.released + out.dropped, pin);
         prop_assert_eq!(out.freed, sin);
+        prop_assert_eq!(c.backlog(), colo_proxy::compare::Backlog::default());
+        prop_assert_eq!((k.queued_primary_bytes, k.queued_secondary_bytes, k.held_primary), (0, 0, 0));
     }
 
     #[test]
@@ -346,9 +383,10 @@ proptest! {
             prop_assert!(c.counters().balanced());
         }
         prop_assert_eq!(ra.released, rb.released);
+        prop_assert_eq!(ra.dropped, rb.dropped);
         prop_assert_eq!(ra.freed, rb.freed);
         prop_assert_eq!(ra.events, rb.events);
         c.flush_all(&mut rc);
-        prop_assert_eq!(rc.released.len() as u64 + rc.freed.len() as u64, n);
+        prop_assert_eq!(rc.released.len() as u64 + rc.dropped.len() as u64 + rc.freed.len() as u64, n);
     }
 }

@@ -4,7 +4,7 @@
 
 mod compare_support;
 
-use colo_proxy::compare::{CompareConfig, Reason, Release, SecondaryFree, Side};
+use colo_proxy::compare::{CompareConfig, PrimaryDrop, Reason, Release, SecondaryFree, Side};
 use compare_support::*;
 use etherparse::TcpOptionElement;
 
@@ -521,8 +521,9 @@ fn release_after_rule_frees_a_diverged_connection_without_checkpoint() {
 // ---------------------------------------------------------------- overflow, table
 
 #[test]
-fn qemu_defect_3_queue_full_releases_oldest_in_order_with_event_never_silent() {
-    // QEMU: max_queue_size=4 lets 5 in, then drops silently with no checkpoint.
+fn qemu_defect_3_queue_full_drops_the_new_segment_counted_never_releases_uncompared() {
+    // QEMU: max_queue_size=4 lets 5 in, then drops silently. Here: exactly 4, then the new
+    // segment is dropped (the PVM retransmits it), counted, no checkpoint.
     let mut h = H::with(CompareConfig {
         queue_size: 4,
         ..CompareConfig::default()
@@ -534,20 +535,20 @@ fn qemu_defect_3_queue_full_releases_oldest_in_order_with_event_never_silent() {
         h.p(f);
     }
     assert_eq!(h.queued().0, 4, "exactly queue_size, not max+1");
+    assert!(h.r.released.is_empty(), "nothing released uncompared");
     assert_eq!(
-        h.r.frames(),
-        frames[..6].to_vec(),
-        "oldest first, order kept"
+        h.r.dropped.iter().map(|d| d.0.clone()).collect::<Vec<_>>(),
+        frames[4..].to_vec()
     );
-    assert!(h.r.hows().iter().all(|r| *r == Release::Overflow));
-    assert_eq!(
-        h.r.reasons(),
-        vec![Reason::QueueOverflow],
-        "one event per episode"
-    );
-    assert_eq!(h.c.counters().events_suppressed, 5);
-    h.checkpoint();
-    assert_eq!(h.r.frames(), frames);
+    assert_eq!(h.r.drops(), vec![PrimaryDrop::QueueFull; 6]);
+    assert_eq!(h.c.counters().drop_queue_full, 6);
+    assert!(h.r.events.is_empty(), "a TCP drop asks for no checkpoint");
+    // The secondary catches up: the queued four match, in order.
+    for f in &frames[..4] {
+        h.s(&as_secondary(f.clone()));
+    }
+    assert_eq!(h.r.frames(), frames[..4].to_vec());
+    assert_eq!(h.r.hows(), vec![Release::Matched; 4]);
 }
 
 #[test]
@@ -565,7 +566,7 @@ fn secondary_queue_full_drops_counted_with_event() {
 }
 
 #[test]
-fn pool_exhaustion_is_an_overflow_not_a_loss() {
+fn pool_exhaustion_drops_the_new_segment_counted() {
     let mut h = H::with(CompareConfig {
         pool_size: 3,
         ..CompareConfig::default()
@@ -577,12 +578,14 @@ fn pool_exhaustion_is_an_overflow_not_a_loss() {
     let mut other = tcp(ISN, CACK, ACK, b"b");
     other[36] = 0x50; // TCP destination port high byte: another connection
     h.p(&other);
-    assert_eq!(h.r.hows(), vec![Release::Overflow]);
-    assert_eq!(h.r.reasons(), vec![Reason::PoolExhausted]);
+    assert!(h.r.released.is_empty());
+    assert_eq!(h.r.drops(), vec![PrimaryDrop::PoolEmpty]);
+    assert_eq!(h.c.counters().drop_pool_empty, 1);
+    assert!(h.r.events.is_empty());
 }
 
 #[test]
-fn qemu_defect_4_full_table_evicts_lru_and_releases_its_queue_no_wipe() {
+fn qemu_defect_4_full_table_evicts_lru_and_holds_its_queue_for_the_checkpoint() {
     // QEMU wipes the whole table at 16384 and frees queued primaries unsent.
     let mut h = H::with(CompareConfig {
         table_capacity: 2,
@@ -598,27 +601,36 @@ fn qemu_defect_4_full_table_evicts_lru_and_releases_its_queue_no_wipe() {
     h.p(&flow(2));
     h.now += 1;
     h.p(&flow(3)); // evicts flow 1 (least recently used)
-    assert_eq!(h.r.frames(), vec![flow(1)]);
-    assert_eq!(h.r.hows(), vec![Release::Evicted]);
+    assert!(h.r.released.is_empty(), "held, not released");
     assert_eq!(h.r.reasons(), vec![Reason::TableOverflow]);
     assert_eq!(h.c.connections(), 2);
-    assert_eq!(h.queued().0, 2, "the other connections keep their queues");
-    assert_eq!(h.c.counters().conns_evicted, 1);
+    assert_eq!(h.queued().0, 3, "held packets stay queued");
+    let k = h.c.counters();
+    assert_eq!((k.conns_evicted, k.held_primary, k.held_evicted), (1, 1, 1));
+    h.checkpoint();
+    assert_eq!(h.r.frames()[0], flow(1), "held list first");
+    assert_eq!(h.r.hows(), vec![Release::Checkpoint; 3]);
+    assert_eq!(h.c.counters().held_primary, 0);
 }
 
 #[test]
-fn idle_connections_age_out_and_release_by_rule() {
+fn idle_connections_age_out_and_hold_their_queue_for_the_checkpoint() {
     let mut h = H::with(CompareConfig {
         idle_timeout_ns: 2000 * MS,
         timeout_ns: 60_000 * MS,
         ..CompareConfig::default()
     });
     h.both(&tcp(ISN, CACK, ACK, b"done"));
-    h.p(&tcp(ISN + 4, CACK, ACK, b"wait"));
+    let wait = tcp(ISN + 4, CACK, ACK, b"wait");
+    h.p(&wait);
     h.advance(2500 * MS);
     assert_eq!(h.c.connections(), 0);
-    assert_eq!(h.r.hows(), vec![Release::Matched, Release::Expired]);
+    assert_eq!(h.r.hows(), vec![Release::Matched]);
     assert_eq!(h.r.reasons(), vec![Reason::Expired]);
+    assert_eq!(h.c.counters().held_expired, 1);
+    h.checkpoint();
+    assert_eq!(h.r.frames().last(), Some(&wait));
+    assert_eq!(h.r.hows(), vec![Release::Matched, Release::Checkpoint]);
 }
 
 #[test]

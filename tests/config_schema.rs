@@ -135,7 +135,7 @@ fn defaults_are_filled_in() {
     assert_eq!(cmp.shards, 1);
     assert_eq!(cmp.timeout_ms, 3000);
     assert_eq!(cmp.scan_period_ms, 1000);
-    assert_eq!(cmp.queue_size, 1024);
+    assert_eq!(cmp.queue_size, 8192);
     assert_eq!(cmp.table_capacity, 65536);
     assert_eq!(cmp.idle_timeout_ms, 120_000);
     assert!(cmp.bypass.is_empty());

@@ -58,6 +58,9 @@ impl Output<VecBuf> for Out {
     fn release(&mut self, pkt: VecBuf, how: Release) {
         self.released.push((id_of(pkt.data()), how));
     }
+    fn drop_primary(&mut self, pkt: VecBuf, why: colo_proxy::compare::PrimaryDrop) {
+        panic!("unexpected drop of {} ({why:?})", id_of(pkt.data()));
+    }
     fn free_secondary(&mut self, _pkt: VecBuf, _how: SecondaryFree) {
         self.freed += 1;
     }

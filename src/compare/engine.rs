@@ -9,7 +9,7 @@ use crate::wire::{parse, seq, PacketInfo};
 use super::pool::{List, Meta, Pool, DATA_OK, NIL, RETRANS};
 use super::{
     CompareConfig, CompareCounters, DivergenceEvent, DropReason, FlowKind, FlowState, FlowSummary,
-    Output, Reason, Release, SecondaryFree, Side, Uncomparable, MAX_FRAME_LEN,
+    Output, PrimaryDrop, Reason, Release, SecondaryFree, Side, Uncomparable, MAX_FRAME_LEN,
 };
 
 const K_TCP: u8 = 0;
@@ -224,6 +224,53 @@ impl Conn {
     }
 }
 
+/// Flows remembered by [`Held`]; more set `all`.
+const HELD_FLOWS: usize = 8;
+
+/// Queued primaries of connections that left the table (evicted from a full table or aged
+/// out) before they were compared: held for the next checkpoint, never released uncompared.
+struct Held {
+    /// In the order the connections left, each connection's packets in arrival order.
+    list: List,
+    /// Earliest arrival on the list.
+    oldest: u64,
+    /// The first held flow and why (for the repeated checkpoint request).
+    key: FlowKey,
+    reason: Reason,
+    last_event_ns: u64,
+    /// Hashes of the held flows: a new connection of one starts diverged (held too), so its
+    /// packets never overtake the held ones. `all`: more flows than fit, every new connection
+    /// starts diverged until the checkpoint.
+    hashes: [u64; HELD_FLOWS],
+    n: usize,
+    all: bool,
+}
+
+impl Held {
+    fn new() -> Held {
+        Held {
+            list: List::EMPTY,
+            oldest: 0,
+            key: FlowKey::of(&PacketInfo::default(), &[]),
+            reason: Reason::TableOverflow,
+            last_event_ns: 0,
+            hashes: [0; HELD_FLOWS],
+            n: 0,
+            all: false,
+        }
+    }
+
+    #[inline]
+    fn contains(&self, hash: u64) -> bool {
+        self.list.head != NIL && (self.all || self.hashes[..self.n].contains(&hash))
+    }
+
+    fn forget(&mut self) {
+        self.n = 0;
+        self.all = false;
+    }
+}
+
 /// The compare engine of one shard. See [`crate::compare`].
 pub struct Comparator<B: PacketBuf> {
     cfg: CompareConfig,
@@ -233,6 +280,7 @@ pub struct Comparator<B: PacketBuf> {
     next_scan: u64,
     /// Lower bound of the oldest queued primary's arrival (exact after each scan).
     since: u64,
+    held: Held,
 }
 
 /// Everything a per-connection step needs besides the connection (split borrows).
@@ -246,6 +294,7 @@ struct Ctx<'a, 'k, B, O> {
     now: u64,
     /// [`Comparator::backlog`]'s oldest-primary estimate (see there).
     since: &'a mut u64,
+    held: &'a mut Held,
 }
 
 impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
@@ -290,6 +339,12 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
     fn release(&mut self, pkt: B, how: Release) {
         self.c.count_release(how);
         self.out.release(pkt, how);
+    }
+
+    #[cold]
+    fn drop_primary(&mut self, pkt: B, why: PrimaryDrop) {
+        self.c.count_drop(why);
+        self.out.drop_primary(pkt, why);
     }
 
     #[inline(always)]
@@ -345,6 +400,39 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
         conn.cursor = NIL;
     }
 
+    /// Shutdown: drop every queued primary (never released unverified), free every secondary.
+    fn drop_conn(&mut self, conn: &mut Conn) {
+        while let Some(p) = self.pool.pop_front(&mut conn.pq) {
+            self.pq_removed(p.len());
+            self.drop_primary(p, PrimaryDrop::Shutdown);
+        }
+        while conn.sq.head != NIL {
+            let h = conn.sq.head;
+            self.free_node(conn, h, SecondaryFree::Dropped(DropReason::Flush));
+        }
+        conn.cursor = NIL;
+    }
+
+    /// Release the held list in order (checkpoint, failover, or the opt-in timeout).
+    fn release_held(&mut self, how: Release) {
+        while let Some(p) = self.pool.pop_front(&mut self.held.list) {
+            self.pq_removed(p.len());
+            self.c.held_primary -= 1;
+            self.release(p, how);
+        }
+        self.held.forget();
+    }
+
+    /// Shutdown: drop the held list.
+    fn drop_held(&mut self) {
+        while let Some(p) = self.pool.pop_front(&mut self.held.list) {
+            self.pq_removed(p.len());
+            self.c.held_primary -= 1;
+            self.drop_primary(p, PrimaryDrop::Shutdown);
+        }
+        self.held.forget();
+    }
+
     /// Raise a divergence unless this connection already asked (then it is counted only).
     #[cold]
     fn diverge(
@@ -376,8 +464,22 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
     ) {
         conn.last_event_ns = self.now;
         conn.divergences = conn.divergences.saturating_add(1);
+        self.raise(*self.key, side, reason, range, p, s);
+    }
+
+    /// Capture, then one checkpoint request.
+    #[cold]
+    fn raise(
+        &mut self,
+        flow: FlowKey,
+        side: Side,
+        reason: Reason,
+        range: Option<(u32, u32)>,
+        p: u32,
+        s: u32,
+    ) {
         let ev = DivergenceEvent {
-            flow: *self.key,
+            flow,
             side,
             reason,
             seq_range: range,
@@ -390,29 +492,27 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
         self.c.events[reason as usize] += 1;
     }
 
-    /// Queue a primary, applying the overflow rule (release the oldest to make room).
+    /// Queue a primary; with no room the new packet is dropped ([`Self::overflow_primary`]),
+    /// except a TCP segment below the queue's tail (a retransmission filling a hole): the
+    /// queue's last segment, later in the stream, is dropped for it instead, as the later
+    /// segments may wait for secondary bytes the secondary sends only once the client has the
+    /// hole (the dropped one never reached the client either; it is retransmitted).
     #[inline]
     fn enqueue_primary(&mut self, conn: &mut Conn, pkt: B, m: Meta) -> bool {
-        let full = conn.pq.len as usize >= self.cfg.queue_size;
-        if full || self.pool.is_full() {
-            let reason = if full {
-                Reason::QueueOverflow
-            } else {
-                Reason::PoolExhausted
-            };
-            let range = (conn.kind == FlowKind::Tcp).then_some((m.seq, m.end));
-            if conn.pq.head == NIL {
-                // Nothing of this connection queued: releasing the new packet keeps order.
-                self.diverge(conn, Side::Primary, reason, range, NIL, NIL);
-                self.release(pkt, Release::Overflow);
-                return false;
-            }
-            let h = conn.pq.head;
-            self.diverge(conn, Side::Primary, reason, range, h, NIL);
-            self.release_node(conn, h, Release::Overflow);
-        }
         let tail = conn.pq.tail;
-        if conn.kind == FlowKind::Tcp && tail != NIL && seq::lt(m.seq, self.pool.meta(tail).seq) {
+        let below_tail =
+            conn.kind == FlowKind::Tcp && tail != NIL && seq::lt(m.seq, self.pool.meta(tail).seq);
+        let full = conn.pq.len as usize >= self.cfg.queue_size;
+        if full && !below_tail {
+            self.overflow_primary(conn, pkt, PrimaryDrop::QueueFull);
+            return false;
+        }
+        if below_tail {
+            if full {
+                self.drop_tail(conn, PrimaryDrop::QueueFull);
+            } else if self.pool.is_full() {
+                self.drop_tail(conn, PrimaryDrop::PoolEmpty);
+            }
             return self.insert_primary_by_seq(conn, pkt, m);
         }
         let len = pkt.len();
@@ -424,9 +524,8 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
                 }
                 true
             }
-            // Unreachable (a node was just freed), but never lose the packet.
             Err(pkt) => {
-                self.release(pkt, Release::Overflow);
+                self.overflow_primary(conn, pkt, PrimaryDrop::PoolEmpty);
                 false
             }
         }
@@ -441,9 +540,9 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
         let len = pkt.len();
         let id = match self.pool.alloc(pkt, m) {
             Ok(id) => id,
-            // Unreachable (room was made above), but never lose the packet.
+            // Unreachable (room was made above), but never release it unverified.
             Err(pkt) => {
-                self.release(pkt, Release::Overflow);
+                self.overflow_primary(conn, pkt, PrimaryDrop::PoolEmpty);
                 return false;
             }
         };
@@ -460,6 +559,37 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
             conn.cursor = id;
         }
         true
+    }
+
+    /// Drop the connection's last queued primary to make room (never sent, so retransmitted).
+    #[cold]
+    fn drop_tail(&mut self, conn: &mut Conn, why: PrimaryDrop) {
+        let t = conn.pq.tail;
+        if conn.cursor == t {
+            // Everything before it is resolved.
+            conn.cursor = NIL;
+        }
+        if let Some(p) = self.pool.remove(&mut conn.pq, t) {
+            self.pq_removed(p.len());
+            self.drop_primary(p, why);
+        }
+    }
+
+    /// No room for a primary: drop the new one (output commit; what is queued keeps its order).
+    /// TCP: the primary retransmits it, so it is not a divergence and asks for no checkpoint.
+    /// Datagrams and other L3: nothing retransmits it and the secondary's copy would pair with
+    /// the next primary (FIFO), so the connection diverges and a checkpoint resynchronises.
+    #[cold]
+    fn overflow_primary(&mut self, conn: &mut Conn, pkt: B, why: PrimaryDrop) {
+        if conn.kind != FlowKind::Tcp {
+            let reason = match why {
+                PrimaryDrop::QueueFull => Reason::QueueOverflow,
+                _ => Reason::PoolExhausted,
+            };
+            let (p, s) = (conn.pq.head, conn.sq.head);
+            self.diverge(conn, Side::Primary, reason, None, p, s);
+        }
+        self.drop_primary(pkt, why);
     }
 
     /// Room check for a secondary; drops it (counted, event) when there is none.
@@ -1010,8 +1140,10 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
         }
     }
 
-    /// A connection leaves the table (eviction or ageing): release its queue by rule.
-    fn retire(&mut self, conn: &mut Conn, reason: Reason, rel: Release, drop: DropReason) {
+    /// A connection leaves the table (eviction or ageing). Its queued primaries were never
+    /// matched: they move, in order, to the shard's held list until the next checkpoint (one
+    /// request, unless the connection already asked). Its secondaries are dropped.
+    fn retire(&mut self, conn: &mut Conn, hash: u64, reason: Reason, drop: DropReason) {
         if conn.queued() {
             let (p, s) = (conn.pq.head, conn.sq.head);
             let side = if p != NIL {
@@ -1021,7 +1153,55 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
             };
             self.diverge(conn, side, reason, None, p, s);
         }
-        self.empty_conn(conn, rel, SecondaryFree::Dropped(drop));
+        if conn.pq.head != NIL {
+            let n = u64::from(conn.pq.len);
+            let oldest = self.pool.meta(conn.pq.head).arrival;
+            let h = &mut *self.held;
+            if h.list.head == NIL {
+                h.oldest = oldest;
+                h.key = *self.key;
+                h.reason = reason;
+                h.last_event_ns = conn.last_event_ns;
+            } else {
+                h.oldest = h.oldest.min(oldest);
+                h.last_event_ns = h.last_event_ns.max(conn.last_event_ns);
+            }
+            if h.n < HELD_FLOWS {
+                h.hashes[h.n] = hash;
+                h.n += 1;
+            } else {
+                h.all = true;
+            }
+            self.pool.append(&mut h.list, &mut conn.pq);
+            conn.cursor = NIL;
+            self.c.held_primary += n;
+            match reason {
+                Reason::Expired => self.c.held_expired += n,
+                _ => self.c.held_evicted += n,
+            }
+        }
+        while conn.sq.head != NIL {
+            let h = conn.sq.head;
+            self.free_node(conn, h, SecondaryFree::Dropped(drop));
+        }
+    }
+
+    /// Timers of the held list: the opt-in `release_after_ns` rule, else the checkpoint
+    /// request repeated every `timeout_ns` (a lost request cannot hold them for ever).
+    fn scan_held(&mut self) {
+        if self.held.list.head == NIL {
+            return;
+        }
+        let ra = self.cfg.release_after_ns;
+        if ra > 0 && self.now.saturating_sub(self.held.oldest) >= ra {
+            self.release_held(Release::Timeout);
+            return;
+        }
+        if self.now.saturating_sub(self.held.last_event_ns) >= self.cfg.timeout_ns {
+            self.held.last_event_ns = self.now;
+            let (k, r, p) = (self.held.key, self.held.reason, self.held.list.head);
+            self.raise(k, Side::Primary, r, None, p, NIL);
+        }
     }
 }
 
@@ -1453,6 +1633,7 @@ impl<B: PacketBuf> Comparator<B> {
             c: CompareCounters::default(),
             next_scan: 0,
             since: 0,
+            held: Held::new(),
         }
     }
 
@@ -1616,6 +1797,7 @@ impl<B: PacketBuf> Comparator<B> {
             pool,
             c,
             since,
+            held,
             ..
         } = self;
         let mut ctx = Ctx {
@@ -1626,6 +1808,7 @@ impl<B: PacketBuf> Comparator<B> {
             key,
             now,
             since,
+            held,
         };
         let Some(conn) = table.touch(id, now) else {
             // Unreachable (a found or created entry is live), but never lose the packet.
@@ -1683,7 +1866,17 @@ impl<B: PacketBuf> Comparator<B> {
         now: u64,
         out: &mut impl Output<B>,
     ) -> u32 {
-        let ins = self.table.insert(hash, *key, now, || Conn::new(kind));
+        // A flow with held packets: its new packets wait behind them (order), for the checkpoint
+        // already requested.
+        let behind_held = self.held.contains(hash);
+        let ins = self.table.insert(hash, *key, now, || {
+            let mut c = Conn::new(kind);
+            if behind_held {
+                c.diverged = true;
+                c.last_event_ns = now;
+            }
+            c
+        });
         self.c.conns_created += 1;
         if let Some((ekey, mut econn)) = ins.evicted {
             self.c.conns_evicted += 1;
@@ -1695,11 +1888,12 @@ impl<B: PacketBuf> Comparator<B> {
                 key: &ekey,
                 now,
                 since: &mut self.since,
+                held: &mut self.held,
             };
             ctx.retire(
                 &mut econn,
+                ekey.hash64(),
                 Reason::TableOverflow,
-                Release::Evicted,
                 DropReason::Evicted,
             );
         }
@@ -1757,6 +1951,7 @@ impl<B: PacketBuf> Comparator<B> {
             pool,
             c,
             since,
+            held,
             ..
         } = self;
         let idle = cfg.idle_timeout_ns;
@@ -1772,6 +1967,7 @@ impl<B: PacketBuf> Comparator<B> {
                 key: k,
                 now,
                 since: &mut *since,
+                held: &mut *held,
             };
             ctx.scan(conn);
             if conn.pq.head != NIL {
@@ -1781,9 +1977,24 @@ impl<B: PacketBuf> Comparator<B> {
                 return false;
             }
             ctx.c.conns_expired += 1;
-            ctx.retire(conn, Reason::Expired, Release::Expired, DropReason::Expired);
+            ctx.retire(conn, k.hash64(), Reason::Expired, DropReason::Expired);
             true
         });
+        let hk = held.key;
+        let mut ctx = Ctx {
+            pool: &mut *pool,
+            c: &mut *c,
+            cfg,
+            out: &mut *out,
+            key: &hk,
+            now,
+            since: &mut *since,
+            held: &mut *held,
+        };
+        ctx.scan_held();
+        if held.list.head != NIL {
+            oldest = oldest.min(held.oldest);
+        }
         if oldest != u64::MAX {
             *since = oldest;
         }
@@ -1806,18 +2017,45 @@ impl<B: PacketBuf> Comparator<B> {
         }
     }
 
-    /// The COLO frame finished a checkpoint: release every queued primary in arrival order,
+    /// The held list (evicted / aged-out connections' primaries) in order, released by `how`
+    /// or dropped at shutdown (`how` = `None`).
+    fn empty_held(&mut self, now: u64, how: Option<Release>, out: &mut impl Output<B>) {
+        if self.held.list.head == NIL {
+            self.held.forget();
+            return;
+        }
+        let hk = self.held.key;
+        let mut ctx = Ctx {
+            pool: &mut self.pool,
+            c: &mut self.c,
+            cfg: &self.cfg,
+            out,
+            key: &hk,
+            now,
+            since: &mut self.since,
+            held: &mut self.held,
+        };
+        match how {
+            Some(how) => ctx.release_held(how),
+            None => ctx.drop_held(),
+        }
+    }
+
+    /// The COLO frame finished a checkpoint: release every queued primary in arrival order
+    /// (the held list first: its packets are older than any of the same flow in the table),
     /// free every queued secondary, and restart comparison from the synchronised state.
     pub fn checkpoint_done(&mut self, now: u64, out: &mut impl Output<B>) {
+        self.c.checkpoints += 1;
+        self.empty_held(now, Some(Release::Checkpoint), out);
         let Comparator {
             cfg,
             table,
             pool,
             c,
             since,
+            held,
             ..
         } = self;
-        c.checkpoints += 1;
         table.for_each_mut(|k, conn| {
             let mut ctx = Ctx {
                 pool: &mut *pool,
@@ -1827,6 +2065,7 @@ impl<B: PacketBuf> Comparator<B> {
                 key: k,
                 now,
                 since: &mut *since,
+                held: &mut *held,
             };
             ctx.empty_conn(conn, Release::Checkpoint, SecondaryFree::Checkpoint);
             conn.diverged = false;
@@ -1834,15 +2073,18 @@ impl<B: PacketBuf> Comparator<B> {
         });
     }
 
-    /// Shutdown or failover: release every queued primary (per connection in arrival order),
-    /// free every secondary, and forget all connections.
+    /// Failover (the secondary is gone, nothing can be compared any more): release every
+    /// queued primary (the held list first, then per connection in arrival order), free every
+    /// secondary, and forget all connections.
     pub fn flush_all(&mut self, out: &mut impl Output<B>) {
+        self.empty_held(0, Some(Release::Flush), out);
         let Comparator {
             cfg,
             table,
             pool,
             c,
             since,
+            held,
             ..
         } = self;
         table.drain(|k, conn| {
@@ -1854,12 +2096,42 @@ impl<B: PacketBuf> Comparator<B> {
                 key: k,
                 now: 0,
                 since: &mut *since,
+                held: &mut *held,
             };
             ctx.empty_conn(
                 conn,
                 Release::Flush,
                 SecondaryFree::Dropped(DropReason::Flush),
             );
+        });
+    }
+
+    /// Shutdown: drop every queued primary ([`PrimaryDrop::Shutdown`]; output commit: nothing
+    /// unverified reaches the client, the primary's TCP retransmits whatever still matters),
+    /// free every secondary, and forget all connections.
+    pub fn drop_all(&mut self, out: &mut impl Output<B>) {
+        self.empty_held(0, None, out);
+        let Comparator {
+            cfg,
+            table,
+            pool,
+            c,
+            since,
+            held,
+            ..
+        } = self;
+        table.drain(|k, conn| {
+            let mut ctx = Ctx {
+                pool: &mut *pool,
+                c: &mut *c,
+                cfg,
+                out: &mut *out,
+                key: k,
+                now: 0,
+                since: &mut *since,
+                held: &mut *held,
+            };
+            ctx.drop_conn(conn);
         });
     }
 

@@ -139,7 +139,9 @@ pub enum Uncomparable {
 /// Largest frame compared (QEMU's link limit); longer frames are malformed.
 pub const MAX_FRAME_LEN: usize = 69_632;
 
-/// How a primary packet left the engine (it goes to the client in every case).
+/// How a primary packet left the engine (it goes to the client in every case). Only
+/// [`Release::Uncomparable`] (by rule), [`Release::Timeout`] (opt-in) and [`Release::Flush`]
+/// (failover) release anything the secondary did not produce or a checkpoint did not commit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Release {
     /// The secondary produced the same output (payload, control flag or ack).
@@ -152,16 +154,41 @@ pub enum Release {
     Uncomparable(Uncomparable),
     /// Released by `checkpoint_done` (the secondary now has the primary's state).
     Checkpoint,
-    /// Released uncompared to make room: queue full or packet pool empty.
-    Overflow,
-    /// Released uncompared because its connection was evicted from a full table.
-    Evicted,
-    /// Released uncompared because its connection was idle past `idle_timeout_ns`.
-    Expired,
-    /// Released uncompared by the `release_after_ns` rule on a diverged connection.
+    /// Released uncompared by the opt-in `release_after_ns` rule (diverged connection or
+    /// held-for-checkpoint packets waited that long).
     Timeout,
-    /// Released by `flush_all` (shutdown or failover).
+    /// Released by `flush_all` (failover: the secondary is gone).
     Flush,
+}
+
+/// Why a primary packet was dropped (it never reaches the client). Output commit: a packet
+/// that cannot be held is dropped, never released unverified; TCP retransmits it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PrimaryDrop {
+    /// Its connection's primary queue held `queue_size` packets.
+    QueueFull,
+    /// The shard's packet pool (`pool_size`) was empty.
+    PoolEmpty,
+    /// [`Comparator::drop_all`] (shutdown): held packets are dropped, not released.
+    Shutdown,
+}
+
+impl PrimaryDrop {
+    /// Every reason, for per-reason reports.
+    pub const ALL: [PrimaryDrop; 3] = [
+        PrimaryDrop::QueueFull,
+        PrimaryDrop::PoolEmpty,
+        PrimaryDrop::Shutdown,
+    ];
+
+    /// snake_case name for reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrimaryDrop::QueueFull => "queue_full",
+            PrimaryDrop::PoolEmpty => "pool_empty",
+            PrimaryDrop::Shutdown => "shutdown",
+        }
+    }
 }
 
 impl Release {
@@ -186,7 +213,7 @@ pub enum DropReason {
     Expired,
     /// `release_after_ns` reset its connection.
     Timeout,
-    /// `flush_all`.
+    /// `flush_all` or `drop_all`.
     Flush,
 }
 
@@ -287,12 +314,16 @@ pub struct CompareConfig {
     pub timeout_ns: u64,
     /// How often `tick` scans for timeouts (QEMU `expired_scan_cycle`, 1000 ms).
     pub scan_period_ns: u64,
-    /// Queue length per connection and side (QEMU `max_queue_size`, 1024; exact, not max+1).
+    /// Queue length per connection and side (exact, not max+1). Default 8192 (QEMU
+    /// `max_queue_size` is 1024): a 10 Gbit/s stream with the secondary 5 ms behind is
+    /// ~6.25 MB ≈ 4300 full-size frames ahead on one connection, and a primary beyond the
+    /// queue is dropped (TCP retransmits).
     pub queue_size: usize,
     /// Connections per shard (QEMU wipes its table at 16384; we evict one (approximately)
     /// least recently used connection at a time).
     pub table_capacity: usize,
-    /// Packets queued at once in the whole shard (both sides); the pool is preallocated.
+    /// Packets queued at once in the whole shard (both sides, held list included); the pool
+    /// is preallocated. Default 65536: both queues of four connections full (8 × 8192).
     pub pool_size: usize,
     /// Connections idle this long are removed (their queued packets released by rule).
     pub idle_timeout_ns: u64,
@@ -310,7 +341,7 @@ impl Default for CompareConfig {
         CompareConfig {
             timeout_ns: 3000 * MS,
             scan_period_ns: 1000 * MS,
-            queue_size: 1024,
+            queue_size: 8192,
             table_capacity: 65_536,
             pool_size: 65_536,
             idle_timeout_ns: 120_000 * MS,
@@ -321,10 +352,12 @@ impl Default for CompareConfig {
 }
 
 /// The verdict sink. Implemented by the compare lcore (tx ring, mbuf free, event ring) and by
-/// tests. Called synchronously from `process`/`tick`/`checkpoint_done`/`flush_all`.
+/// tests. Called synchronously from `process`/`tick`/`checkpoint_done`/`flush_all`/`drop_all`.
 pub trait Output<B> {
     /// A primary packet goes to the client.
     fn release(&mut self, pkt: B, how: Release);
+    /// A primary packet is dropped: it must not reach the client (free it, count `why`).
+    fn drop_primary(&mut self, pkt: B, why: PrimaryDrop);
     /// A secondary packet is done with.
     fn free_secondary(&mut self, pkt: B, how: SecondaryFree);
     /// A checkpoint request.
@@ -358,8 +391,9 @@ pub struct Backlog {
 
 /// Per-shard counters. Single writer (the shard's lcore); plain `u64`s.
 ///
-/// Terminal counters: every primary in is exactly one `rel_*` or still `queued_primary`; every
-/// secondary in is exactly one `sec_*` or still `queued_secondary` ([`Self::balanced`]).
+/// Terminal counters: every primary in is exactly one `rel_*` or `drop_*` or still
+/// `queued_primary`; every secondary in is exactly one `sec_*` or still `queued_secondary`
+/// ([`Self::balanced`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CompareCounters {
     /// Primary packets passed to `process`.
@@ -380,16 +414,16 @@ pub struct CompareCounters {
     pub rel_uncomparable: u64,
     /// Released: [`Release::Checkpoint`].
     pub rel_checkpoint: u64,
-    /// Released: [`Release::Overflow`].
-    pub rel_overflow: u64,
-    /// Released: [`Release::Evicted`].
-    pub rel_evicted: u64,
-    /// Released: [`Release::Expired`].
-    pub rel_expired: u64,
     /// Released: [`Release::Timeout`].
     pub rel_timeout: u64,
     /// Released: [`Release::Flush`].
     pub rel_flush: u64,
+    /// Primary dropped: [`PrimaryDrop::QueueFull`].
+    pub drop_queue_full: u64,
+    /// Primary dropped: [`PrimaryDrop::PoolEmpty`].
+    pub drop_pool_empty: u64,
+    /// Primary dropped: [`PrimaryDrop::Shutdown`].
+    pub drop_shutdown: u64,
     /// Secondary freed: [`SecondaryFree::Matched`].
     pub sec_matched: u64,
     /// Secondary freed: [`SecondaryFree::Control`].
@@ -418,6 +452,13 @@ pub struct CompareCounters {
     pub queued_primary: u64,
     /// Secondary packets queued now.
     pub queued_secondary: u64,
+    /// Primary packets queued now on the shard's held-for-checkpoint list (part of
+    /// `queued_primary`): queued data of evicted or aged-out connections.
+    pub held_primary: u64,
+    /// Primaries moved to the held list because their connection was evicted (not terminal).
+    pub held_evicted: u64,
+    /// Primaries moved to the held list because their connection aged out (not terminal).
+    pub held_expired: u64,
     /// Frame bytes of the primary packets queued now.
     pub queued_primary_bytes: u64,
     /// Frame bytes of the secondary packets queued now.
@@ -450,11 +491,29 @@ impl CompareCounters {
             + self.rel_bypass
             + self.rel_uncomparable
             + self.rel_checkpoint
-            + self.rel_overflow
-            + self.rel_evicted
-            + self.rel_expired
             + self.rel_timeout
             + self.rel_flush
+            + self.primary_dropped()
+    }
+
+    /// Primary packets dropped (all reasons).
+    pub fn primary_dropped(&self) -> u64 {
+        self.drop_queue_full + self.drop_pool_empty + self.drop_shutdown
+    }
+
+    /// Primary packets released without comparison or checkpoint: uncomparable by rule,
+    /// `release_after_ns`, failover flush.
+    pub fn released_uncompared(&self) -> u64 {
+        self.rel_uncomparable + self.rel_timeout + self.rel_flush
+    }
+
+    /// Primary drops for `why`.
+    pub fn drops_for(&self, why: PrimaryDrop) -> u64 {
+        match why {
+            PrimaryDrop::QueueFull => self.drop_queue_full,
+            PrimaryDrop::PoolEmpty => self.drop_pool_empty,
+            PrimaryDrop::Shutdown => self.drop_shutdown,
+        }
     }
 
     /// Sum of secondary terminal counters.
@@ -497,11 +556,18 @@ impl CompareCounters {
             Release::Bypass => &mut self.rel_bypass,
             Release::Uncomparable(_) => &mut self.rel_uncomparable,
             Release::Checkpoint => &mut self.rel_checkpoint,
-            Release::Overflow => &mut self.rel_overflow,
-            Release::Evicted => &mut self.rel_evicted,
-            Release::Expired => &mut self.rel_expired,
             Release::Timeout => &mut self.rel_timeout,
             Release::Flush => &mut self.rel_flush,
+        };
+        *c += 1;
+    }
+
+    #[inline]
+    fn count_drop(&mut self, why: PrimaryDrop) {
+        let c = match why {
+            PrimaryDrop::QueueFull => &mut self.drop_queue_full,
+            PrimaryDrop::PoolEmpty => &mut self.drop_pool_empty,
+            PrimaryDrop::Shutdown => &mut self.drop_shutdown,
         };
         *c += 1;
     }

@@ -215,6 +215,21 @@ impl<B: PacketBuf> Pool<B> {
         pkt
     }
 
+    /// Move every node of `src` to the tail of `dst`, keeping their order (O(1)).
+    pub fn append(&mut self, dst: &mut List, src: &mut List) {
+        if src.head == NIL {
+            return;
+        }
+        match self.nodes.get_mut(dst.tail as usize) {
+            Some(t) => t.next = src.head,
+            None => dst.head = src.head,
+        }
+        self.nodes[src.head as usize].prev = dst.tail;
+        dst.tail = src.tail;
+        dst.len += src.len;
+        *src = List::EMPTY;
+    }
+
     /// Unlink `id` from `list` and return its packet; the node goes back to the pool.
     #[inline]
     pub fn remove(&mut self, list: &mut List, id: u32) -> Option<B> {
@@ -314,6 +329,35 @@ mod tests {
         assert_eq!(n3, n1, "the freed node is reused");
         assert_eq!(ids(&p, &a), vec![2, 3]);
         assert_eq!(ids(&p, &b), vec![9]);
+    }
+
+    #[test]
+    fn append_moves_a_list_to_the_tail_in_order() {
+        let mut p: Pool<VecBuf> = Pool::with_capacity(4);
+        let (mut a, mut b, mut e) = (List::EMPTY, List::EMPTY, List::EMPTY);
+        for v in [1u8, 2] {
+            p.alloc_back(&mut a, VecBuf::from_slice(&[v]), Meta::default())
+                .unwrap();
+        }
+        for v in [3u8, 4] {
+            p.alloc_back(&mut b, VecBuf::from_slice(&[v]), Meta::default())
+                .unwrap();
+        }
+        p.append(&mut e, &mut a);
+        assert_eq!((ids(&p, &e), e.len, a.len, a.head), (vec![1, 2], 2, 0, NIL));
+        p.append(&mut e, &mut b);
+        assert_eq!(
+            (ids(&p, &e), e.len, b.head, b.tail),
+            (vec![1, 2, 3, 4], 4, NIL, NIL)
+        );
+        p.append(&mut e, &mut b); // empty source: no change
+        assert_eq!(e.len, 4);
+        let tail = e.tail;
+        assert_eq!(p.prev(p.next(e.head)), e.head);
+        assert_eq!(p.remove(&mut e, tail).unwrap().data(), &[4]);
+        assert_eq!(p.pop_front(&mut e).unwrap().data(), &[1]);
+        assert_eq!(ids(&p, &e), vec![2, 3]);
+        assert_eq!(p.prev(e.tail), e.head, "links across the seam");
     }
 
     #[test]

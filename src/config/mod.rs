@@ -236,7 +236,7 @@ pub struct CompareConfig {
     pub timeout_ms: u64,
     /// Expiry scan period (QEMU `expired_scan_cycle`, 1000).
     pub scan_period_ms: u64,
-    /// Queue length per connection and side (QEMU `max_queue_size`, 1024).
+    /// Queue length per connection and side (8192; QEMU `max_queue_size` is 1024).
     pub queue_size: u32,
     /// Connections per shard table.
     pub table_capacity: u32,

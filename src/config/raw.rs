@@ -137,7 +137,8 @@ impl Default for RawCompare {
             shards: 1,
             timeout_ms: 3000,
             scan_period_ms: 1000,
-            queue_size: 1024,
+            // compare::CompareConfig's default (QEMU: 1024, too small for a bulk sender).
+            queue_size: 8192,
             table_capacity: 65536,
             idle_timeout_ms: 120_000,
             bypass: Vec::new(),

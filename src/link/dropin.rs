@@ -11,12 +11,14 @@
 //!   has no out-of-process checkpoint API) requests are counted only.
 //! - `outdev` backpressure never drops a packet: released packets wait in order in a hold
 //!   queue and input reading pauses until it drains (the sources are then throttled by TCP).
-//! - Unlike QEMU: FIFO output under backpressure, FIFO datagram compare, no silent queue-full
-//!   drops, and non-IPv4 primaries (ARP, IPv6) are compared rather than passed through (see
-//!   docs/QEMU-INTEROP.md for the full list).
+//! - Unlike QEMU: FIFO output under backpressure, FIFO datagram compare, queue-full drops
+//!   counted by reason (never silent, never a release of uncompared data), and non-IPv4
+//!   primaries (ARP, IPv6) are compared rather than passed through (see docs/QEMU-INTEROP.md
+//!   for the full list).
 //! - [`run`] stops on SIGINT/SIGTERM: inputs are no longer read, every queued primary is
-//!   released (flushed by rule, counted) and written to outdev within [`SHUTDOWN_GRACE`], the
-//!   final report is printed and the exit status is 0.
+//!   dropped (output commit: it was never verified; TCP retransmits it to whoever serves the
+//!   client next), primaries already released are written to outdev within
+//!   [`SHUTDOWN_GRACE`], the final report is printed and the exit status is 0.
 //!
 //! One packet copy per frame (socket buffer → a reused [`DropBuf`]; no allocation per packet
 //! once warm); no syscall per packet (batched reads and writes; an idle loop blocks in one
@@ -34,7 +36,8 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::buf::{BufError, PacketBuf};
 use crate::compare::{
-    self, Comparator, CompareConfig, DivergenceEvent, Output, Release, SecondaryFree, Side,
+    self, Comparator, CompareConfig, DivergenceEvent, Output, PrimaryDrop, Release, SecondaryFree,
+    Side,
 };
 use crate::config::{Config, Endpoint, SockAddr, SocketMode};
 use crate::control::xen::{XenIn, XenOut};
@@ -297,6 +300,10 @@ impl Output<DropBuf> for Sink<'_> {
         self.stats.released += 1;
         self.emit(pkt);
     }
+    fn drop_primary(&mut self, pkt: DropBuf, _why: PrimaryDrop) {
+        // Counted by the engine, per reason.
+        self.spare.put(pkt.storage);
+    }
     fn free_secondary(&mut self, pkt: DropBuf, _how: SecondaryFree) {
         self.spare.put(pkt.storage);
     }
@@ -480,9 +487,9 @@ impl DropIn {
         work
     }
 
-    /// Shutdown: stop reading the inputs, release every queued primary by rule (counted as
-    /// flushed), and write them and everything held to outdev, waiting at most `grace` for a
-    /// slow outdev peer. Returns the frames that could not be handed to the kernel in time
+    /// Shutdown: stop reading the inputs, drop every queued primary (never verified; counted
+    /// as dropped at exit), and write everything already released to outdev, waiting at most
+    /// `grace` for a slow outdev peer. Returns the frames that could not be handed to the kernel in time
     /// (0 normally); they are also in [`DropIn::unsent`].
     pub fn shutdown(&mut self, grace: Duration) -> u64 {
         let DropIn {
@@ -502,7 +509,7 @@ impl DropIn {
             stats,
             want_checkpoint: &mut want,
         };
-        engine.flush_all(&mut sink);
+        engine.drop_all(&mut sink);
         let deadline = Instant::now() + grace;
         loop {
             drain_held(outdev, held, spare);
@@ -555,19 +562,22 @@ impl DropIn {
             r += &sock("notify_dev", &s.notify);
         }
         r += &format!(
-            "primary       in {} released {} (matched {} retransmit {} bypass {} uncomparable {} checkpoint {} overflow {} evicted {} expired {} timeout {} flushed at exit {}), bad vnet {}, queued {}\n",
+            "primary       in {} released {} (matched {} retransmit {} bypass {} uncomparable {} checkpoint {} timeout {} flushed {}) dropped {} (queue full {} pool empty {} at exit {}), held for checkpoint (evicted {} expired {}), bad vnet {}, queued {}\n",
             c.primary_in,
-            c.primary_out(),
+            c.primary_out() - c.primary_dropped(),
             c.rel_matched,
             c.rel_retransmit,
             c.rel_bypass,
             c.rel_uncomparable,
             c.rel_checkpoint,
-            c.rel_overflow,
-            c.rel_evicted,
-            c.rel_expired,
             c.rel_timeout,
             c.rel_flush,
+            c.primary_dropped(),
+            c.drop_queue_full,
+            c.drop_pool_empty,
+            c.drop_shutdown,
+            c.held_evicted,
+            c.held_expired,
             s.primary_bad_vnet,
             c.queued_primary
         );

@@ -62,6 +62,12 @@ counters! {
     DropNoMbuf = "drop_no_mbuf",
     /// Dropped: the inter-host link is down or refused the frame.
     DropLinkDown = "drop_link_down",
+    /// Dropped primary: its connection's compare queue was full (TCP retransmits it).
+    DropCompareQueueFull = "drop_compare_queue_full",
+    /// Dropped primary: the compare shard's packet pool was empty.
+    DropComparePoolEmpty = "drop_compare_pool_empty",
+    /// Dropped primary: still queued (unverified) at shutdown.
+    DropCompareShutdown = "drop_compare_shutdown",
     // --- informational ---
     /// The mirror could not clone a frame (refcount limit): the secondary misses it.
     CloneFailed = "clone_failed",
@@ -77,7 +83,9 @@ counters! {
     ReleasedBypass = "released_bypass",
     /// Primary frames released by a checkpoint flush.
     ReleasedCheckpoint = "released_checkpoint",
-    /// Primary frames released uncompared (malformed, overflow, eviction, timeout, shutdown).
+    /// Primary frames released uncompared: malformed (by rule), the opt-in `release_after`
+    /// timeout, failover (flush and pass-through). Never overflow, eviction or shutdown: those
+    /// are held for a checkpoint or dropped (`drop_compare_*`).
     ReleasedUncompared = "released_uncompared",
     /// Divergence events raised.
     Divergences = "divergences",
@@ -109,6 +117,9 @@ impl Counter {
         Counter::DropUnsupported,
         Counter::DropNoMbuf,
         Counter::DropLinkDown,
+        Counter::DropCompareQueueFull,
+        Counter::DropComparePoolEmpty,
+        Counter::DropCompareShutdown,
     ];
 }
 

@@ -323,6 +323,16 @@ impl compare::Output<Mbuf> for ShardOutput<'_> {
         self.nic_tx.push(pkt, c);
     }
 
+    #[cold]
+    fn drop_primary(&mut self, pkt: Mbuf, why: compare::PrimaryDrop) {
+        self.cx.counters.inc(match why {
+            compare::PrimaryDrop::QueueFull => Counter::DropCompareQueueFull,
+            compare::PrimaryDrop::PoolEmpty => Counter::DropComparePoolEmpty,
+            compare::PrimaryDrop::Shutdown => Counter::DropCompareShutdown,
+        });
+        drop(pkt);
+    }
+
     #[inline]
     fn free_secondary(&mut self, pkt: Mbuf, how: compare::SecondaryFree) {
         let c = self.cx.counters;
@@ -556,10 +566,11 @@ impl Stage for CompareStage {
     }
 
     fn flush(&mut self, cx: &LoopCtx) {
-        // Drain what the redirector already queued, then release everything by rule.
+        // Drain what the redirector already queued (matches still release), then drop what is
+        // still unverified: output commit (after failover nothing is queued).
         while self.poll(cx) > 0 {}
         let (mut out, engine) = self.output(cx);
-        engine.flush_all(&mut out);
+        engine.drop_all(&mut out);
         drop(out);
         self.nic_tx.flush(cx.counters);
         self.latency.publish();

@@ -3,7 +3,8 @@
 
 use colo_proxy::buf::{PacketBuf, VecBuf};
 use colo_proxy::compare::{
-    Comparator, CompareConfig, DivergenceEvent, Output, Reason, Release, SecondaryFree, Side,
+    Comparator, CompareConfig, DivergenceEvent, Output, PrimaryDrop, Reason, Release,
+    SecondaryFree, Side,
 };
 use etherparse::{PacketBuilder, TcpOptionElement};
 
@@ -92,6 +93,7 @@ pub type Capture = (DivergenceEvent, Option<Vec<u8>>, Option<Vec<u8>>);
 #[derive(Default)]
 pub struct Rec {
     pub released: Vec<(Vec<u8>, Release)>,
+    pub dropped: Vec<(Vec<u8>, PrimaryDrop)>,
     pub freed: Vec<(Vec<u8>, SecondaryFree)>,
     pub events: Vec<DivergenceEvent>,
     pub captures: Vec<Capture>,
@@ -100,6 +102,9 @@ pub struct Rec {
 impl Output<VecBuf> for Rec {
     fn release(&mut self, pkt: VecBuf, how: Release) {
         self.released.push((pkt.to_vec(), how));
+    }
+    fn drop_primary(&mut self, pkt: VecBuf, why: PrimaryDrop) {
+        self.dropped.push((pkt.to_vec(), why));
     }
     fn free_secondary(&mut self, pkt: VecBuf, how: SecondaryFree) {
         self.freed.push((pkt.to_vec(), how));
@@ -124,6 +129,29 @@ impl Rec {
     /// Released frames in order.
     pub fn frames(&self) -> Vec<Vec<u8>> {
         self.released.iter().map(|r| r.0.clone()).collect()
+    }
+    /// Releases that were neither compared, committed by a checkpoint, bypassed, flushed at
+    /// failover nor uncomparable by rule (output commit: must stay empty without
+    /// `release_after_ns`).
+    pub fn unverified(&self) -> Vec<Release> {
+        self.hows()
+            .into_iter()
+            .filter(|h| {
+                !matches!(
+                    h,
+                    Release::Matched
+                        | Release::Retransmit
+                        | Release::Checkpoint
+                        | Release::Bypass
+                        | Release::Uncomparable(_)
+                        | Release::Flush
+                )
+            })
+            .collect()
+    }
+    /// Drop reasons in order.
+    pub fn drops(&self) -> Vec<PrimaryDrop> {
+        self.dropped.iter().map(|r| r.1).collect()
     }
     /// Event reasons in order.
     pub fn reasons(&self) -> Vec<Reason> {
