@@ -552,13 +552,43 @@ fn qemu_defect_3_queue_full_drops_the_new_segment_counted_never_releases_uncompa
 }
 
 #[test]
-fn secondary_queue_full_drops_counted_with_event() {
+fn secondary_queue_full_drops_counted_without_event_and_its_retransmission_matches() {
     let mut h = H::with(CompareConfig {
         queue_size: 2,
         ..CompareConfig::default()
     });
-    for i in 0..3u32 {
-        h.s(&tcp(ISN + 10 * i, CACK, ACK, b"0123456789"));
+    let segs: Vec<Vec<u8>> = (0..3u32)
+        .map(|i| tcp(ISN + 10 * i, CACK, ACK, b"0123456789"))
+        .collect();
+    for f in &segs {
+        h.s(&as_secondary(f.clone()));
+    }
+    assert_eq!(h.c.counters().sec_drop_overflow, 1);
+    assert!(
+        h.r.events.is_empty(),
+        "the primary copy waits; both VMs retransmit"
+    );
+    for f in &segs {
+        h.p(f);
+    }
+    assert_eq!(
+        h.r.released.len(),
+        2,
+        "the third waits for the SVM's retransmission"
+    );
+    h.s(&as_secondary(segs[2].clone()));
+    assert_eq!(h.r.frames(), segs);
+    assert_eq!(h.r.hows(), vec![Release::Matched; 3]);
+}
+
+#[test]
+fn datagram_secondary_queue_full_drops_counted_with_event() {
+    let mut h = H::with(CompareConfig {
+        queue_size: 2,
+        ..CompareConfig::default()
+    });
+    for i in 0..3u8 {
+        h.s(&udp(&[i; 4]));
     }
     assert_eq!(h.c.counters().sec_drop_overflow, 1);
     assert_eq!(h.r.reasons(), vec![Reason::QueueOverflow]);

@@ -134,6 +134,28 @@ impl TcpState {
         }
     }
 
+    /// The end of the matched range beyond the frontier that holds byte `pos`.
+    #[inline]
+    fn ahead_end(&self, pos: u32) -> Option<u32> {
+        self.ahead_range(pos).map(|r| r.1)
+    }
+
+    /// The matched range beyond the frontier that holds byte `pos`.
+    fn ahead_range(&self, pos: u32) -> Option<(u32, u32)> {
+        self.ahead[..self.n_ahead as usize]
+            .iter()
+            .copied()
+            .find(|&(s, e)| seq::le(s, pos) && seq::lt(pos, e))
+    }
+
+    /// `[start, end)` lies inside one matched range beyond the frontier.
+    #[inline]
+    fn in_ahead(&self, start: u32, end: u32) -> bool {
+        self.ahead[..self.n_ahead as usize]
+            .iter()
+            .any(|&(s, e)| seq::le(s, start) && seq::le(end, e))
+    }
+
     #[cold]
     fn merge_ahead(&mut self) {
         let mut changed = true;
@@ -592,19 +614,26 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
         self.drop_primary(pkt, why);
     }
 
-    /// Room check for a secondary; drops it (counted, event) when there is none.
-    fn secondary_room(&mut self, conn: &mut Conn, pkt: B, m: &Meta) -> Option<B> {
-        let full = conn.sq.len as usize >= self.cfg.queue_size;
-        if !full && !self.pool.is_full() {
+    #[inline]
+    fn secondary_fits(&self, conn: &Conn) -> bool {
+        (conn.sq.len as usize) < self.cfg.queue_size && !self.pool.is_full()
+    }
+
+    /// Room check for a secondary datagram; with none it is dropped (counted) and the
+    /// connection diverges: the FIFO pairing with the primaries is lost. (A TCP secondary
+    /// without room is dropped with no event: the primary copy of its bytes cannot have been
+    /// released, as it needs them, so the client does not acknowledge them and both VMs
+    /// retransmit; a primary left waiting still times out.)
+    fn secondary_room(&mut self, conn: &mut Conn, pkt: B) -> Option<B> {
+        if self.secondary_fits(conn) {
             return Some(pkt);
         }
-        let reason = if full {
+        let reason = if conn.sq.len as usize >= self.cfg.queue_size {
             Reason::QueueOverflow
         } else {
             Reason::PoolExhausted
         };
-        let range = (conn.kind == FlowKind::Tcp).then_some((m.seq, m.end));
-        self.diverge(conn, Side::Secondary, reason, range, NIL, NIL);
+        self.diverge(conn, Side::Secondary, reason, None, NIL, NIL);
         self.free(pkt, SecondaryFree::Dropped(DropReason::Overflow));
         None
     }
@@ -742,7 +771,8 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
         if f & tcp_flags::FIN != 0 {
             t.s_fin = Some(m.end);
         }
-        let behind = t.frontier_set && seq::le(m.end, t.frontier);
+        let behind = (t.frontier_set && seq::le(m.end, t.frontier))
+            || (t.n_ahead != 0 && t.in_ahead(m.seq, m.end));
         if conn.diverged {
             self.free(pkt, SecondaryFree::Dropped(DropReason::Diverged));
             return;
@@ -756,10 +786,19 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
             self.free(pkt, SecondaryFree::Duplicate);
         } else if conn.sq.head == NIL && conn.cursor != NIL && self.resolve_direct(conn, &pkt, &m) {
             self.free(pkt, SecondaryFree::Matched);
-        } else if let Some(pkt) = self.secondary_room(conn, pkt, &m) {
-            self.insert_secondary(conn, pkt, m);
+        } else if !self.secondary_fits(conn) {
+            // No room: first compare it with the waiting primaries (it may free their queue,
+            // e.g. primaries beyond a hole while the secondary queue holds the hole's bytes:
+            // neither side could move until a timeout), then drop it.
+            let used = conn.cursor != NIL && self.resolve_direct(conn, &pkt, &m);
+            let how = if used {
+                SecondaryFree::Matched
+            } else {
+                SecondaryFree::Dropped(DropReason::Overflow)
+            };
+            self.free(pkt, how);
         } else {
-            return;
+            self.insert_secondary(conn, pkt, m);
         }
         self.pump_tcp(conn);
     }
@@ -958,12 +997,24 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
         let pdata = self.pool.data(id);
         let mut pos = start;
         let mut s = conn.sq.head;
-        while s != NIL {
-            let sm = self.pool.meta(s);
-            if seq::le(sm.end, pos) {
-                s = self.pool.next(s);
-                continue;
+        let mut first = NIL;
+        loop {
+            if conn.tcp.n_ahead != 0 {
+                // Bytes already compared beyond a hole need no secondary copy.
+                if let Some(e) = conn.tcp.ahead_end(pos) {
+                    pos = seq::min(e, m.end);
+                }
             }
+            if pos == m.end {
+                break;
+            }
+            while s != NIL && seq::le(self.pool.meta(s).end, pos) {
+                s = self.pool.next(s);
+            }
+            if s == NIL {
+                break;
+            }
+            let sm = self.pool.meta(s);
             if seq::gt(sm.seq, pos) {
                 break; // a gap: the secondary has not sent these bytes yet
             }
@@ -976,11 +1027,10 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
                 (Some(a), Some(b)) if a == b => {}
                 _ => return Resolve::Diverge(Reason::PayloadMismatch, s),
             }
-            pos = stop;
-            if pos == m.end {
-                break;
+            if first == NIL {
+                first = s;
             }
-            s = self.pool.next(s);
+            pos = stop;
         }
         if pos != m.end {
             return Resolve::Wait;
@@ -993,7 +1043,34 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
             let h = conn.sq.head;
             self.free_node(conn, h, SecondaryFree::Matched);
         }
+        if conn.tcp.n_ahead != 0 && first != NIL {
+            self.free_inside_ahead(conn, start, first);
+        }
         Resolve::Done
+    }
+
+    /// Free the secondary segments wholly inside the matched range beyond the frontier that
+    /// holds `at` (they are never needed again: later primaries of those bytes count as
+    /// retransmissions). `near` is a queued segment used by that match; the segments inside
+    /// are contiguous around it (the queue is sorted, ends increasing), so this costs what it
+    /// frees. Without it they would fill the secondary queue while a hole stays open.
+    #[cold]
+    fn free_inside_ahead(&mut self, conn: &mut Conn, at: u32, near: u32) {
+        let Some((lo, hi)) = conn.tcp.ahead_range(at) else {
+            return;
+        };
+        let mut x = near;
+        while self.pool.prev(x) != NIL && seq::ge(self.pool.meta(self.pool.prev(x)).seq, lo) {
+            x = self.pool.prev(x);
+        }
+        while x != NIL && seq::lt(self.pool.meta(x).seq, lo) {
+            x = self.pool.next(x);
+        }
+        while x != NIL && seq::le(self.pool.meta(x).end, hi) {
+            let next = self.pool.next(x);
+            self.free_node(conn, x, SecondaryFree::Matched);
+            x = next;
+        }
     }
 
     // ---------------------------------------------------------------- datagrams / L3
@@ -1021,7 +1098,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
             }
             // A mismatch goes through the queue so the event can show both packets.
         }
-        let Some(pkt) = self.secondary_room(conn, pkt, &m) else {
+        let Some(pkt) = self.secondary_room(conn, pkt) else {
             return;
         };
         let len = pkt.len();
@@ -1243,6 +1320,10 @@ fn precheck(t: &TcpState, m: &Meta) -> Pre {
         return Pre::Done(DATA_OK);
     }
     if t.frontier_set && seq::le(m.end, t.frontier) {
+        return Pre::Done(DATA_OK | RETRANS);
+    }
+    if t.n_ahead != 0 && t.in_ahead(m.seq, m.end) {
+        // Compared already, beyond a hole: a retransmission too.
         return Pre::Done(DATA_OK | RETRANS);
     }
     if let Some(sf) = t.s_fin {
@@ -1955,6 +2036,19 @@ impl<B: PacketBuf> Comparator<B> {
             ..
         } = self;
         let idle = cfg.idle_timeout_ns;
+        // The held list first: its packets are older than any of the same flow in the table.
+        let hk = held.key;
+        Ctx {
+            pool: &mut *pool,
+            c: &mut *c,
+            cfg,
+            out: &mut *out,
+            key: &hk,
+            now,
+            since: &mut *since,
+            held: &mut *held,
+        }
+        .scan_held();
         // The scan visits every connection: refresh the backlog's oldest arrival exactly.
         let mut oldest = u64::MAX;
         // One pass: timeouts of every connection, then ageing of the idle ones.
@@ -1980,18 +2074,6 @@ impl<B: PacketBuf> Comparator<B> {
             ctx.retire(conn, k.hash64(), Reason::Expired, DropReason::Expired);
             true
         });
-        let hk = held.key;
-        let mut ctx = Ctx {
-            pool: &mut *pool,
-            c: &mut *c,
-            cfg,
-            out: &mut *out,
-            key: &hk,
-            now,
-            since: &mut *since,
-            held: &mut *held,
-        };
-        ctx.scan_held();
         if held.list.head != NIL {
             oldest = oldest.min(held.oldest);
         }
@@ -2176,9 +2258,30 @@ mod tests {
         assert_eq!(t.frontier, b.wrapping_add(5));
         assert_eq!(t.n_ahead, 1);
         assert_eq!(t.ahead[0], (b.wrapping_add(10), b.wrapping_add(30)));
+        assert!(t.in_ahead(b.wrapping_add(12), b.wrapping_add(30)));
+        assert!(!t.in_ahead(b.wrapping_add(9), b.wrapping_add(12)));
         t.record_match(b.wrapping_add(5), b.wrapping_add(10)); // fills the gap
         assert_eq!(t.frontier, b.wrapping_add(30));
         assert_eq!(t.n_ahead, 0);
+    }
+
+    #[test]
+    fn ahead_ranges_merge_when_a_match_bridges_them() {
+        let mut t = TcpState::default();
+        t.record_match(0, 10);
+        t.record_match(20, 30);
+        t.record_match(40, 50);
+        t.record_match(60, 70);
+        assert_eq!(t.n_ahead, 3);
+        t.record_match(25, 45); // overlaps two ranges: one remains
+        assert_eq!(t.n_ahead, 2);
+        assert_eq!(t.ahead_range(44), Some((20, 50)));
+        assert_eq!(t.ahead_end(20), Some(50));
+        assert_eq!(t.ahead_range(50), None, "end is exclusive");
+        t.record_match(50, 60); // adjoins both sides
+        assert_eq!((t.n_ahead, t.ahead_range(20)), (1, Some((20, 70))));
+        t.record_match(10, 20);
+        assert_eq!((t.frontier, t.n_ahead), (70, 0));
     }
 
     #[test]
