@@ -5,15 +5,22 @@
 //! [`Comparator`] per compare shard owns that shard's connection table outright.
 //!
 //! Guarantees (each is tested in `tests/compare_*.rs`):
+//! - **Output commit**: a primary packet reaches [`Output::release`] only when the secondary
+//!   produced the same ([`Release::Matched`], [`Release::Retransmit`] of compared bytes), a
+//!   checkpoint completed ([`Release::Checkpoint`]), at failover ([`Release::Flush`]), by a
+//!   bypass rule, or uncomparable by rule (malformed). The one opt-in exception is
+//!   `release_after_ns` ([`Release::Timeout`], off by default). A primary that cannot be held
+//!   is dropped ([`Output::drop_primary`]), never released unverified (`tests/compare_commit.rs`).
 //! - **Accounting**: every packet passed to [`Comparator::process`] leaves exactly once, through
-//!   [`Output::release`] (primary) or [`Output::free_secondary`] (secondary), with a reason;
-//!   [`CompareCounters::balanced`] checks the sums.
+//!   [`Output::release`] or [`Output::drop_primary`] (primary) or [`Output::free_secondary`]
+//!   (secondary), with a reason; [`CompareCounters::balanced`] checks the sums.
 //! - **Order**: primary packets of one connection are released in their arrival order (never
 //!   LIFO, never newest-first), except that a TCP segment arriving below the queue's tail (a
 //!   retransmission filling a hole left by a segment lost before compare) is queued at its
 //!   stream position: it may overtake later segments still waiting for the secondary, which
-//!   may be unable to send them until the client has acknowledged the hole. Packets released before their connection is known (malformed
-//!   frames) or by a bypass rule are released at once.
+//!   may be unable to send them until the client has acknowledged the hole. Packets released
+//!   before their connection is known (malformed frames) or by a bypass rule are released at
+//!   once.
 //! - **TCP**: payload bytes are compared by sequence number, never by queue position, so any
 //!   segmentation, out-of-order arrival and wraparound are tolerated. The IP header and the TCP
 //!   window, flags, checksum and options are ignored; payload length comes from the IP length.
@@ -37,25 +44,44 @@
 //! - **Datagrams** (UDP, ICMP, ICMPv6): strictly FIFO per flow, comparing transport header and
 //!   payload. **Other L3** (ARP, non-IP, other IP protocols, IP fragments): the L3 packet is
 //!   compared, ignoring IPv4 ID/TTL/checksum and IPv6 traffic class/flow label/hop limit.
-//! - **Divergence** (mismatch, timeout, overflow): one [`DivergenceEvent`] asks for a checkpoint;
+//! - **Divergence** (mismatch, timeout, datagram overflow, eviction or ageing with queued
+//!   packets): one [`DivergenceEvent`] asks for a checkpoint;
 //!   the connection's primaries are then held until [`Comparator::checkpoint_done`] releases them
 //!   in arrival order and resets the compare state, after which traffic flows again. While a
 //!   connection stays diverged with packets waiting, the request is repeated every
 //!   `timeout_ns` (a lost request cannot stall it for ever).
-//! - **Overflow rules** (documented, counted, each raises an event once per episode):
-//!   - primary queue full (`queue_size`) or packet pool empty: the connection's *oldest* queued
-//!     primary is released ([`Release::Overflow`]) to make room, so order is kept; with nothing
-//!     queued on that connection the new packet itself is released;
-//!   - secondary queue full / pool empty: the new secondary packet is dropped
-//!     ([`DropReason::Overflow`]);
+//! - **Overflow rules** (documented, counted by reason; what is queued keeps its order):
+//!   - TCP primary, queue full (`queue_size`) or packet pool empty: the *new* segment is dropped
+//!     ([`PrimaryDrop::QueueFull`] / [`PrimaryDrop::PoolEmpty`]). Not a divergence, no event:
+//!     the client never acknowledges it, so the primary retransmits it (compared normally
+//!     then; a primary left waiting still times out). Exception: a segment below the queue's
+//!     tail (a retransmission filling a hole) takes the place of the queue's last segment,
+//!     which is dropped instead (same reason): the later segments may wait for secondary bytes
+//!     the secondary sends only once the client has the hole;
+//!   - datagram / other L3 primary: the new one is dropped the same way and the connection
+//!     diverges (`QueueOverflow` / `PoolExhausted`): nothing retransmits it and the secondary's
+//!     copy would pair with the next primary (FIFO), so a checkpoint resynchronises;
+//!   - TCP secondary without room: first compared with the waiting primaries directly, then
+//!     dropped ([`DropReason::Overflow`]) with no event (the primary copy of its bytes is still
+//!     unreleased, so both VMs retransmit); a datagram secondary: dropped with an event;
 //!   - table full: a least recently used connection is evicted (exactly the LRU one in tables
 //!     of up to 16 connections, else the LRU one of 16 at a rotating clock hand, see
-//!     [`crate::flow::HashedTable`]); its queued primaries are released in order
-//!     ([`Release::Evicted`]) and an event is raised if any were queued;
-//!   - idle ageing (`idle_timeout_ns`) the same with [`Release::Expired`];
-//!   - `release_after_ns` (0 = never, QEMU's behaviour): a diverged connection whose oldest
-//!     primary waited this long is released ([`Release::Timeout`]) and reset, as if a checkpoint
-//!     had happened.
+//!     [`crate::flow::HashedTable`]). Its queued primaries were never matched: they move, in
+//!     order, to the shard's *held list* (`held_evicted`), with a `TableOverflow` event, and
+//!     leave only by `checkpoint_done` (before the table's), `flush_all` or `release_after_ns`
+//!     — never by time alone; the request repeats every `timeout_ns`. A new connection of a
+//!     held flow starts diverged, so its packets never overtake the held ones. (Refusing to
+//!     evict instead would let a full table of stuck connections block every new one.)
+//!   - idle ageing (`idle_timeout_ns`) the same, `Expired` event, `held_expired`;
+//!   - `release_after_ns` (0 = never, QEMU's behaviour; the only opt-in unverified release): a
+//!     diverged connection whose oldest primary waited this long is released
+//!     ([`Release::Timeout`]) and reset, as if a checkpoint had happened; the held list too.
+//! - **Shutdown** ([`Comparator::drop_all`]): every queued primary is dropped
+//!   ([`PrimaryDrop::Shutdown`]), not released: it was never verified, and the primary's TCP
+//!   retransmits whatever still matters. **Failover** ([`Comparator::flush_all`]) releases
+//!   everything (the secondary is gone; the primary serves alone).
+//! - **Backlog** ([`Comparator::backlog`], O(1)): queued packets and bytes per side (held
+//!   list included) and a lower bound of the oldest queued primary's arrival.
 //! - **Malformed** frames (parse error, oversize): a primary is released at once
 //!   ([`Release::Uncomparable`]) with a [`Reason::Malformed`] event; a secondary is dropped.
 //! - Never panics on any input bytes.
@@ -84,12 +110,14 @@
 //! - A connection first seen mid-stream (no SYN since the table entry was created, e.g. after an
 //!   eviction) anchors its compare frontier at the first matched byte; primary bytes that
 //!   later arrive below it count as retransmissions and are released uncompared.
-//! - Matched ranges beyond the frontier (the primary's segment at the frontier was lost
-//!   before compare, or reordered) are remembered as at most eight disjoint ranges; touching
-//!   matches join one range, so one hole costs one range however much follows it. With more
-//!   than eight holes at once the highest ranges are forgotten: the frontier then stops at the
-//!   first forgotten range, secondary segments beyond it stay queued until the queue limit or
-//!   a checkpoint, and nothing is ever released uncompared.
+//! - Matched ranges beyond the frontier (the primary's segment at the frontier was lost or
+//!   dropped before compare, or reordered) are remembered as at most eight disjoint ranges;
+//!   touching matches join one range, so one hole costs one range however much follows it.
+//!   Bytes inside one count as compared (a primary copy is a retransmission, a secondary copy
+//!   a duplicate; secondaries inside are freed). With more than eight holes at once (e.g. the
+//!   primary's window far beyond `queue_size` with the secondary lagging) the highest ranges
+//!   are forgotten: their bytes are compared again when retransmitted, or a waiting packet
+//!   times out and a checkpoint follows — nothing is ever released uncompared.
 //! - IPv6 fragments are compared as L3 packets including the fragment header's
 //!   identification, which differs between VMs (IPv4 IDs are ignored).
 //! - ICMP errors quote the offending IP header (with its ID), so they mismatch between VMs,
@@ -325,10 +353,11 @@ pub struct CompareConfig {
     /// Packets queued at once in the whole shard (both sides, held list included); the pool
     /// is preallocated. Default 65536: both queues of four connections full (8 × 8192).
     pub pool_size: usize,
-    /// Connections idle this long are removed (their queued packets released by rule).
+    /// Connections idle this long are removed (queued primaries go to the held list).
     pub idle_timeout_ns: u64,
-    /// A diverged connection whose oldest primary waited this long is released without a
-    /// checkpoint; 0 = hold until `checkpoint_done` (QEMU's behaviour).
+    /// A diverged connection (or the held list) whose oldest primary waited this long is
+    /// released without a checkpoint; 0 = hold until `checkpoint_done` (QEMU's behaviour). The
+    /// only release of unverified data besides failover: an explicit opt-in.
     pub release_after_ns: u64,
     /// Traffic released without comparison.
     pub bypass: Vec<Bypass>,
