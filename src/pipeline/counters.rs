@@ -314,6 +314,24 @@ mod tests {
     }
 
     #[test]
+    fn compare_primary_drops_are_terminal_and_named() {
+        let c = LcoreCounters::default();
+        c.add(Counter::Rx, 3);
+        c.inc(Counter::DropCompareQueueFull);
+        c.inc(Counter::DropComparePoolEmpty);
+        c.inc(Counter::DropCompareShutdown);
+        let s = c.snapshot();
+        assert_eq!(
+            s.accounting().to_string(),
+            "entered 3 = terminal 3 → balanced"
+        );
+        assert_eq!(
+            s.drops_list(),
+            "drop_compare_queue_full=1 drop_compare_pool_empty=1 drop_compare_shutdown=1"
+        );
+    }
+
+    #[test]
     fn accounting_line_and_drops_list() {
         let c = LcoreCounters::default();
         assert_eq!(c.snapshot().drops_list(), "none");
