@@ -532,17 +532,16 @@ fn bulk_stream_with_a_lagging_svm_completes_by_retransmission_without_checkpoint
     bulk_stream(150, 4, 16, 6, 1);
 }
 
-/// Far harsher (a window 16 times the queue, no congestion control): more holes open at once
-/// than the compare state remembers, so a primary can wait for bytes the secondary will not
-/// resend. The primary timeout asks for a checkpoint and the stream completes; nothing
-/// unverified is ever released. (A waiting secondary can time out first.)
+/// Far harsher (a window 16 times the queue, no congestion control, the SVM 7 times slower):
+/// still no checkpoint, because a retransmission filling a hole takes the place of the queue's
+/// last segment. Should more holes open than the compare state remembers, the fallback is a
+/// timeout and a checkpoint, never a release: checked with time passing and checkpoints
+/// applied.
 #[test]
-fn a_stall_beyond_the_remembered_holes_ends_by_timeout_and_checkpoint_never_by_release() {
+fn a_much_harsher_bulk_stream_completes_too_and_the_fallback_never_releases_unverified() {
+    bulk_stream(400, 8, 128, 20, 3);
+    bulk_stream(500, 64, 256, 40, 7);
     let h = bulk_stream_with(400, 8, 128, 20, 3, true);
-    assert!(
-        h.c.counters().checkpoints > 0,
-        "this case needs the fallback"
-    );
     assert!(
         h.r.reasons()
             .iter()
@@ -597,4 +596,41 @@ fn matched_ranges_beyond_a_hole_are_remembered() {
     h.p(&at(35, 5));
     assert_eq!(h.r.hows().last(), Some(&Release::Retransmit));
     assert_committed(&h);
+}
+
+#[test]
+fn a_hole_filler_meeting_a_full_queue_takes_the_last_segments_place() {
+    let mut h = H::with(CompareConfig {
+        queue_size: 3,
+        ..CompareConfig::default()
+    });
+    // seg 0 was lost before compare: 1..3 fill the queue behind the hole.
+    for i in 1..4 {
+        h.p(&seg(i));
+    }
+    h.p(&seg(0)); // the PVM's retransmission of the hole
+    assert_eq!(h.r.drops(), vec![PrimaryDrop::QueueFull]);
+    assert_eq!(
+        h.r.dropped[0].0,
+        seg(3),
+        "the last segment in the stream made room"
+    );
+    assert_eq!(h.queued().0, 3);
+    assert!(h.r.events.is_empty());
+    for i in 0..4 {
+        h.s(&as_secondary(seg(i)));
+    }
+    assert_eq!(h.r.frames(), (0..3).map(seg).collect::<Vec<_>>());
+    h.p(&seg(3)); // retransmitted in turn
+    assert_eq!(h.r.frames(), (0..4).map(seg).collect::<Vec<_>>());
+    assert_eq!(h.r.hows(), vec![Release::Matched; 4]);
+    assert_committed(&h);
+    // A segment above the tail with the queue full is the one dropped.
+    let mut h = H::with(CompareConfig {
+        queue_size: 1,
+        ..CompareConfig::default()
+    });
+    h.p(&seg(0));
+    h.p(&seg(1));
+    assert_eq!(h.r.dropped[0].0, seg(1));
 }
