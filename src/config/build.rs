@@ -102,6 +102,7 @@ pub(super) fn build(raw: RawConfig) -> Result<Config, ConfigError> {
         MAX_CAPACITY.into(),
     );
     e.positive("rewriter.idle_timeout_ms", rw.idle_timeout_ms);
+    check_failover(&raw.failover, &mut e);
     let rings = &raw.rings;
     if !rings.size.is_power_of_two() || !(64..=1 << 20).contains(&rings.size) {
         e.push(
@@ -140,6 +141,7 @@ pub(super) fn build(raw: RawConfig) -> Result<Config, ConfigError> {
         lcores,
         compare,
         rewriter: raw.rewriter,
+        failover: raw.failover,
         rings: raw.rings,
         mempool: raw.mempool,
         idle: raw.idle,
@@ -865,5 +867,23 @@ fn build_mgmt(role: Role, raw: RawMgmt, e: &mut Errs) -> MgmtConfig {
         xen_notify,
         qmp,
         capture,
+    }
+}
+
+/// `[failover]`: bounded counts and times; a timeout must leave room for heartbeats.
+fn check_failover(f: &super::FailoverConfig, e: &mut Errs) {
+    e.range("failover.announce_count", f.announce_count.into(), 1, 10);
+    e.range("failover.announce_interval_ms", f.announce_interval_ms, 1, 10_000);
+    e.range("failover.heartbeat_ms", f.heartbeat_ms, 0, 60_000);
+    e.range("failover.heartbeat_timeout_ms", f.heartbeat_timeout_ms, 0, 600_000);
+    if f.heartbeat_ms > 0 && f.heartbeat_timeout_ms > 0 && f.heartbeat_timeout_ms < 2 * f.heartbeat_ms
+    {
+        e.push(
+            "failover.heartbeat_timeout_ms",
+            format!(
+                "{} is less than twice failover.heartbeat_ms ({}): one late heartbeat would count as a loss",
+                f.heartbeat_timeout_ms, f.heartbeat_ms
+            ),
+        );
     }
 }

@@ -265,6 +265,51 @@ impl Default for RewriterConfig {
     }
 }
 
+/// `[failover]`: what takeover does and what triggers it besides a command.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverConfig {
+    /// On takeover the secondary sends a gratuitous ARP (IPv4) / unsolicited neighbour
+    /// advertisement (IPv6) for each service address the SVM used, from the SVM's MAC.
+    pub announce: bool,
+    /// Announcements per address (spaced by `announce_interval_ms`), in case one is lost.
+    pub announce_count: u32,
+    /// Time between repeated announcements.
+    pub announce_interval_ms: u64,
+    /// What a heartbeat timeout on the inter-host link does.
+    pub on_link_loss: LinkLossAction,
+    /// Send a heartbeat on the link after this long without other traffic (0: never). Only
+    /// between two colo-proxies: a QEMU peer does not understand it (keep 0 then).
+    pub heartbeat_ms: u64,
+    /// Report the peer as silent after this long without any frame from it, once it has sent
+    /// at least one heartbeat (0: never).
+    pub heartbeat_timeout_ms: u64,
+}
+
+/// `failover.on_link_loss`.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkLossAction {
+    /// Only report the event; the COLO frame decides.
+    #[default]
+    Wait,
+    /// Fail over at once.
+    Auto,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            announce: true,
+            announce_count: 3,
+            announce_interval_ms: 100,
+            on_link_loss: LinkLossAction::Wait,
+            heartbeat_ms: 0,
+            heartbeat_timeout_ms: 1000,
+        }
+    }
+}
+
 /// `[rings]`.
 #[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -396,6 +441,8 @@ pub struct Config {
     pub compare: CompareConfig,
     /// Rewriter.
     pub rewriter: RewriterConfig,
+    /// Failover behaviour and triggers.
+    pub failover: FailoverConfig,
     /// Inter-lcore rings.
     pub rings: RingsConfig,
     /// Packet mempool.

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{EalConfig, IdleConfig, MempoolConfig, RewriterConfig, RingsConfig, Role};
+use super::{
+    EalConfig, FailoverConfig, IdleConfig, MempoolConfig, RewriterConfig, RingsConfig, Role,
+};
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +26,8 @@ pub(super) struct RawConfig {
     pub compare: RawCompare,
     #[serde(default)]
     pub rewriter: RewriterConfig,
+    #[serde(default)]
+    pub failover: FailoverConfig,
     #[serde(default)]
     pub rings: RingsConfig,
     #[serde(default)]

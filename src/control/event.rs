@@ -66,6 +66,40 @@ pub enum Event {
         /// When.
         time_ns: u64,
     },
+    /// One stage's account of a failover: the gap from the trigger to the first frame it
+    /// forwarded on the new path (`None`: nothing within the report's bound), and what it held
+    /// at that moment (released or dropped by rule).
+    FailoverReport {
+        /// The stage (`rewriter`, `compare0`, ...).
+        stage: String,
+        /// Trigger → first frame forwarded on the new path.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gap_ns: Option<u64>,
+        /// Frames held at the trigger and released.
+        held_released: u64,
+        /// Their bytes.
+        held_released_bytes: u64,
+        /// Frames held at the trigger and dropped.
+        held_dropped: u64,
+        /// Their bytes.
+        held_dropped_bytes: u64,
+        /// Takeover announcements sent (gratuitous ARP / unsolicited NA) so far.
+        announced: u64,
+        /// When.
+        time_ns: u64,
+    },
+    /// The link peer went silent: no frame (data or heartbeat) for the timeout, after it had
+    /// sent heartbeats before.
+    LinkSilent {
+        /// Link name (`mirror` on the secondary, `secondary-out` on the primary).
+        link: String,
+        /// The data-plane time of the last frame from the peer.
+        last_heard_ns: u64,
+        /// The configured timeout.
+        timeout_ms: u64,
+        /// When (detection).
+        time_ns: u64,
+    },
     /// A link or checkpoint sink came up.
     LinkUp {
         /// Link or sink name (`mirror`, `secondary-out`, `xen`, `qmp`, ...).
@@ -150,6 +184,8 @@ impl Event {
             | Event::CheckpointRequested { time_ns, .. }
             | Event::CheckpointDone { time_ns, .. }
             | Event::Failover { time_ns, .. }
+            | Event::FailoverReport { time_ns, .. }
+            | Event::LinkSilent { time_ns, .. }
             | Event::LinkUp { time_ns, .. }
             | Event::LinkDown { time_ns, .. }
             | Event::LinkSequence { time_ns, .. }

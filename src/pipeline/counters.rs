@@ -68,6 +68,9 @@ counters! {
     DropComparePoolEmpty = "drop_compare_pool_empty",
     /// Dropped primary: still queued (unverified) at shutdown.
     DropCompareShutdown = "drop_compare_shutdown",
+    /// Dropped: received on a path this role does not use in its current state (the
+    /// secondary's nic before failover, the link after it).
+    DropStandby = "drop_standby",
     // --- informational ---
     /// The mirror could not clone a frame (refcount limit): the secondary misses it.
     CloneFailed = "clone_failed",
@@ -103,6 +106,17 @@ counters! {
     LinkReordered = "link_reordered",
     /// Checkpoint-done commands applied by this lcore.
     CheckpointsApplied = "checkpoints_applied",
+    /// Gratuitous ARPs / unsolicited neighbour advertisements sent at failover (each also
+    /// counts as generated and transmitted).
+    Announced = "announced",
+    /// Frames held at the moment of failover and released by rule (primary: queued primaries).
+    FailoverHeldReleased = "failover_held_released",
+    /// Their bytes.
+    FailoverHeldReleasedBytes = "failover_held_released_bytes",
+    /// Frames held at the moment of failover and dropped by rule (primary: queued secondaries).
+    FailoverHeldDropped = "failover_held_dropped",
+    /// Their bytes.
+    FailoverHeldDroppedBytes = "failover_held_dropped_bytes",
     /// TSC cycles spent in loops that did work.
     BusyCycles = "busy_cycles",
     /// TSC cycles spent in loops that found nothing to do.
@@ -120,6 +134,7 @@ impl Counter {
         Counter::DropCompareQueueFull,
         Counter::DropComparePoolEmpty,
         Counter::DropCompareShutdown,
+        Counter::DropStandby,
     ];
 }
 

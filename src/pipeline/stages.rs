@@ -9,6 +9,7 @@ use crate::dpdk::{Mbuf, MbufBurst, Mempool, RxQueue};
 use crate::flow::FlowKey;
 use crate::mgmt::capture::{CapturedPacket, DivergenceCapture};
 use crate::mgmt::{EventSender, Input};
+use crate::rewrite::announce::{self, ServiceAddrs};
 use crate::rewrite::{Direction, Rewriter};
 
 use super::counters::Counter;
@@ -377,6 +378,31 @@ impl compare::Output<Mbuf> for ShardOutput<'_> {
     }
 }
 
+/// Counts what a failover flush releases and drops (the frames held at that moment).
+struct HeldCount<'a, 'b> {
+    inner: &'a mut ShardOutput<'b>,
+    released: (u64, u64),
+    dropped: (u64, u64),
+}
+
+impl compare::Output<Mbuf> for HeldCount<'_, '_> {
+    fn release(&mut self, pkt: Mbuf, how: compare::Release) {
+        self.released.0 += 1;
+        self.released.1 += u64::from(pkt.pkt_len());
+        self.inner.release(pkt, how);
+    }
+
+    fn free_secondary(&mut self, pkt: Mbuf, how: compare::SecondaryFree) {
+        self.dropped.0 += 1;
+        self.dropped.1 += u64::from(pkt.pkt_len());
+        self.inner.free_secondary(pkt, how);
+    }
+
+    fn event(&mut self, ev: DivergenceEvent) {
+        self.inner.event(ev);
+    }
+}
+
 /// Primary: one flow shard's comparator between the redirector and the NIC.
 pub struct CompareStage {
     shard: usize,
@@ -391,6 +417,7 @@ pub struct CompareStage {
     failed_over: bool,
     capture_on: bool,
     context: ContextRing,
+    progress: FailoverProgress,
 }
 
 impl CompareStage {
@@ -417,6 +444,7 @@ impl CompareStage {
             failed_over: false,
             capture_on: false,
             context: ContextRing::new(),
+            progress: FailoverProgress::default(),
         }
     }
 
@@ -509,6 +537,9 @@ impl Stage for CompareStage {
                 let ctx = &mut self.context;
                 burst.for_each_ref(|m| ctx.remember(Side::Primary, m.data(), cx.now_ns));
             }
+            if failed_over && np > 0 {
+                self.progress.forwarded(cx.now_ns);
+            }
             let (mut out, engine) = self.output(cx);
             if failed_over {
                 c.add(Counter::ReleasedUncompared, np as u64);
@@ -534,6 +565,8 @@ impl Stage for CompareStage {
         drop(out);
         self.nic_tx.flush(cx.counters);
         self.latency.publish();
+        self.progress
+            .report(&self.name, 0, Some(&self.events), cx.now_ns);
     }
 
     fn command(&mut self, cmd: &Command, cx: &LoopCtx) {
@@ -544,8 +577,30 @@ impl Stage for CompareStage {
                 cx.counters.inc(Counter::CheckpointsApplied);
             }
             Command::Failover => {
+                if self.failed_over {
+                    return;
+                }
+                self.progress.start(cx.now_ns);
                 let (mut out, engine) = self.output(cx);
-                engine.flush_all(&mut out);
+                let mut held = HeldCount {
+                    inner: &mut out,
+                    released: (0, 0),
+                    dropped: (0, 0),
+                };
+                engine.flush_all(&mut held);
+                let (released, dropped) = (held.released, held.dropped);
+                drop(out);
+                let c = cx.counters;
+                c.add(Counter::FailoverHeldReleased, released.0);
+                c.add(Counter::FailoverHeldReleasedBytes, released.1);
+                c.add(Counter::FailoverHeldDropped, dropped.0);
+                c.add(Counter::FailoverHeldDroppedBytes, dropped.1);
+                self.progress.held_released = released;
+                self.progress.held_dropped = dropped;
+                if released.0 > 0 {
+                    // Held primaries go out now, in order: the new path's first frames.
+                    self.progress.forwarded(cx.now_ns);
+                }
                 self.failed_over = true;
             }
             Command::Capture(on) => {
@@ -577,8 +632,92 @@ impl Stage for CompareStage {
     }
 }
 
+/// Failover behaviour of a stage (from `[failover]`), and where it reports.
+#[derive(Clone)]
+pub struct FailoverOpts {
+    /// Send gratuitous ARP / unsolicited NA for the SVM's addresses on takeover.
+    pub announce: bool,
+    /// Announcements per address.
+    pub announce_count: u32,
+    /// Between repeated announcements (ns).
+    pub announce_interval_ns: u64,
+    /// Where the failover report goes.
+    pub events: Option<EventSender>,
+}
+
+impl Default for FailoverOpts {
+    fn default() -> Self {
+        FailoverOpts {
+            announce: true,
+            announce_count: 3,
+            announce_interval_ns: 100_000_000,
+            events: None,
+        }
+    }
+}
+
+/// A failover report is sent at the first frame forwarded on the new path, or after this long
+/// without one (gap unknown).
+const FAILOVER_REPORT_BOUND_NS: u64 = 10_000_000_000;
+
+/// One stage's failover measurement (allocates only when the report is sent, once).
+#[derive(Default)]
+struct FailoverProgress {
+    at_ns: Option<u64>,
+    first_forward_ns: Option<u64>,
+    reported: bool,
+    held_released: (u64, u64),
+    held_dropped: (u64, u64),
+}
+
+impl FailoverProgress {
+    fn start(&mut self, now_ns: u64) {
+        *self = FailoverProgress {
+            at_ns: Some(now_ns),
+            ..FailoverProgress::default()
+        };
+    }
+
+    #[inline]
+    fn forwarded(&mut self, now_ns: u64) {
+        if self.at_ns.is_some() && self.first_forward_ns.is_none() {
+            self.first_forward_ns = Some(now_ns);
+        }
+    }
+
+    fn report(&mut self, stage: &str, announced: u64, events: Option<&EventSender>, now_ns: u64) {
+        let Some(at) = self.at_ns else { return };
+        if self.reported {
+            return;
+        }
+        if self.first_forward_ns.is_none() && now_ns.saturating_sub(at) < FAILOVER_REPORT_BOUND_NS
+        {
+            return;
+        }
+        self.reported = true;
+        let gap_ns = self.first_forward_ns.map(|t| t.saturating_sub(at));
+        if let Some(ev) = events {
+            ev.event(crate::control::Event::FailoverReport {
+                stage: stage.to_string(),
+                gap_ns,
+                held_released: self.held_released.0,
+                held_released_bytes: self.held_released.1,
+                held_dropped: self.held_dropped.0,
+                held_dropped_bytes: self.held_dropped.1,
+                announced,
+                time_ns: now_ns,
+            });
+        }
+    }
+}
+
 /// Secondary: the mirror stream into the SVM (ack += offset) and the SVM's output back to the
 /// primary (seq −= offset); after failover, the SVM serves the client through the NIC.
+///
+/// Before failover the nic is polled only to drop what arrives (`drop_standby`): the standby
+/// answers, learns and forwards nothing. After failover the link is polled only to drop
+/// (a primary that is still alive, split-brain, must not feed the SVM twice); the nic feeds
+/// the SVM through the same rewriter, so every connection it knows keeps being translated.
 pub struct RewriterStage {
     link_rx: LinkRx,
     svm_tx: TxBuf,
@@ -589,6 +728,13 @@ pub struct RewriterStage {
     pool: Mempool,
     burst: MbufBurst<BURST>,
     failed_over: bool,
+    opts: FailoverOpts,
+    services: ServiceAddrs,
+    /// Announcement rounds still to send, and when the next is due.
+    announce_left: u32,
+    announce_next_ns: u64,
+    announced: u64,
+    progress: FailoverProgress,
 }
 
 impl RewriterStage {
@@ -612,7 +758,24 @@ impl RewriterStage {
             pool,
             burst: MbufBurst::new(),
             failed_over: false,
+            opts: FailoverOpts::default(),
+            services: ServiceAddrs::default(),
+            announce_left: 0,
+            announce_next_ns: 0,
+            announced: 0,
+            progress: FailoverProgress::default(),
         }
+    }
+
+    /// Failover behaviour (announcements, where the failover report goes).
+    pub fn with_failover(mut self, opts: FailoverOpts) -> Self {
+        self.opts = opts;
+        self
+    }
+
+    /// The service addresses seen so far in the SVM's output.
+    pub fn services(&self) -> &ServiceAddrs {
+        &self.services
     }
 
     fn rewrite_into(&mut self, dir: Direction, cx: &LoopCtx, to_svm: bool) {
@@ -622,6 +785,9 @@ impl RewriterStage {
                 c.inc(Counter::DropNoMbuf);
                 continue;
             };
+            if dir == Direction::FromSecondary {
+                self.services.observe(m.data());
+            }
             if self.rewriter.process(dir, &mut m, cx.now_ns).rewritten() {
                 c.inc(Counter::Rewritten);
             } else {
@@ -631,7 +797,10 @@ impl RewriterStage {
                 self.svm_tx.push(m, c);
             } else if self.failed_over {
                 match &mut self.nic {
-                    Some((_, tx)) => tx.push(m, c),
+                    Some((_, tx)) => {
+                        self.progress.forwarded(cx.now_ns);
+                        tx.push(m, c)
+                    }
                     None => {
                         drop(m);
                         c.inc(Counter::DropLinkDown);
@@ -641,6 +810,50 @@ impl RewriterStage {
                 self.link_tx.push(m, c);
             }
         }
+    }
+
+    /// Drop everything in the burst as `drop_standby`.
+    fn drop_burst(&mut self, cx: &LoopCtx) {
+        let n = self.burst.len();
+        self.burst.clear();
+        cx.counters.add(Counter::DropStandby, n as u64);
+    }
+
+    /// One round of takeover announcements on the nic, when due.
+    fn announce(&mut self, cx: &LoopCtx) {
+        if self.announce_left == 0 || cx.now_ns < self.announce_next_ns {
+            return;
+        }
+        let Some((_, tx)) = &mut self.nic else {
+            self.announce_left = 0;
+            return;
+        };
+        self.announce_left -= 1;
+        self.announce_next_ns = cx.now_ns.saturating_add(self.opts.announce_interval_ns);
+        let c = cx.counters;
+        let mut send = |bytes: &[u8]| {
+            let Some(mut m) = self.pool.alloc() else {
+                return;
+            };
+            if m.set_data(bytes).is_err() {
+                return;
+            }
+            c.inc(Counter::Generated);
+            c.inc(Counter::Announced);
+            self.announced += 1;
+            tx.push(m, c);
+        };
+        for s in self.services.v4() {
+            let mut f = [0u8; announce::GARP_LEN];
+            let n = announce::garp(s.mac, s.ip, &mut f);
+            send(&f[..n]);
+        }
+        for s in self.services.v6() {
+            let mut f = [0u8; announce::NA_LEN];
+            let n = announce::unsolicited_na(s.mac, s.ip, &mut f);
+            send(&f[..n]);
+        }
+        tx.flush(c);
     }
 }
 
@@ -658,13 +871,22 @@ impl Stage for RewriterStage {
         let mut work = 0;
         let n = self.link_rx.recv(&mut self.burst, cx);
         work += n;
-        self.rewrite_into(Direction::ToSecondary, cx, true);
         if self.failed_over {
-            if let Some((rx, _)) = &mut self.nic {
-                let n = rx.rx_burst(&mut self.burst);
-                c.add(Counter::Rx, n as u64);
-                work += n;
+            self.drop_burst(cx);
+        } else {
+            self.rewrite_into(Direction::ToSecondary, cx, true);
+        }
+        if let Some((rx, _)) = &mut self.nic {
+            let n = rx.rx_burst(&mut self.burst);
+            c.add(Counter::Rx, n as u64);
+            work += n;
+            if self.failed_over {
+                if n > 0 {
+                    self.progress.forwarded(cx.now_ns);
+                }
                 self.rewrite_into(Direction::ToSecondary, cx, true);
+            } else {
+                self.drop_burst(cx);
             }
         }
         let n = self.svm_rx.rx_burst(&mut self.burst);
@@ -683,6 +905,9 @@ impl Stage for RewriterStage {
         self.rewriter.tick(cx.now_ns);
         self.link_tx.housekeeping(cx);
         self.link_rx.housekeeping(cx);
+        self.announce(cx);
+        self.progress
+            .report("rewriter", self.announced, self.opts.events.as_ref(), cx.now_ns);
     }
 
     fn command(&mut self, cmd: &Command, cx: &LoopCtx) {
@@ -692,8 +917,18 @@ impl Stage for RewriterStage {
                 cx.counters.inc(Counter::CheckpointsApplied);
             }
             Command::Failover => {
+                if self.failed_over {
+                    return;
+                }
                 self.rewriter.failover();
                 self.failed_over = true;
+                // The rewriter holds nothing: no frame waits anywhere at this moment.
+                self.progress.start(cx.now_ns);
+                if self.opts.announce {
+                    self.announce_left = self.opts.announce_count.max(1);
+                    self.announce_next_ns = 0;
+                    self.announce(cx);
+                }
             }
             Command::Capture(_) | Command::Quiesce | Command::Bypass(_) | Command::Flows(_) => {}
         }

@@ -17,7 +17,7 @@ use super::latency::{LatencyRecorder, SharedHistogram};
 use super::lcore::{Backoff, Stage};
 use super::link::{LinkRx, LinkTx, SeqReporter};
 use super::runtime::LcorePlan;
-use super::stages::{CompareStage, MirrorStage, RedirectorStage, RewriterStage};
+use super::stages::{CompareStage, FailoverOpts, MirrorStage, RedirectorStage, RewriterStage};
 use crate::mgmt::EventSender;
 
 /// Mirror-stream id in the link encapsulation.
@@ -56,6 +56,17 @@ pub fn rewriter_config(cfg: &Config) -> rewrite::RewriterConfig {
     rewrite::RewriterConfig {
         table_capacity: cfg.rewriter.table_capacity as usize,
         idle_timeout_ns: cfg.rewriter.idle_timeout_ms * 1_000_000,
+    }
+}
+
+/// The stages' failover behaviour from the file's `[failover]`.
+pub fn failover_opts(cfg: &Config, events: &EventSender) -> FailoverOpts {
+    let f = &cfg.failover;
+    FailoverOpts {
+        announce: f.announce,
+        announce_count: f.announce_count,
+        announce_interval_ns: f.announce_interval_ms.saturating_mul(1_000_000),
+        events: Some(events.clone()),
     }
 }
 
@@ -374,7 +385,8 @@ pub fn build(
                 nic,
                 Rewriter::new(rewriter_config(cfg)),
                 pool.clone(),
-            );
+            )
+            .with_failover(failover_opts(cfg, events));
             place(cfg.lcores.rewriter, Box::new(rw))?;
         }
         Role::Compare => return Err("role compare runs without DPDK (see the drop-in mode)".into()),

@@ -36,6 +36,7 @@
 //!
 //! [`EVICT_SAMPLE`]: crate::flow::hashed::EVICT_SAMPLE
 
+pub mod announce;
 mod edit;
 
 use std::collections::VecDeque;

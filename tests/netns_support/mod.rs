@@ -567,3 +567,171 @@ impl Drop for TmpDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Offloads off on a veth end (`ns` None: the root namespace), so frames crossing DPDK are
+/// MTU-sized with full checksums; `rx` too when the kernel behind it must verify them.
+fn offloads_off(ns: Option<&str>, iface: &str, rx: bool) {
+    let mut v: Vec<&str> = Vec::new();
+    if let Some(ns) = ns {
+        v.extend_from_slice(&["ip", "netns", "exec", ns]);
+    }
+    v.extend_from_slice(&["ethtool", "-K", iface, "tx", "off", "tso", "off", "gso", "off"]);
+    v.extend_from_slice(&["gro", "off"]);
+    if rx {
+        v.extend_from_slice(&["rx", "off"]);
+    }
+    sh(&v);
+}
+
+/// The lab version of a real deployment's client side: the client and both hosts'
+/// client-facing NICs on one L2 switch (a Linux bridge in a namespace of its own).
+///
+/// ```text
+///   client ns (CLIENT_IP) ─eth0══cl─┐
+///                                    br0 (switch ns) ─pn══ `nic` root ns (primary proxy's nic)
+///                                    └──────────────── sn══ `nic2` in the secondary's host ns
+///   pvm ns (VM_IP, VM_MAC) ─eth0══ `pvm` root ns (primary proxy's pvm port)
+///   svm ns (VM_IP, VM_MAC) ─eth0══ `svm` in the secondary's host ns
+/// ```
+///
+/// PVM and SVM share IP and MAC; neighbour entries are static, IPv6 is off, sysctls are the
+/// kernel's defaults otherwise. Everything is removed on drop (with [`SecHost`]'s own drop).
+pub struct SwitchNet {
+    /// The switch namespace.
+    pub switch_ns: String,
+    /// Client, PVM and SVM namespaces (`root_if` is the proxy-side end of each one's veth;
+    /// for the client it is its bridge port in the switch namespace).
+    pub client: Host,
+    /// The PVM.
+    pub pvm: Host,
+    /// The SVM (its `root_if` lives in the secondary host's namespace).
+    pub svm: Host,
+    /// The primary's nic (root namespace).
+    pub nic: String,
+    /// The secondary's nic (in the secondary host's namespace).
+    pub nic2: String,
+    /// The secondary's host.
+    pub sec: SecHost,
+}
+
+impl SwitchNet {
+    /// Build it; `tag` keeps names unique (≤ 8 characters).
+    pub fn new(tag: &str) -> SwitchNet {
+        let host = |role: &str, short: &str| Host {
+            ns: format!("colo-{role}-{tag}"),
+            root_if: format!("c{short}{tag}"),
+        };
+        let sec = SecHost::new(tag);
+        let net = SwitchNet {
+            switch_ns: format!("colo-sw-{tag}"),
+            client: Host {
+                ns: format!("colo-client-{tag}"),
+                root_if: "cl".into(),
+            },
+            pvm: host("pvm", "p"),
+            svm: host("svm", "s"),
+            nic: format!("cn{tag}"),
+            nic2: format!("cm{tag}"),
+            sec,
+        };
+        let sw = net.switch_ns.clone();
+        for ns in [&sw, &net.client.ns, &net.pvm.ns, &net.svm.ns] {
+            sh(&["ip", "netns", "add", ns]);
+            for k in ["all", "default"] {
+                sh(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "sysctl",
+                    "-qw",
+                    &format!("net.ipv6.conf.{k}.disable_ipv6=1"),
+                ]);
+            }
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        sh(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge", "stp_state", "0"]);
+        sh(&["ip", "-n", &sw, "link", "set", "br0", "up"]);
+        // Client: eth0 in its namespace, `cl` on the bridge.
+        sh(&[
+            "ip", "-n", &sw, "link", "add", "cl", "type", "veth", "peer", "name", "eth0", "netns",
+            &net.client.ns,
+        ]);
+        // The two hosts' nics: created in the root namespace, bridge ends moved to the switch.
+        for (root, br) in [(&net.nic, "pn"), (&net.nic2, "sn")] {
+            sh(&["ip", "link", "add", root, "type", "veth", "peer", "name", br, "netns", &sw]);
+            sh(&[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv6.conf.{root}.disable_ipv6=1"),
+            ]);
+            offloads_off(None, root, false);
+            sh(&["ip", "link", "set", root, "up"]);
+        }
+        for br in ["cl", "pn", "sn"] {
+            offloads_off(Some(&sw), br, false);
+            sh(&["ip", "-n", &sw, "link", "set", br, "master", "br0"]);
+            sh(&["ip", "-n", &sw, "link", "set", br, "up"]);
+        }
+        // VMs: a veth to the proxy's port in the root namespace.
+        for h in [&net.pvm, &net.svm] {
+            sh(&[
+                "ip", "link", "add", &h.root_if, "type", "veth", "peer", "name", "eth0", "netns",
+                &h.ns,
+            ]);
+            sh(&[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv6.conf.{}.disable_ipv6=1", h.root_if),
+            ]);
+            offloads_off(None, &h.root_if, false);
+            sh(&["ip", "link", "set", &h.root_if, "up"]);
+        }
+        for (h, ip, mac, peer_ip, peer_mac) in [
+            (&net.client, CLIENT_IP, CLIENT_MAC, VM_IP, VM_MAC),
+            (&net.pvm, VM_IP, VM_MAC, CLIENT_IP, CLIENT_MAC),
+            (&net.svm, VM_IP, VM_MAC, CLIENT_IP, CLIENT_MAC),
+        ] {
+            // rx off inside: the namespace's kernel verifies every checksum the proxies wrote.
+            offloads_off(Some(&h.ns), "eth0", true);
+            h.sh(&["ip", "link", "set", "eth0", "address", mac]);
+            h.sh(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+            h.sh(&["ip", "link", "set", "eth0", "up"]);
+            h.sh(&[
+                "ip", "neigh", "replace", peer_ip, "lladdr", peer_mac, "dev", "eth0", "nud",
+                "permanent",
+            ]);
+        }
+        // The secondary's ports live on its host.
+        net.sec.adopt(&net.svm.root_if);
+        net.sec.adopt(&net.nic2);
+        net
+    }
+
+    /// The MAC → bridge port table of the switch (`bridge fdb`), for one MAC.
+    pub fn fdb_port(&self, mac: &str) -> Option<String> {
+        let out = sh(&["ip", "netns", "exec", &self.switch_ns, "bridge", "fdb", "show", "br", "br0"]);
+        out.lines()
+            .filter(|l| l.starts_with(mac) && !l.contains("permanent"))
+            .find_map(|l| {
+                let mut w = l.split_whitespace();
+                while let Some(x) = w.next() {
+                    if x == "dev" {
+                        return w.next().map(str::to_string);
+                    }
+                }
+                None
+            })
+    }
+}
+
+impl Drop for SwitchNet {
+    fn drop(&mut self) {
+        for ns in [&self.switch_ns, &self.client.ns, &self.pvm.ns, &self.svm.ns] {
+            sh_quiet(&["ip", "netns", "del", ns]);
+        }
+        for i in [&self.nic, &self.pvm.root_if] {
+            sh_quiet(&["ip", "link", "del", i]);
+        }
+    }
+}

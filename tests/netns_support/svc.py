@@ -345,6 +345,219 @@ def rr(host, n):
     print("RESULT rr_p99_us=%.0f" % lat[min(len(lat) - 1, len(lat) * 99 // 100)], flush=True)
 
 
+# --- failover verbs (tests/pipeline_failover.rs) ---
+
+
+def paced(total, rate, step, fn):
+    """Call fn(n) for chunks of step bytes until total, at about rate bytes/s."""
+    t0 = time.time()
+    done = 0
+    while done < total:
+        n = min(step, total - done)
+        fn(done, n)
+        done += n
+        ahead = done / rate - (time.time() - t0)
+        if ahead > 0:
+            time.sleep(ahead)
+
+
+def fclient(host, bulk, rate):
+    """One download (7001), one upload (7002) and one persistent request/response session
+    (7000), all concurrent, paced at rate bytes/s; prints PROGRESS while running, RESULT at
+    the end. Every connection is opened once: a reset or timeout is an error, not a retry."""
+    want = blob(bulk)
+    state = {"down": 0, "up": 0, "rr": 0, "busy": 2}
+    res = {}
+    lock = threading.Lock()
+
+    def down():
+        try:
+            with connect(host, 7001) as s:
+                s.settimeout(30)
+                s.sendall(b"%d\n" % bulk)
+                got = bytearray()
+                t0 = time.time()
+                while True:
+                    b = s.recv(min(65536, 16384))
+                    if not b:
+                        break
+                    got += b
+                    state["down"] = len(got)
+                    ahead = len(got) / rate - (time.time() - t0)
+                    if ahead > 0:
+                        time.sleep(ahead)
+            res["down_bytes"] = len(got)
+            res["down_ok"] = int(bytes(got) == want)
+            if bytes(got) != want:
+                bad = next((i for i in range(min(len(got), bulk)) if got[i] != want[i]), -1)
+                res["down_first_bad"] = bad
+        except Exception as e:
+            res["down_error"] = repr(e)
+        with lock:
+            state["busy"] -= 1
+
+    def up():
+        try:
+            with connect(host, 7002) as s:
+                s.settimeout(30)
+
+                def send(off, n):
+                    s.sendall(want[off:off + n])
+                    state["up"] = off + n
+
+                paced(bulk, rate, 16384, send)
+                s.shutdown(socket.SHUT_WR)
+                reply = recv_all(s).decode().split()
+            res["up_ok"] = int(reply == [str(bulk), hashlib.sha256(want).hexdigest()])
+            res["up_reply"] = " ".join(reply)
+        except Exception as e:
+            res["up_error"] = repr(e)
+        with lock:
+            state["busy"] -= 1
+
+    def rr():
+        # Goes on until both transfers are over, then 10 more requests.
+        try:
+            with connect(host, 7000) as s:
+                s.settimeout(30)
+                f = s.makefile("rb")
+                extra = 10
+                i = 0
+                while extra > 0:
+                    line = ("rr %d %s\n" % (i, "y" * (i % 40))).encode()
+                    s.sendall(line)
+                    w = b"ok " + hashlib.sha256(line).hexdigest()[:16].encode() + b"\n"
+                    g = f.readline()
+                    if g != w:
+                        res["rr_error"] = "req %d got %r" % (i, g)
+                        return
+                    i += 1
+                    state["rr"] = i
+                    if state["busy"] == 0:
+                        extra -= 1
+                    time.sleep(0.02)
+            res["rr_ok"] = i
+        except Exception as e:
+            res["rr_error"] = "req %d: %r" % (state["rr"], e)
+
+    threads = [threading.Thread(target=f) for f in (down, up, rr)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        print("PROGRESS down=%d up=%d rr=%d" % (state["down"], state["up"], state["rr"]),
+              flush=True)
+        time.sleep(0.1)
+    for k in sorted(res):
+        print("RESULT %s=%s" % (k, res[k]), flush=True)
+
+
+def vm_pattern(bulk):
+    # The VM-opened connection's two directions carry different bytes.
+    return blob(bulk + 977)[977:]
+
+
+def both_ways(s, bulk, rate, send_bytes, want, res, state, tag):
+    """Send send_bytes paced while receiving len(want) bytes; results into res."""
+    s.settimeout(30)
+    err = []
+
+    def tx():
+        try:
+            def send(off, n):
+                s.sendall(send_bytes[off:off + n])
+                state[tag + "_sent"] = off + n
+
+            paced(len(send_bytes), rate, 16384, send)
+            s.shutdown(socket.SHUT_WR)
+        except Exception as e:
+            err.append("send: %r" % e)
+
+    t = threading.Thread(target=tx)
+    t.start()
+    got = bytearray()
+    try:
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            got += b
+            state[tag + "_got"] = len(got)
+    except Exception as e:
+        err.append("recv: %r" % e)
+    t.join()
+    res[tag + "_got"] = len(got)
+    res[tag + "_ok"] = int(bytes(got) == want and not err)
+    if err:
+        res[tag + "_error"] = err[0]
+
+
+def vmpeer(port, bulk, rate):
+    """The client's side of a connection the VM opens: listen on port, accept one, send
+    blob(bulk) and receive vm_pattern(bulk) at once; prints READY, PROGRESS and RESULT."""
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("0.0.0.0", port))
+    ls.listen(1)
+    ls.settimeout(30)
+    print("READY", flush=True)
+    state, res = {}, {}
+    s, _ = ls.accept()
+    t = threading.Thread(
+        target=both_ways, args=(s, bulk, rate, blob(bulk), vm_pattern(bulk), res, state, "peer"))
+    t.start()
+    while t.is_alive():
+        print("PROGRESS sent=%d got=%d" % (state.get("peer_sent", 0), state.get("peer_got", 0)),
+              flush=True)
+        t.join(0.1)
+    for k in sorted(res):
+        print("RESULT %s=%s" % (k, res[k]), flush=True)
+
+
+def vmconn(host, port, sport, bulk, rate):
+    """The VM opens a connection to the client (fixed source port, so PVM and SVM open the
+    same flow), sends vm_pattern(bulk) and receives blob(bulk)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", sport))
+    s.settimeout(20)
+    s.connect((host, port))
+    state, res = {}, {}
+    both_ways(s, bulk, rate, vm_pattern(bulk), blob(bulk), res, state, "vm")
+    s.close()
+    for k in sorted(res):
+        print("RESULT %s=%s" % (k, res[k]), flush=True)
+
+
+def arpwatch(iface, secs):
+    """Print every ARP and ICMPv6 neighbour advertisement seen on iface for secs seconds."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    s.bind((iface, 0))
+    s.settimeout(0.2)
+    print("READY", flush=True)
+    end = time.time() + secs
+    mac = lambda b: ":".join("%02x" % x for x in b)
+    while time.time() < end:
+        try:
+            f = s.recv(2048)
+        except socket.timeout:
+            continue
+        if f[12:14] == b"\x08\x06" and len(f) >= 42:
+            print("ARP op=%d src=%s sha=%s spa=%s tpa=%s" % (
+                f[21], mac(f[6:12]), mac(f[22:28]),
+                socket.inet_ntoa(f[28:32]), socket.inet_ntoa(f[38:42])), flush=True)
+        elif f[12:14] == b"\x86\xdd" and len(f) >= 78 and f[20] == 58 and f[54] == 136:
+            print("NA src=%s target=%s" % (
+                mac(f[6:12]), socket.inet_ntop(socket.AF_INET6, f[62:78])), flush=True)
+
+
+FAILOVER_VERBS = {
+    "fclient": lambda a: fclient(a[0], int(a[1]), float(a[2])),
+    "vmpeer": lambda a: vmpeer(int(a[0]), int(a[1]), float(a[2])),
+    "vmconn": lambda a: vmconn(a[0], int(a[1]), int(a[2]), int(a[3]), float(a[4])),
+    "arpwatch": lambda a: arpwatch(a[0], float(a[1])),
+}
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "server":
@@ -359,5 +572,7 @@ if __name__ == "__main__":
         rr(sys.argv[2], int(sys.argv[3]))
     elif mode == "diverge":
         diverge(sys.argv[2])
+    elif mode in FAILOVER_VERBS:
+        FAILOVER_VERBS[mode](sys.argv[2:])
     else:
         sys.exit("unknown mode " + mode)
