@@ -49,8 +49,47 @@ enum Dies {
 /// The scenarios share the 2 cores: one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn primary_toml(tag: &str, dir: &Path, net: &SwitchNet, ports: (u16, u16)) -> String {
-    let ip = &net.sec.primary_ip;
+/// How the two proxies are linked.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Link {
+    /// QEMU-framed TCP sockets over the host link.
+    Socket(u16, u16),
+    /// An encapsulated DPDK port link on a veth pair (primary's end, secondary's end).
+    Port,
+}
+
+fn link_toml(link: Link, net: &SwitchNet, veth: (&str, &str), primary: bool) -> String {
+    match link {
+        Link::Socket(m, s) => {
+            let ip = &net.sec.primary_ip;
+            let mode = if primary { "server" } else { "client" };
+            format!(
+                r#"[link]
+kind = "socket"
+mirror = {{ addr = "tcp:{ip}:{m}", mode = "{mode}" }}
+secondary_out = {{ addr = "tcp:{ip}:{s}", mode = "{mode}" }}
+reconnect_ms = 100
+"#
+            )
+        }
+        Link::Port => {
+            let (iface, dev) = if primary {
+                (veth.0, "net_af_packet2")
+            } else {
+                (veth.1, "net_af_packet1")
+            };
+            format!(
+                r#"[link]
+kind = "port"
+[ports.link]
+vdev = "{dev},iface={iface}"
+"#
+            )
+        }
+    }
+}
+
+fn primary_toml(tag: &str, dir: &Path, net: &SwitchNet, link: &str, failover: &str) -> String {
     format!(
         r#"role = "primary"
 {common}[ports.nic]
@@ -62,45 +101,58 @@ main = 0
 mirror = 1
 redirector = 1
 compare = 1
-[link]
-kind = "socket"
-mirror = {{ addr = "tcp:{ip}:{m}", mode = "server" }}
-secondary_out = {{ addr = "tcp:{ip}:{s}", mode = "server" }}
-reconnect_ms = 100
-"#,
+{link}{failover}"#,
         common = common_toml(&format!("colo-fop-{tag}"), dir, "primary"),
         nic = net.nic,
         pvm = net.pvm.root_if,
-        m = ports.0,
-        s = ports.1,
     )
 }
 
-fn secondary_toml(tag: &str, dir: &Path, net: &SwitchNet, ports: (u16, u16)) -> String {
-    let ip = &net.sec.primary_ip;
+fn secondary_toml(tag: &str, dir: &Path, net: &SwitchNet, link: &str, failover: &str) -> String {
     format!(
         r#"role = "secondary"
 {common}[ports.svm]
 vdev = "net_af_packet0,iface={svm}"
 [ports.nic]
-vdev = "net_af_packet2,iface={nic2}"
+vdev = "net_af_packet3,iface={nic2}"
 [lcores]
 main = 0
 rewriter = 1
-[link]
-kind = "socket"
-mirror = {{ addr = "tcp:{ip}:{m}", mode = "client" }}
-secondary_out = {{ addr = "tcp:{ip}:{s}", mode = "client" }}
-reconnect_ms = 100
-[failover]
-announce = true
-"#,
+{link}{failover}"#,
         common = common_toml(&format!("colo-fos-{tag}"), dir, "secondary"),
         svm = net.svm.root_if,
         nic2 = net.nic2,
-        m = ports.0,
-        s = ports.1,
     )
+}
+
+/// Start the primary, then the secondary on its host; wait until both run and (socket link)
+/// both streams are connected.
+fn start_pair(net: &SwitchNet, dir: &Path, pcfg: &Path, scfg: &Path, link: Link) -> (Proc, Proc) {
+    let primary = proxy("primary", pcfg, dir, None);
+    assert!(
+        wait_until(Duration::from_secs(20), || primary
+            .output()
+            .contains("running as primary")),
+        "primary did not come up\n{}",
+        primary.output()
+    );
+    let secondary = proxy("secondary", scfg, dir, Some(&net.sec));
+    let linked = wait_until(Duration::from_secs(20), || {
+        secondary.output().contains("running as secondary")
+            && match link {
+                Link::Socket(m, s) => {
+                    established_at(&net.sec.primary_ip, m) >= 1
+                        && established_at(&net.sec.primary_ip, s) >= 1
+                }
+                Link::Port => true,
+            }
+    });
+    assert!(
+        linked,
+        "link did not come up\n{}",
+        logs(&primary, &secondary)
+    );
+    (primary, secondary)
 }
 
 /// The last `PROGRESS k=v ...` line of an output, as a map.
@@ -169,29 +221,20 @@ fn scenario(label: &str, dies: Dies, timestamps: bool) {
     for h in [&net.client, &net.pvm, &net.svm] {
         h.sysctl(&format!("net.ipv4.tcp_timestamps={}", u8::from(timestamps)));
     }
-    let ports = (free_port(), free_port());
+    let link = Link::Socket(free_port(), free_port());
     let pcfg = dir.join("primary.toml");
     let scfg = dir.join("secondary.toml");
-    std::fs::write(&pcfg, primary_toml(&tag, &dir, &net, ports)).unwrap();
-    std::fs::write(&scfg, secondary_toml(&tag, &dir, &net, ports)).unwrap();
+    let lt = |p| link_toml(link, &net, ("", ""), p);
+    let failover = "[failover]\nannounce = true\n";
+    std::fs::write(&pcfg, primary_toml(&tag, &dir, &net, &lt(true), failover)).unwrap();
+    std::fs::write(
+        &scfg,
+        secondary_toml(&tag, &dir, &net, &lt(false), failover),
+    )
+    .unwrap();
     let _pvm_svc = Service::start(&net.pvm, &svc, "pvm");
     let _svm_svc = Service::start(&net.svm, &svc, "svm");
-
-    let mut primary = proxy("primary", &pcfg, &dir, None);
-    assert!(
-        wait_until(Duration::from_secs(20), || primary
-            .output()
-            .contains("running as primary")),
-        "primary did not come up\n{}",
-        primary.output()
-    );
-    let mut secondary = proxy("secondary", &scfg, &dir, Some(&net.sec));
-    let linked = wait_until(Duration::from_secs(20), || {
-        secondary.output().contains("running as secondary")
-            && established_at(&net.sec.primary_ip, ports.0) >= 1
-            && established_at(&net.sec.primary_ip, ports.1) >= 1
-    });
-    assert!(linked, "link did not come up\n{}", logs(&primary, &secondary));
+    let (mut primary, mut secondary) = start_pair(&net, &dir, &pcfg, &scfg, link);
     let psock = dir.join("primary.sock");
     let ssock = dir.join("secondary.sock");
     let (survivor_sock, survivor_name) = match dies {
@@ -262,7 +305,11 @@ fn scenario(label: &str, dies: Dies, timestamps: bool) {
             && p.get("got").copied().unwrap_or(0) >= VM_BULK / 3
             && p.get("sent").copied().unwrap_or(0) >= VM_BULK / 3
     });
-    assert!(mid, "transfers did not get going\n{}", all_logs(&primary, &secondary));
+    assert!(
+        mid,
+        "transfers did not get going\n{}",
+        all_logs(&primary, &secondary)
+    );
     let before = progress(&client.output());
     let rr_before = before.get("rr").copied().unwrap_or(0);
     if dies == Dies::Primary {
@@ -316,16 +363,33 @@ fn scenario(label: &str, dies: Dies, timestamps: bool) {
     let (primary_ref, secondary_ref) = (&primary, &secondary);
     let ctx = || all_logs(primary_ref, secondary_ref);
     let r = results(&client.output());
-    assert!(cst.is_some_and(|s| s.success()), "client {cst:?}\n{}", ctx());
+    assert!(
+        cst.is_some_and(|s| s.success()),
+        "client {cst:?}\n{}",
+        ctx()
+    );
     assert_eq!(r.get("down_ok").map(String::as_str), Some("1"), "{}", ctx());
     assert_eq!(r.get("up_ok").map(String::as_str), Some("1"), "{}", ctx());
     assert!(!r.contains_key("rr_error"), "{}", ctx());
     let rr: usize = r.get("rr_ok").and_then(|v| v.parse().ok()).unwrap_or(0);
-    assert!(rr > rr_before + 10, "rr session did not go on: {rr}\n{}", ctx());
+    assert!(
+        rr > rr_before + 10,
+        "rr session did not go on: {rr}\n{}",
+        ctx()
+    );
     assert!(pst, "vmpeer did not finish\n{}", ctx());
     let rp = results(&peer.output());
-    assert_eq!(rp.get("peer_ok").map(String::as_str), Some("1"), "{}", ctx());
-    assert!(vst.is_some_and(|s| s.success()), "vm conn {vst:?}\n{}", ctx());
+    assert_eq!(
+        rp.get("peer_ok").map(String::as_str),
+        Some("1"),
+        "{}",
+        ctx()
+    );
+    assert!(
+        vst.is_some_and(|s| s.success()),
+        "vm conn {vst:?}\n{}",
+        ctx()
+    );
     let rv = results(&live_conn.output());
     assert_eq!(rv.get("vm_ok").map(String::as_str), Some("1"), "{}", ctx());
 
@@ -351,9 +415,7 @@ fn scenario(label: &str, dies: Dies, timestamps: bool) {
         Dies::Primary => {
             // The takeover was announced from the SVM's MAC for the service address, and the
             // switch now sends the VM's MAC to the secondary.
-            let garp = format!(
-                "ARP op=1 src={VM_MAC} sha={VM_MAC} spa={VM_IP} tpa={VM_IP}"
-            );
+            let garp = format!("ARP op=1 src={VM_MAC} sha={VM_MAC} spa={VM_IP} tpa={VM_IP}");
             assert!(arp.output().contains(&garp), "no gratuitous ARP\n{}", ctx());
             assert!(total(&stats, "announced") >= 1, "{stats}");
             assert_eq!(net.fdb_port(VM_MAC).as_deref(), Some("sn"), "{}", ctx());
@@ -380,7 +442,10 @@ fn scenario(label: &str, dies: Dies, timestamps: bool) {
     survivor.signal(libc::SIGTERM);
     let st = survivor.wait(Duration::from_secs(20));
     let out = survivor.output();
-    assert!(st.is_some_and(|s| s.success()), "{survivor_name} exit {st:?}\n{out}");
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "{survivor_name} exit {st:?}\n{out}"
+    );
     assert!(
         out.lines()
             .any(|l| l.starts_with("accounting") && l.ends_with("balanced")),
@@ -413,5 +478,135 @@ fn dump_logs(dir: &Path) -> String {
 
 /// Wait (bounded) for the vmpeer to print its results.
 fn peer_wait(p: &Proc) -> bool {
-    wait_until(Duration::from_secs(30), || p.output().contains("RESULT peer_ok"))
+    wait_until(Duration::from_secs(30), || {
+        p.output().contains("RESULT peer_ok")
+    })
+}
+
+/// Heartbeat period and timeout of the link-loss cases.
+const HEARTBEAT_MS: u64 = 50;
+const HEARTBEAT_TIMEOUT_MS: u64 = 600;
+
+#[test]
+fn link_silence_socket_link_auto_fails_over() {
+    heartbeat("fh", false, true);
+}
+
+#[test]
+fn link_silence_port_link_waits() {
+    heartbeat("fi", true, false);
+}
+
+/// The primary proxy freezes (SIGSTOP: its link stays up but says nothing): the secondary
+/// must raise `link-silent` within the timeout (never before it) and, with `auto`, fail over;
+/// with `wait` it only reports. When the primary comes back the link is heard again
+/// (`link-up`): split-brain is reported, not resolved.
+fn heartbeat(label: &str, port_link: bool, auto: bool) {
+    if let Some(why) = skip_reason() {
+        println!("SKIPPED pipeline_failover: {why}");
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let tag = format!("{label}{}", std::process::id() % 100_000);
+    let scratch = TmpDir::new(&format!("colo-failover-{tag}"));
+    let dir = scratch.0.clone();
+    let net = SwitchNet::new(&tag);
+    let veth = port_link.then(|| {
+        let v = VethPair::new(
+            &format!("la{tag}"),
+            &format!("lb{tag}"),
+            colo_proxy::pipeline::topology::LINK_MTU,
+        );
+        net.sec.adopt(&v.b);
+        v
+    });
+    let ends = veth
+        .as_ref()
+        .map(|v| (v.a.clone(), v.b.clone()))
+        .unwrap_or_default();
+    let link = if port_link {
+        Link::Port
+    } else {
+        Link::Socket(free_port(), free_port())
+    };
+    let lt = |p| link_toml(link, &net, (&ends.0, &ends.1), p);
+    let action = if auto { "auto" } else { "wait" };
+    let fo = format!(
+        "[failover]\nheartbeat_ms = {HEARTBEAT_MS}\nheartbeat_timeout_ms = {HEARTBEAT_TIMEOUT_MS}\non_link_loss = \"{action}\"\n"
+    );
+    let pcfg = dir.join("primary.toml");
+    let scfg = dir.join("secondary.toml");
+    std::fs::write(&pcfg, primary_toml(&tag, &dir, &net, &lt(true), &fo)).unwrap();
+    std::fs::write(&scfg, secondary_toml(&tag, &dir, &net, &lt(false), &fo)).unwrap();
+    let (mut primary, mut secondary) = start_pair(&net, &dir, &pcfg, &scfg, link);
+    let ssock = dir.join("secondary.sock");
+    let events = ctl_events(&ssock, &dir, "events");
+    let ctx = || dump_logs(&dir);
+
+    // A healthy, idle link: heartbeats flow both ways and nothing is reported silent.
+    let heard = wait_until(Duration::from_secs(10), || {
+        ctl(&ssock, &["stats"]).is_ok_and(|s| {
+            total(&s, "heartbeats_out") >= 5
+                && (port_link && total(&s, "heartbeats_in") >= 5 || !port_link)
+        })
+    });
+    assert!(heard, "no heartbeats\n{}", ctx());
+    std::thread::sleep(Duration::from_millis(2 * HEARTBEAT_TIMEOUT_MS));
+    assert!(
+        events_named(&events.output(), "link-silent").is_empty(),
+        "silent while healthy\n{}",
+        ctx()
+    );
+
+    let t_stop = Instant::now();
+    primary.signal(libc::SIGSTOP);
+    let silent = wait_until(Duration::from_secs(10), || {
+        !events_named(&events.output(), "link-silent").is_empty()
+    });
+    let after = t_stop.elapsed();
+    primary.signal(libc::SIGCONT);
+    assert!(silent, "no link-silent event\n{}", ctx());
+    let ev = events_named(&events.output(), "link-silent")[0].clone();
+    println!(
+        "{label}: link-silent {:.0} ms after the primary froze (timeout {HEARTBEAT_TIMEOUT_MS} ms): {ev}",
+        after.as_secs_f64() * 1e3
+    );
+    assert_eq!(ev["link"], "mirror", "{ev}");
+    // Never before the timeout; within it plus housekeeping and event latency.
+    let (fired_ns, last_ns) = (ev["time_ns"].as_u64(), ev["last_heard_ns"].as_u64());
+    let (fired_ns, last_ns) = (fired_ns.unwrap_or(0), last_ns.unwrap_or(u64::MAX));
+    assert!(
+        fired_ns.saturating_sub(last_ns) >= HEARTBEAT_TIMEOUT_MS * 1_000_000,
+        "{ev}"
+    );
+    assert!(
+        after < Duration::from_millis(HEARTBEAT_TIMEOUT_MS + 1500),
+        "{after:?}\n{}",
+        ctx()
+    );
+    let failed_over = wait_until(Duration::from_secs(5), || {
+        events_named(&events.output(), "failover")
+            .iter()
+            .any(|e| e["source"] == "link-loss")
+    });
+    let stats = ctl(&ssock, &["stats"]).unwrap_or_else(|e| panic!("{e}\n{}", ctx()));
+    if auto {
+        assert!(failed_over, "auto did not fail over\n{}", ctx());
+        assert_eq!(stats["mgmt"]["failovers"].as_u64(), Some(1), "{stats}");
+    } else {
+        assert!(!failed_over, "wait failed over\n{}", ctx());
+        assert_eq!(stats["mgmt"]["failovers"].as_u64(), Some(0), "{stats}");
+    }
+    assert_eq!(stats["mgmt"]["link_silent"].as_u64(), Some(1), "{stats}");
+
+    // The primary is back: the secondary hears it again and says so.
+    let back = wait_until(Duration::from_secs(10), || {
+        events_named(&events.output(), "link-up")
+            .iter()
+            .any(|e| e["link"] == "mirror")
+    });
+    assert!(back, "no link-up after the primary came back\n{}", ctx());
+    stop_both(&mut primary, &mut secondary);
+    drop(events);
+    drop(veth);
 }

@@ -873,10 +873,22 @@ fn build_mgmt(role: Role, raw: RawMgmt, e: &mut Errs) -> MgmtConfig {
 /// `[failover]`: bounded counts and times; a timeout must leave room for heartbeats.
 fn check_failover(f: &super::FailoverConfig, e: &mut Errs) {
     e.range("failover.announce_count", f.announce_count.into(), 1, 10);
-    e.range("failover.announce_interval_ms", f.announce_interval_ms, 1, 10_000);
+    e.range(
+        "failover.announce_interval_ms",
+        f.announce_interval_ms,
+        1,
+        10_000,
+    );
     e.range("failover.heartbeat_ms", f.heartbeat_ms, 0, 60_000);
-    e.range("failover.heartbeat_timeout_ms", f.heartbeat_timeout_ms, 0, 600_000);
-    if f.heartbeat_ms > 0 && f.heartbeat_timeout_ms > 0 && f.heartbeat_timeout_ms < 2 * f.heartbeat_ms
+    e.range(
+        "failover.heartbeat_timeout_ms",
+        f.heartbeat_timeout_ms,
+        0,
+        600_000,
+    );
+    if f.heartbeat_ms > 0
+        && f.heartbeat_timeout_ms > 0
+        && f.heartbeat_timeout_ms < 2 * f.heartbeat_ms
     {
         e.push(
             "failover.heartbeat_timeout_ms",

@@ -31,6 +31,10 @@ pub const STREAM_MIRROR: u8 = 0;
 pub const STREAM_SECONDARY: u8 = 1;
 /// Number of stream ids a receiver tracks by default.
 pub const DEFAULT_STREAMS: usize = 2;
+/// Header flag: a heartbeat (no inner frame), sent on a stream between colo-proxies so the
+/// peer can tell an idle link from a dead one. It takes a sequence number like any frame, so
+/// a lost heartbeat counts as a loss.
+pub const FLAG_HEARTBEAT: u8 = 0x01;
 
 /// Why a frame could not be encapsulated or decapsulated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

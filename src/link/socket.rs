@@ -168,8 +168,10 @@ pub struct SocketStats {
     pub frames_out: u64,
     /// Packet bytes fully handed to the kernel.
     pub bytes_out: u64,
-    /// Zero-length frames received (ignored).
+    /// Zero-length frames received (ignored; a colo-proxy peer's heartbeats).
     pub empty_in: u64,
+    /// Heartbeats (zero-length frames) queued.
+    pub heartbeats_out: u64,
     /// Oversize frames received (connection reset).
     pub oversize: u64,
     /// vnet_hdr_len > 20 received (connection reset).
@@ -608,6 +610,27 @@ impl FramedSocket {
                 Err(SendError::Frame(e))
             }
         }
+    }
+
+    /// Queue a heartbeat: a zero-length frame, which a colo-proxy receiver counts
+    /// (`empty_in`) and never delivers. Only between two colo-proxies: QEMU's receivers take a
+    /// zero-length frame for a packet and reject it. Refused while no peer is connected.
+    pub fn send_heartbeat(&mut self) -> Result<(), SendError> {
+        if self.conn.is_none() {
+            return Err(SendError::Backpressure);
+        }
+        let hl = self.cfg.out_framing.header_len();
+        if self.obuf.capacity() - self.obuf.len() < hl {
+            self.compact();
+            if self.obuf.capacity() - self.obuf.len() < hl {
+                self.stats.backpressure += 1;
+                return Err(SendError::Backpressure);
+            }
+        }
+        // len = 0 (and vnet_hdr_len = 0 when the field is on).
+        self.obuf.extend_from_slice(&[0u8; 8][..hl]);
+        self.stats.heartbeats_out += 1;
+        Ok(())
     }
 
     /// Queue one frame given in pieces (e.g. a vnet header kept apart from the Ethernet

@@ -50,6 +50,8 @@ pub struct MgmtConfig {
     pub checkpoint_resend_ns: Option<u64>,
     /// Capacity of the data plane → management event queue (0: 4096).
     pub event_queue: usize,
+    /// `failover.on_link_loss = "auto"`: a `link-silent` event fails over at once (once).
+    pub failover_on_link_loss: bool,
 }
 
 impl MgmtConfig {
@@ -102,6 +104,7 @@ impl MgmtConfig {
             // enough to recover a lost request without flooding.
             checkpoint_resend_ns: Some(ms(1000)),
             event_queue: 0,
+            failover_on_link_loss: cfg.failover.on_link_loss == crate::config::LinkLossAction::Auto,
         }
     }
 }
@@ -190,10 +193,32 @@ pub struct MgmtStats {
     pub capture_on: bool,
     /// Failovers performed.
     pub failovers: u64,
+    /// What the stages reported about the failover (gap, held frames).
+    pub failover: FailoverStats,
+    /// Times the link peer went silent (heartbeat timeout).
+    pub link_silent: u64,
     /// Inputs from the data plane processed.
     pub inputs: u64,
     /// Inputs dropped because the queue was full.
     pub inputs_dropped: u64,
+}
+
+/// The stages' `failover-report` events, summed: the gap is the longest stage's.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct FailoverStats {
+    /// Stage reports received.
+    pub reports: u64,
+    /// Trigger → first frame forwarded on the new path, the longest over the stages that
+    /// forwarded anything.
+    pub gap_ns: Option<u64>,
+    /// Frames held at the trigger and released.
+    pub held_released: u64,
+    /// Their bytes.
+    pub held_released_bytes: u64,
+    /// Frames held at the trigger and dropped.
+    pub held_dropped: u64,
+    /// Their bytes.
+    pub held_dropped_bytes: u64,
 }
 
 /// What one [`Management::poll`] did.
@@ -220,6 +245,9 @@ struct Core {
     divergences: BTreeMap<String, u64>,
     divergences_total: u64,
     failovers: u64,
+    failover: FailoverStats,
+    link_silent: u64,
+    auto_failover: bool,
     inputs: u64,
     dropped: Arc<AtomicU64>,
     server_stats: ServerStats,
@@ -282,6 +310,9 @@ impl Management {
                 divergences: BTreeMap::new(),
                 divergences_total: 0,
                 failovers: 0,
+                failover: FailoverStats::default(),
+                link_silent: 0,
+                auto_failover: cfg.failover_on_link_loss,
                 inputs: 0,
                 dropped: sender.dropped.clone(),
                 server_stats: ServerStats::default(),
@@ -426,6 +457,8 @@ impl Core {
             capture: self.capture.as_ref().map(CaptureWriter::stats),
             capture_on: self.capture_on,
             failovers: self.failovers,
+            failover: self.failover,
+            link_silent: self.link_silent,
             inputs: self.inputs,
             inputs_dropped: self.dropped.load(Ordering::Relaxed),
         }
@@ -455,8 +488,47 @@ impl Core {
                 let (reason, flow) = (reason.clone(), flow.clone());
                 self.request_checkpoint(&reason, flow.as_deref(), now_ns);
             }
+            Event::FailoverReport {
+                gap_ns,
+                held_released,
+                held_released_bytes,
+                held_dropped,
+                held_dropped_bytes,
+                ..
+            } => {
+                let f = &mut self.failover;
+                f.reports += 1;
+                if let Some(g) = gap_ns {
+                    f.gap_ns = Some(f.gap_ns.map_or(*g, |x| x.max(*g)));
+                }
+                f.held_released += held_released;
+                f.held_released_bytes += held_released_bytes;
+                f.held_dropped += held_dropped;
+                f.held_dropped_bytes += held_dropped_bytes;
+                self.outbox.push(ev);
+            }
+            Event::LinkSilent { .. } => {
+                self.link_silent += 1;
+                self.outbox.push(ev);
+                if self.auto_failover && self.failovers == 0 {
+                    // The error is in the reply of a command; here the event says it.
+                    let _ = self.failover("link-loss", now_ns);
+                }
+            }
             _ => self.outbox.push(ev),
         }
+    }
+
+    /// Fail the data plane over (once per process: later calls only repeat the command,
+    /// which the stages ignore).
+    fn failover(&mut self, source: &str, now_ns: u64) -> Result<u64, String> {
+        self.dp.failover()?;
+        self.failovers += 1;
+        self.outbox.push(Event::Failover {
+            source: source.into(),
+            time_ns: now_ns,
+        });
+        Ok(self.failovers)
     }
 
     fn request_checkpoint(&mut self, reason: &str, flow: Option<&str>, now_ns: u64) -> Option<u64> {
@@ -512,15 +584,8 @@ impl Handler for Core {
                 Ok(id) => Reply::ok(serde_json::json!({ "completed": id })),
                 Err(e) => Reply::err(format!("checkpoint-done: {e}")),
             },
-            Command::Failover => match self.dp.failover() {
-                Ok(()) => {
-                    self.failovers += 1;
-                    self.outbox.push(Event::Failover {
-                        source: "control".into(),
-                        time_ns: now_ns,
-                    });
-                    Reply::ok(serde_json::json!({ "failovers": self.failovers }))
-                }
+            Command::Failover => match self.failover("control", now_ns) {
+                Ok(n) => Reply::ok(serde_json::json!({ "failovers": n })),
                 Err(e) => Reply::err(format!("failover: {e}")),
             },
             Command::Bypass(op) => match self.dp.bypass(op) {

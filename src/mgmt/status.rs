@@ -83,6 +83,30 @@ pub fn final_report(s: &MgmtStats) -> String {
         let _ = writeln!(r, "sink {name:<17} {:>10} sent, {}", sent, sink_state(v));
     }
     let _ = writeln!(r, "failovers              {:>10}", s.failovers);
+    let f = &s.failover;
+    if f.reports > 0 {
+        match f.gap_ns {
+            Some(g) => {
+                let _ = writeln!(r, "  gap ms               {:>10.3}", g as f64 / 1e6);
+            }
+            None => {
+                let _ = writeln!(r, "  gap ms               {:>10}", "none");
+            }
+        }
+        let _ = writeln!(
+            r,
+            "  held released        {:>10} ({} bytes)",
+            f.held_released, f.held_released_bytes
+        );
+        let _ = writeln!(
+            r,
+            "  held dropped         {:>10} ({} bytes)",
+            f.held_dropped, f.held_dropped_bytes
+        );
+    }
+    if s.link_silent > 0 {
+        let _ = writeln!(r, "link silent            {:>10}", s.link_silent);
+    }
     if let Some(cap) = &s.capture {
         let _ = writeln!(
             r,

@@ -106,6 +106,11 @@ counters! {
     LinkReordered = "link_reordered",
     /// Checkpoint-done commands applied by this lcore.
     CheckpointsApplied = "checkpoints_applied",
+    /// Link heartbeats received and consumed (encapsulated port link; socket-link heartbeats
+    /// are zero-length frames, never packets).
+    HeartbeatsIn = "heartbeats_in",
+    /// Link heartbeats sent (on the port link each also counts as generated and transmitted).
+    HeartbeatsOut = "heartbeats_out",
     /// Gratuitous ARPs / unsolicited neighbour advertisements sent at failover (each also
     /// counts as generated and transmitted).
     Announced = "announced",
@@ -256,6 +261,7 @@ impl Snapshot {
         let terminal = [
             Tx,
             Consumed,
+            HeartbeatsIn,
             SecondaryMatched,
             SecondaryFlushed,
             SecondaryDropped,

@@ -370,6 +370,7 @@ pub fn demo(args: &DemoArgs) -> Result<DemoSummary, String> {
                 stream,
             ),
             pool: pool.clone(),
+            hb: Default::default(),
         };
         let encap_rx = |rx: RxQueue, name| {
             LinkRx::encap_port(

@@ -20,7 +20,9 @@ use std::time::Instant;
 use crate::control::event::LINK_SEQUENCE_PERIOD_NS;
 use crate::control::Event;
 use crate::dpdk::{Mbuf, MbufBurst, Mempool, RxQueue};
-use crate::link::encap::{EncapRx, EncapTx, SeqEvent, SeqStats, DEFAULT_STREAMS, OVERHEAD};
+use crate::link::encap::{
+    EncapRx, EncapTx, SeqEvent, SeqStats, DEFAULT_STREAMS, FLAG_HEARTBEAT, OVERHEAD,
+};
 use crate::link::socket::FramedSocket;
 use crate::mgmt::EventSender;
 
@@ -45,9 +47,11 @@ pub enum LinkTx {
         encap: EncapTx,
         /// Pool for copies of shared frames.
         pool: Mempool,
+        /// When to send a heartbeat.
+        hb: Heartbeat,
     },
-    /// A QEMU-framed socket.
-    Socket(Box<FramedSocket>),
+    /// A QEMU-framed socket, and when to send a heartbeat on it.
+    Socket(Box<FramedSocket>, Heartbeat),
     /// No link: frames are dropped and counted.
     Down,
 }
@@ -58,7 +62,9 @@ impl LinkTx {
     pub fn push(&mut self, m: Mbuf, c: &LcoreCounters) {
         match self {
             LinkTx::RawPort(tx) => tx.push(m, c),
-            LinkTx::EncapPort { tx, encap, pool } => {
+            LinkTx::EncapPort {
+                tx, encap, pool, ..
+            } => {
                 // The mirror's clone is shared: the header needs a private copy.
                 let mut m = if m.is_shared() {
                     match unshare(m, pool).filter(|m| m.headroom() as usize >= OVERHEAD) {
@@ -76,7 +82,7 @@ impl LinkTx {
                     Err(_) => c.inc(Counter::DropUnsupported),
                 }
             }
-            LinkTx::Socket(s) => {
+            LinkTx::Socket(s, _) => {
                 // The socket copies the bytes into its output buffer; the mbuf is done.
                 match s.send(0, m.data()) {
                     Ok(()) => c.inc(Counter::Tx),
@@ -92,7 +98,7 @@ impl LinkTx {
     pub fn flush(&mut self, c: &LcoreCounters) {
         match self {
             LinkTx::RawPort(tx) | LinkTx::EncapPort { tx, .. } => tx.flush(c),
-            LinkTx::Socket(s) => {
+            LinkTx::Socket(s, _) => {
                 s.flush();
             }
             LinkTx::Down => {}
@@ -100,11 +106,49 @@ impl LinkTx {
     }
 
     /// Periodic work: socket (re)connection.
-    pub fn housekeeping(&mut self, _cx: &LoopCtx) {
-        if let LinkTx::Socket(s) = self {
-            s.maintain(Instant::now());
-            s.flush();
+    pub fn housekeeping(&mut self, cx: &LoopCtx) {
+        let c = cx.counters;
+        match self {
+            LinkTx::Socket(s, hb) => {
+                s.maintain(Instant::now());
+                if hb.due(cx.now_ns) && s.send_heartbeat().is_ok() {
+                    c.inc(Counter::HeartbeatsOut);
+                }
+                s.flush();
+            }
+            LinkTx::EncapPort {
+                tx,
+                encap,
+                pool,
+                hb,
+            } => {
+                if hb.due(cx.now_ns) {
+                    // An empty inner frame with the heartbeat flag; a packet for accounting.
+                    let Some(mut m) = pool.alloc() else { return };
+                    c.inc(Counter::Generated);
+                    match encap.encap(&mut m, FLAG_HEARTBEAT) {
+                        Ok(_) => {
+                            c.inc(Counter::HeartbeatsOut);
+                            tx.push(m, c);
+                            tx.flush(c);
+                        }
+                        Err(_) => c.inc(Counter::DropUnsupported),
+                    }
+                }
+            }
+            _ => {}
         }
+    }
+
+    /// Send a heartbeat every `period_ns` (0: never; the default).
+    pub fn with_heartbeat(mut self, period_ns: u64) -> Self {
+        match &mut self {
+            LinkTx::Socket(_, hb) | LinkTx::EncapPort { hb, .. } => {
+                *hb = Heartbeat::every(period_ns)
+            }
+            _ => {}
+        }
+        self
     }
 }
 
@@ -120,6 +164,8 @@ pub enum LinkRx {
         decap: Box<EncapRx>,
         /// Sequence anomalies → management events (`None`: counters only).
         report: Option<Box<SeqReporter>>,
+        /// Peer liveness.
+        live: Box<Liveness>,
     },
     /// A QEMU-framed socket; frames are copied into mbufs from `pool`.
     Socket {
@@ -129,9 +175,91 @@ pub enum LinkRx {
         pool: Mempool,
         /// Decoded frames not yet taken (bounded).
         backlog: VecDeque<Mbuf>,
+        /// Peer liveness.
+        live: Box<Liveness>,
     },
     /// No link.
     Down,
+}
+
+/// When a heartbeat is due on a transmit side.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Heartbeat {
+    period_ns: u64,
+    next_ns: u64,
+}
+
+impl Heartbeat {
+    /// Every `period_ns` (0: never).
+    pub fn every(period_ns: u64) -> Self {
+        Heartbeat {
+            period_ns,
+            next_ns: 0,
+        }
+    }
+
+    /// True when one is due now (and schedules the next).
+    #[inline]
+    pub fn due(&mut self, now_ns: u64) -> bool {
+        if self.period_ns == 0 || now_ns < self.next_ns {
+            return false;
+        }
+        self.next_ns = now_ns.saturating_add(self.period_ns);
+        true
+    }
+}
+
+/// Whether the peer on a receive side is still talking: the time of its last frame, and a
+/// `link-silent` event once it has been quiet for the timeout (after a heartbeat armed it).
+#[derive(Default)]
+pub struct Liveness {
+    /// Report after this long without a frame (0: never).
+    pub timeout_ns: u64,
+    /// The peer sent at least one heartbeat (so it is a colo-proxy that sends them).
+    pub armed: bool,
+    /// Data-plane time of the last frame (data or heartbeat).
+    pub last_heard_ns: u64,
+    /// Silence already reported (until the peer is heard again).
+    pub silent: bool,
+    /// Socket links: frames + heartbeats counted at the last look.
+    seen: u64,
+    events: Option<EventSender>,
+    link: &'static str,
+}
+
+impl Liveness {
+    #[inline]
+    fn heard(&mut self, now_ns: u64) {
+        self.last_heard_ns = now_ns;
+        if self.silent {
+            self.silent = false;
+            if let Some(ev) = &self.events {
+                // Back from silence: after a failover this is split-brain (see OPERATIONS.md).
+                ev.event(Event::LinkUp {
+                    link: self.link.to_string(),
+                    time_ns: now_ns,
+                });
+            }
+        }
+    }
+
+    fn check(&mut self, now_ns: u64) {
+        if self.timeout_ns == 0 || !self.armed || self.silent {
+            return;
+        }
+        if now_ns.saturating_sub(self.last_heard_ns) < self.timeout_ns {
+            return;
+        }
+        self.silent = true;
+        if let Some(ev) = &self.events {
+            ev.event(Event::LinkSilent {
+                link: self.link.to_string(),
+                last_heard_ns: self.last_heard_ns,
+                timeout_ms: self.timeout_ns / 1_000_000,
+                time_ns: now_ns,
+            });
+        }
+    }
 }
 
 /// Reports an encapsulated link's sequence anomalies to management: for every stream whose
@@ -205,6 +333,7 @@ impl LinkRx {
             rx,
             decap: Box::new(EncapRx::new(ethertype)),
             report: report.map(Box::new),
+            live: Box::default(),
         }
     }
 
@@ -214,6 +343,7 @@ impl LinkRx {
             sock: Box::new(sock),
             pool,
             backlog: VecDeque::with_capacity(SOCKET_RX_BACKLOG),
+            live: Box::default(),
         }
     }
 
@@ -227,19 +357,30 @@ impl LinkRx {
                 c.add(Counter::Rx, n as u64);
                 n
             }
-            LinkRx::EncapPort { rx, decap, .. } => {
+            LinkRx::EncapPort {
+                rx, decap, live, ..
+            } => {
                 let mut tmp = MbufBurst::<BURST>::new();
                 let n = rx.rx_burst(&mut tmp);
                 c.add(Counter::Rx, n as u64);
+                if n > 0 {
+                    live.heard(cx.now_ns);
+                }
                 for mut m in tmp.drain() {
                     match decap.decap(&mut m) {
-                        Ok((_, ev)) => {
+                        Ok((h, ev)) => {
                             match ev {
                                 SeqEvent::InOrder | SeqEvent::First => {}
                                 SeqEvent::Gap { lost, .. } => {
                                     c.add(Counter::LinkLost, u64::from(lost))
                                 }
                                 _ => c.inc(Counter::LinkReordered),
+                            }
+                            if h.flags & FLAG_HEARTBEAT != 0 {
+                                live.armed = true;
+                                drop(m);
+                                c.inc(Counter::HeartbeatsIn);
+                                continue;
                             }
                             // burst has room: tmp held at most BURST and burst was empty.
                             if let Err(m) = burst.push(m) {
@@ -256,6 +397,7 @@ impl LinkRx {
                 sock,
                 pool,
                 backlog,
+                ..
             } => {
                 if backlog.len() < SOCKET_RX_REFILL {
                     sock.poll_recv(|vnet_hdr_len, frame| {
@@ -291,18 +433,63 @@ impl LinkRx {
         }
     }
 
-    /// Periodic work: socket (re)connection, sequence anomaly events.
+    /// Periodic work: socket (re)connection, sequence anomaly events, peer liveness.
     pub fn housekeeping(&mut self, cx: &LoopCtx) {
         match self {
-            LinkRx::Socket { sock, .. } => sock.maintain(Instant::now()),
+            LinkRx::Socket { sock, live, .. } => {
+                sock.maintain(Instant::now());
+                // Frames and heartbeats (zero-length frames) since the last look.
+                let st = sock.stats();
+                if st.empty_in > 0 {
+                    live.armed = true;
+                }
+                let seen = st.frames_in + st.empty_in;
+                if seen != live.seen {
+                    live.seen = seen;
+                    live.heard(cx.now_ns);
+                }
+                live.check(cx.now_ns);
+            }
             LinkRx::EncapPort {
                 decap,
-                report: Some(r),
+                report,
+                live,
                 ..
             } => {
-                r.report(decap, cx.now_ns);
+                if let Some(r) = report {
+                    r.report(decap, cx.now_ns);
+                }
+                live.check(cx.now_ns);
             }
             _ => {}
+        }
+    }
+
+    /// Report the peer as silent (a `link-silent` event to `events`) after `timeout_ns`
+    /// without a frame, once it has sent a heartbeat (a QEMU peer never does, so the
+    /// detector never arms against one). 0: never.
+    pub fn with_liveness(
+        mut self,
+        timeout_ns: u64,
+        events: EventSender,
+        link: &'static str,
+    ) -> Self {
+        match &mut self {
+            LinkRx::Socket { live, .. } | LinkRx::EncapPort { live, .. } => {
+                live.timeout_ns = timeout_ns;
+                live.events = Some(events);
+                live.link = link;
+            }
+            _ => {}
+        }
+        self
+    }
+
+    /// The liveness detector (tests, stats).
+    pub fn liveness(&self) -> Option<&Liveness> {
+        match self {
+            LinkRx::Socket { live, .. } | LinkRx::EncapPort { live, .. } => Some(live),
+            _ => None,
         }
     }
 }

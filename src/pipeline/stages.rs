@@ -690,8 +690,7 @@ impl FailoverProgress {
         if self.reported {
             return;
         }
-        if self.first_forward_ns.is_none() && now_ns.saturating_sub(at) < FAILOVER_REPORT_BOUND_NS
-        {
+        if self.first_forward_ns.is_none() && now_ns.saturating_sub(at) < FAILOVER_REPORT_BOUND_NS {
             return;
         }
         self.reported = true;
@@ -906,8 +905,12 @@ impl Stage for RewriterStage {
         self.link_tx.housekeeping(cx);
         self.link_rx.housekeeping(cx);
         self.announce(cx);
-        self.progress
-            .report("rewriter", self.announced, self.opts.events.as_ref(), cx.now_ns);
+        self.progress.report(
+            "rewriter",
+            self.announced,
+            self.opts.events.as_ref(),
+            cx.now_ns,
+        );
     }
 
     fn command(&mut self, cmd: &Command, cx: &LoopCtx) {

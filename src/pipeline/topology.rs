@@ -276,6 +276,7 @@ pub fn build(
                     tx,
                     encap: EncapTx::new(ecfg, stream),
                     pool: pool.clone(),
+                    hb: Default::default(),
                 },
                 LinkRx::encap_port(
                     rx,
@@ -305,12 +306,25 @@ pub fn build(
             let tx = socket(&out.addr, out.mode, *vnet_hdr_support, *reconnect_ms)?;
             let rx = socket(&inn.addr, inn.mode, *vnet_hdr_support, *reconnect_ms)?;
             (
-                LinkTx::Socket(Box::new(tx)),
+                LinkTx::Socket(Box::new(tx), Default::default()),
                 LinkRx::socket(rx, pool.clone()),
             )
         }
         None => return Err("link: missing".into()),
     };
+    // Heartbeats between two colo-proxies ([failover]); both default off towards QEMU.
+    let f = &cfg.failover;
+    let link_tx = link_tx.with_heartbeat(f.heartbeat_ms.saturating_mul(1_000_000));
+    let rx_name = if cfg.role == Role::Primary {
+        "secondary-out"
+    } else {
+        "mirror"
+    };
+    let link_rx = link_rx.with_liveness(
+        f.heartbeat_timeout_ms.saturating_mul(1_000_000),
+        events.clone(),
+        rx_name,
+    );
 
     let hold = SharedHistogram::default();
     let mut by_lcore: BTreeMap<u32, Vec<Box<dyn Stage>>> = BTreeMap::new();

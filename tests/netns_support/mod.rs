@@ -575,7 +575,9 @@ fn offloads_off(ns: Option<&str>, iface: &str, rx: bool) {
     if let Some(ns) = ns {
         v.extend_from_slice(&["ip", "netns", "exec", ns]);
     }
-    v.extend_from_slice(&["ethtool", "-K", iface, "tx", "off", "tso", "off", "gso", "off"]);
+    v.extend_from_slice(&[
+        "ethtool", "-K", iface, "tx", "off", "tso", "off", "gso", "off",
+    ]);
     v.extend_from_slice(&["gro", "off"]);
     if rx {
         v.extend_from_slice(&["rx", "off"]);
@@ -650,16 +652,40 @@ impl SwitchNet {
             }
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
         }
-        sh(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge", "stp_state", "0"]);
+        sh(&[
+            "ip",
+            "-n",
+            &sw,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+        ]);
         sh(&["ip", "-n", &sw, "link", "set", "br0", "up"]);
         // Client: eth0 in its namespace, `cl` on the bridge.
         sh(&[
-            "ip", "-n", &sw, "link", "add", "cl", "type", "veth", "peer", "name", "eth0", "netns",
+            "ip",
+            "-n",
+            &sw,
+            "link",
+            "add",
+            "cl",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
             &net.client.ns,
         ]);
         // The two hosts' nics: created in the root namespace, bridge ends moved to the switch.
         for (root, br) in [(&net.nic, "pn"), (&net.nic2, "sn")] {
-            sh(&["ip", "link", "add", root, "type", "veth", "peer", "name", br, "netns", &sw]);
+            sh(&[
+                "ip", "link", "add", root, "type", "veth", "peer", "name", br, "netns", &sw,
+            ]);
             sh(&[
                 "sysctl",
                 "-qw",
@@ -698,7 +724,15 @@ impl SwitchNet {
             h.sh(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
             h.sh(&["ip", "link", "set", "eth0", "up"]);
             h.sh(&[
-                "ip", "neigh", "replace", peer_ip, "lladdr", peer_mac, "dev", "eth0", "nud",
+                "ip",
+                "neigh",
+                "replace",
+                peer_ip,
+                "lladdr",
+                peer_mac,
+                "dev",
+                "eth0",
+                "nud",
                 "permanent",
             ]);
         }
@@ -710,7 +744,17 @@ impl SwitchNet {
 
     /// The MAC → bridge port table of the switch (`bridge fdb`), for one MAC.
     pub fn fdb_port(&self, mac: &str) -> Option<String> {
-        let out = sh(&["ip", "netns", "exec", &self.switch_ns, "bridge", "fdb", "show", "br", "br0"]);
+        let out = sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.switch_ns,
+            "bridge",
+            "fdb",
+            "show",
+            "br",
+            "br0",
+        ]);
         out.lines()
             .filter(|l| l.starts_with(mac) && !l.contains("permanent"))
             .find_map(|l| {
