@@ -1,0 +1,76 @@
+//! Failover triggers and reports in management: `link-silent` with `on_link_loss = auto`
+//! fails over once, with `wait` only reports; stage `failover-report` events are summed.
+
+mod mgmt_common;
+
+use std::sync::Arc;
+
+use colo_proxy::control::Event;
+use mgmt_common::*;
+
+fn silent(t: u64) -> Event {
+    Event::LinkSilent {
+        link: "mirror".into(),
+        last_heard_ns: t - 500_000_000,
+        timeout_ms: 500,
+        time_ns: t,
+    }
+}
+
+#[test]
+fn link_silence_with_auto_fails_over_once() {
+    let dir = TempDir::new("fo-auto");
+    let plane = Arc::new(FakePlane::default());
+    let mut m = mgmt_with(dir.path(), plane.clone(), |c| {
+        c.failover_on_link_loss = true
+    });
+    assert!(m.sender().event(silent(1_000_000_000)));
+    m.poll(now_ns());
+    assert!(m.sender().event(silent(2_000_000_000)));
+    m.poll(now_ns());
+    let failovers = plane.calls().iter().filter(|c| *c == "failover").count();
+    assert_eq!(failovers, 1, "{:?}", plane.calls());
+    let st = m.stats();
+    assert_eq!(st.failovers, 1);
+    assert_eq!(st.link_silent, 2);
+}
+
+#[test]
+fn link_silence_with_wait_only_reports() {
+    let dir = TempDir::new("fo-wait");
+    let plane = Arc::new(FakePlane::default());
+    let mut m = mgmt_with(dir.path(), plane.clone(), |_| {});
+    assert!(m.sender().event(silent(1_000_000_000)));
+    m.poll(now_ns());
+    assert!(!plane.calls().iter().any(|c| c == "failover"));
+    let st = m.stats();
+    assert_eq!(st.failovers, 0);
+    assert_eq!(st.link_silent, 1);
+}
+
+#[test]
+fn failover_reports_are_summed_and_the_gap_is_the_longest() {
+    let dir = TempDir::new("fo-rep");
+    let mut m = mgmt_with(dir.path(), Arc::new(FakePlane::default()), |_| {});
+    let report = |stage: &str, gap: Option<u64>, rel: u64, drop: u64| Event::FailoverReport {
+        stage: stage.into(),
+        gap_ns: gap,
+        held_released: rel,
+        held_released_bytes: rel * 100,
+        held_dropped: drop,
+        held_dropped_bytes: drop * 10,
+        announced: 0,
+        time_ns: 5,
+    };
+    assert!(m.sender().event(report("compare0", Some(3_000), 4, 1)));
+    assert!(m.sender().event(report("compare1", Some(7_000), 2, 0)));
+    assert!(m.sender().event(report("compare2", None, 0, 3)));
+    m.poll(now_ns());
+    let f = m.stats().failover;
+    assert_eq!(f.reports, 3);
+    assert_eq!(f.gap_ns, Some(7_000));
+    assert_eq!((f.held_released, f.held_released_bytes), (6, 600));
+    assert_eq!((f.held_dropped, f.held_dropped_bytes), (4, 40));
+    let rep = colo_proxy::mgmt::status::final_report(&m.stats());
+    assert!(rep.contains("gap ms"), "{rep}");
+}
