@@ -4,8 +4,9 @@
 //! The switch topology of a real deployment (see `SwitchNet`): the client and both hosts'
 //! client-facing nics on one Linux bridge; PVM and SVM with the same IP and MAC, default
 //! sysctls. Both proxies are `colo-proxy run` processes linked by QEMU-framed sockets. While a
-//! paced download, a paced upload, a persistent request/response session and a connection the
-//! VM opened (both directions at once) are in flight:
+//! paced download, a paced upload, a download into a connection the client half-closed, a
+//! persistent request/response session and a connection the VM opened (both directions at
+//! once) are in flight (and a new connection is opened after them):
 //! - primary host loss: the primary proxy gets SIGKILL and the PVM loses its link; `ctl
 //!   failover` on the secondary; everything completes through the SVM, the SVM's gratuitous
 //!   ARP reaches the client and moves the switch's MAC entry to the secondary's port;
@@ -302,6 +303,7 @@ fn scenario(label: &str, dies: Dies, timestamps: bool) {
         let p = progress(&peer.output());
         c.get("down").copied().unwrap_or(0) >= BULK / 3
             && c.get("up").copied().unwrap_or(0) >= BULK / 3
+            && c.get("hdown").copied().unwrap_or(0) >= BULK / 8
             && p.get("got").copied().unwrap_or(0) >= VM_BULK / 3
             && p.get("sent").copied().unwrap_or(0) >= VM_BULK / 3
     });
@@ -370,6 +372,18 @@ fn scenario(label: &str, dies: Dies, timestamps: bool) {
     );
     assert_eq!(r.get("down_ok").map(String::as_str), Some("1"), "{}", ctx());
     assert_eq!(r.get("up_ok").map(String::as_str), Some("1"), "{}", ctx());
+    assert_eq!(
+        r.get("hdown_ok").map(String::as_str),
+        Some("1"),
+        "{}",
+        ctx()
+    );
+    assert_eq!(
+        r.get("fresh_ok").map(String::as_str),
+        Some("1"),
+        "{}",
+        ctx()
+    );
     assert!(!r.contains_key("rr_error"), "{}", ctx());
     let rr: usize = r.get("rr_ok").and_then(|v| v.parse().ok()).unwrap_or(0);
     assert!(

@@ -362,11 +362,13 @@ def paced(total, rate, step, fn):
 
 
 def fclient(host, bulk, rate):
-    """One download (7001), one upload (7002) and one persistent request/response session
-    (7000), all concurrent, paced at rate bytes/s; prints PROGRESS while running, RESULT at
-    the end. Every connection is opened once: a reset or timeout is an error, not a retry."""
+    """One download (7001), one upload (7002), one download into a connection the client
+    half-closed at once (7001, bulk/2 at rate/2) and one persistent request/response session
+    (7000), all concurrent, paced at rate bytes/s, then one new request/response connection;
+    prints PROGRESS while running, RESULT at the end. Every connection is opened once: a reset
+    or timeout is an error, not a retry."""
     want = blob(bulk)
-    state = {"down": 0, "up": 0, "rr": 0, "busy": 2}
+    state = {"down": 0, "up": 0, "hdown": 0, "rr": 0, "busy": 3}
     res = {}
     lock = threading.Lock()
 
@@ -415,6 +417,44 @@ def fclient(host, bulk, rate):
         with lock:
             state["busy"] -= 1
 
+    def hdown():
+        # The client half-closes at once; the VM streams into the half-closed connection.
+        half = bulk // 2
+        try:
+            with connect(host, 7001) as s:
+                s.settimeout(30)
+                s.sendall(b"%d\n" % half)
+                s.shutdown(socket.SHUT_WR)
+                got = bytearray()
+                t0 = time.time()
+                while True:
+                    b = s.recv(16384)
+                    if not b:
+                        break
+                    got += b
+                    state["hdown"] = len(got)
+                    ahead = len(got) / (rate / 2) - (time.time() - t0)
+                    if ahead > 0:
+                        time.sleep(ahead)
+            res["hdown_ok"] = int(bytes(got) == want[:half])
+            res["hdown_bytes"] = len(got)
+        except Exception as e:
+            res["hdown_error"] = repr(e)
+        with lock:
+            state["busy"] -= 1
+
+    def fresh():
+        # A connection opened after everything else: new connections pass untouched.
+        with connect(host, 7000) as s:
+            f = s.makefile("rb")
+            for j in range(3):
+                line = ("fresh %d\n" % j).encode()
+                s.sendall(line)
+                w = b"ok " + hashlib.sha256(line).hexdigest()[:16].encode() + b"\n"
+                if f.readline() != w:
+                    return 0
+        return 1
+
     def rr():
         # Goes on until both transfers are over, then 10 more requests.
         try:
@@ -439,13 +479,18 @@ def fclient(host, bulk, rate):
             res["rr_ok"] = i
         except Exception as e:
             res["rr_error"] = "req %d: %r" % (state["rr"], e)
+            return
+        try:
+            res["fresh_ok"] = fresh()
+        except Exception as e:
+            res["fresh_error"] = repr(e)
 
-    threads = [threading.Thread(target=f) for f in (down, up, rr)]
+    threads = [threading.Thread(target=f) for f in (down, up, hdown, rr)]
     for t in threads:
         t.start()
     while any(t.is_alive() for t in threads):
-        print("PROGRESS down=%d up=%d rr=%d" % (state["down"], state["up"], state["rr"]),
-              flush=True)
+        print("PROGRESS down=%d up=%d hdown=%d rr=%d" % (
+            state["down"], state["up"], state["hdown"], state["rr"]), flush=True)
         time.sleep(0.1)
     for k in sorted(res):
         print("RESULT %s=%s" % (k, res[k]), flush=True)
