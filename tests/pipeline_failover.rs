@@ -3,17 +3,21 @@
 //!
 //! The switch topology of a real deployment (see `SwitchNet`): the client and both hosts'
 //! client-facing nics on one Linux bridge; PVM and SVM with the same IP and MAC, default
-//! sysctls. Both proxies are `colo-proxy run` processes linked by QEMU-framed sockets. While a
-//! paced download, a paced upload, a download into a connection the client half-closed, a
-//! persistent request/response session and a connection the VM opened (both directions at
-//! once) are in flight (and a new connection is opened after them):
+//! sysctls. Both proxies are `colo-proxy run` processes linked by QEMU-framed sockets (one case
+//! by the encapsulated port link). While a paced download, a paced upload, a download into a
+//! connection the client half-closed, a persistent request/response session and a connection
+//! the VM opened (both directions at once) are in flight (and a new connection is opened after
+//! them), with `tcp_timestamps` on and off:
 //! - primary host loss: the primary proxy gets SIGKILL and the PVM loses its link; `ctl
 //!   failover` on the secondary; everything completes through the SVM, the SVM's gratuitous
 //!   ARP reaches the client and moves the switch's MAC entry to the secondary's port;
 //! - secondary host loss: the secondary proxy gets SIGKILL and the SVM loses its link; `ctl
 //!   failover` on the primary; everything completes through the PVM alone.
-//! with `tcp_timestamps` on and off. The failover gap and the held bytes are printed from the
-//! `failover-report` event and bounded (generously).
+//!
+//! The failover gap and the held bytes are printed from the `failover-report` event and
+//! bounded (generously). A frozen primary (SIGSTOP) must raise `link-silent` on the secondary
+//! within the heartbeat timeout, on both link kinds; with `on_link_loss = "auto"` it fails
+//! over.
 //!
 //! Needs root and `ip netns`; otherwise it prints why and passes without running.
 
@@ -192,20 +196,25 @@ fn py(host: &Host, py: &Path, args: &[&str]) -> Command {
 
 #[test]
 fn primary_dies_timestamps_on() {
-    scenario("fa", Dies::Primary, true);
+    scenario("fa", Dies::Primary, true, false);
 }
 
 #[test]
 fn primary_dies_timestamps_off() {
-    scenario("fb", Dies::Primary, false);
+    scenario("fb", Dies::Primary, false, false);
 }
 
 #[test]
 fn secondary_dies() {
-    scenario("fc", Dies::Secondary, true);
+    scenario("fc", Dies::Secondary, true, false);
 }
 
-fn scenario(label: &str, dies: Dies, timestamps: bool) {
+#[test]
+fn primary_dies_port_link() {
+    scenario("fd", Dies::Primary, true, true);
+}
+
+fn scenario(label: &str, dies: Dies, timestamps: bool, port_link: bool) {
     if let Some(why) = skip_reason() {
         println!("SKIPPED pipeline_failover: {why}");
         return;
@@ -222,10 +231,27 @@ fn scenario(label: &str, dies: Dies, timestamps: bool) {
     for h in [&net.client, &net.pvm, &net.svm] {
         h.sysctl(&format!("net.ipv4.tcp_timestamps={}", u8::from(timestamps)));
     }
-    let link = Link::Socket(free_port(), free_port());
+    let veth = port_link.then(|| {
+        let v = VethPair::new(
+            &format!("la{tag}"),
+            &format!("lb{tag}"),
+            colo_proxy::pipeline::topology::LINK_MTU,
+        );
+        net.sec.adopt(&v.b);
+        v
+    });
+    let ends = veth
+        .as_ref()
+        .map(|v| (v.a.clone(), v.b.clone()))
+        .unwrap_or_default();
+    let link = if port_link {
+        Link::Port
+    } else {
+        Link::Socket(free_port(), free_port())
+    };
     let pcfg = dir.join("primary.toml");
     let scfg = dir.join("secondary.toml");
-    let lt = |p| link_toml(link, &net, ("", ""), p);
+    let lt = |p| link_toml(link, &net, (&ends.0, &ends.1), p);
     let failover = "[failover]\nannounce = true\n";
     std::fs::write(&pcfg, primary_toml(&tag, &dir, &net, &lt(true), failover)).unwrap();
     std::fs::write(
@@ -467,6 +493,7 @@ fn scenario(label: &str, dies: Dies, timestamps: bool) {
     );
     drop(events);
     drop(arp);
+    drop(veth);
     drop(net);
     println!("{label}: total {:.1}s", t_start.elapsed().as_secs_f64());
 }
@@ -560,8 +587,7 @@ fn heartbeat(label: &str, port_link: bool, auto: bool) {
     // A healthy, idle link: heartbeats flow both ways and nothing is reported silent.
     let heard = wait_until(Duration::from_secs(10), || {
         ctl(&ssock, &["stats"]).is_ok_and(|s| {
-            total(&s, "heartbeats_out") >= 5
-                && (port_link && total(&s, "heartbeats_in") >= 5 || !port_link)
+            total(&s, "heartbeats_out") >= 5 && (!port_link || total(&s, "heartbeats_in") >= 5)
         })
     });
     assert!(heard, "no heartbeats\n{}", ctx());

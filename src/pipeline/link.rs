@@ -122,18 +122,19 @@ impl LinkTx {
                 pool,
                 hb,
             } => {
-                if hb.due(cx.now_ns) {
-                    // An empty inner frame with the heartbeat flag; a packet for accounting.
-                    let Some(mut m) = pool.alloc() else { return };
-                    c.inc(Counter::Generated);
-                    match encap.encap(&mut m, FLAG_HEARTBEAT) {
-                        Ok(_) => {
-                            c.inc(Counter::HeartbeatsOut);
-                            tx.push(m, c);
-                            tx.flush(c);
-                        }
-                        Err(_) => c.inc(Counter::DropUnsupported),
+                if !hb.due(cx.now_ns) {
+                    return;
+                }
+                // An empty inner frame with the heartbeat flag; a packet for accounting.
+                let Some(mut m) = pool.alloc() else { return };
+                c.inc(Counter::Generated);
+                match encap.encap(&mut m, FLAG_HEARTBEAT) {
+                    Ok(_) => {
+                        c.inc(Counter::HeartbeatsOut);
+                        tx.push(m, c);
+                        tx.flush(c);
                     }
+                    Err(_) => c.inc(Counter::DropUnsupported),
                 }
             }
             _ => {}
