@@ -42,12 +42,13 @@ fn defaults_announce_and_wait_without_heartbeats() {
     assert_eq!(c.failover.on_link_loss, LinkLossAction::Wait);
     // Heartbeats are off unless asked: a QEMU peer does not understand them.
     assert_eq!(c.failover.heartbeat_ms, 0);
+    assert!(c.failover.on_colo_exit);
 }
 
 #[test]
 fn values_are_taken() {
     let c = with(
-        "announce = false\nannounce_count = 5\nannounce_interval_ms = 20\non_link_loss = \"auto\"\nheartbeat_ms = 100\nheartbeat_timeout_ms = 300",
+        "announce = false\nannounce_count = 5\nannounce_interval_ms = 20\non_link_loss = \"auto\"\non_colo_exit = false\nheartbeat_ms = 100\nheartbeat_timeout_ms = 300",
     )
     .unwrap();
     let f = &c.failover;
@@ -55,6 +56,7 @@ fn values_are_taken() {
     assert_eq!(f.announce_count, 5);
     assert_eq!(f.announce_interval_ms, 20);
     assert_eq!(f.on_link_loss, LinkLossAction::Auto);
+    assert!(!f.on_colo_exit);
     assert_eq!(f.heartbeat_ms, 100);
     assert_eq!(f.heartbeat_timeout_ms, 300);
 }

@@ -74,3 +74,67 @@ fn failover_reports_are_summed_and_the_gap_is_the_longest() {
     let rep = colo_proxy::mgmt::status::final_report(&m.stats());
     assert!(rep.contains("gap ms"), "{rep}");
 }
+
+/// A fake QEMU QMP monitor: greets, accepts `qmp_capabilities`, then sends `COLO_EXIT` (what
+/// QEMU emits once `x-colo-lost-heartbeat` made it leave COLO).
+fn fake_qemu_colo_exit(listener: std::os::unix::net::UnixListener) -> std::thread::JoinHandle<()> {
+    use std::io::{BufRead, BufReader, Write};
+    std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        writeln!(w, r#"{{"QMP": {{"version": {{}}, "capabilities": []}}}}"#).unwrap();
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.contains("qmp_capabilities"), "{line}");
+        writeln!(w, r#"{{"return": {{}}}}"#).unwrap();
+        writeln!(
+            w,
+            r#"{{"timestamp": {{"seconds": 1, "microseconds": 2}}, "event": "COLO_EXIT", "data": {{"mode": "secondary", "reason": "request"}}}}"#
+        )
+        .unwrap();
+        // Stay connected until the proxy side is done.
+        let _ = r.read_line(&mut line);
+    })
+}
+
+fn colo_exit_case(follow: bool) -> (Vec<String>, u64) {
+    let dir = TempDir::new(if follow { "fo-qmp" } else { "fo-qmp-off" });
+    let sock = dir.path().join("qmp.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let qemu = fake_qemu_colo_exit(listener);
+    let plane = Arc::new(FakePlane::default());
+    let mut m = mgmt_with(dir.path(), plane.clone(), |c| {
+        c.qmp = Some(colo_proxy::mgmt::qmp::QmpConfig {
+            socket: sock.clone(),
+            checkpoint_delay_ms: 1,
+            reconnect_ns: 10_000_000,
+        });
+        c.failover_on_colo_exit = follow;
+    });
+    let seen = wait_for(5, || {
+        m.poll(now_ns());
+        m.stats().sinks["qmp"]["colo_exits"].as_u64() == Some(1)
+    });
+    assert!(seen, "{:?}", m.stats().sinks);
+    let failovers = m.stats().failovers;
+    drop(m);
+    qemu.join().unwrap();
+    (plane.calls(), failovers)
+}
+
+#[test]
+fn qemu_colo_exit_fails_the_proxy_over() {
+    let (calls, failovers) = colo_exit_case(true);
+    assert_eq!(calls.iter().filter(|c| *c == "failover").count(), 1);
+    assert_eq!(failovers, 1);
+}
+
+#[test]
+fn qemu_colo_exit_is_only_counted_when_not_followed() {
+    let (calls, failovers) = colo_exit_case(false);
+    assert!(!calls.iter().any(|c| c == "failover"), "{calls:?}");
+    assert_eq!(failovers, 0);
+}

@@ -278,6 +278,9 @@ pub struct FailoverConfig {
     pub announce_interval_ms: u64,
     /// What a heartbeat timeout on the inter-host link does.
     pub on_link_loss: LinkLossAction,
+    /// With `[mgmt.qmp]`: QEMU's `COLO_EXIT` event (QEMU left COLO, e.g. after
+    /// `x-colo-lost-heartbeat`) fails this proxy over too.
+    pub on_colo_exit: bool,
     /// Send a heartbeat on the link after this long without other traffic (0: never). Only
     /// between two colo-proxies: a QEMU peer does not understand it (keep 0 then).
     pub heartbeat_ms: u64,
@@ -304,6 +307,7 @@ impl Default for FailoverConfig {
             announce_count: 3,
             announce_interval_ms: 100,
             on_link_loss: LinkLossAction::Wait,
+            on_colo_exit: true,
             heartbeat_ms: 0,
             heartbeat_timeout_ms: 1000,
         }

@@ -52,6 +52,8 @@ pub struct MgmtConfig {
     pub event_queue: usize,
     /// `failover.on_link_loss = "auto"`: a `link-silent` event fails over at once (once).
     pub failover_on_link_loss: bool,
+    /// `failover.on_colo_exit`: QEMU's `COLO_EXIT` (QMP sink) fails this proxy over too.
+    pub failover_on_colo_exit: bool,
 }
 
 impl MgmtConfig {
@@ -105,6 +107,7 @@ impl MgmtConfig {
             checkpoint_resend_ns: Some(ms(1000)),
             event_queue: 0,
             failover_on_link_loss: cfg.failover.on_link_loss == crate::config::LinkLossAction::Auto,
+            failover_on_colo_exit: cfg.failover.on_colo_exit,
         }
     }
 }
@@ -248,6 +251,7 @@ struct Core {
     failover: FailoverStats,
     link_silent: u64,
     auto_failover: bool,
+    follow_colo_exit: bool,
     inputs: u64,
     dropped: Arc<AtomicU64>,
     server_stats: ServerStats,
@@ -313,6 +317,7 @@ impl Management {
                 failover: FailoverStats::default(),
                 link_silent: 0,
                 auto_failover: cfg.failover_on_link_loss,
+                follow_colo_exit: cfg.failover_on_colo_exit,
                 inputs: 0,
                 dropped: sender.dropped.clone(),
                 server_stats: ServerStats::default(),
@@ -387,6 +392,12 @@ impl Management {
                         reason,
                         time_ns: now_ns,
                     }),
+                    SinkEvent::ColoExit(_) => {
+                        if self.core.follow_colo_exit && self.core.failovers == 0 {
+                            // The error is in the stages' log; the event says what happened.
+                            let _ = self.core.failover(&format!("{name}-colo-exit"), now_ns);
+                        }
+                    }
                 }
             }
         }

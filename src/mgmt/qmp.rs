@@ -49,6 +49,8 @@ pub struct QmpStats {
     pub disconnects: u64,
     /// Asynchronous QMP events seen (e.g. `COLO_EXIT`).
     pub events: u64,
+    /// `COLO_EXIT` events among them.
+    pub colo_exits: u64,
     /// Last error QEMU returned, or why the session ended.
     pub last_error: Option<String>,
     /// In a ready session now.
@@ -144,8 +146,14 @@ impl QmpSink {
     fn handle_line(&mut self, line: &[u8], out: &mut Vec<SinkEvent>) -> Result<(), String> {
         let v: serde_json::Value =
             serde_json::from_slice(line).map_err(|e| format!("malformed QMP line: {e}"))?;
-        if v.get("event").is_some() {
+        if let Some(ev) = v.get("event") {
             self.stats.events += 1;
+            if ev == "COLO_EXIT" {
+                // QEMU ended COLO (x-colo-lost-heartbeat, or an error): it runs its VM alone now.
+                self.stats.colo_exits += 1;
+                let data = v.get("data").map(|d| d.to_string()).unwrap_or_default();
+                out.push(SinkEvent::ColoExit(data));
+            }
             return Ok(());
         }
         match self.phase {

@@ -16,6 +16,9 @@ pub enum SinkEvent {
     Up,
     /// The sink's peer went away.
     Down(String),
+    /// The COLO frame left COLO mode (QMP `COLO_EXIT`, its `data` as text): it failed over,
+    /// so this host's proxy must too.
+    ColoExit(String),
 }
 
 /// A checkpoint request sink.
