@@ -398,6 +398,12 @@ impl compare::Output<Mbuf> for HeldCount<'_, '_> {
         self.inner.free_secondary(pkt, how);
     }
 
+    fn drop_primary(&mut self, pkt: Mbuf, why: compare::PrimaryDrop) {
+        self.dropped.0 += 1;
+        self.dropped.1 += u64::from(pkt.pkt_len());
+        self.inner.drop_primary(pkt, why);
+    }
+
     fn event(&mut self, ev: DivergenceEvent) {
         self.inner.event(ev);
     }
