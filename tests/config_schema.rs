@@ -136,16 +136,27 @@ fn defaults_are_filled_in() {
     assert_eq!(cmp.timeout_ms, 3000);
     assert_eq!(cmp.scan_period_ms, 1000);
     assert_eq!(cmp.queue_size, 8192);
+    assert_eq!((cmp.shard_packets, cmp.shard_bytes), (8192, 16 << 20));
     assert_eq!(cmp.table_capacity, 65536);
     assert_eq!(cmp.idle_timeout_ms, 120_000);
     assert!(cmp.bypass.is_empty());
     assert_eq!(c.rewriter.table_capacity, 65536);
     assert_eq!(c.rewriter.idle_timeout_ms, 120_000);
     assert_eq!(c.rings.size, 1024);
+    // Derived: nic + pvm 2 × (1024 rx + 1024 tx) + 2 rings × 1024 + 8192 compare + 4 lcores ×
+    // 384 cache + 8 bursts × 32 + 4096 socket backlog = 20224, rounded to 20479.
+    assert_eq!(c.mempool.budget.total(), 20224);
     assert_eq!(
-        (c.mempool.mbufs, c.mempool.cache, c.mempool.data_room),
-        (16383, 256, 2176)
+        (c.mempool.mbufs, c.mempool.derived, c.mempool.cache, c.mempool.data_room),
+        (20479, true, 256, 2176)
     );
+    let bp = &c.backpressure;
+    assert!(bp.enabled);
+    // High leaves room for a full ring and two bursts in flight; low is half of it.
+    assert_eq!((bp.high_packets, bp.low_packets), (8192 - 1088, 3552));
+    assert_eq!(bp.high_bytes, (16 << 20) - 1088 * 1518);
+    assert_eq!(bp.low_bytes, bp.high_bytes / 2);
+    assert_eq!(bp.max_pause_ms, 3000);
     assert!(c.idle.backoff);
     assert_eq!((c.idle.spin_loops, c.idle.max_sleep_us), (1000, 100));
     let m = &c.mgmt;
@@ -774,11 +785,11 @@ fn sizes_checked() {
         "mempool.data_room",
         "below 256",
     );
-    // 2 ports x 1024 RX descriptors need more than 2000 mbufs.
+    // 2 ports x 1024 RX descriptors alone need more than 2000 mbufs.
     has_field_error(
         &format!("{PRIMARY}[mempool]\nmbufs = 2000\ncache = 64\n"),
         "mempool.mbufs",
-        "RX descriptors",
+        "cannot hold",
     );
     has_field_error(
         &format!("{PRIMARY}[compare]\nqueue_size = 0\n"),
@@ -862,4 +873,122 @@ fn eal_args_shape_errors() {
         "eal.args --main-lcore",
         "lcore 5 is not in the EAL lcore set 0-3",
     );
+}
+
+#[test]
+fn mempool_size_is_derived_from_what_the_pipeline_holds() {
+    // More shards: more rings, compare queues and nic tx queues, and the derived pool grows.
+    let one = Config::from_toml_str(PRIMARY).unwrap();
+    let two = Config::from_toml_str(&format!("{PRIMARY}[compare]\nshards = 2\n").replace(
+        "compare = 3",
+        "compare = [2, 3]",
+    ))
+    .unwrap();
+    let (b1, b2) = (one.mempool.budget, two.mempool.budget);
+    assert_eq!(b2.compare, 2 * b1.compare);
+    assert_eq!(b2.rings, 2 * b1.rings);
+    assert_eq!(b2.ports, b1.ports + 1024, "one more nic tx queue");
+    assert!(two.mempool.mbufs as u64 > b2.total());
+    // Smaller queues, smaller pool.
+    let small = Config::from_toml_str(&format!(
+        "{PRIMARY}[compare]\nqueue_size = 1024\nshard_packets = 1024\n"
+    ))
+    .unwrap();
+    assert_eq!(small.mempool.budget.compare, 1024);
+    assert_eq!(small.mempool.mbufs, 20479 - 7168);
+    // The secondary holds no compare queues.
+    let sec = Config::from_toml_str(SECONDARY).unwrap();
+    assert_eq!((sec.mempool.budget.compare, sec.mempool.budget.rings), (0, 0));
+    assert!(sec.mempool.derived);
+    // A set size that holds everything is kept as written.
+    let set = Config::from_toml_str(&format!("{PRIMARY}[mempool]\nmbufs = 20224\n")).unwrap();
+    assert_eq!((set.mempool.mbufs, set.mempool.derived), (20224, false));
+}
+
+#[test]
+fn set_mempool_too_small_for_the_compare_queues_names_both_fields() {
+    // Holds the ports and rings but not 8192 compare packets.
+    let err = Config::from_toml_str(&format!("{PRIMARY}[mempool]\nmbufs = 20223\n")).unwrap_err();
+    let msgs = err.messages();
+    let m = msgs
+        .iter()
+        .find(|m| m.starts_with("mempool.mbufs:"))
+        .unwrap_or_else(|| panic!("no mempool.mbufs error in {msgs:?}"));
+    assert!(m.contains("compare.shard_packets"), "{m}");
+    assert!(m.contains("20224"), "{m}");
+    assert!(m.contains("compare 8192"), "{m}");
+    // Lowering the compare queues makes the same size fit.
+    Config::from_toml_str(&format!(
+        "{PRIMARY}[mempool]\nmbufs = 20223\n[compare]\nshard_packets = 4096\nqueue_size = 4096\n"
+    ))
+    .unwrap();
+}
+
+#[test]
+fn backpressure_and_shard_limits_validated() {
+    has_field_error(
+        &format!("{PRIMARY}[compare]\nshard_packets = 10\n"),
+        "compare.shard_packets",
+        "not within 64..",
+    );
+    has_field_error(
+        &format!("{PRIMARY}[compare]\nshard_bytes = 1000\n"),
+        "compare.shard_bytes",
+        "not within",
+    );
+    has_field_error(
+        &format!("{PRIMARY}[backpressure]\nhigh_packets = 9000\n"),
+        "backpressure.high_packets",
+        "compare.shard_packets = 8192",
+    );
+    has_field_error(
+        &format!("{PRIMARY}[backpressure]\nhigh_packets = 0\n"),
+        "backpressure.high_packets",
+        "positive",
+    );
+    has_field_error(
+        &format!("{PRIMARY}[backpressure]\nhigh_packets = 100\nlow_packets = 100\n"),
+        "backpressure.low_packets",
+        "below backpressure.high_packets = 100",
+    );
+    has_field_error(
+        &format!("{PRIMARY}[backpressure]\nhigh_bytes = 99999999\n"),
+        "backpressure.high_bytes",
+        "compare.shard_bytes",
+    );
+    has_field_error(
+        &format!("{PRIMARY}[backpressure]\nhigh_bytes = 100000\nlow_bytes = 200000\n"),
+        "backpressure.low_bytes",
+        "below",
+    );
+    has_field_error(
+        &format!("{PRIMARY}[backpressure]\nmax_pause_ms = 99999999\n"),
+        "backpressure.max_pause_ms",
+        "not within",
+    );
+    let unknown = errors(&format!("{PRIMARY}[backpressure]\nhigh = 1\n"));
+    assert!(
+        unknown.iter().any(|e| e.contains("unknown field `high`")),
+        "{unknown:?}"
+    );
+    // Set values are kept; a set high without low gets half of it.
+    let c = Config::from_toml_str(&format!(
+        "{PRIMARY}[backpressure]\nenabled = false\nhigh_packets = 4000\nhigh_bytes = 4000000\nmax_pause_ms = 0\n"
+    ))
+    .unwrap();
+    let b = &c.backpressure;
+    assert!(!b.enabled);
+    assert_eq!((b.high_packets, b.low_packets), (4000, 2000));
+    assert_eq!((b.high_bytes, b.low_bytes), (4_000_000, 2_000_000));
+    assert_eq!(b.max_pause_ms, 0);
+    // The defaults follow the queue limits: the smaller of queue_size and shard_packets.
+    let c = Config::from_toml_str(&format!(
+        "{PRIMARY}[compare]\nqueue_size = 4096\ntimeout_ms = 500\n[rings]\nsize = 512\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        (c.backpressure.high_packets, c.backpressure.low_packets),
+        (4096 - 576, 1760)
+    );
+    assert_eq!(c.backpressure.max_pause_ms, 500);
 }

@@ -6,13 +6,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use super::raw::{
-    LinkKind, OneOrMany, RawCompare, RawCompareSockets, RawConfig, RawEndpoint, RawLcores, RawLink,
-    RawMgmt, RawPort,
+    LinkKind, OneOrMany, RawBackpressure, RawCompare, RawCompareSockets, RawConfig, RawEndpoint,
+    RawLcores, RawLink, RawMempool, RawMgmt, RawPort,
 };
+use super::sizing::{self, BudgetInputs};
 use super::{
-    eal, BypassRule, CaptureConfig, CompareConfig, CompareSockets, Config, ConfigError, Endpoint,
-    FieldError, LcoreMap, LinkSpec, MgmtConfig, PortDevice, PortSpec, QmpConfig, Role, SockAddr,
-    SocketMode, XenNotify,
+    eal, BackpressureConfig, BypassRule, CaptureConfig, CompareConfig, CompareSockets, Config,
+    ConfigError, Endpoint, FieldError, LcoreMap, LinkSpec, MempoolConfig, MgmtConfig, PortDevice,
+    PortSpec, QmpConfig, RingsConfig, Role, SockAddr, SocketMode, XenNotify,
 };
 
 /// Most compare shards (one flow-table per shard; 64 is far above any sane lcore count).
@@ -110,7 +111,18 @@ pub(super) fn build(raw: RawConfig) -> Result<Config, ConfigError> {
             format!("{} is not a power of two within 64..=1048576", rings.size),
         );
     }
-    check_mempool(&raw.mempool, &ports, &mut e);
+    let budget = sizing::budget(&BudgetInputs {
+        role,
+        ports: &ports,
+        shards: compare.shards.clamp(1, MAX_SHARDS),
+        ring_size: rings.size,
+        shard_packets: compare.shard_packets,
+        lcores: lcores.used().len() as u32,
+        cache: raw.mempool.cache,
+        socket_link: matches!(link, Some(LinkSpec::Socket { .. })),
+    });
+    let mempool = build_mempool(raw.mempool, budget, &mut e);
+    let backpressure = build_backpressure(raw.backpressure, &compare, rings, &mut e);
     e.range(
         "idle.max_sleep_us",
         raw.idle.max_sleep_us.into(),
@@ -143,7 +155,8 @@ pub(super) fn build(raw: RawConfig) -> Result<Config, ConfigError> {
         rewriter: raw.rewriter,
         failover: raw.failover,
         rings: raw.rings,
-        mempool: raw.mempool,
+        mempool,
+        backpressure,
         idle: raw.idle,
         mgmt,
     })
@@ -542,6 +555,13 @@ fn build_compare(raw: RawCompare, e: &mut Errs) -> CompareConfig {
         MAX_CAPACITY.into(),
     );
     e.range(
+        "compare.shard_packets",
+        raw.shard_packets.into(),
+        64,
+        MAX_CAPACITY.into(),
+    );
+    e.range("compare.shard_bytes", raw.shard_bytes, 64 << 10, 1 << 36);
+    e.range(
         "compare.table_capacity",
         raw.table_capacity.into(),
         1,
@@ -559,6 +579,8 @@ fn build_compare(raw: RawCompare, e: &mut Errs) -> CompareConfig {
         timeout_ms: raw.timeout_ms,
         scan_period_ms: raw.scan_period_ms,
         queue_size: raw.queue_size,
+        shard_packets: raw.shard_packets,
+        shard_bytes: raw.shard_bytes,
         table_capacity: raw.table_capacity,
         idle_timeout_ms: raw.idle_timeout_ms,
         bypass,
@@ -725,8 +747,7 @@ pub(super) fn fmt_set(set: &BTreeSet<u32>) -> String {
     out.join(",")
 }
 
-fn check_mempool(m: &super::MempoolConfig, ports: &BTreeMap<String, PortSpec>, e: &mut Errs) {
-    e.range("mempool.mbufs", m.mbufs.into(), 1023, MAX_CAPACITY.into());
+fn build_mempool(m: RawMempool, budget: sizing::MbufBudget, e: &mut Errs) -> MempoolConfig {
     // With mbufs ≥ 1023, cache ≤ 512 also satisfies DPDK's cache × 1.5 ≤ mbufs.
     if m.cache > 512 {
         e.push(
@@ -740,18 +761,111 @@ fn check_mempool(m: &super::MempoolConfig, ports: &BTreeMap<String, PortSpec>, e
             format!("{} is below 256 (128 bytes are headroom)", m.data_room),
         );
     }
-    let rx: u64 = ports
-        .values()
-        .map(|p| u64::from(p.rx_desc) * u64::from(p.rx_queues))
-        .sum();
-    if rx >= u64::from(m.mbufs) {
+    let (mbufs, derived) = match m.mbufs {
+        Some(n) => {
+            e.range("mempool.mbufs", n.into(), 1023, MAX_CAPACITY.into());
+            if u64::from(n) < budget.total() {
+                e.push(
+                    "mempool.mbufs",
+                    format!(
+                        "{n} cannot hold the {} mbufs the pipeline can hold at once ({budget}); \
+                         the compare part is compare.shard_packets × compare.shards: raise \
+                         mempool.mbufs, lower compare.shard_packets (or the ports' descriptors, \
+                         rings.size), or remove mempool.mbufs to derive it",
+                        budget.total()
+                    ),
+                );
+            }
+            (n, false)
+        }
+        None => {
+            let d = budget.derived_mbufs();
+            if d > u64::from(MAX_CAPACITY) {
+                e.push(
+                    "mempool.mbufs",
+                    format!(
+                        "the derived size {d} ({budget}) is above {MAX_CAPACITY}: lower \
+                         compare.shard_packets, compare.shards or the ports' descriptors"
+                    ),
+                );
+            }
+            (d.min(u64::from(MAX_CAPACITY)) as u32, true)
+        }
+    };
+    MempoolConfig {
+        mbufs,
+        derived,
+        budget,
+        cache: m.cache,
+        data_room: m.data_room,
+    }
+}
+
+fn build_backpressure(
+    raw: RawBackpressure,
+    compare: &CompareConfig,
+    rings: &RingsConfig,
+    e: &mut Errs,
+) -> BackpressureConfig {
+    let limit = compare.queue_size.min(compare.shard_packets).max(1);
+    let (dh, dl) = sizing::default_packet_watermarks(limit, rings.size);
+    let high_packets = raw.high_packets.unwrap_or(dh);
+    let low_packets = raw.low_packets.unwrap_or(if raw.high_packets.is_some() {
+        high_packets / 2
+    } else {
+        dl
+    });
+    let (dhb, dlb) = sizing::default_byte_watermarks(compare.shard_bytes.max(1), rings.size);
+    let high_bytes = raw.high_bytes.unwrap_or(dhb);
+    let low_bytes = raw.low_bytes.unwrap_or(if raw.high_bytes.is_some() {
+        high_bytes / 2
+    } else {
+        dlb
+    });
+    if high_packets == 0 {
+        e.push("backpressure.high_packets", "must be positive (0 is rejected)");
+    } else if high_packets > compare.shard_packets {
         e.push(
-            "mempool.mbufs",
+            "backpressure.high_packets",
             format!(
-                "{} cannot even fill the {rx} RX descriptors of the ports",
-                m.mbufs
+                "{high_packets} is above compare.shard_packets = {} (the shard would overflow \
+                 before the PVM port pauses)",
+                compare.shard_packets
             ),
         );
+    }
+    if low_packets >= high_packets {
+        e.push(
+            "backpressure.low_packets",
+            format!("{low_packets} must be below backpressure.high_packets = {high_packets}"),
+        );
+    }
+    if high_bytes == 0 {
+        e.push("backpressure.high_bytes", "must be positive (0 is rejected)");
+    } else if high_bytes > compare.shard_bytes {
+        e.push(
+            "backpressure.high_bytes",
+            format!(
+                "{high_bytes} is above compare.shard_bytes = {}",
+                compare.shard_bytes
+            ),
+        );
+    }
+    if low_bytes >= high_bytes {
+        e.push(
+            "backpressure.low_bytes",
+            format!("{low_bytes} must be below backpressure.high_bytes = {high_bytes}"),
+        );
+    }
+    let max_pause_ms = raw.max_pause_ms.unwrap_or(compare.timeout_ms);
+    e.range("backpressure.max_pause_ms", max_pause_ms, 0, 3_600_000);
+    BackpressureConfig {
+        enabled: raw.enabled,
+        high_packets,
+        low_packets,
+        high_bytes,
+        low_bytes,
+        max_pause_ms,
     }
 }
 

@@ -128,8 +128,16 @@ pub fn summary(cfg: &Config, eal_args: &[String]) -> String {
     let c = &cfg.compare;
     let _ = writeln!(
         s,
-        "compare: {} shard(s), timeout {} ms, scan {} ms, queue {} per side, table {}, idle {} ms",
-        c.shards, c.timeout_ms, c.scan_period_ms, c.queue_size, c.table_capacity, c.idle_timeout_ms
+        "compare: {} shard(s), timeout {} ms, scan {} ms, queue {} per side, shard limit {} \
+         packets / {} bytes, table {}, idle {} ms",
+        c.shards,
+        c.timeout_ms,
+        c.scan_period_ms,
+        c.queue_size,
+        c.shard_packets,
+        c.shard_bytes,
+        c.table_capacity,
+        c.idle_timeout_ms
     );
     if c.bypass.is_empty() {
         let _ = writeln!(s, "bypass: none");
@@ -144,9 +152,28 @@ pub fn summary(cfg: &Config, eal_args: &[String]) -> String {
     );
     let _ = writeln!(
         s,
-        "rings: {} slots; mempool: {} mbufs, cache {}, data room {}",
-        cfg.rings.size, cfg.mempool.mbufs, cfg.mempool.cache, cfg.mempool.data_room
+        "rings: {} slots; mempool: {} mbufs ({}; holds {}), cache {}, data room {}",
+        cfg.rings.size,
+        cfg.mempool.mbufs,
+        if cfg.mempool.derived { "derived" } else { "set" },
+        cfg.mempool.budget,
+        cfg.mempool.cache,
+        cfg.mempool.data_room
     );
+    if cfg.role == super::Role::Primary {
+        let b = &cfg.backpressure;
+        let _ = writeln!(
+            s,
+            "backpressure: {}, pause pvm at {} packets or {} bytes per shard, resume at {} / {}, \
+             longest pause {} ms",
+            if b.enabled { "on" } else { "off" },
+            b.high_packets,
+            b.high_bytes,
+            b.low_packets,
+            b.low_bytes,
+            b.max_pause_ms
+        );
+    }
     let i = &cfg.idle;
     let _ = writeln!(
         s,

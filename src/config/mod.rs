@@ -12,6 +12,7 @@ pub mod bypass;
 pub mod cli;
 pub mod eal;
 mod raw;
+pub mod sizing;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -238,6 +239,11 @@ pub struct CompareConfig {
     pub scan_period_ms: u64,
     /// Queue length per connection and side (8192; QEMU `max_queue_size` is 1024).
     pub queue_size: u32,
+    /// Packets queued at once in one shard, both sides (the engine's preallocated pool).
+    pub shard_packets: u32,
+    /// Bytes of primary packets one shard may hold before the PVM port is paused (the
+    /// back-pressure byte watermarks derive from it).
+    pub shard_bytes: u64,
     /// Connections per shard table.
     pub table_capacity: u32,
     /// Idle connections are aged out after this.
@@ -328,26 +334,37 @@ impl Default for RingsConfig {
     }
 }
 
-/// `[mempool]`.
-#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
+/// `[mempool]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MempoolConfig {
-    /// mbufs in the pool (2^n − 1 is optimal for DPDK).
+    /// mbufs in the pool: the file's value, or derived ([`sizing::MbufBudget`]).
     pub mbufs: u32,
+    /// `mbufs` was derived (not set in the file).
+    pub derived: bool,
+    /// What the pipeline can hold at once (the derivation and the check use it).
+    pub budget: sizing::MbufBudget,
     /// Per-lcore cache (≤ 512).
     pub cache: u32,
     /// Data room per mbuf including the 128-byte headroom.
     pub data_room: u16,
 }
 
-impl Default for MempoolConfig {
-    fn default() -> Self {
-        MempoolConfig {
-            mbufs: 16383,
-            cache: 256,
-            data_room: 2176,
-        }
-    }
+/// `[backpressure]`, validated: when the redirector stops reading the PVM port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackpressureConfig {
+    /// Pause the PVM port at all.
+    pub enabled: bool,
+    /// A shard holding this many primary packets pauses the PVM port...
+    pub high_packets: u32,
+    /// ...until it holds at most this many (and at most `low_bytes`).
+    pub low_packets: u32,
+    /// Or this many bytes of primary packets.
+    pub high_bytes: u64,
+    /// Resume threshold in bytes.
+    pub low_bytes: u64,
+    /// Longest pause; then the port is read again and the compare overflow rules apply
+    /// until the backlog fell below the low watermarks. 0 = no limit.
+    pub max_pause_ms: u64,
 }
 
 /// `[idle]`: back-off of idle poll loops.
@@ -451,6 +468,8 @@ pub struct Config {
     pub rings: RingsConfig,
     /// Packet mempool.
     pub mempool: MempoolConfig,
+    /// PVM-port back-pressure.
+    pub backpressure: BackpressureConfig,
     /// Idle back-off.
     pub idle: IdleConfig,
     /// Management services.

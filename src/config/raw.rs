@@ -6,9 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{
-    EalConfig, FailoverConfig, IdleConfig, MempoolConfig, RewriterConfig, RingsConfig, Role,
-};
+use super::{EalConfig, FailoverConfig, IdleConfig, RewriterConfig, RingsConfig, Role};
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
@@ -31,7 +29,9 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub rings: RingsConfig,
     #[serde(default)]
-    pub mempool: MempoolConfig,
+    pub mempool: RawMempool,
+    #[serde(default)]
+    pub backpressure: RawBackpressure,
     #[serde(default)]
     pub idle: IdleConfig,
     #[serde(default)]
@@ -130,9 +130,55 @@ pub(super) struct RawCompare {
     pub timeout_ms: u64,
     pub scan_period_ms: u64,
     pub queue_size: u32,
+    pub shard_packets: u32,
+    pub shard_bytes: u64,
     pub table_capacity: u32,
     pub idle_timeout_ms: u64,
     pub bypass: Vec<RawBypass>,
+}
+
+/// `[mempool]`; `mbufs` absent = derived from the pipeline's size.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawMempool {
+    pub mbufs: Option<u32>,
+    pub cache: u32,
+    pub data_room: u16,
+}
+
+impl Default for RawMempool {
+    fn default() -> Self {
+        RawMempool {
+            mbufs: None,
+            cache: 256,
+            data_room: 2176,
+        }
+    }
+}
+
+/// `[backpressure]`; absent watermarks are derived from the compare queue limits.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawBackpressure {
+    pub enabled: bool,
+    pub high_packets: Option<u32>,
+    pub low_packets: Option<u32>,
+    pub high_bytes: Option<u64>,
+    pub low_bytes: Option<u64>,
+    pub max_pause_ms: Option<u64>,
+}
+
+impl Default for RawBackpressure {
+    fn default() -> Self {
+        RawBackpressure {
+            enabled: true,
+            high_packets: None,
+            low_packets: None,
+            high_bytes: None,
+            low_bytes: None,
+            max_pause_ms: None,
+        }
+    }
 }
 
 impl Default for RawCompare {
@@ -143,6 +189,8 @@ impl Default for RawCompare {
             scan_period_ms: 1000,
             // compare::CompareConfig's default (QEMU: 1024, too small for a bulk sender).
             queue_size: 8192,
+            shard_packets: 8192,
+            shard_bytes: 16 << 20,
             table_capacity: 65536,
             idle_timeout_ms: 120_000,
             bypass: Vec::new(),

@@ -44,6 +44,7 @@ pub fn compare_config(cfg: &Config) -> compare::CompareConfig {
         timeout_ns: c.timeout_ms * 1_000_000,
         scan_period_ns: c.scan_period_ms * 1_000_000,
         queue_size: c.queue_size as usize,
+        pool_size: c.shard_packets as usize,
         table_capacity: c.table_capacity as usize,
         idle_timeout_ns: c.idle_timeout_ms * 1_000_000,
         bypass: c.bypass.clone(),
@@ -77,37 +78,10 @@ fn device_name(d: &PortDevice) -> &str {
     }
 }
 
-/// Rx queues to configure on a port: the file's, or more when the device spreads frames over
-/// more queues by itself. net_af_packet opens `qpairs` sockets in one fan-out group at probe
-/// whatever is configured, so with fewer rx queues the kernel hands some flows to a socket
-/// that nobody reads; a net_vhost guest with `queues=N` may transmit on any of its N queues.
-fn rx_queues(spec: &PortSpec) -> u16 {
-    let device_queues = match &spec.device {
-        PortDevice::Vdev(args) => {
-            let key = match device_name(&spec.device) {
-                n if n.starts_with("net_af_packet") || n.starts_with("eth_af_packet") => "qpairs",
-                n if n.starts_with("net_vhost") || n.starts_with("eth_vhost") => "queues",
-                _ => "",
-            };
-            devarg(args, key)
-                .and_then(|v| v.parse::<u16>().ok())
-                .unwrap_or(1)
-        }
-        _ => 1,
-    };
-    spec.rx_queues.max(device_queues).max(1)
-}
-
 /// MTU the encapsulating link needs so a VM's full 1500-byte frames still fit.
 pub const LINK_MTU: u16 = 1500 + OVERHEAD as u16;
 
-/// The value of `key` in vdev devargs `name,k=v,...`.
-fn devarg<'a>(args: &'a str, key: &str) -> Option<&'a str> {
-    args.split(',')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| k.trim() == key)
-        .map(|(_, v)| v.trim())
-}
+use crate::config::sizing::devarg;
 
 /// The link port carries every VM frame plus the encapsulation: make sure its MTU allows
 /// that, or say loudly that it does not. Without it a full-sized frame is dropped by the link
@@ -205,7 +179,7 @@ pub fn build(
             format!("ports.{name}: {e}{hint}")
         })?;
         let pc = PortConfig {
-            rx_queues: rx_queues(spec),
+            rx_queues: spec.effective_rx_queues(),
             tx_queues: spec.tx_queues.max(need_tx(name)),
             rx_desc: spec.rx_desc,
             tx_desc: spec.tx_desc,
