@@ -323,11 +323,17 @@ impl Port {
 
     /// Counters.
     pub fn stats(&self) -> Result<PortStats> {
+        Port::stats_of(self.id())
+    }
+
+    /// Counters of port `id` (for management threads, which hold no [`Port`]; an unknown or
+    /// closed port is an error, never undefined behaviour).
+    pub fn stats_of(id: u16) -> Result<PortStats> {
         // SAFETY: zeroed stats is a valid out buffer.
         let mut s: ffi::rte_eth_stats = unsafe { std::mem::zeroed() };
-        // SAFETY: valid port; s lives across the call.
-        let r = unsafe { ffi::rte_eth_stats_get(self.id(), &mut s) };
-        check(r, || format!("port {}: stats", self.id()))?;
+        // SAFETY: rte_eth_stats_get validates the port id; s lives across the call.
+        let r = unsafe { ffi::rte_eth_stats_get(id, &mut s) };
+        check(r, || format!("port {id}: stats"))?;
         Ok(PortStats {
             ipackets: s.ipackets,
             opackets: s.opackets,

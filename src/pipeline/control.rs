@@ -10,6 +10,7 @@ use crate::config::BypassRule;
 use crate::control::plane::{BypassOp, BypassSpec};
 use crate::control::DataPlane;
 
+use super::backpressure::{BacklogBoard, ShardLag};
 use super::lcore::{Command, ControlPlane, FlowsRequest};
 use super::runtime;
 
@@ -21,6 +22,49 @@ pub struct PipelineControl {
     ctl: OnceLock<Arc<ControlPlane>>,
     bypass: Mutex<Vec<BypassRule>>,
     shutdown: Arc<AtomicBool>,
+    backlog: OnceLock<Arc<BacklogBoard>>,
+    ports: OnceLock<Vec<(String, u16)>>,
+}
+
+/// One port's drop counters as reports show them (drops in the device or kernel that the
+/// stages never see: back-pressure and a full side make the NIC drop).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PortDrops {
+    /// Port name from the config.
+    pub name: String,
+    /// Frames received.
+    pub rx: u64,
+    /// Frames sent.
+    pub tx: u64,
+    /// Rx frames the device dropped for want of a descriptor (`imissed`).
+    pub rx_missed: u64,
+    /// Rx errors (`ierrors`).
+    pub rx_errors: u64,
+    /// Rx mbuf allocation failures.
+    pub rx_nombuf: u64,
+    /// Tx errors (`oerrors`; af_packet counts its failed sends here).
+    pub tx_errors: u64,
+}
+
+impl PortDrops {
+    /// Every drop the port counted.
+    pub fn dropped(&self) -> u64 {
+        self.rx_missed + self.rx_errors + self.rx_nombuf + self.tx_errors
+    }
+
+    /// `port nic rx .. tx .. missed .. rx-errors .. rx-nombuf .. tx-errors ..`.
+    pub fn line(&self) -> String {
+        format!(
+            "port {:<8} rx {} tx {} missed {} rx-errors {} rx-nombuf {} tx-errors {}",
+            self.name,
+            self.rx,
+            self.tx,
+            self.rx_missed,
+            self.rx_errors,
+            self.rx_nombuf,
+            self.tx_errors
+        )
+    }
 }
 
 impl PipelineControl {
@@ -31,7 +75,49 @@ impl PipelineControl {
             ctl: OnceLock::new(),
             bypass: Mutex::new(bypass),
             shutdown,
+            backlog: OnceLock::new(),
+            ports: OnceLock::new(),
         }
+    }
+
+    /// The compare shards publish their backlogs on `board` (lag in stats and status).
+    pub fn set_backlog(&self, board: Arc<BacklogBoard>) {
+        let _ = self.backlog.set(board);
+    }
+
+    /// The ports by name and DPDK id (their drop counters in stats and status).
+    pub fn set_ports(&self, ports: Vec<(String, u16)>) {
+        let _ = self.ports.set(ports);
+    }
+
+    /// How far the SVM lags, per shard (empty on the secondary or before start).
+    pub fn lag(&self) -> Vec<ShardLag> {
+        match (self.backlog.get(), self.ctl.get()) {
+            (Some(b), Some(c)) => b.lag(c.now_ns()),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Every port's counters (a port whose stats cannot be read is left out).
+    pub fn port_drops(&self) -> Vec<PortDrops> {
+        let Some(ports) = self.ports.get() else {
+            return Vec::new();
+        };
+        ports
+            .iter()
+            .filter_map(|(name, id)| {
+                let s = crate::dpdk::Port::stats_of(*id).ok()?;
+                Some(PortDrops {
+                    name: name.clone(),
+                    rx: s.ipackets,
+                    tx: s.opackets,
+                    rx_missed: s.imissed,
+                    rx_errors: s.ierrors,
+                    rx_nombuf: s.rx_nombuf,
+                    tx_errors: s.oerrors,
+                })
+            })
+            .collect()
     }
 
     /// The pipeline is running: commands go to `ctl` from now on.
@@ -77,6 +163,8 @@ impl DataPlane for PipelineControl {
             "totals": totals.to_json(),
             "lcores": lcores,
             "in_flight": acc.entered.saturating_sub(acc.terminal),
+            "lag": self.lag(),
+            "ports": self.port_drops(),
         })
     }
 

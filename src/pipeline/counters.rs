@@ -71,6 +71,12 @@ counters! {
     /// Dropped: received on a path this role does not use in its current state (the
     /// secondary's nic before failover, the link after it).
     DropStandby = "drop_standby",
+    /// Dropped: a client frame neither VM gets because one side could not take it (the link
+    /// refused or could not copy its clone, or the clone failed): same input.
+    DropInputBoth = "drop_input_both",
+    /// Dropped (secondary): a mirrored frame the SVM port could not take; the SVM missed
+    /// input the PVM got, so a checkpoint is requested (`svm_input_lost`).
+    DropSvmInputLost = "drop_svm_input_lost",
     // --- informational ---
     /// The mirror could not clone a frame (refcount limit): the secondary misses it.
     CloneFailed = "clone_failed",
@@ -122,6 +128,20 @@ counters! {
     FailoverHeldDropped = "failover_held_dropped",
     /// Their bytes.
     FailoverHeldDroppedBytes = "failover_held_dropped_bytes",
+    /// Mirror polls that left the NIC unread because the PVM or the link could not take a
+    /// whole burst (the NIC then drops for both).
+    NicRxGated = "nic_rx_gated",
+    /// Redirector polls that left the PVM port unread: a compare shard is above its high
+    /// watermark (back-pressure).
+    PvmRxGated = "pvm_rx_gated",
+    /// Nanoseconds the PVM port was paused by back-pressure.
+    PvmPausedNs = "pvm_paused_ns",
+    /// Back-pressure pauses started.
+    PvmPauses = "pvm_pauses",
+    /// Pauses ended by `backpressure.max_pause_ms` with the backlog still high.
+    PvmPauseOverrides = "pvm_pause_overrides",
+    /// Redirector polls that left the link unread because a shard's secondary ring was full.
+    LinkRxGated = "link_rx_gated",
     /// TSC cycles spent in loops that did work.
     BusyCycles = "busy_cycles",
     /// TSC cycles spent in loops that found nothing to do.
@@ -140,6 +160,8 @@ impl Counter {
         Counter::DropComparePoolEmpty,
         Counter::DropCompareShutdown,
         Counter::DropStandby,
+        Counter::DropInputBoth,
+        Counter::DropSvmInputLost,
     ];
 }
 

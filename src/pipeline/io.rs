@@ -1,8 +1,10 @@
 //! Burst buffers around transmit queues and inter-lcore rings.
 //!
 //! Every mbuf handed to these types ends in exactly one counter: [`Counter::Tx`] when the
-//! device took it, [`Counter::DropTxFull`] when the queue stayed full, and ring leftovers are
-//! kept (back-pressure), never dropped, until the stage is flushed at shutdown.
+//! device took it, [`Counter::DropTxFull`] (or the caller's reason) when the queue stayed
+//! full, and ring leftovers are kept (back-pressure), never dropped, until the stage is flushed
+//! at shutdown. A [`TxBuf`] drops what a full queue did not take on [`TxBuf::flush`], or keeps
+//! it pending on [`TxBuf::try_flush`] (the mirror: a frame queued for one VM must reach it).
 
 use crate::dpdk::{Mbuf, MbufBurst, Mempool, RingConsumer, RingProducer, RxQueue, TxQueue};
 
@@ -72,14 +74,52 @@ impl TxBuf {
     /// Queue `m` for transmission.
     #[inline]
     pub fn push(&mut self, m: Mbuf, counters: &LcoreCounters) {
+        self.push_as(m, counters, Counter::DropTxFull);
+    }
+
+    /// [`TxBuf::push`], counting frames the queue could not take as `drop`; returns how many.
+    #[inline]
+    pub fn push_as(&mut self, m: Mbuf, counters: &LcoreCounters, drop: Counter) -> u64 {
+        let mut lost = 0;
         if self.pending.is_full() {
-            self.flush(counters);
+            lost = self.flush_as(counters, drop);
         }
         // After a flush the burst is empty, so the push cannot fail.
         if let Err(m) = self.pending.push(m) {
-            drop(m);
-            counters.inc(Counter::DropTxFull);
+            std::mem::drop(m);
+            counters.inc(drop);
+            lost += 1;
         }
+        lost
+    }
+
+    /// Frames pending (not yet taken by the device).
+    #[inline]
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// True when a whole burst can be pushed without sending or dropping anything.
+    #[inline]
+    pub fn has_room_for_burst(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Send what is pending; what the queue does not take stays pending (to be retried, the
+    /// caller takes no new input meanwhile). Returns how many frames are still pending.
+    #[inline]
+    pub fn try_flush(&mut self, counters: &LcoreCounters) -> usize {
+        for _ in 0..TX_ATTEMPTS {
+            if self.pending.is_empty() {
+                break;
+            }
+            let sent = self.queue.tx_burst(&mut self.pending);
+            counters.add(Counter::Tx, sent as u64);
+            if sent == 0 {
+                break;
+            }
+        }
+        self.pending.len()
     }
 
     /// The io-forward step: receive one burst from `rx` straight into the pending burst
@@ -95,18 +135,26 @@ impl TxBuf {
     /// Send what is pending; a queue that stays full drops the rest (counted).
     #[inline]
     pub fn flush(&mut self, counters: &LcoreCounters) {
+        self.flush_as(counters, Counter::DropTxFull);
+    }
+
+    /// [`TxBuf::flush`], counting the dropped rest as `drop`; returns how many were dropped.
+    #[inline]
+    pub fn flush_as(&mut self, counters: &LcoreCounters, drop: Counter) -> u64 {
         if self.pending.is_empty() {
-            return;
+            return 0;
         }
         for _ in 0..TX_ATTEMPTS {
             let sent = self.queue.tx_burst(&mut self.pending);
             counters.add(Counter::Tx, sent as u64);
             if self.pending.is_empty() {
-                return;
+                return 0;
             }
         }
-        counters.add(Counter::DropTxFull, self.pending.len() as u64);
+        let lost = self.pending.len() as u64;
+        counters.add(drop, lost);
         self.pending.clear();
+        lost
     }
 }
 

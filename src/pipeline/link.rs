@@ -30,8 +30,12 @@ use super::counters::{Counter, LcoreCounters};
 use super::io::{unshare, TxBuf, BURST};
 use super::lcore::LoopCtx;
 
-/// Frames a socket receiver keeps decoded but not yet taken by its stage.
-const SOCKET_RX_BACKLOG: usize = 4096;
+/// Frames a socket receiver keeps decoded but not yet taken by its stage (mbufs: the
+/// mempool sizing counts them, `config::sizing::SOCKET_RX_BACKLOG`).
+pub const SOCKET_RX_BACKLOG: usize = 4096;
+/// Output-buffer bytes a socket transmitter must have free to take a whole burst of
+/// full-sized frames (with framing and vnet headers).
+const SOCKET_BURST_ROOM: usize = BURST * 1600;
 /// Read from the socket only while the backlog is below this.
 const SOCKET_RX_REFILL: usize = 1024;
 
@@ -60,8 +64,21 @@ impl LinkTx {
     /// Hand a frame to the link (ownership ends here: it is counted as sent or dropped).
     #[inline]
     pub fn push(&mut self, m: Mbuf, c: &LcoreCounters) {
+        if let Err(reason) = self.try_push(m, c) {
+            c.inc(reason);
+        }
+    }
+
+    /// Hand a frame to the link, or free it and say why the link refused it (not counted:
+    /// the mirror then drops the PVM's copy too and counts the client frame once). Frames
+    /// queued on a port are counted when sent (or dropped by a later flush).
+    #[inline]
+    pub fn try_push(&mut self, m: Mbuf, c: &LcoreCounters) -> Result<(), Counter> {
         match self {
-            LinkTx::RawPort(tx) => tx.push(m, c),
+            LinkTx::RawPort(tx) => {
+                tx.push(m, c);
+                Ok(())
+            }
             LinkTx::EncapPort {
                 tx, encap, pool, ..
             } => {
@@ -69,27 +86,58 @@ impl LinkTx {
                 let mut m = if m.is_shared() {
                     match unshare(m, pool).filter(|m| m.headroom() as usize >= OVERHEAD) {
                         Some(copy) => copy,
-                        None => {
-                            c.inc(Counter::DropNoMbuf);
-                            return;
-                        }
+                        None => return Err(Counter::DropNoMbuf),
                     }
                 } else {
                     m
                 };
                 match encap.encap(&mut m, 0) {
-                    Ok(_) => tx.push(m, c),
-                    Err(_) => c.inc(Counter::DropUnsupported),
+                    Ok(_) => {
+                        tx.push(m, c);
+                        Ok(())
+                    }
+                    Err(_) => Err(Counter::DropUnsupported),
                 }
             }
             LinkTx::Socket(s, _) => {
                 // The socket copies the bytes into its output buffer; the mbuf is done.
                 match s.send(0, m.data()) {
-                    Ok(()) => c.inc(Counter::Tx),
-                    Err(_) => c.inc(Counter::DropLinkDown),
+                    Ok(()) => {
+                        c.inc(Counter::Tx);
+                        Ok(())
+                    }
+                    Err(_) => Err(Counter::DropLinkDown),
                 }
             }
-            LinkTx::Down => c.inc(Counter::DropLinkDown),
+            LinkTx::Down => Err(Counter::DropLinkDown),
+        }
+    }
+
+    /// True when a whole burst can be pushed without anything dropped for lack of room
+    /// (a port queue with nothing pending, a socket with room in its output buffer).
+    #[inline]
+    pub fn has_room_for_burst(&self) -> bool {
+        match self {
+            LinkTx::RawPort(tx) | LinkTx::EncapPort { tx, .. } => tx.has_room_for_burst(),
+            LinkTx::Socket(s, _) => {
+                s.config().out_buf.saturating_sub(s.pending_out()) >= SOCKET_BURST_ROOM
+            }
+            LinkTx::Down => true,
+        }
+    }
+
+    /// Send what is queued, keeping what the device does not take (see
+    /// [`TxBuf::try_flush`]); a socket writes what the kernel takes.
+    #[inline]
+    pub fn try_flush(&mut self, c: &LcoreCounters) {
+        match self {
+            LinkTx::RawPort(tx) | LinkTx::EncapPort { tx, .. } => {
+                tx.try_flush(c);
+            }
+            LinkTx::Socket(s, _) => {
+                s.flush();
+            }
+            LinkTx::Down => {}
         }
     }
 

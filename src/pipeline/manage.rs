@@ -10,6 +10,7 @@ use crate::mgmt::coordinator::CheckpointRequest;
 use crate::mgmt::sink::{CheckpointSink, SinkEvent};
 use crate::mgmt::{status, Management, MgmtStats};
 
+use super::backpressure::{lag_summary, ShardLag};
 use super::control::PipelineControl;
 use super::counters::{Counter, Snapshot};
 use super::lcore::{Backoff, Command, ControlPlane};
@@ -35,6 +36,8 @@ pub struct LoopOutcome {
     pub mgmt: MgmtStats,
     /// Every phase of the stop was acknowledged by every lcore.
     pub stopped_cleanly: bool,
+    /// The largest SVM lag seen per shard (bytes and oldest-packet age, each its own peak).
+    pub peak_lag: Vec<ShardLag>,
 }
 
 /// Launch `plans`, attach `control` to the running lcores, register the telemetry commands and
@@ -54,8 +57,9 @@ pub fn serve(
     }
     let result = Arc::new(Mutex::new(None));
     let r2 = result.clone();
+    let dp = control.clone();
     let failures = running.run_main_and_wait(move |ctl| {
-        let out = run(&ctl, &mut mgmt, &o);
+        let out = run(&ctl, &mut mgmt, &o, Some(&dp));
         if let Ok(mut g) = r2.lock() {
             *g = Some(out);
         }
@@ -68,8 +72,29 @@ pub fn serve(
     Ok((out, failures))
 }
 
-/// Run management until stopped, then stop the pipeline in order.
-pub fn run(ctl: &ControlPlane, mgmt: &mut Management, o: &LoopOptions) -> LoopOutcome {
+/// Keep each shard's largest lag (bytes and age separately).
+fn track_peak(peak: &mut Vec<ShardLag>, now: &[ShardLag]) {
+    if peak.len() < now.len() {
+        peak.resize(now.len(), ShardLag::default());
+    }
+    for (p, n) in peak.iter_mut().zip(now) {
+        p.shard = n.shard;
+        p.primary_packets = p.primary_packets.max(n.primary_packets);
+        p.primary_bytes = p.primary_bytes.max(n.primary_bytes);
+        p.secondary_packets = p.secondary_packets.max(n.secondary_packets);
+        p.secondary_bytes = p.secondary_bytes.max(n.secondary_bytes);
+        p.oldest_ns = p.oldest_ns.max(n.oldest_ns);
+    }
+}
+
+/// Run management until stopped, then stop the pipeline in order; `dp` (when given) adds the
+/// SVM lag and port drops to the status line and the outcome.
+pub fn run(
+    ctl: &ControlPlane,
+    mgmt: &mut Management,
+    o: &LoopOptions,
+    dp: Option<&PipelineControl>,
+) -> LoopOutcome {
     if mgmt.capture_on() {
         // Capture configured on from the start: the shards must know.
         if let Err(e) = ctl.broadcast(Command::Capture(true), Duration::from_secs(2)) {
@@ -79,8 +104,11 @@ pub fn run(ctl: &ControlPlane, mgmt: &mut Management, o: &LoopOptions) -> LoopOu
     let start = Instant::now();
     let mut last_status = Instant::now();
     let mut last_totals = runtime::totals(ctl);
+    let mut peak_lag = Vec::new();
     loop {
         let out = mgmt.poll(ctl.now_ns());
+        let lag = dp.map(PipelineControl::lag).unwrap_or_default();
+        track_peak(&mut peak_lag, &lag);
         if out.shutdown || o.stop.load(Ordering::Acquire) {
             break;
         }
@@ -90,7 +118,10 @@ pub fn run(ctl: &ControlPlane, mgmt: &mut Management, o: &LoopOptions) -> LoopOu
         if let Some(every) = o.status_every {
             if last_status.elapsed() >= every {
                 let t = runtime::totals(ctl);
-                let line = status_line(&t.delta(&last_totals), last_status.elapsed());
+                let mut line = status_line(&t.delta(&last_totals), last_status.elapsed());
+                if let Some(dp) = dp {
+                    line.push_str(&pipeline_status(&t, &lag, dp));
+                }
                 println!(
                     "[{:>6.1}s] {line} | {}",
                     start.elapsed().as_secs_f64(),
@@ -127,7 +158,58 @@ pub fn run(ctl: &ControlPlane, mgmt: &mut Management, o: &LoopOptions) -> LoopOu
         totals: runtime::totals(ctl),
         mgmt: mgmt.stats(),
         stopped_cleanly,
+        peak_lag,
     }
+}
+
+/// The lag and pause part of the status line: ` | lag 1.2MB/3.1ms paused 12ms port-drops 5`
+/// (lag only on the primary; pause time and port drops since start).
+fn pipeline_status(t: &Snapshot, lag: &[ShardLag], dp: &PipelineControl) -> String {
+    let mut s = String::new();
+    if !lag.is_empty() {
+        s.push_str(" | ");
+        s.push_str(&lag_summary(lag));
+        let paused = t.get(Counter::PvmPausedNs);
+        if paused > 0 {
+            s.push_str(&format!(" paused {:.0}ms", paused as f64 / 1e6));
+        }
+    }
+    let port_drops: u64 = dp.port_drops().iter().map(|p| p.dropped()).sum();
+    if port_drops > 0 {
+        s.push_str(&format!(" port-drops {port_drops}"));
+    }
+    s
+}
+
+/// The final report's back-pressure, lag and drop lines.
+pub fn report_lines(t: &Snapshot, peak: &[ShardLag], ports: &[super::control::PortDrops]) -> String {
+    use std::fmt::Write;
+    let mut r = String::new();
+    let _ = writeln!(r, "drops                    {}", t.drops_list());
+    if t.get(Counter::PvmPauses) > 0 || !peak.is_empty() {
+        let _ = writeln!(
+            r,
+            "pvm back-pressure        {} pauses, {:.1} ms paused, {} gated polls, {} overrides",
+            t.get(Counter::PvmPauses),
+            t.get(Counter::PvmPausedNs) as f64 / 1e6,
+            t.get(Counter::PvmRxGated),
+            t.get(Counter::PvmPauseOverrides)
+        );
+    }
+    for l in peak {
+        let _ = writeln!(
+            r,
+            "svm lag shard {:<10} peak {} packets / {} bytes queued, oldest {:.1} ms",
+            l.shard,
+            l.primary_packets,
+            l.primary_bytes,
+            l.oldest_ns as f64 / 1e6
+        );
+    }
+    for p in ports {
+        let _ = writeln!(r, "{}", p.line());
+    }
+    r
 }
 
 /// Keep management polling while waiting for the counters to stop moving.

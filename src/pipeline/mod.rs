@@ -1,4 +1,5 @@
 //! The runtime: lcore poll loops running stages, rings between them, counters, topology.
+pub mod backpressure;
 pub mod cli;
 pub mod control;
 pub mod counters;

@@ -49,7 +49,13 @@ fn run_pipeline(cfg: &Config, eal_overrides: &[String]) -> Result<bool, String> 
     let eal = Eal::init(args.get(1..).unwrap_or(&[])).map_err(|e| e.to_string())?;
     let m = &cfg.mempool;
     let pool = Mempool::with_params("colo_pool", m.mbufs, m.cache, m.data_room, None)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("mempool of {} mbufs ({}): {e}", m.mbufs, m.budget))?;
+    println!(
+        "mempool: {} mbufs ({}; the pipeline holds at most {})",
+        m.mbufs,
+        if m.derived { "derived" } else { "set" },
+        m.budget
+    );
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone())
@@ -68,7 +74,12 @@ fn run_pipeline(cfg: &Config, eal_overrides: &[String]) -> Result<bool, String> 
         mut ports,
         hold,
         backoff,
+        backlog,
     } = topology::build(cfg, &pool, &mgmt.sender(), mgmt.capture_on())?;
+    if let Some(b) = backlog {
+        control.set_backlog(b);
+    }
+    control.set_ports(ports.iter().map(|(n, p)| (n.clone(), p.id())).collect());
     // After the ports exist, so `dpdk-dumpcap` can capture on them.
     if let Err(e) = crate::dpdk::telemetry::pdump_init() {
         eprintln!("warning: pdump not available (dpdk-dumpcap cannot attach): {e}");
@@ -110,14 +121,10 @@ fn run_pipeline(cfg: &Config, eal_overrides: &[String]) -> Result<bool, String> 
         "compare hold             {}",
         percentiles_us(&hold.snapshot())
     );
-    for (name, p) in &ports {
-        if let Ok(s) = p.stats() {
-            println!(
-                "port {name:<8} rx {} tx {} missed {} rx-errors {} tx-errors {} rx-nombuf {}",
-                s.ipackets, s.opackets, s.imissed, s.ierrors, s.oerrors, s.rx_nombuf
-            );
-        }
-    }
+    print!(
+        "{}",
+        manage::report_lines(&totals, &out.peak_lag, &control.port_drops())
+    );
     let acc = totals.accounting();
     println!("accounting               {acc}");
     println!("frames left in rx queues {leftover} (freed)");

@@ -4,6 +4,8 @@
 //! consumer per ring) and does its work in bursts of [`BURST`]. The COLO logic lives in the
 //! pure engines ([`Comparator`], [`Rewriter`]); this file only moves mbufs and counts them.
 
+use std::sync::Arc;
+
 use crate::compare::{self, Comparator, DivergenceEvent, Side};
 use crate::dpdk::{Mbuf, MbufBurst, Mempool, RxQueue};
 use crate::flow::FlowKey;
@@ -12,7 +14,8 @@ use crate::mgmt::{EventSender, Input};
 use crate::rewrite::announce::{self, ServiceAddrs};
 use crate::rewrite::{Direction, Rewriter};
 
-use super::counters::Counter;
+use super::backpressure::{BacklogBoard, PvmGate};
+use super::counters::{Counter, LcoreCounters};
 use super::io::{unshare, RingIn, RingOut, RxSet, TxBuf, BURST};
 use super::latency::LatencyRecorder;
 use super::lcore::{Command, LoopCtx, Phase, Stage};
@@ -40,6 +43,21 @@ impl MirrorStage {
     }
 }
 
+impl MirrorStage {
+    /// Retry what the PVM port and the link did not take yet; true when both can take a whole
+    /// burst (after failover only the PVM counts).
+    #[inline]
+    fn room_for_burst(&mut self, c: &LcoreCounters) -> bool {
+        self.pvm_tx.try_flush(c);
+        if self.mirroring {
+            self.link_tx.try_flush(c);
+            self.pvm_tx.has_room_for_burst() && self.link_tx.has_room_for_burst()
+        } else {
+            self.pvm_tx.has_room_for_burst()
+        }
+    }
+}
+
 impl Stage for MirrorStage {
     fn name(&self) -> &str {
         "mirror"
@@ -48,32 +66,45 @@ impl Stage for MirrorStage {
     fn poll(&mut self, cx: &LoopCtx) -> usize {
         let c = cx.counters;
         if cx.phase != Phase::Run {
-            self.pvm_tx.flush(c);
-            self.link_tx.flush(c);
+            self.pvm_tx.try_flush(c);
+            self.link_tx.try_flush(c);
+            return 0;
+        }
+        // Same input: read the NIC only when both sides can take the whole burst, so a full
+        // side makes the NIC drop for both rather than one VM missing a frame.
+        if !self.room_for_burst(c) {
+            c.inc(Counter::NicRxGated);
             return 0;
         }
         let n = self.nic_rx.rx_burst(&mut self.burst);
         if n == 0 {
-            self.link_tx.flush(c);
             return 0;
         }
         c.add(Counter::Rx, n as u64);
         for mut m in self.burst.drain() {
             m.set_timestamp(cx.now_ns);
             if self.mirroring {
-                match m.try_clone() {
-                    Some(clone) => {
-                        c.inc(Counter::Cloned);
-                        self.link_tx.push(clone, c);
-                    }
-                    None => c.inc(Counter::CloneFailed),
+                let Some(clone) = m.try_clone() else {
+                    c.inc(Counter::CloneFailed);
+                    drop(m);
+                    c.inc(Counter::DropInputBoth);
+                    continue;
+                };
+                // The clone counts as a packet only once the link took it; refused, it is
+                // freed with the client frame, which is counted once.
+                if self.link_tx.try_push(clone, c).is_err() {
+                    drop(m);
+                    c.inc(Counter::DropInputBoth);
+                    continue;
                 }
+                c.inc(Counter::Cloned);
                 c.inc(Counter::Mirrored);
             }
+            // Room for the burst was checked: pending frames are kept, never dropped here.
             self.pvm_tx.push(m, c);
         }
-        self.pvm_tx.flush(c);
-        self.link_tx.flush(c);
+        self.pvm_tx.try_flush(c);
+        self.link_tx.try_flush(c);
         n
     }
 
@@ -89,6 +120,7 @@ impl Stage for MirrorStage {
     }
 
     fn flush(&mut self, cx: &LoopCtx) {
+        // Shutdown: what the devices still refuse is dropped (counted).
         self.pvm_tx.flush(cx.counters);
         self.link_tx.flush(cx.counters);
     }
@@ -112,6 +144,8 @@ pub struct RedirectorStage {
     to_primary: Vec<RingOut>,
     to_secondary: Vec<RingOut>,
     burst: MbufBurst<BURST>,
+    /// Back-pressure from the shards' backlogs (none: only the rings gate the PVM port).
+    gate: Option<(Arc<BacklogBoard>, PvmGate)>,
 }
 
 impl RedirectorStage {
@@ -128,7 +162,37 @@ impl RedirectorStage {
             to_primary,
             to_secondary,
             burst: MbufBurst::new(),
+            gate: None,
         }
+    }
+
+    /// Pause the PVM port while a shard's published backlog (`board`) is high (`gate`).
+    pub fn with_backpressure(mut self, board: Arc<BacklogBoard>, gate: PvmGate) -> Self {
+        self.gate = Some((board, gate));
+        self
+    }
+
+    /// May the PVM port be read in this poll? Reads the board once (not per packet).
+    #[inline]
+    fn pvm_open(&mut self, cx: &LoopCtx) -> bool {
+        let Some((board, gate)) = &mut self.gate else {
+            return true;
+        };
+        let c = cx.counters;
+        let d = gate.update(cx.now_ns, (0..board.len()).map(|k| board.primary(k)));
+        if d.paused {
+            c.inc(Counter::PvmPauses);
+        }
+        if d.overridden {
+            c.inc(Counter::PvmPauseOverrides);
+        }
+        if d.paused_ns > 0 {
+            c.add(Counter::PvmPausedNs, d.paused_ns);
+        }
+        if !d.open {
+            c.inc(Counter::PvmRxGated);
+        }
+        d.open
     }
 
     fn flush_rings(&mut self, cx: &LoopCtx) {
@@ -164,23 +228,27 @@ impl Stage for RedirectorStage {
 
     fn poll(&mut self, cx: &LoopCtx) -> usize {
         let c = cx.counters;
-        // Back-pressure: take no input while any shard ring has a backlog.
-        let room = |rs: &[RingOut]| rs.iter().all(|r| r.pending() == 0);
-        if !room(&self.to_primary) || !room(&self.to_secondary) {
-            self.flush_rings(cx);
-            return 0;
-        }
+        // Back-pressure per direction: a side takes no input while one of its shard rings
+        // has frames pending (a burst must fit), and the PVM side also while a shard's
+        // backlog is high. The link is never paused for the PVM side: the secondary's output
+        // is what drains the backlog.
+        self.flush_rings(cx);
+        let idle = |rs: &[RingOut]| rs.iter().all(|r| r.pending() == 0);
         let mut work = 0;
-        if cx.phase == Phase::Run {
+        if cx.phase == Phase::Run && self.pvm_open(cx) && idle(&self.to_primary) {
             let n = self.pvm_rx.rx_burst(&mut self.burst);
             c.add(Counter::Rx, n as u64);
             route(&mut self.burst, &mut self.to_primary, cx);
             work += n;
         }
         if cx.phase <= Phase::StopRx {
-            let n = self.link_rx.recv(&mut self.burst, cx);
-            route(&mut self.burst, &mut self.to_secondary, cx);
-            work += n;
+            if idle(&self.to_secondary) {
+                let n = self.link_rx.recv(&mut self.burst, cx);
+                route(&mut self.burst, &mut self.to_secondary, cx);
+                work += n;
+            } else {
+                c.inc(Counter::LinkRxGated);
+            }
         }
         self.flush_rings(cx);
         work
@@ -424,6 +492,9 @@ pub struct CompareStage {
     capture_on: bool,
     context: ContextRing,
     progress: FailoverProgress,
+    /// Where this shard publishes its backlog (back-pressure, lag reports).
+    board: Option<Arc<BacklogBoard>>,
+    published: compare::Backlog,
 }
 
 impl CompareStage {
@@ -451,6 +522,27 @@ impl CompareStage {
             capture_on: false,
             context: ContextRing::new(),
             progress: FailoverProgress::default(),
+            board: None,
+            published: compare::Backlog::default(),
+        }
+    }
+
+    /// Publish this shard's backlog on `board` once per poll.
+    pub fn with_backlog(mut self, board: Arc<BacklogBoard>) -> Self {
+        self.board = Some(board);
+        self
+    }
+
+    /// Publish the backlog when it changed (once per poll; a store only on change keeps the
+    /// redirector's cache line quiet while nothing moves).
+    #[inline]
+    fn publish(&mut self, now_ns: u64) {
+        if let Some(board) = &self.board {
+            let b = self.engine.backlog();
+            if b != self.published {
+                board.publish(self.shard, &b, now_ns);
+                self.published = b;
+            }
         }
     }
 
@@ -562,6 +654,7 @@ impl Stage for CompareStage {
             self.burst = burst;
         }
         self.nic_tx.flush(c);
+        self.publish(cx.now_ns);
         ns + np
     }
 
@@ -573,6 +666,7 @@ impl Stage for CompareStage {
         self.latency.publish();
         self.progress
             .report(&self.name, 0, Some(&self.events), cx.now_ns);
+        self.publish(cx.now_ns);
     }
 
     fn command(&mut self, cmd: &Command, cx: &LoopCtx) {
@@ -624,6 +718,7 @@ impl Stage for CompareStage {
             Command::Quiesce => {}
         }
         self.nic_tx.flush(cx.counters);
+        self.publish(cx.now_ns);
     }
 
     fn flush(&mut self, cx: &LoopCtx) {
@@ -635,6 +730,7 @@ impl Stage for CompareStage {
         drop(out);
         self.nic_tx.flush(cx.counters);
         self.latency.publish();
+        self.publish(cx.now_ns);
     }
 }
 
@@ -716,6 +812,9 @@ impl FailoverProgress {
     }
 }
 
+/// Divergence reason of a mirrored frame the SVM port could not take.
+pub const SVM_INPUT_LOST: &str = "svm_input_lost";
+
 /// Secondary: the mirror stream into the SVM (ack += offset) and the SVM's output back to the
 /// primary (seq −= offset); after failover, the SVM serves the client through the NIC.
 ///
@@ -740,7 +839,16 @@ pub struct RewriterStage {
     announce_next_ns: u64,
     announced: u64,
     progress: FailoverProgress,
+    /// `svm_input_lost` divergences go here (none: counted only).
+    events: Option<EventSender>,
+    /// Mirrored frames the SVM missed since the last event.
+    svm_lost: u64,
+    next_event_ns: u64,
 }
+
+/// Shortest interval between two `svm_input_lost` events (management coalesces checkpoint
+/// requests anyway; this bounds the event queue during a long SVM stall).
+const SVM_LOST_EVENT_PERIOD_NS: u64 = 10_000_000;
 
 impl RewriterStage {
     /// A rewriter between the link and the SVM port; `nic` is used after failover.
@@ -769,6 +877,52 @@ impl RewriterStage {
             announce_next_ns: 0,
             announced: 0,
             progress: FailoverProgress::default(),
+            events: None,
+            svm_lost: 0,
+            next_event_ns: 0,
+        }
+    }
+
+    /// Report mirrored frames the SVM could not take to management (`svm_input_lost`).
+    pub fn with_events(mut self, events: EventSender) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    /// The SVM missed input the PVM got: its state may now differ, ask for a checkpoint at
+    /// once (an event, like a compare divergence; at most one per period).
+    fn report_svm_lost(&mut self, cx: &LoopCtx) {
+        if self.svm_lost == 0 || cx.now_ns < self.next_event_ns {
+            return;
+        }
+        let Some(events) = &self.events else {
+            self.svm_lost = 0;
+            return;
+        };
+        let c = cx.counters;
+        c.inc(Counter::Divergences);
+        // Only on a loss, at most once per period: allocating the event is off the steady path.
+        let ev = crate::control::Event::Divergence {
+            flow: format!("svm port ({} frames)", self.svm_lost),
+            reason: SVM_INPUT_LOST.to_string(),
+            side: crate::control::Side::Secondary,
+            seq_range: None,
+            time_ns: cx.now_ns,
+        };
+        if !events.event(ev) {
+            c.inc(Counter::EventsDropped);
+        }
+        self.svm_lost = 0;
+        self.next_event_ns = cx.now_ns.saturating_add(SVM_LOST_EVENT_PERIOD_NS);
+    }
+
+    /// Send what is pending for the SVM; before failover, what its port refuses is input
+    /// the SVM lost.
+    fn flush_svm(&mut self, c: &LcoreCounters) {
+        if self.failed_over {
+            self.svm_tx.flush(c);
+        } else {
+            self.svm_lost += self.svm_tx.flush_as(c, Counter::DropSvmInputLost);
         }
     }
 
@@ -785,9 +939,14 @@ impl RewriterStage {
 
     fn rewrite_into(&mut self, dir: Direction, cx: &LoopCtx, to_svm: bool) {
         let c = cx.counters;
+        // Until failover, a mirrored frame lost on its way into the SVM is a divergence.
+        let mirrored = to_svm && !self.failed_over;
         for m in self.burst.drain() {
             let Some(mut m) = unshare(m, &self.pool) else {
                 c.inc(Counter::DropNoMbuf);
+                if mirrored {
+                    self.svm_lost += 1;
+                }
                 continue;
             };
             if dir == Direction::FromSecondary {
@@ -798,7 +957,9 @@ impl RewriterStage {
             } else {
                 c.inc(Counter::RewritePassed);
             }
-            if to_svm {
+            if mirrored {
+                self.svm_lost += self.svm_tx.push_as(m, c, Counter::DropSvmInputLost);
+            } else if to_svm {
                 self.svm_tx.push(m, c);
             } else if self.failed_over {
                 match &mut self.nic {
@@ -898,7 +1059,8 @@ impl Stage for RewriterStage {
         c.add(Counter::Rx, n as u64);
         work += n;
         self.rewrite_into(Direction::FromSecondary, cx, false);
-        self.svm_tx.flush(c);
+        self.flush_svm(c);
+        self.report_svm_lost(cx);
         self.link_tx.flush(c);
         if let Some((_, tx)) = &mut self.nic {
             tx.flush(c);
@@ -945,7 +1107,8 @@ impl Stage for RewriterStage {
 
     fn flush(&mut self, cx: &LoopCtx) {
         let c = cx.counters;
-        self.svm_tx.flush(c);
+        self.flush_svm(c);
+        self.report_svm_lost(cx);
         self.link_tx.flush(c);
         if let Some((_, tx)) = &mut self.nic {
             tx.flush(c);

@@ -2,6 +2,7 @@
 //! queues, one ring per producer→consumer pair, stages placed on the configured lcores.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::compare::{self, Comparator};
@@ -12,6 +13,7 @@ use crate::link::framing::FrameConfig;
 use crate::link::socket::{FramedSocket, LinkAddr, Role as SockRole, SocketConfig};
 use crate::rewrite::{self, Rewriter};
 
+use super::backpressure::{BacklogBoard, PvmGate, Watermarks};
 use super::io::{RingIn, RingOut, RxSet, TxBuf};
 use super::latency::{LatencyRecorder, SharedHistogram};
 use super::lcore::{Backoff, Stage};
@@ -35,6 +37,8 @@ pub struct Topology {
     pub hold: SharedHistogram,
     /// Idle back-off from the config.
     pub backoff: Backoff,
+    /// The compare shards' published backlogs (primary; lag reports).
+    pub backlog: Option<Arc<BacklogBoard>>,
 }
 
 /// The compare engine's configuration from the file's `[compare]`.
@@ -301,6 +305,7 @@ pub fn build(
     );
 
     let hold = SharedHistogram::default();
+    let mut backlog = None;
     let mut by_lcore: BTreeMap<u32, Vec<Box<dyn Stage>>> = BTreeMap::new();
     let mut place = |lcore: Option<u32>, stage: Box<dyn Stage>| -> Result<(), String> {
         let l = lcore.ok_or_else(|| format!("lcores: no lcore for stage {}", stage.name()))?;
@@ -317,6 +322,8 @@ pub fn build(
             )?;
             let (mut to_p, mut to_s) = (Vec::new(), Vec::new());
             let mut shard_stages = Vec::new();
+            let board = BacklogBoard::new(shards);
+            backlog = Some(board.clone());
             for k in 0..shards {
                 let flags = RingFlags::default();
                 let (pp, pc) = dpdk::ring::<Mbuf>(&format!("cmp_p{k}"), ring_size, flags)
@@ -342,13 +349,17 @@ pub fn build(
                         ev,
                         lat,
                     )
-                    .with_capture(capture),
+                    .with_capture(capture)
+                    .with_backlog(board.clone()),
                 ));
             }
-            place(
-                cfg.lcores.redirector,
-                Box::new(RedirectorStage::new(pvm_rx, link_rx, to_p, to_s)),
-            )?;
+            let mut redirector = RedirectorStage::new(pvm_rx, link_rx, to_p, to_s);
+            let bp = &cfg.backpressure;
+            if bp.enabled {
+                let gate = PvmGate::new(Watermarks::from(bp), bp.max_pause_ms * 1_000_000, shards);
+                redirector = redirector.with_backpressure(board, gate);
+            }
+            place(cfg.lcores.redirector, Box::new(redirector))?;
             for (k, s) in shard_stages {
                 let l = cfg
                     .lcores
@@ -374,6 +385,7 @@ pub fn build(
                 Rewriter::new(rewriter_config(cfg)),
                 pool.clone(),
             )
+            .with_events(events.clone())
             .with_failover(failover_opts(cfg, events));
             place(cfg.lcores.rewriter, Box::new(rw))?;
         }
@@ -392,5 +404,6 @@ pub fn build(
         ports: ports.into_iter().collect(),
         hold,
         backoff,
+        backlog,
     })
 }
