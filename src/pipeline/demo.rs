@@ -30,6 +30,7 @@ use super::io::{RingIn, RingOut, TxBuf, BURST};
 use super::latency::{percentiles_us, LatencyRecorder, SharedHistogram};
 use super::lcore::{Backoff, Command, LoopCtx, Phase, Stage};
 use super::link::{LinkRx, LinkTx, SeqReporter};
+use super::backpressure::BacklogBoard;
 use super::manage::{self, LoopOptions, SimulatedFrame};
 use super::runtime::LcorePlan;
 use super::sim::{Addresses, ClientConfig, ClientSim, ClientStats, FrameAlloc, VmConfig, VmSim};
@@ -330,6 +331,9 @@ pub fn demo(args: &DemoArgs) -> Result<DemoSummary, String> {
         let mut to_s = Vec::new();
         let mut proxy: Vec<Box<dyn Stage>> = Vec::new();
         let mut nic_tx = Some(nic_tx);
+        // Lag visibility only: the simulated VMs' ring ports would drop under back-pressure.
+        let board = BacklogBoard::new(shards);
+        control.set_backlog(board.clone());
         for k in 0..shards {
             let (pp, pc) =
                 dpdk::ring::<Mbuf>(&format!("to_cmp_p{k}"), 4096, Default::default()).map_err(e)?;
@@ -353,7 +357,8 @@ pub fn demo(args: &DemoArgs) -> Result<DemoSummary, String> {
                     mgmt.sender(),
                     LatencyRecorder::new(hold.clone()),
                 )
-                .with_capture(mgmt.capture_on()),
+                .with_capture(mgmt.capture_on())
+                .with_backlog(board.clone()),
             ));
         }
         // The link carries the encapsulation (stream id + sequence numbers), as on a real NIC.
@@ -478,6 +483,13 @@ pub fn demo(args: &DemoArgs) -> Result<DemoSummary, String> {
         status_every: (!args.quiet).then_some(Duration::from_secs(1)),
         quiesce_sources: true,
     };
+    control.set_ports(
+        ports
+            .ports
+            .iter()
+            .map(|p| (p.name(), p.id()))
+            .collect(),
+    );
     let started = Instant::now();
     let (out, failures) = manage::serve(plans, Backoff::default(), &control, mgmt, o)?;
     let seconds = started.elapsed().as_secs_f64();
