@@ -49,12 +49,9 @@ impl MirrorStage {
     #[inline]
     fn room_for_burst(&mut self, c: &LcoreCounters) -> bool {
         self.pvm_tx.try_flush(c);
-        if self.mirroring {
-            self.link_tx.try_flush(c);
-            self.pvm_tx.has_room_for_burst() && self.link_tx.has_room_for_burst()
-        } else {
-            self.pvm_tx.has_room_for_burst()
-        }
+        // Every poll, also after failover: what was queued before goes out promptly.
+        self.link_tx.try_flush(c);
+        self.pvm_tx.has_room_for_burst() && (!self.mirroring || self.link_tx.has_room_for_burst())
     }
 }
 
