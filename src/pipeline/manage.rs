@@ -105,10 +105,13 @@ pub fn run(
     let mut last_status = Instant::now();
     let mut last_totals = runtime::totals(ctl);
     let mut peak_lag = Vec::new();
+    // The status line shows the largest lag since the previous line, not one sample.
+    let mut interval_lag = Vec::new();
     loop {
         let out = mgmt.poll(ctl.now_ns());
         let lag = dp.map(PipelineControl::lag).unwrap_or_default();
         track_peak(&mut peak_lag, &lag);
+        track_peak(&mut interval_lag, &lag);
         if out.shutdown || o.stop.load(Ordering::Acquire) {
             break;
         }
@@ -120,8 +123,9 @@ pub fn run(
                 let t = runtime::totals(ctl);
                 let mut line = status_line(&t.delta(&last_totals), last_status.elapsed());
                 if let Some(dp) = dp {
-                    line.push_str(&pipeline_status(&t, &lag, dp));
+                    line.push_str(&pipeline_status(&t, &interval_lag, dp));
                 }
+                interval_lag.clear();
                 println!(
                     "[{:>6.1}s] {line} | {}",
                     start.elapsed().as_secs_f64(),
@@ -163,7 +167,8 @@ pub fn run(
 }
 
 /// The lag and pause part of the status line: ` | lag 1.2MB/3.1ms paused 12ms port-drops 5`
-/// (lag only on the primary; pause time and port drops since start).
+/// (lag per shard, the peak of the interval, only on the primary; pause time and port drops
+/// since start).
 fn pipeline_status(t: &Snapshot, lag: &[ShardLag], dp: &PipelineControl) -> String {
     let mut s = String::new();
     if !lag.is_empty() {
