@@ -274,6 +274,137 @@ mod child {
         result("rx", c.get(Counter::Rx));
     }
 
+    /// A UDP datagram 10.0.0.2:5000 → 10.0.0.1:7000 carrying `seq` (IPv4 header checksum
+    /// filled in, UDP checksum 0 = none).
+    fn udp_frame(seq: u32) -> Vec<u8> {
+        let payload = [&seq.to_be_bytes()[..], &[0x42; 14]].concat();
+        let mut f = vec![0u8; 14 + 20 + 8];
+        f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        let ip_len = (20 + 8 + payload.len()) as u16;
+        let ip = &mut f[14..34];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
+        ip[8] = 64;
+        ip[9] = 17;
+        ip[12..16].copy_from_slice(&[10, 0, 0, 2]);
+        ip[16..20].copy_from_slice(&[10, 0, 0, 1]);
+        let sum: u32 = ip
+            .chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum();
+        let sum = (sum & 0xffff) + (sum >> 16);
+        let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+        ip[10..12].copy_from_slice(&sum.to_be_bytes());
+        let udp = &mut f[34..42];
+        udp[0..2].copy_from_slice(&5000u16.to_be_bytes());
+        udp[2..4].copy_from_slice(&7000u16.to_be_bytes());
+        udp[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        f.extend_from_slice(&payload);
+        f
+    }
+
+    impl Env {
+        /// Send `frames` from port `i` (all must fit).
+        fn send_frames(&mut self, i: usize, frames: impl Iterator<Item = Vec<u8>>) -> usize {
+            let pool = self.pool.clone();
+            let tx = match self.txq.entry(i) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert(self.ports[i].tx_queue(0).expect("txq")),
+            };
+            let mut sent = 0;
+            let mut b: MbufBurst<BURST> = MbufBurst::new();
+            for f in frames {
+                let mut m = pool.alloc().expect("mbuf");
+                m.set_data(&f).expect("fits");
+                b.push(m).expect("room");
+                if b.is_full() {
+                    sent += tx.tx_burst(&mut b);
+                    assert!(b.is_empty(), "the ring took the burst");
+                }
+            }
+            sent += tx.tx_burst(&mut b);
+            sent
+        }
+    }
+
+    /// The whole loop: a real compare shard publishes its backlog, the redirector pauses the
+    /// PVM port at the high watermark while the link keeps being read, the secondary's
+    /// datagrams drain the backlog, the port resumes, everything is released matched.
+    pub fn shard_backlog_gates_the_redirector() {
+        use colo_proxy::compare::{CompareConfig, Comparator};
+        use colo_proxy::pipeline::io::RingIn;
+        use colo_proxy::pipeline::latency::{LatencyRecorder, SharedHistogram};
+        use colo_proxy::pipeline::stages::CompareStage;
+
+        let mut env = Env::new();
+        let (pvm, guest) = env.wire("e_pvm", "e_guest");
+        let (link_p, link_s) = env.wire("e_link_p", "e_link_s");
+        let (nic, client) = env.wire("e_nic", "e_client");
+        let (pp, pc) = dpdk::ring::<Mbuf>("e_to_p", 1024, Default::default()).unwrap();
+        let (sp, sc) = dpdk::ring::<Mbuf>("e_to_s", 1024, Default::default()).unwrap();
+        let board = BacklogBoard::new(1);
+        let w = Watermarks {
+            high_packets: 64,
+            high_bytes: 1 << 30,
+            low_packets: 32,
+            low_bytes: 1 << 29,
+        };
+        let pvm_rx = env.port(pvm).rx_queue(0).unwrap();
+        let link_rx = LinkRx::RawPort(env.port(link_p).rx_queue(0).unwrap());
+        let mut r = RedirectorStage::new(pvm_rx, link_rx, vec![RingOut::new(pp)], vec![
+            RingOut::new(sp),
+        ])
+        .with_backpressure(board.clone(), PvmGate::new(w, 0, 1));
+        let (events, _inbox) = EventSender::channel(64);
+        let nic_tx = TxBuf::new(env.port(nic).tx_queue(0).unwrap());
+        let mut shard = CompareStage::new(
+            0,
+            RingIn::new(pc),
+            RingIn::new(sc),
+            nic_tx,
+            Comparator::new(CompareConfig::default()),
+            events,
+            LatencyRecorder::new(SharedHistogram::default()),
+        )
+        .with_backlog(board.clone());
+        let c = LcoreCounters::default();
+        let mut t = 0;
+        let mut step = |r: &mut RedirectorStage, shard: &mut CompareStage| {
+            t += 1_000;
+            r.poll(&cx(&c, t));
+            shard.poll(&cx(&c, t));
+        };
+
+        assert_eq!(env.send_frames(guest, (0..200).map(udp_frame)), 200);
+        for _ in 0..20 {
+            step(&mut r, &mut shard);
+        }
+        result("held_backlog", board.primary(0).0);
+        result("held_rx", c.get(Counter::Rx));
+        result("held_gated", (c.get(Counter::PvmRxGated) > 0) as u8);
+        // The SVM's identical output, in bursts, while the PVM port is paused.
+        let mut released = 0;
+        for chunk in 0..(200 / 20) {
+            let k = chunk * 20;
+            assert_eq!(env.send_frames(link_s, (k..k + 20).map(udp_frame)), 20);
+            for _ in 0..4 {
+                step(&mut r, &mut shard);
+            }
+            released += env.drain(client, 0).0;
+        }
+        for _ in 0..20 {
+            step(&mut r, &mut shard);
+            released += env.drain(client, 0).0;
+        }
+        result("released", released);
+        result("matched", c.get(Counter::ReleasedMatched));
+        result("pauses", c.get(Counter::PvmPauses));
+        result("final_backlog", board.primary(0).0);
+        result("drops", c.snapshot().dropped());
+    }
+
     /// The SVM port refuses mirrored frames (its guest does not read): each lost frame is
     /// counted `drop_svm_input_lost` and management gets an `svm_input_lost` divergence.
     pub fn svm_input_lost_event() {
@@ -398,4 +529,28 @@ fn svm_port_refusing_mirrored_frames_raises_svm_input_lost() {
     assert_eq!(lost, sent - 1024, "all but the SVM ring's 1024 are lost\n{}", c.dump());
     assert!(c.num("divergences") >= 1);
     assert_eq!(c.get("reasons"), "svm_input_lost/Secondary");
+}
+
+#[test]
+fn a_shard_above_its_high_watermark_stops_the_redirector_reading_the_pvm_port() {
+    const TEST: &str = "a_shard_above_its_high_watermark_stops_the_redirector_reading_the_pvm_port";
+    if in_child(TEST) {
+        child::shard_backlog_gates_the_redirector();
+        return;
+    }
+    let c = spawn(TEST);
+    c.assert_ok();
+    let held = c.num("held_backlog");
+    assert!(
+        (64..=96).contains(&held),
+        "paused at the high watermark (one burst may follow): {held}\n{}",
+        c.dump()
+    );
+    assert_eq!(c.num("held_rx"), held, "the rest stays in the PVM port");
+    assert_eq!(c.num("held_gated"), 1);
+    assert_eq!(c.num("released"), 200, "{}", c.dump());
+    assert_eq!(c.num("matched"), 200);
+    assert!(c.num("pauses") >= 2, "paused again after resuming\n{}", c.dump());
+    assert_eq!(c.num("final_backlog"), 0);
+    assert_eq!(c.num("drops"), 0);
 }

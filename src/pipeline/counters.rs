@@ -78,9 +78,10 @@ counters! {
     /// input the PVM got, so a checkpoint is requested (`svm_input_lost`).
     DropSvmInputLost = "drop_svm_input_lost",
     // --- informational ---
-    /// The mirror could not clone a frame (refcount limit): the secondary misses it.
+    /// The mirror could not clone a frame (refcount limit): dropped for both
+    /// (`drop_input_both`).
     CloneFailed = "clone_failed",
-    /// Frames the mirror sent to the PVM and the link.
+    /// Frames the mirror sent to the PVM and the link (both took them).
     Mirrored = "mirrored",
     /// Primary frames that entered a compare shard.
     ComparedPrimary = "compared_primary",
