@@ -147,7 +147,12 @@ fn defaults_are_filled_in() {
     // 384 cache + 8 bursts × 32 + 4096 socket backlog = 20224, rounded to 20479.
     assert_eq!(c.mempool.budget.total(), 20224);
     assert_eq!(
-        (c.mempool.mbufs, c.mempool.derived, c.mempool.cache, c.mempool.data_room),
+        (
+            c.mempool.mbufs,
+            c.mempool.derived,
+            c.mempool.cache,
+            c.mempool.data_room
+        ),
         (20479, true, 256, 2176)
     );
     let bp = &c.backpressure;
@@ -879,10 +884,9 @@ fn eal_args_shape_errors() {
 fn mempool_size_is_derived_from_what_the_pipeline_holds() {
     // More shards: more rings, compare queues and nic tx queues, and the derived pool grows.
     let one = Config::from_toml_str(PRIMARY).unwrap();
-    let two = Config::from_toml_str(&format!("{PRIMARY}[compare]\nshards = 2\n").replace(
-        "compare = 3",
-        "compare = [2, 3]",
-    ))
+    let two = Config::from_toml_str(
+        &format!("{PRIMARY}[compare]\nshards = 2\n").replace("compare = 3", "compare = [2, 3]"),
+    )
     .unwrap();
     let (b1, b2) = (one.mempool.budget, two.mempool.budget);
     assert_eq!(b2.compare, 2 * b1.compare);
@@ -898,7 +902,10 @@ fn mempool_size_is_derived_from_what_the_pipeline_holds() {
     assert_eq!(small.mempool.mbufs, 20479 - 7168);
     // The secondary holds no compare queues.
     let sec = Config::from_toml_str(SECONDARY).unwrap();
-    assert_eq!((sec.mempool.budget.compare, sec.mempool.budget.rings), (0, 0));
+    assert_eq!(
+        (sec.mempool.budget.compare, sec.mempool.budget.rings),
+        (0, 0)
+    );
     assert!(sec.mempool.derived);
     // A set size that holds everything is kept as written.
     let set = Config::from_toml_str(&format!("{PRIMARY}[mempool]\nmbufs = 20224\n")).unwrap();

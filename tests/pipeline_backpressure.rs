@@ -11,7 +11,6 @@ use dpdk_common::{eal_args, in_child, result, spawn};
 #[cfg(test)]
 mod child {
     use super::result;
-    use std::collections::hash_map::{Entry, HashMap};
     use colo_proxy::compare::Backlog;
     use colo_proxy::control::Event;
     use colo_proxy::dpdk::{
@@ -26,6 +25,7 @@ mod child {
     use colo_proxy::pipeline::link::{LinkRx, LinkTx};
     use colo_proxy::pipeline::stages::{MirrorStage, RedirectorStage, RewriterStage};
     use colo_proxy::rewrite::{Rewriter, RewriterConfig};
+    use std::collections::hash_map::{Entry, HashMap};
 
     pub struct Env {
         _eal: Eal,
@@ -240,9 +240,12 @@ mod child {
         };
         let pvm_rx = env.port(pvm).rx_queue(0).unwrap();
         let link_rx = LinkRx::RawPort(env.port(link_p).rx_queue(0).unwrap());
-        let mut r = RedirectorStage::new(pvm_rx, link_rx, vec![RingOut::new(pp)], vec![
-            RingOut::new(sp),
-        ])
+        let mut r = RedirectorStage::new(
+            pvm_rx,
+            link_rx,
+            vec![RingOut::new(pp)],
+            vec![RingOut::new(sp)],
+        )
         .with_backpressure(board.clone(), PvmGate::new(w, 0, 1));
         let c = LcoreCounters::default();
         let backlog = |p: u64| Backlog {
@@ -333,7 +336,7 @@ mod child {
     /// PVM port at the high watermark while the link keeps being read, the secondary's
     /// datagrams drain the backlog, the port resumes, everything is released matched.
     pub fn shard_backlog_gates_the_redirector() {
-        use colo_proxy::compare::{CompareConfig, Comparator};
+        use colo_proxy::compare::{Comparator, CompareConfig};
         use colo_proxy::pipeline::io::RingIn;
         use colo_proxy::pipeline::latency::{LatencyRecorder, SharedHistogram};
         use colo_proxy::pipeline::stages::CompareStage;
@@ -353,9 +356,12 @@ mod child {
         };
         let pvm_rx = env.port(pvm).rx_queue(0).unwrap();
         let link_rx = LinkRx::RawPort(env.port(link_p).rx_queue(0).unwrap());
-        let mut r = RedirectorStage::new(pvm_rx, link_rx, vec![RingOut::new(pp)], vec![
-            RingOut::new(sp),
-        ])
+        let mut r = RedirectorStage::new(
+            pvm_rx,
+            link_rx,
+            vec![RingOut::new(pp)],
+            vec![RingOut::new(sp)],
+        )
         .with_backpressure(board.clone(), PvmGate::new(w, 0, 1));
         let (events, _inbox) = EventSender::channel(64);
         let nic_tx = TxBuf::new(env.port(nic).tx_queue(0).unwrap());
@@ -461,9 +467,18 @@ fn link_refusing_frames_makes_the_pvm_miss_them_too() {
     }
     let c = spawn(TEST);
     c.assert_ok();
-    assert_eq!(c.num("refused_pvm"), 0, "the PVM must not get what the link refused\n{}", c.dump());
+    assert_eq!(
+        c.num("refused_pvm"),
+        0,
+        "the PVM must not get what the link refused\n{}",
+        c.dump()
+    );
     assert_eq!(c.num("refused_link"), 0);
-    assert_eq!(c.num("refused_dropped"), 10, "each client frame counted once");
+    assert_eq!(
+        c.num("refused_dropped"),
+        10,
+        "each client frame counted once"
+    );
     assert_eq!(c.get("ok_pvm"), "10/10");
     assert_eq!(c.num("ok_link"), 10);
     assert_eq!(c.num("dropped_total"), 10);
@@ -480,7 +495,12 @@ fn nic_is_not_read_while_either_side_is_full() {
     let c = spawn(TEST);
     c.assert_ok();
     for side in ["pvm", "link"] {
-        assert_eq!(c.num(&format!("{side}_gated")), 1, "{side} full: NIC gated\n{}", c.dump());
+        assert_eq!(
+            c.num(&format!("{side}_gated")),
+            1,
+            "{side} full: NIC gated\n{}",
+            c.dump()
+        );
         assert_eq!(
             c.num(&format!("{side}_nic_unread")),
             1,
@@ -488,9 +508,22 @@ fn nic_is_not_read_while_either_side_is_full() {
             c.dump()
         );
         let injected = c.num(&format!("{side}_injected"));
-        assert!(injected > 1100, "more than the blocked ring holds: {injected}");
-        assert_eq!(c.num(&format!("{side}_blocked_got")), injected, "{}", c.dump());
-        assert_eq!(c.num(&format!("{side}_other_got")), injected, "{}", c.dump());
+        assert!(
+            injected > 1100,
+            "more than the blocked ring holds: {injected}"
+        );
+        assert_eq!(
+            c.num(&format!("{side}_blocked_got")),
+            injected,
+            "{}",
+            c.dump()
+        );
+        assert_eq!(
+            c.num(&format!("{side}_other_got")),
+            injected,
+            "{}",
+            c.dump()
+        );
     }
     assert_eq!(c.num("proxy_drops"), 0);
     assert_eq!(c.get("balanced"), "true");
@@ -505,11 +538,20 @@ fn high_backlog_pauses_the_pvm_port_until_the_low_watermark() {
     }
     let c = spawn(TEST);
     c.assert_ok();
-    assert_eq!(c.num("paused_to_primary"), 0, "PVM port not read\n{}", c.dump());
+    assert_eq!(
+        c.num("paused_to_primary"),
+        0,
+        "PVM port not read\n{}",
+        c.dump()
+    );
     assert_eq!(c.num("paused_to_secondary"), 5, "the link is never paused");
     assert_eq!(c.num("paused_gated"), 3);
     assert_eq!(c.num("paused_pauses"), 1);
-    assert_eq!(c.num("between_to_primary"), 0, "hysteresis: still paused above low");
+    assert_eq!(
+        c.num("between_to_primary"),
+        0,
+        "hysteresis: still paused above low"
+    );
     assert_eq!(c.num("low_to_primary"), 10, "resumed at the low watermark");
     assert!(c.num("paused_ns") >= 3_000, "pause time counted");
     assert_eq!(c.num("rx"), 15);
@@ -526,7 +568,12 @@ fn svm_port_refusing_mirrored_frames_raises_svm_input_lost() {
     c.assert_ok();
     let (sent, lost) = (c.num("sent"), c.num("lost"));
     assert!(sent >= 1100, "{}", c.dump());
-    assert_eq!(lost, sent - 1024, "all but the SVM ring's 1024 are lost\n{}", c.dump());
+    assert_eq!(
+        lost,
+        sent - 1024,
+        "all but the SVM ring's 1024 are lost\n{}",
+        c.dump()
+    );
     assert!(c.num("divergences") >= 1);
     assert_eq!(c.get("reasons"), "svm_input_lost/Secondary");
 }
@@ -550,7 +597,11 @@ fn a_shard_above_its_high_watermark_stops_the_redirector_reading_the_pvm_port() 
     assert_eq!(c.num("held_gated"), 1);
     assert_eq!(c.num("released"), 200, "{}", c.dump());
     assert_eq!(c.num("matched"), 200);
-    assert!(c.num("pauses") >= 2, "paused again after resuming\n{}", c.dump());
+    assert!(
+        c.num("pauses") >= 2,
+        "paused again after resuming\n{}",
+        c.dump()
+    );
     assert_eq!(c.num("final_backlog"), 0);
     assert_eq!(c.num("drops"), 0);
 }

@@ -823,7 +823,10 @@ fn build_backpressure(
         dlb
     });
     if high_packets == 0 {
-        e.push("backpressure.high_packets", "must be positive (0 is rejected)");
+        e.push(
+            "backpressure.high_packets",
+            "must be positive (0 is rejected)",
+        );
     } else if high_packets > compare.shard_packets {
         e.push(
             "backpressure.high_packets",
@@ -841,7 +844,10 @@ fn build_backpressure(
         );
     }
     if high_bytes == 0 {
-        e.push("backpressure.high_bytes", "must be positive (0 is rejected)");
+        e.push(
+            "backpressure.high_bytes",
+            "must be positive (0 is rejected)",
+        );
     } else if high_bytes > compare.shard_bytes {
         e.push(
             "backpressure.high_bytes",

@@ -155,7 +155,11 @@ pub fn summary(cfg: &Config, eal_args: &[String]) -> String {
         "rings: {} slots; mempool: {} mbufs ({}; holds {}), cache {}, data room {}",
         cfg.rings.size,
         cfg.mempool.mbufs,
-        if cfg.mempool.derived { "derived" } else { "set" },
+        if cfg.mempool.derived {
+            "derived"
+        } else {
+            "set"
+        },
         cfg.mempool.budget,
         cfg.mempool.cache,
         cfg.mempool.data_room

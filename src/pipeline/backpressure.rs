@@ -66,12 +66,15 @@ impl BacklogBoard {
     pub fn publish(&self, k: usize, b: &Backlog, now_ns: u64) {
         let Some(g) = self.gauges.get(k) else { return };
         g.primary_bytes.store(b.primary_bytes, Ordering::Relaxed);
-        g.secondary_packets.store(b.secondary_packets, Ordering::Relaxed);
-        g.secondary_bytes.store(b.secondary_bytes, Ordering::Relaxed);
+        g.secondary_packets
+            .store(b.secondary_packets, Ordering::Relaxed);
+        g.secondary_bytes
+            .store(b.secondary_bytes, Ordering::Relaxed);
         g.oldest_primary_ns
             .store(b.oldest_primary_ns.unwrap_or(NONE_NS), Ordering::Relaxed);
         g.at_ns.store(now_ns, Ordering::Relaxed);
-        g.primary_packets.store(b.primary_packets, Ordering::Release);
+        g.primary_packets
+            .store(b.primary_packets, Ordering::Release);
     }
 
     /// Shard `k`'s primary backlog `(packets, bytes)`: what the gate needs.
@@ -118,9 +121,7 @@ impl BacklogBoard {
                     primary_bytes: b.primary_bytes,
                     secondary_packets: b.secondary_packets,
                     secondary_bytes: b.secondary_bytes,
-                    oldest_ns: b
-                        .oldest_primary_ns
-                        .map_or(0, |t| now_ns.saturating_sub(t)),
+                    oldest_ns: b.oldest_primary_ns.map_or(0, |t| now_ns.saturating_sub(t)),
                 }
             })
             .collect()
@@ -371,7 +372,10 @@ mod tests {
 
     #[test]
     fn config_sizing_uses_the_pipeline_constants() {
-        assert_eq!(crate::config::sizing::BURST as usize, super::super::io::BURST);
+        assert_eq!(
+            crate::config::sizing::BURST as usize,
+            super::super::io::BURST
+        );
         assert_eq!(
             crate::config::sizing::SOCKET_RX_BACKLOG as usize,
             super::super::link::SOCKET_RX_BACKLOG

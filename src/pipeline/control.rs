@@ -23,7 +23,7 @@ pub struct PipelineControl {
     bypass: Mutex<Vec<BypassRule>>,
     shutdown: Arc<AtomicBool>,
     backlog: OnceLock<Arc<BacklogBoard>>,
-    ports: OnceLock<Vec<(String, u16)>>,
+    ports: OnceLock<Vec<(String, u16, bool)>>,
 }
 
 /// One port's drop counters as reports show them (drops in the device or kernel that the
@@ -44,6 +44,9 @@ pub struct PortDrops {
     pub rx_nombuf: u64,
     /// Tx errors (`oerrors`; af_packet counts its failed sends here).
     pub tx_errors: u64,
+    /// An af_packet port: DPDK 22.11's PMD reports no rx drops; the kernel counts its ring
+    /// overflows per socket (`tp_drops`), which the PMD does not expose.
+    pub kernel_drops_hidden: bool,
 }
 
 impl PortDrops {
@@ -55,14 +58,19 @@ impl PortDrops {
     /// `port nic rx .. tx .. missed .. rx-errors .. rx-nombuf .. tx-errors ..`.
     pub fn line(&self) -> String {
         format!(
-            "port {:<8} rx {} tx {} missed {} rx-errors {} rx-nombuf {} tx-errors {}",
+            "port {:<8} rx {} tx {} missed {} rx-errors {} rx-nombuf {} tx-errors {}{}",
             self.name,
             self.rx,
             self.tx,
             self.rx_missed,
             self.rx_errors,
             self.rx_nombuf,
-            self.tx_errors
+            self.tx_errors,
+            if self.kernel_drops_hidden {
+                " (af_packet: kernel ring drops not reported)"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -85,8 +93,9 @@ impl PipelineControl {
         let _ = self.backlog.set(board);
     }
 
-    /// The ports by name and DPDK id (their drop counters in stats and status).
-    pub fn set_ports(&self, ports: Vec<(String, u16)>) {
+    /// The ports by name, DPDK id and whether they are af_packet ports (their drop counters
+    /// in stats and status).
+    pub fn set_ports(&self, ports: Vec<(String, u16, bool)>) {
         let _ = self.ports.set(ports);
     }
 
@@ -105,10 +114,11 @@ impl PipelineControl {
         };
         ports
             .iter()
-            .filter_map(|(name, id)| {
+            .filter_map(|(name, id, af_packet)| {
                 let s = crate::dpdk::Port::stats_of(*id).ok()?;
                 Some(PortDrops {
                     name: name.clone(),
+                    kernel_drops_hidden: *af_packet,
                     rx: s.ipackets,
                     tx: s.opackets,
                     rx_missed: s.imissed,

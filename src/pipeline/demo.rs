@@ -23,6 +23,7 @@ use crate::mgmt::capture::CaptureConfig;
 use crate::mgmt::{Management, MgmtConfig, MgmtStats};
 use crate::rewrite::{Rewriter, RewriterConfig};
 
+use super::backpressure::BacklogBoard;
 use super::cli::DemoArgs;
 use super::control::PipelineControl;
 use super::counters::{Counter, Snapshot};
@@ -30,7 +31,6 @@ use super::io::{RingIn, RingOut, TxBuf, BURST};
 use super::latency::{percentiles_us, LatencyRecorder, SharedHistogram};
 use super::lcore::{Backoff, Command, LoopCtx, Phase, Stage};
 use super::link::{LinkRx, LinkTx, SeqReporter};
-use super::backpressure::BacklogBoard;
 use super::manage::{self, LoopOptions, SimulatedFrame};
 use super::runtime::LcorePlan;
 use super::sim::{Addresses, ClientConfig, ClientSim, ClientStats, FrameAlloc, VmConfig, VmSim};
@@ -487,7 +487,7 @@ pub fn demo(args: &DemoArgs) -> Result<DemoSummary, String> {
         ports
             .ports
             .iter()
-            .map(|p| (p.name(), p.id()))
+            .map(|p| (p.name(), p.id(), false))
             .collect(),
     );
     let started = Instant::now();

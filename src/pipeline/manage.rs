@@ -187,7 +187,11 @@ fn pipeline_status(t: &Snapshot, lag: &[ShardLag], dp: &PipelineControl) -> Stri
 }
 
 /// The final report's back-pressure, lag and drop lines.
-pub fn report_lines(t: &Snapshot, peak: &[ShardLag], ports: &[super::control::PortDrops]) -> String {
+pub fn report_lines(
+    t: &Snapshot,
+    peak: &[ShardLag],
+    ports: &[super::control::PortDrops],
+) -> String {
     use std::fmt::Write;
     let mut r = String::new();
     let _ = writeln!(r, "drops                    {}", t.drops_list());
@@ -345,6 +349,73 @@ mod tests {
         f.poll(7_000_000, &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(f.stats()["completed"], 1);
+    }
+
+    #[test]
+    fn report_lines_name_every_drop_the_pause_the_lag_and_port_drops() {
+        let c = super::super::counters::LcoreCounters::default();
+        c.add(Counter::DropInputBoth, 2);
+        c.add(Counter::DropSvmInputLost, 3);
+        c.inc(Counter::PvmPauses);
+        c.add(Counter::PvmPausedNs, 1_500_000);
+        c.add(Counter::PvmRxGated, 40);
+        let peak = [ShardLag {
+            shard: 0,
+            primary_packets: 4130,
+            primary_bytes: 6_250_000,
+            oldest_ns: 5_000_000,
+            ..ShardLag::default()
+        }];
+        let port = super::super::control::PortDrops {
+            name: "nic".into(),
+            rx: 10,
+            tx: 9,
+            rx_missed: 4,
+            rx_errors: 0,
+            rx_nombuf: 0,
+            tx_errors: 1,
+            kernel_drops_hidden: true,
+        };
+        assert_eq!(port.dropped(), 5);
+        let r = report_lines(&c.snapshot(), &peak, &[port]);
+        assert!(
+            r.contains("drops                    drop_input_both=2 drop_svm_input_lost=3\n"),
+            "{r}"
+        );
+        assert!(
+            r.contains("1 pauses, 1.5 ms paused, 40 gated polls, 0 overrides"),
+            "{r}"
+        );
+        assert!(
+            r.contains(
+                "svm lag shard 0          peak 4130 packets / 6250000 bytes queued, oldest 5.0 ms"
+            ),
+            "{r}"
+        );
+        assert!(
+            r.contains(
+                "port nic      rx 10 tx 9 missed 4 rx-errors 0 rx-nombuf 0 tx-errors 1 (af_packet"
+            ),
+            "{r}"
+        );
+        let mut peak = Vec::new();
+        track_peak(
+            &mut peak,
+            &[ShardLag {
+                primary_bytes: 5,
+                oldest_ns: 9,
+                ..ShardLag::default()
+            }],
+        );
+        track_peak(
+            &mut peak,
+            &[ShardLag {
+                primary_bytes: 7,
+                oldest_ns: 1,
+                ..ShardLag::default()
+            }],
+        );
+        assert_eq!((peak[0].primary_bytes, peak[0].oldest_ns), (7, 9));
     }
 
     #[test]

@@ -79,7 +79,18 @@ fn run_pipeline(cfg: &Config, eal_overrides: &[String]) -> Result<bool, String> 
     if let Some(b) = backlog {
         control.set_backlog(b);
     }
-    control.set_ports(ports.iter().map(|(n, p)| (n.clone(), p.id())).collect());
+    control.set_ports(
+        ports
+            .iter()
+            .map(|(n, p)| {
+                let af_packet = cfg.ports.get(n).is_some_and(|s| {
+                    let d = s.device_name();
+                    d.starts_with("net_af_packet") || d.starts_with("eth_af_packet")
+                });
+                (n.clone(), p.id(), af_packet)
+            })
+            .collect(),
+    );
     // After the ports exist, so `dpdk-dumpcap` can capture on them.
     if let Err(e) = crate::dpdk::telemetry::pdump_init() {
         eprintln!("warning: pdump not available (dpdk-dumpcap cannot attach): {e}");
