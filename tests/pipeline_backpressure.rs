@@ -142,6 +142,7 @@ mod child {
             tx: TxBuf::new(env.port(link_p).tx_queue(0).unwrap()),
             encap: EncapTx::new(EncapConfig::default(), 0),
             pool: copies.clone(),
+            hb: Default::default(),
         };
         let mut mirror = MirrorStage::new(nic_rx, pvm_tx, link_tx);
         let c = LcoreCounters::default();
