@@ -66,7 +66,14 @@ impl Bridged {
         let bridge = format!("cbr{tag}");
         sh(&["ip", "link", "add", &bridge, "type", "bridge"]);
         for role in ["client", "pvm"] {
-            sh(&["ip", "link", "set", &net.host(role).root_if, "master", &bridge]);
+            sh(&[
+                "ip",
+                "link",
+                "set",
+                &net.host(role).root_if,
+                "master",
+                &bridge,
+            ]);
         }
         sh(&["ip", "link", "set", &bridge, "up"]);
         let svc = Service::start(net.host("pvm"), &py, "pvm");
@@ -121,7 +128,10 @@ fn measure(path: &dyn Target, bytes: u64, rr: usize, set_ts: &dyn Fn(bool)) -> F
     set_ts(true);
     let (ok, out) = path.client(&["rr", VM_IP, &rr.to_string()], Duration::from_secs(300));
     let r = results(&out);
-    assert!(ok && r.get("rr_errors").map(String::as_str) == Some("0"), "rr: {out}");
+    assert!(
+        ok && r.get("rr_errors").map(String::as_str) == Some("0"),
+        "rr: {out}"
+    );
     f.rr_p50_us = r["rr_p50_us"].parse().unwrap_or(0.0);
     f.rr_p99_us = r["rr_p99_us"].parse().unwrap_or(0.0);
     f

@@ -25,7 +25,11 @@ fn a_gated_ack_is_released_lowered_to_the_secondarys_when_that_is_progress() {
     // [200,300) (duplicate ACKs at CACK).
     h.p(&ack_frame(CACK + 400));
     h.s(&as_secondary(ack_frame(CACK)));
-    assert_eq!(h.r.released.len(), 1, "nothing the SVM has not acknowledged goes out");
+    assert_eq!(
+        h.r.released.len(),
+        1,
+        "nothing the SVM has not acknowledged goes out"
+    );
     // The client retransmits its first hole: the PVM repeats its ACK, the SVM reaches 200.
     h.p(&ack_frame(CACK + 400));
     h.s(&as_secondary(ack_frame(CACK + 200)));
@@ -111,6 +115,9 @@ fn the_client_is_never_offered_more_window_than_the_secondary_offers() {
     h.checkpoint();
     h.p(&tcp(ISN + 5, CACK + 100, ACK, b""));
     h.s(&tcp(ISN + 5, CACK + 100, ACK, b""));
-    assert_eq!(*h.r.frames().last().unwrap(), tcp(ISN + 5, CACK + 100, ACK, b""));
+    assert_eq!(
+        *h.r.frames().last().unwrap(),
+        tcp(ISN + 5, CACK + 100, ACK, b"")
+    );
     assert!(h.r.events.is_empty());
 }

@@ -44,7 +44,11 @@ fn stream_with_holes(holes: &[(u32, bool, bool)], n: u32) -> H {
         h.p(&seg(i));
         h.s(&as_secondary(seg(i)));
     }
-    assert_eq!(h.queued(), (0, 0), "the stream after the holes is compared and freed");
+    assert_eq!(
+        h.queued(),
+        (0, 0),
+        "the stream after the holes is compared and freed"
+    );
     assert!(h.r.events.is_empty(), "{:?}", h.r.reasons());
     assert!(
         h.r.hows()
@@ -53,7 +57,10 @@ fn stream_with_holes(holes: &[(u32, bool, bool)], n: u32) -> H {
         "{:?}",
         h.r.hows()
     );
-    assert_eq!(h.r.released.len() as u32, 1 + 2 * n + holes.iter().filter(|x| !x.1).count() as u32);
+    assert_eq!(
+        h.r.released.len() as u32,
+        1 + 2 * n + holes.iter().filter(|x| !x.1).count() as u32
+    );
     h
 }
 

@@ -30,12 +30,7 @@ const TRANSFER_LIMIT: Duration = Duration::from_secs(90);
 /// A checkpoint requested or a divergence raised since `before`, by name, or None.
 fn colo_trouble(before: &serde_json::Value, after: &serde_json::Value) -> Option<String> {
     let diff = |path: &[&str]| {
-        let get = |v: &serde_json::Value| {
-            path.iter()
-                .fold(v, |v, k| &v[*k])
-                .as_u64()
-                .unwrap_or(0)
-        };
+        let get = |v: &serde_json::Value| path.iter().fold(v, |v, k| &v[*k]).as_u64().unwrap_or(0);
         get(after).saturating_sub(get(before))
     };
     let requested = diff(&["mgmt", "checkpoint", "requested"]);
@@ -127,6 +122,13 @@ fn bulk_both_directions_default_settings() {
             .collect::<Vec<_>>()
             .join("\n")
     };
-    println!("primary drops:\n{}\nsecondary drops:\n{}", drops(&po), drops(&so));
-    println!("pipeline_load: total {:.1}s", t_start.elapsed().as_secs_f64());
+    println!(
+        "primary drops:\n{}\nsecondary drops:\n{}",
+        drops(&po),
+        drops(&so)
+    );
+    println!(
+        "pipeline_load: total {:.1}s",
+        t_start.elapsed().as_secs_f64()
+    );
 }

@@ -120,7 +120,13 @@ pub struct Lab {
     _scratch: TmpDir,
 }
 
-fn link_toml(link: Link, primary_ip: &str, ports: (u16, u16), iface: &str, primary: bool) -> String {
+fn link_toml(
+    link: Link,
+    primary_ip: &str,
+    ports: (u16, u16),
+    iface: &str,
+    primary: bool,
+) -> String {
     match link {
         Link::Socket => {
             let mode = if primary { "server" } else { "client" };
@@ -134,7 +140,11 @@ secondary_out = {{ addr = "tcp:{primary_ip}:{sec}", mode = "{mode}" }}
             )
         }
         Link::Port => {
-            let dev = if primary { "net_af_packet2" } else { "net_af_packet1" };
+            let dev = if primary {
+                "net_af_packet2"
+            } else {
+                "net_af_packet1"
+            };
             format!(
                 r#"[link]
 kind = "port"
@@ -258,7 +268,11 @@ rewriter = 1
                     Link::Port => true,
                 }
         });
-        assert!(linked, "link did not come up\n{}", logs(&primary, &secondary));
+        assert!(
+            linked,
+            "link did not come up\n{}",
+            logs(&primary, &secondary)
+        );
         println!(
             "{label}: proxies up and linked after {:.1}s",
             t0.elapsed().as_secs_f64()
