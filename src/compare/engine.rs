@@ -2159,40 +2159,20 @@ impl<B: PacketBuf> Comparator<B> {
     /// queued primary (the held list first, then per connection in arrival order), free every
     /// secondary, and forget all connections.
     pub fn flush_all(&mut self, out: &mut impl Output<B>) {
-        self.empty_held(0, Some(Release::Flush), out);
-        let Comparator {
-            cfg,
-            table,
-            pool,
-            c,
-            since,
-            held,
-            ..
-        } = self;
-        table.drain(|k, conn| {
-            let mut ctx = Ctx {
-                pool: &mut *pool,
-                c: &mut *c,
-                cfg,
-                out: &mut *out,
-                key: k,
-                now: 0,
-                since: &mut *since,
-                held: &mut *held,
-            };
-            ctx.empty_conn(
-                conn,
-                Release::Flush,
-                SecondaryFree::Dropped(DropReason::Flush),
-            );
-        });
+        self.empty_all(Some(Release::Flush), out);
     }
 
     /// Shutdown: drop every queued primary ([`PrimaryDrop::Shutdown`]; output commit: nothing
     /// unverified reaches the client, the primary's TCP retransmits whatever still matters),
     /// free every secondary, and forget all connections.
     pub fn drop_all(&mut self, out: &mut impl Output<B>) {
-        self.empty_held(0, None, out);
+        self.empty_all(None, out);
+    }
+
+    /// Empty the held list and every connection: primaries released as `how`, or dropped
+    /// (shutdown) when `None`; secondaries freed; connections forgotten.
+    fn empty_all(&mut self, how: Option<Release>, out: &mut impl Output<B>) {
+        self.empty_held(0, how, out);
         let Comparator {
             cfg,
             table,
@@ -2213,7 +2193,10 @@ impl<B: PacketBuf> Comparator<B> {
                 since: &mut *since,
                 held: &mut *held,
             };
-            ctx.drop_conn(conn);
+            match how {
+                Some(rel) => ctx.empty_conn(conn, rel, SecondaryFree::Dropped(DropReason::Flush)),
+                None => ctx.drop_conn(conn),
+            }
         });
     }
 
