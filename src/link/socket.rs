@@ -384,7 +384,14 @@ impl FramedSocket {
     /// the poll functions; cheap when nothing is due.
     pub fn maintain(&mut self, now: Instant) {
         match self.cfg.role {
-            Role::Server => self.accept_pending(),
+            // While connected, a replacing peer is picked up within ACCEPT_PERIOD: a failed
+            // accept() costs the kernel a socket allocation, too dear for every idle loop.
+            Role::Server => {
+                if self.conn.is_none() || now >= self.next_accept {
+                    self.next_accept = now + ACCEPT_PERIOD;
+                    self.accept_pending();
+                }
+            }
             Role::Client => {
                 if self.conn.is_none() {
                     self.drive_connect(now);
@@ -531,16 +538,8 @@ impl FramedSocket {
     /// (zero-length frames are counted, not delivered). Never blocks; returns frames
     /// delivered.
     pub fn poll_recv(&mut self, mut f: impl FnMut(u32, &[u8])) -> usize {
-        if self.conn.is_none() {
+        if self.conn.is_none() || self.cfg.role == Role::Server {
             self.maintain(Instant::now());
-        } else if self.cfg.role == Role::Server {
-            // A replacing peer is picked up within ACCEPT_PERIOD; a failed accept() costs
-            // the kernel a socket allocation, so not on every poll.
-            let now = Instant::now();
-            if now >= self.next_accept {
-                self.next_accept = now + ACCEPT_PERIOD;
-                self.accept_pending();
-            }
         }
         let mut delivered = 0usize;
         for _ in 0..self.cfg.max_reads_per_poll.max(1) {
