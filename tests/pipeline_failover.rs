@@ -124,7 +124,12 @@ vdev = "net_af_packet3,iface={nic2}"
 main = 0
 rewriter = 1
 {link}{failover}"#,
-        common = common_toml(&format!("colo-fos-{tag}"), dir, "secondary"),
+        common = common_toml_on(
+            &format!("colo-fos-{tag}"),
+            dir,
+            "secondary",
+            SECONDARY_LCORES
+        ),
         svm = net.svm.root_if,
         nic2 = net.nic2,
     )

@@ -14,9 +14,21 @@ use crate::netns_support::*;
 /// hugepages under its own `file_prefix`, control socket `dir/SOCK.sock`. Everything else
 /// (mempool, queues, timeouts) keeps its default, as a user's config would.
 pub fn common_toml(file_prefix: &str, dir: &Path, sock: &str) -> String {
+    common_toml_on(file_prefix, dir, sock, PRIMARY_LCORES)
+}
+
+/// EAL `--lcores` of the primary in the lab: main lcore on CPU 0, workers on CPU 1.
+pub const PRIMARY_LCORES: &str = "0@0,1@1";
+/// EAL `--lcores` of the secondary in the lab: the other way round. The two proxies stand for
+/// two hosts; on this 2-CPU machine each one's worker gets a CPU of its own (measured in
+/// perf/e2e.rs: sharing one CPU halved server→client throughput).
+pub const SECONDARY_LCORES: &str = "0@1,1@0";
+
+/// [`common_toml`] with EAL `--lcores` given.
+pub fn common_toml_on(file_prefix: &str, dir: &Path, sock: &str, lcores: &str) -> String {
     format!(
         r#"[eal]
-args = ["--lcores", "0@0,1@1", "--no-pci", "--no-huge", "-m", "512", "--no-shconf",
+args = ["--lcores", "{lcores}", "--no-pci", "--no-huge", "-m", "512", "--no-shconf",
         "--file-prefix", "{file_prefix}", "--log-level", "lib.eal:warning"]
 [mgmt]
 control_socket = "{dir}/{sock}.sock"
@@ -233,7 +245,12 @@ vdev = "net_af_packet0,iface={svm}"
 main = 0
 rewriter = 1
 {link}"#,
-            common = common_toml(&format!("colo-nss-{tag}"), &dir, "secondary"),
+            common = common_toml_on(
+                &format!("colo-nss-{tag}"),
+                &dir,
+                "secondary",
+                SECONDARY_LCORES
+            ),
             svm = net.host("svm").root_if,
             link = link_toml(o.link, &sechost.primary_ip, ports, &lb, false),
         );
