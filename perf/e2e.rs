@@ -11,7 +11,9 @@
 //! Score: Gbit/s server→client ("down") and client→server ("up") over 1 and 8 connections
 //! (every byte checked by the receiver), request/response latency on new connections (connect
 //! to reply, p50/p99), and the proxy's checkpoint requests and divergences (target: 0). The
-//! ratio proxy/bridge is what replication costs the client on the same machine.
+//! ratio proxy/bridge is what replication costs the client on the same machine. The CPU both
+//! proxy processes used per MiB moved (incl. the kernel work done in their syscalls) is the
+//! figure that load on a shared machine disturbs least.
 //!
 //! `cargo bench --bench e2e` (full: 2 rounds, 512 MiB per transfer, 1000 rr) or `-- --smoke`
 //! (1 round, 16 MiB, 50 rr). Needs root and `ip netns`.
@@ -29,8 +31,8 @@ use pipeline_support::*;
 /// One side's figures for one round.
 #[derive(Default, Clone)]
 struct Figures {
-    /// (label, Gbit/s) per bulk case.
-    bulk: Vec<(String, f64)>,
+    /// (label, Gbit/s, CPU ms per MiB moved or 0 where not ours) per bulk case.
+    bulk: Vec<(String, f64, f64)>,
     rr_p50_us: f64,
     rr_p99_us: f64,
     checkpoints: u64,
@@ -42,12 +44,33 @@ struct Figures {
 /// What the client can do against whichever path is up.
 trait Target {
     fn client(&self, args: &[&str], limit: Duration) -> (bool, String);
+    /// CPU seconds (user + system) the forwarding path has used so far; `None` where it is
+    /// the kernel's own (the bridge), not a process of ours.
+    fn cpu_secs(&self) -> Option<f64> {
+        None
+    }
 }
 
 impl Target for Lab {
     fn client(&self, args: &[&str], limit: Duration) -> (bool, String) {
         Lab::client(self, "client", args, limit)
     }
+    fn cpu_secs(&self) -> Option<f64> {
+        let pids = [&self.primary, &self.secondary].map(|p| p.child.as_ref().map(|c| c.id()));
+        pids.iter().map(|p| p.and_then(process_cpu_secs)).sum()
+    }
+}
+
+/// utime + stime of process `pid` (all its threads, incl. the softirq work done in their
+/// syscalls) from /proc/PID/stat.
+fn process_cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the ")" that closes the command name: state is the 1st, utime the 12th.
+    let mut f = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let ticks: u64 = f.next()?.parse::<u64>().ok()? + f.next()?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    Some(ticks as f64 / hz as f64)
 }
 
 /// The baseline: client and PVM namespaces bridged in the root namespace.
@@ -113,6 +136,7 @@ fn measure(path: &dyn Target, bytes: u64, rr: usize, set_ts: &dyn Fn(bool)) -> F
         for dir in ["down", "up"] {
             for conns in [1u64, 8] {
                 let per = (bytes / conns).to_string();
+                let cpu0 = path.cpu_secs();
                 let (ok, out) = path.client(
                     &["bulk", VM_IP, dir, &conns.to_string(), &per],
                     Duration::from_secs(600),
@@ -124,8 +148,16 @@ fn measure(path: &dyn Target, bytes: u64, rr: usize, set_ts: &dyn Fn(bool)) -> F
                         .push(format!("{dir} x{conns} ts={}: {out}", u8::from(ts)));
                 }
                 let gbps = r["bulk_gbps"].parse().unwrap_or(0.0);
-                f.bulk
-                    .push((format!("{dir} x{conns} ts={}", u8::from(ts)), gbps));
+                let mib = (bytes / conns * conns) as f64 / f64::from(1u32 << 20);
+                let cpu_ms_per_mib = match (cpu0, path.cpu_secs()) {
+                    (Some(a), Some(b)) => (b - a) * 1e3 / mib,
+                    _ => 0.0,
+                };
+                f.bulk.push((
+                    format!("{dir} x{conns} ts={}", u8::from(ts)),
+                    gbps,
+                    cpu_ms_per_mib,
+                ));
             }
         }
     }
@@ -205,13 +237,17 @@ fn main() {
         proxy.push(proxy_round(round, bytes, rr));
     }
     println!(
-        "{:<16} {:>12} {:>12} {:>8}",
-        "case (Gbit/s)", "colo-proxy", "bridge", "ratio"
+        "{:<16} {:>12} {:>12} {:>8} {:>14}",
+        "case (Gbit/s)", "colo-proxy", "bridge", "ratio", "proxy CPU ms/MiB"
     );
-    for (i, (label, _)) in proxy[0].bulk.iter().enumerate() {
+    for (i, (label, ..)) in proxy[0].bulk.iter().enumerate() {
         let p = median(proxy.iter().map(|f| f.bulk[i].1).collect());
         let b = median(bridge.iter().map(|f| f.bulk[i].1).collect());
-        println!("{label:<16} {p:>12.3} {b:>12.3} {:>8.3}", p / b.max(1e-9));
+        let cpu = median(proxy.iter().map(|f| f.bulk[i].2).collect());
+        println!(
+            "{label:<16} {p:>12.3} {b:>12.3} {:>8.3} {cpu:>14.2}",
+            p / b.max(1e-9)
+        );
     }
     let p50 = |v: &[Figures]| median(v.iter().map(|f| f.rr_p50_us).collect());
     let p99 = |v: &[Figures]| median(v.iter().map(|f| f.rr_p99_us).collect());
