@@ -42,10 +42,15 @@ impl SharedHistogram {
     }
 }
 
+/// How often housekeeping publishes at most: a merge walks the whole histogram and takes the
+/// lock every shard shares, too dear for every idle loop of a busy lcore.
+pub const PUBLISH_PERIOD_NS: u64 = 10_000_000;
+
 /// A stage's private recorder.
 pub struct LatencyRecorder {
     local: Histogram<u64>,
     shared: SharedHistogram,
+    next_publish_ns: u64,
 }
 
 impl LatencyRecorder {
@@ -54,6 +59,7 @@ impl LatencyRecorder {
         LatencyRecorder {
             local: new_histogram(),
             shared,
+            next_publish_ns: 0,
         }
     }
 
@@ -61,6 +67,14 @@ impl LatencyRecorder {
     #[inline]
     pub fn record(&mut self, ns: u64) {
         let _ = self.local.record(ns.clamp(1, MAX_NS));
+    }
+
+    /// [`publish`](Self::publish) if the last one is `PUBLISH_PERIOD_NS` ago (housekeeping).
+    pub fn publish_due(&mut self, now_ns: u64) {
+        if now_ns >= self.next_publish_ns {
+            self.next_publish_ns = now_ns.saturating_add(PUBLISH_PERIOD_NS);
+            self.publish();
+        }
     }
 
     /// Move what was recorded into the shared histogram (a lock per call: housekeeping only).
@@ -111,5 +125,19 @@ mod tests {
         assert!(percentiles_us(&h).contains("p99"));
         a.publish(); // nothing new: no double count
         assert_eq!(shared.snapshot().len(), 200);
+    }
+
+    #[test]
+    fn publish_due_waits_for_the_period() {
+        let shared = SharedHistogram::default();
+        let mut r = LatencyRecorder::new(shared.clone());
+        r.record(1000);
+        r.publish_due(5);
+        assert_eq!(shared.snapshot().len(), 1, "the first call publishes");
+        r.record(2000);
+        r.publish_due(5 + PUBLISH_PERIOD_NS - 1);
+        assert_eq!(shared.snapshot().len(), 1, "within the period: kept local");
+        r.publish_due(5 + PUBLISH_PERIOD_NS);
+        assert_eq!(shared.snapshot().len(), 2, "period over: published");
     }
 }

@@ -660,7 +660,7 @@ impl Stage for CompareStage {
         engine.tick(cx.now_ns, &mut out);
         drop(out);
         self.nic_tx.flush(cx.counters);
-        self.latency.publish();
+        self.latency.publish_due(cx.now_ns);
         self.progress
             .report(&self.name, 0, Some(&self.events), cx.now_ns);
         self.publish(cx.now_ns);
