@@ -26,7 +26,7 @@ pub use lcore::{current_lcore, launch_on, main_lcore, pause, wait_all, worker_lc
 pub use mbuf::{Mbuf, MbufBurst, OL_TX_L4_MASK};
 pub use mempool::{Mempool, DEFAULT_DATA_ROOM, MBUF_PRIV_SIZE};
 pub use port::{LinkStatus, Port, PortConfig, PortStats, RxQueue, TxQueue, RING_PAIR_DEPTH};
-pub use ring::{ring, RingConsumer, RingFlags, RingProducer};
+pub use ring::{attach_producer, ring, RingConsumer, RingFlags, RingProducer};
 pub use tsc::{rdtsc, tsc_hz, TscClock};
 
 /// Default EAL memory arguments for this machine: `--in-memory` when hugepages are free,

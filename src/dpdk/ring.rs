@@ -27,6 +27,8 @@ pub struct RingFlags {
 
 struct Inner<T: RawItem> {
     raw: NonNull<ffi::rte_ring>,
+    /// Ours to drain and free (false: a ring its creator owns, see [`attach_producer`]).
+    owned: bool,
     _items: PhantomData<T>,
 }
 
@@ -39,6 +41,9 @@ unsafe impl<T: RawItem> Sync for Inner<T> {}
 
 impl<T: RawItem> Drop for Inner<T> {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         let mut tmp = [std::ptr::null_mut::<c_void>(); 64];
         loop {
             // SAFETY: both ends are gone, so we are the only user of the ring.
@@ -93,6 +98,7 @@ pub fn ring<T: RawItem>(
     eal::live_inc();
     let inner = Arc::new(Inner {
         raw,
+        owned: true,
         _items: PhantomData,
     });
     Ok((
@@ -101,6 +107,31 @@ pub fn ring<T: RawItem>(
         },
         RingConsumer { inner },
     ))
+}
+
+/// The enqueue end of an existing ring named `name` that its creator keeps owning (e.g. the
+/// queue of a `net_ring` port, `ETH_RXTX0_<device>`: a traffic generator feeding the port's
+/// rx). Dropping the handle leaves the ring and what it holds alone.
+///
+/// # Safety
+///
+/// The ring must outlive the handle and the handle must be its only producer: the port's own
+/// tx path enqueues into the same ring, so nothing may transmit on that port meanwhile.
+pub unsafe fn attach_producer<T: RawItem>(name: &str) -> Result<RingProducer<T>> {
+    let what = format!("looking up ring {name:?}");
+    eal::ensure_up(&what)?;
+    let cname = CString::new(name)
+        .map_err(|_| DpdkError::new(libc::EINVAL, format!("{what}: NUL in name")))?;
+    // SAFETY: EAL is up; the name is a valid C string.
+    let raw = unsafe { ffi::rte_ring_lookup(cname.as_ptr()) };
+    let raw = NonNull::new(raw).ok_or_else(|| DpdkError::last(what))?;
+    Ok(RingProducer {
+        inner: Arc::new(Inner {
+            raw,
+            owned: false,
+            _items: PhantomData,
+        }),
+    })
 }
 
 impl<T: RawItem> RingProducer<T> {

@@ -1,0 +1,619 @@
+//! Open-loop throughput of the primary's data path: the zero-loss rate.
+//!
+//! What runs: the production wiring (`topology::build` from a config, the same stages and
+//! lcore loop as `colo-proxy run` as primary) with the PVM and the link on `net_ring` ports
+//! and the nic on `net_null` (`no-rx=1`: transmit frees, nothing arrives). A generator on the
+//! main lcore (CPU 0) writes identical PVM and SVM output streams at a fixed offered rate,
+//! pktgen style: fresh mbufs from its own pool, template copied, TCP sequence numbers advanced
+//! per flow, flows taken round robin; the SVM copy encapsulated for the port link as a
+//! secondary proxy would send it. The proxy's stages run on lcore 1 (CPU 1); with 2 shards the
+//! second shard shares CPU 0 with the generator (this machine has 2 CPUs: said in the table).
+//!
+//! A step offers rate R for a while, then lets the pipeline drain: it passes when every
+//! offered primary was released matched, nothing was dropped anywhere (generator ring full,
+//! proxy drop counters) and no divergence was raised. The zero-loss rate is found by binary
+//! search (RFC 2544 style), each step in a fresh child process (no state carried between
+//! steps). Baseline in the same invocation: the highest rate at which the pipeline's io-forward
+//! step (`TxBuf::forward_from`, as `demo --baseline-forward`) moves the PVM ring to the nic,
+//! same wires, lcores and generator. The proxy does two rx and one tx per released packet.
+//!
+//! `cargo bench --bench throughput` (full: 64/512/1500 B × TCP/UDP × 1k/100k/1M flows, 1 and 2
+//! shards; 1.5 s steps) or `-- --smoke` (two cases, short steps; CI). Frame sizes count the
+//! 4-byte FCS (an mbuf holds size − 4 bytes), Gbit/s counts those bytes.
+
+use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use colo_proxy::buf::PacketBuf;
+use colo_proxy::config::Config;
+use colo_proxy::dpdk::{
+    attach_producer, default_mem_args, launch_on, rdtsc, tsc_hz, Burst, Eal, Mbuf, Mempool, Port,
+    PortConfig, RingProducer, DEFAULT_DATA_ROOM,
+};
+use colo_proxy::link::encap::{EncapConfig, EncapTx, STREAM_SECONDARY};
+use colo_proxy::mgmt::EventSender;
+use colo_proxy::pipeline::counters::{Counter, LcoreCounters, Snapshot};
+use colo_proxy::pipeline::io::TxBuf;
+use colo_proxy::pipeline::{runtime, topology};
+
+/// Search range (pps): from a rate any machine sustains to above what one CPU can generate.
+const LO: f64 = 10e3;
+const HI: f64 = 16e6;
+/// Generator burst (frames per enqueue).
+const GEN_BURST: usize = 32;
+/// The net_ring PMD's queue ring of device `dev` (created by the PMD, rx and tx share it).
+fn ring_of(dev: &str) -> String {
+    format!("ETH_RXTX0_{dev}")
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Proto {
+    Tcp,
+    Udp,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    proto: Proto,
+    /// Wire frame size incl. FCS.
+    size: usize,
+    flows: usize,
+    shards: u32,
+    /// io-forward baseline instead of the proxy.
+    baseline: bool,
+}
+
+impl Case {
+    fn args(&self) -> Vec<String> {
+        vec![
+            format!("{:?}", self.proto).to_lowercase(),
+            self.size.to_string(),
+            self.flows.to_string(),
+            self.shards.to_string(),
+            u8::from(self.baseline).to_string(),
+        ]
+    }
+
+    fn parse(a: &[String]) -> Option<Case> {
+        Some(Case {
+            proto: match a.first()?.as_str() {
+                "tcp" => Proto::Tcp,
+                "udp" => Proto::Udp,
+                _ => return None,
+            },
+            size: a.get(1)?.parse().ok()?,
+            flows: a.get(2)?.parse().ok()?,
+            shards: a.get(3)?.parse().ok()?,
+            baseline: a.get(4)? == "1",
+        })
+    }
+}
+
+/// What one step saw.
+#[derive(Debug, Default, Clone, Copy)]
+struct Step {
+    offered: u64,
+    /// Frames the generator could not enqueue (port ring full): lost at the "NIC".
+    gen_lost: u64,
+    released: u64,
+    dropped: u64,
+    divergences: u64,
+    /// Offered rate actually achieved by the generator (pps).
+    achieved_pps: f64,
+}
+
+impl Step {
+    fn passed(&self) -> bool {
+        self.gen_lost == 0
+            && self.dropped == 0
+            && self.divergences == 0
+            && self.released == self.offered
+    }
+}
+
+/// One flow's frame template and next sequence number.
+struct Flows {
+    frame_len: usize,
+    payload: u32,
+    templates: Vec<u8>,
+    seq: Vec<u32>,
+    proto: Proto,
+}
+
+impl Flows {
+    fn new(c: &Case) -> Flows {
+        let frame_len = c.size - 4;
+        let hdr = if c.proto == Proto::Tcp { 54 } else { 42 };
+        let payload = frame_len.saturating_sub(hdr);
+        let mut templates = Vec::with_capacity(c.flows * frame_len);
+        for i in 0..c.flows {
+            let f = template(c.proto, i, payload);
+            debug_assert_eq!(f.len(), frame_len);
+            templates.extend_from_slice(&f);
+        }
+        Flows {
+            frame_len,
+            payload: payload as u32,
+            templates,
+            seq: vec![1; c.flows],
+            proto: c.proto,
+        }
+    }
+
+    /// Write flow `i`'s next frame into `m` (both streams get the same bytes).
+    #[inline]
+    fn fill(&self, i: usize, seq: u32, m: &mut Mbuf) -> bool {
+        let Ok(d) = m.append(self.frame_len) else {
+            return false;
+        };
+        d.copy_from_slice(&self.templates[i * self.frame_len..(i + 1) * self.frame_len]);
+        if self.proto == Proto::Tcp {
+            d[38..42].copy_from_slice(&seq.to_be_bytes());
+        }
+        true
+    }
+}
+
+/// Flow `i`'s frame: 10.(i>>16).(i>>8).i:port → 192.168.0.1, payload bytes from the flow.
+fn template(proto: Proto, i: usize, payload: usize) -> Vec<u8> {
+    let data: Vec<u8> = (0..payload).map(|k| (k as u8) ^ (i as u8)).collect();
+    let src = [10, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+    let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0x10], [2, 0, 0, 0, 0, 0x20])
+        .ipv4(src, [192, 168, 0, 1], 64);
+    let sport = 1024 + (i % 50_000) as u16;
+    let mut f = Vec::new();
+    let r = match proto {
+        Proto::Tcp => b.tcp(sport, 80, 1, 65535).ack(1).psh().write(&mut f, &data),
+        Proto::Udp => b.udp(sport, 9).write(&mut f, &data),
+    };
+    r.expect("template frame");
+    f
+}
+
+fn config_toml(c: &Case, prefix: &str) -> String {
+    let mem: Vec<String> = default_mem_args()
+        .into_iter()
+        .map(|a| format!("{a:?}"))
+        .collect();
+    // Shard 0 on lcore 1 (CPU 1), shard 1 on the main lcore (CPU 0, with the generator).
+    let compare = if c.shards > 1 { "[1, 0]" } else { "1" };
+    format!(
+        r#"role = "primary"
+[eal]
+args = ["--lcores", "0@0,1@1", "--no-pci", {mem}, "--file-prefix", "{prefix}",
+        "--log-level", "lib.eal:warning"]
+[ports.nic]
+vdev = "net_null0,no-rx=1"
+[ports.pvm]
+vdev = "net_ring0"
+[ports.link]
+vdev = "net_ring1"
+[link]
+kind = "port"
+port = "link"
+[lcores]
+main = 0
+mirror = 1
+redirector = 1
+compare = {compare}
+[compare]
+shards = {shards}
+table_capacity = {table}
+"#,
+        mem = mem.join(", "),
+        shards = c.shards,
+        // The default (65536) holds the 1k-flow cases; more flows need a larger table.
+        table = (c.flows + c.flows / 4).max(65536),
+    )
+}
+
+/// The generator: `rate` PVM frames per second (and as many SVM frames) for `secs`.
+struct Generator {
+    pvm: RingProducer<Mbuf>,
+    link: Option<RingProducer<Mbuf>>,
+    pool: Mempool,
+    flows: Flows,
+    encap: EncapTx,
+    next: usize,
+}
+
+impl Generator {
+    fn run(&mut self, rate: f64, secs: f64) -> Step {
+        let hz = tsc_hz() as f64;
+        let t0 = rdtsc();
+        let end = t0 + (secs * hz) as u64;
+        let mut st = Step::default();
+        let mut p = Burst::<Mbuf, GEN_BURST>::new();
+        let mut s = Burst::<Mbuf, GEN_BURST>::new();
+        loop {
+            let now = rdtsc();
+            if now >= end {
+                break;
+            }
+            let due = ((now - t0) as f64 / hz * rate) as u64;
+            let n = due.saturating_sub(st.offered).min(GEN_BURST as u64) as usize;
+            if n == 0 {
+                std::hint::spin_loop();
+                continue;
+            }
+            for _ in 0..n {
+                let i = self.next;
+                self.next = (self.next + 1) % self.flows.seq.len();
+                let seq = self.flows.seq[i];
+                self.flows.seq[i] = seq.wrapping_add(self.flows.payload);
+                let (Some(mut a), Some(mut b)) = (self.pool.alloc(), self.pool.alloc()) else {
+                    st.gen_lost += 1;
+                    continue;
+                };
+                let ok = self.flows.fill(i, seq, &mut a)
+                    && self.flows.fill(i, seq, &mut b)
+                    && self.encap.encap(&mut b, 0).is_ok();
+                if !ok {
+                    st.gen_lost += 1;
+                    continue;
+                }
+                let _ = p.push(a);
+                if self.link.is_some() {
+                    let _ = s.push(b);
+                }
+            }
+            st.offered += n as u64;
+            self.pvm.enqueue_burst(&mut p);
+            st.gen_lost += p.len() as u64;
+            p.clear();
+            if let Some(link) = &mut self.link {
+                link.enqueue_burst(&mut s);
+                st.gen_lost += s.len() as u64;
+                s.clear();
+            }
+        }
+        st.achieved_pps = st.offered as f64 / ((rdtsc() - t0) as f64 / hz);
+        st
+    }
+}
+
+/// Child: one step of `case` at `rate` for `secs`; prints `STEP offered=.. ...`.
+fn child(case: Case, rate: f64, secs: f64) -> Result<Step, String> {
+    let dir = std::env::temp_dir().join(format!("colo-tput-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let path = dir.join("primary.toml");
+    std::fs::write(
+        &path,
+        config_toml(&case, &format!("colo-tput-{}", std::process::id())),
+    )
+    .map_err(|e| e.to_string())?;
+    let cfg = Config::load(&path).map_err(|e| e.messages().join("; "))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let args = cfg.eal_args(&[]);
+    let eal = Eal::init(args.get(1..).unwrap_or(&[])).map_err(|e| e.to_string())?;
+    let m = &cfg.mempool;
+    let pool = Mempool::with_params("colo_pool", m.mbufs, m.cache, m.data_room, None)
+        .map_err(|e| e.to_string())?;
+    let gen_pool = Mempool::with_params("gen_pool", 65535, 256, DEFAULT_DATA_ROOM, None)
+        .map_err(|e| e.to_string())?;
+    let (events, _event_rx) = EventSender::channel(4096);
+    let topo = if case.baseline {
+        None
+    } else {
+        Some(topology::build(&cfg, &pool, &events, false)?)
+    };
+    // SAFETY: nothing transmits on the pvm and link ports in this setup (the nic receives
+    // nothing, so the mirror sends nothing; link heartbeats are off by default): the generator
+    // is the rings' only producer; the rings live as long as the ports (`topo.ports`, kept
+    // until after the run).
+    let (pvm, link) = unsafe {
+        (
+            attach_producer::<Mbuf>(&ring_of("net_ring0")).map_err(|e| e.to_string())?,
+            attach_producer::<Mbuf>(&ring_of("net_ring1")).map_err(|e| e.to_string())?,
+        )
+    };
+    let gen = Generator {
+        pvm,
+        link: (!case.baseline).then_some(link),
+        pool: gen_pool,
+        flows: Flows::new(&case),
+        encap: EncapTx::new(EncapConfig::default(), STREAM_SECONDARY),
+        next: 0,
+    };
+    let warm = secs.min(0.5);
+    let step = match topo {
+        None => baseline_step(&pool, gen, rate, warm, secs)?,
+        Some(topo) => proxy_step(topo, gen, rate, warm, secs)?,
+    };
+    drop(pool);
+    drop(eal);
+    Ok(step)
+}
+
+/// What moved in `[before, after]`, as a step.
+fn step_of(gen: Step, before: &Snapshot, after: &Snapshot) -> Step {
+    let d = after.delta(before);
+    if std::env::var_os("THROUGHPUT_DEBUG").is_some() {
+        let nz: Vec<String> = d.nonzero().map(|(k, v)| format!("{k}={v}")).collect();
+        eprintln!("counters: {}", nz.join(" "));
+    }
+    Step {
+        released: d.get(Counter::ReleasedMatched),
+        dropped: d.dropped(),
+        divergences: d.get(Counter::Divergences),
+        ..gen
+    }
+}
+
+fn proxy_step(
+    topo: topology::Topology,
+    mut gen: Generator,
+    rate: f64,
+    warm: f64,
+    secs: f64,
+) -> Result<Step, String> {
+    let topology::Topology {
+        plans,
+        ports,
+        backoff,
+        ..
+    } = topo;
+    let running = runtime::launch(plans, backoff).map_err(|e| e.to_string())?;
+    let out = Arc::new(Mutex::new(None));
+    let o2 = out.clone();
+    let failures = running.run_main_and_wait(move |ctl| {
+        gen.run(rate, warm);
+        runtime::wait_still(&ctl, Duration::from_millis(50));
+        let before = runtime::totals(&ctl);
+        let st = gen.run(rate, secs);
+        runtime::wait_still(&ctl, Duration::from_millis(100));
+        let after = runtime::totals(&ctl);
+        runtime::stop(&ctl, Duration::from_millis(50));
+        if let Ok(mut o) = o2.lock() {
+            *o = Some(step_of(st, &before, &after));
+        }
+    });
+    drop(ports);
+    if !failures.is_empty() {
+        return Err(failures.join("; "));
+    }
+    let st = out.lock().map_err(|_| "result lock")?.take();
+    st.ok_or_else(|| "no result".to_string())
+}
+
+/// The baseline: io-forward the PVM port to the nic on lcore 1 (no link stream).
+fn baseline_step(
+    pool: &Mempool,
+    mut gen: Generator,
+    rate: f64,
+    warm: f64,
+    secs: f64,
+) -> Result<Step, String> {
+    let open = |name: &str, rxq: u16| -> Result<Port, String> {
+        let id = Port::id_by_name(name).map_err(|e| e.to_string())?;
+        let pc = PortConfig {
+            rx_queues: rxq,
+            tx_queues: 1,
+            ..PortConfig::default()
+        };
+        let mut p = Port::open(id, &pc, pool).map_err(|e| e.to_string())?;
+        p.start().map_err(|e| e.to_string())?;
+        Ok(p)
+    };
+    let mut pvm = open("net_ring0", 1)?;
+    let mut nic = open("net_null0", 1)?;
+    let mut rx = pvm.rx_queue(0).map_err(|e| e.to_string())?;
+    let mut tx = TxBuf::new(nic.tx_queue(0).map_err(|e| e.to_string())?);
+    let stop = Arc::new(AtomicBool::new(false));
+    let counters = Arc::new(LcoreCounters::default());
+    let job = {
+        let (stop, c) = (stop.clone(), counters.clone());
+        launch_on(1, move || {
+            while !stop.load(Ordering::Relaxed) {
+                tx.forward_from(&mut rx, &c);
+            }
+            tx.flush(&c);
+        })
+        .map_err(|e| e.to_string())?
+    };
+    gen.run(rate, warm);
+    std::thread::sleep(Duration::from_millis(50));
+    let before = counters.snapshot();
+    let st = gen.run(rate, secs);
+    std::thread::sleep(Duration::from_millis(100));
+    let after = counters.snapshot();
+    stop.store(true, Ordering::Relaxed);
+    job.join().map_err(|e| e.to_string())?;
+    drop(gen);
+    let d = after.delta(&before);
+    Ok(Step {
+        released: d.get(Counter::Tx),
+        dropped: d.dropped(),
+        ..st
+    })
+}
+
+/// Run one step in a child process (fresh EAL and tables); `None` if the child failed.
+fn step(case: &Case, rate: f64, secs: f64) -> Result<Step, String> {
+    let out = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+        .arg("--step")
+        .args(case.args())
+        .arg(rate.to_string())
+        .arg(secs.to_string())
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.starts_with("STEP "));
+    let (Some(line), true) = (line, out.status.success()) else {
+        return Err(format!(
+            "step {case:?} at {rate:.0} pps failed ({}):\n{text}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    };
+    let field = |k: &str| -> f64 {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    Ok(Step {
+        offered: field("offered") as u64,
+        gen_lost: field("gen_lost") as u64,
+        released: field("released") as u64,
+        dropped: field("dropped") as u64,
+        divergences: field("divergences") as u64,
+        achieved_pps: field("achieved_pps"),
+    })
+}
+
+/// Highest passing rate in `[lo, hi]` pps, bisected geometrically `iters` times (the range
+/// spans decades). A rate the generator cannot reach (achieved < 99 % of offered) fails: the
+/// bound is then the generator's, not the proxy's. 0 if even `lo` fails.
+fn zero_loss(case: &Case, lo: f64, hi: f64, iters: usize, secs: f64) -> Result<f64, String> {
+    if !passes(case, lo, secs)? {
+        return Ok(0.0);
+    }
+    let (mut lo, mut hi) = (lo, hi);
+    for _ in 0..iters {
+        let mid = (lo * hi).sqrt();
+        if passes(case, mid, secs)? {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo)
+}
+
+fn passes(case: &Case, rate: f64, secs: f64) -> Result<bool, String> {
+    let st = step(case, rate, secs)?;
+    if std::env::var_os("THROUGHPUT_DEBUG").is_some() {
+        eprintln!("{case:?} {rate:.0} pps: {st:?} passed={}", st.passed());
+    }
+    Ok(st.passed() && st.achieved_pps >= 0.99 * rate)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':').map(|(_, v)| v.trim().to_string()))
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--step") {
+        let (Some(case), Some(rate), Some(secs)) = (
+            Case::parse(&args[2..]),
+            args.get(7).and_then(|v| v.parse::<f64>().ok()),
+            args.get(8).and_then(|v| v.parse::<f64>().ok()),
+        ) else {
+            eprintln!("usage: throughput --step PROTO SIZE FLOWS SHARDS BASELINE RATE SECS");
+            return ExitCode::from(2);
+        };
+        return match child(case, rate, secs) {
+            Ok(s) => {
+                println!(
+                    "STEP offered={} gen_lost={} released={} dropped={} divergences={} achieved_pps={:.0}",
+                    s.offered, s.gen_lost, s.released, s.dropped, s.divergences, s.achieved_pps
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("step: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let smoke = args.iter().any(|a| a == "--smoke");
+    let (secs, iters) = if smoke { (0.3, 5) } else { (1.5, 9) };
+    let sizes: &[usize] = if smoke { &[64] } else { &[64, 512, 1500] };
+    let flows: &[usize] = if smoke {
+        &[1000]
+    } else {
+        &[1000, 100_000, 1_000_000]
+    };
+    let protos: &[Proto] = if smoke {
+        &[Proto::Tcp]
+    } else {
+        &[Proto::Tcp, Proto::Udp]
+    };
+    let shards: &[u32] = if smoke { &[1] } else { &[1, 2] };
+    let t0 = Instant::now();
+    println!(
+        "throughput: zero-loss rate, open loop; {} ({} CPUs); steps of {secs} s, {iters} halvings",
+        cpu_model(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "{:<5} {:>5} {:>8} {:>6} {:>10} {:>9} {:>10} {:>9} {:>7}",
+        "proto", "size", "flows", "shards", "proxy Mpps", "Gbit/s", "iofwd Mpps", "Gbit/s", "ratio"
+    );
+    let mut failed = false;
+    for &size in sizes {
+        // The baseline depends on the frame size only (no parsing).
+        let base = Case {
+            proto: Proto::Udp,
+            size,
+            flows: 1000,
+            shards: 1,
+            baseline: true,
+        };
+        let b = match zero_loss(&base, LO, HI, iters, secs) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{e}");
+                failed = true;
+                continue;
+            }
+        };
+        for &proto in protos {
+            for &nf in flows {
+                for &sh in shards {
+                    let c = Case {
+                        proto,
+                        size,
+                        flows: nf,
+                        shards: sh,
+                        baseline: false,
+                    };
+                    let p = match zero_loss(&c, LO, HI, iters, secs) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            eprintln!("{e}");
+                            failed = true;
+                            continue;
+                        }
+                    };
+                    let gbps = |pps: f64| pps * size as f64 * 8.0 / 1e9;
+                    println!(
+                        "{:<5} {:>5} {:>8} {:>6} {:>10.3} {:>9.2} {:>10.3} {:>9.2} {:>7.2}",
+                        format!("{proto:?}").to_lowercase(),
+                        size,
+                        nf,
+                        if sh > 1 {
+                            "2*".to_string()
+                        } else {
+                            sh.to_string()
+                        },
+                        p / 1e6,
+                        gbps(p),
+                        b / 1e6,
+                        gbps(b),
+                        p / b.max(1.0)
+                    );
+                }
+            }
+        }
+    }
+    println!(
+        "(2* = the second shard shares CPU 0 with the generator); {:.0} s",
+        t0.elapsed().as_secs_f64()
+    );
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
