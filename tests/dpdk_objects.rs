@@ -313,6 +313,38 @@ fn ring_ports_forward_byte_identical() {
             sink.clear();
         }
         result("in_use_end", pool.in_use());
+
+        // A generator feeding net_ring1's rx through the PMD's own ring.
+        let id1 = Port::id_by_name("net_ring1").expect("net_ring1");
+        let mut p1 = Port::open(id1, &PortConfig::default(), &pool).expect("open net_ring1");
+        p1.start().expect("start");
+        let mut r1 = p1.rx_queue(0).expect("rxq");
+        // SAFETY: nothing transmits on net_ring1 while the producer lives; p1 outlives it.
+        let missing = unsafe { dpdk::attach_producer::<Mbuf>("ETH_RXTX0_no_such_dev") };
+        result("attach_missing_err", missing.is_err() as u8);
+        // SAFETY: as above.
+        let mut gen =
+            unsafe { dpdk::attach_producer::<Mbuf>("ETH_RXTX0_net_ring1") }.expect("attach");
+        let mut b: MbufBurst<32> = Burst::new();
+        for i in 0..4 {
+            b.push(filled(&pool, &frame(i, 80))).expect("room");
+        }
+        result("gen_enqueued", gen.enqueue_burst(&mut b));
+        drop(gen);
+        let mut got: MbufBurst<32> = Burst::new();
+        r1.rx_burst(&mut got);
+        let same =
+            got.len() == 4 && (0..4).all(|i| got.as_slice()[i].data() == frame(i, 80).as_slice());
+        result("gen_received_identical", same as u8);
+        drop(got);
+        // The ring outlived the dropped handle: the port still loops back.
+        let mut t1 = p1.tx_queue(0).expect("txq");
+        let mut b: MbufBurst<32> = Burst::new();
+        b.push(filled(&pool, &frame(9, 64))).expect("room");
+        t1.tx_burst(&mut b);
+        let mut got: MbufBurst<32> = Burst::new();
+        result("after_drop_recv", r1.rx_burst(&mut got));
+        drop(got);
         return;
     }
     let c = spawn("ring_ports_forward_byte_identical");
@@ -331,6 +363,10 @@ fn ring_ports_forward_byte_identical() {
     assert_eq!(c.num("flood_sent"), 1024);
     assert_eq!(c.num("flood_unsent"), 40 * 32 - 1024);
     assert_eq!(c.num("in_use_end"), 0);
+    assert_eq!(c.get("attach_missing_err"), "1");
+    assert_eq!(c.num("gen_enqueued"), 4);
+    assert_eq!(c.get("gen_received_identical"), "1");
+    assert_eq!(c.num("after_drop_recv"), 1);
 }
 
 #[test]
