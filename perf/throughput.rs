@@ -227,6 +227,7 @@ impl Generator {
         let mut st = Step::default();
         let mut p = Burst::<Mbuf, GEN_BURST>::new();
         let mut s = Burst::<Mbuf, GEN_BURST>::new();
+        let mut fresh = Burst::<Mbuf, { 2 * GEN_BURST }>::new();
         loop {
             let now = rdtsc();
             if now >= end {
@@ -238,12 +239,19 @@ impl Generator {
                 std::hint::spin_loop();
                 continue;
             }
+            if self.pool.alloc_bulk(&mut fresh, 2 * n).is_err() {
+                // Generator pool empty: the proxy holds too much (counted as loss).
+                st.offered += n as u64;
+                st.gen_lost += n as u64;
+                continue;
+            }
+            let mut pairs = fresh.drain();
             for _ in 0..n {
                 let i = self.next;
                 self.next = (self.next + 1) % self.flows.seq.len();
                 let seq = self.flows.seq[i];
                 self.flows.seq[i] = seq.wrapping_add(self.flows.payload);
-                let (Some(mut a), Some(mut b)) = (self.pool.alloc(), self.pool.alloc()) else {
+                let (Some(mut a), Some(mut b)) = (pairs.next(), pairs.next()) else {
                     st.gen_lost += 1;
                     continue;
                 };
@@ -259,6 +267,7 @@ impl Generator {
                     let _ = s.push(b);
                 }
             }
+            drop(pairs);
             st.offered += n as u64;
             self.pvm.enqueue_burst(&mut p);
             st.gen_lost += p.len() as u64;
