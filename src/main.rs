@@ -52,7 +52,10 @@ fn main() -> ExitCode {
             _ => colo_proxy::pipeline::cli::run(&config, &eal),
         },
         Command::Demo(args) => colo_proxy::pipeline::cli::demo(&args),
-        Command::CheckConfig { file } => colo_proxy::config::cli::check_config(&file),
+        Command::CheckConfig { file } => colo_proxy::config::cli::check_config(
+            &file,
+            &colo_proxy::pipeline::topology::memory_summary,
+        ),
         Command::Selfcheck { eal } => colo_proxy::dpdk::selfcheck::cli(&eal),
         Command::Ctl(args) => colo_proxy::mgmt::ctl::cli(&args),
     }

@@ -99,3 +99,48 @@ fn missing_file_exits_2() {
         "{stderr}"
     );
 }
+
+#[test]
+fn memory_estimate_scales_with_the_tables() {
+    let base = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("dpdk-config/veth-primary.toml"),
+    )
+    .unwrap();
+    let compare_mib = |table: Option<u32>| -> f64 {
+        let text = match table {
+            None => base.clone(),
+            Some(n) if base.contains("\n[compare]\n") => base.replacen(
+                "\n[compare]\n",
+                &format!("\n[compare]\ntable_capacity = {n}\n"),
+                1,
+            ),
+            Some(n) => format!("{base}\n[compare]\ntable_capacity = {n}\n"),
+        };
+        let out = run(&temp_file(&format!("mem-{table:?}.toml"), &text));
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for want in [
+            "memory (estimate):",
+            "mempool",
+            "ports.nic",
+            "af_packet",
+            "total",
+        ] {
+            assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
+        }
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with("compare ") && l.contains("MiB"))
+            .unwrap_or_else(|| panic!("no compare memory line:\n{stdout}"));
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let small = compare_mib(None);
+    let million = compare_mib(Some(1 << 20));
+    // 16x the connections: the table dominates, so nearly 16x the memory.
+    assert!(million > 12.0 * small, "{small} MiB -> {million} MiB");
+}

@@ -1703,6 +1703,17 @@ fn meta_of(info: &PacketInfo, kind: FlowKind, now: u64) -> Meta {
 }
 
 impl<B: PacketBuf> Comparator<B> {
+    /// Bytes a comparator built from `cfg` reserves (connection table and packet pool; the
+    /// packets themselves live in the caller's buffers).
+    pub fn memory_bytes(cfg: &CompareConfig) -> usize {
+        HashedTable::<Conn>::bytes_for(cfg.table_capacity) + Pool::<B>::bytes_for(cfg.pool_size)
+    }
+
+    /// Bytes per connection of table capacity (the table's share of [`Self::memory_bytes`]).
+    pub fn bytes_per_connection(cfg: &CompareConfig) -> usize {
+        HashedTable::<Conn>::bytes_for(cfg.table_capacity) / cfg.table_capacity.max(1)
+    }
+
     /// A comparator with every table and pool preallocated from `cfg`.
     pub fn new(cfg: CompareConfig) -> Self {
         let table = HashedTable::with_capacity(cfg.table_capacity);

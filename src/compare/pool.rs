@@ -67,6 +67,11 @@ pub(crate) struct Pool<B> {
 }
 
 impl<B: PacketBuf> Pool<B> {
+    /// Bytes `with_capacity(n)` allocates.
+    pub fn bytes_for(n: usize) -> usize {
+        n.clamp(1, NIL as usize - 1) * std::mem::size_of::<Node<B>>()
+    }
+
     pub fn with_capacity(n: usize) -> Self {
         let n = n.clamp(1, NIL as usize - 1);
         let mut nodes = Vec::with_capacity(n);

@@ -7,12 +7,13 @@ use std::process::ExitCode;
 
 use super::{build::fmt_set, BypassRule, Config, LinkSpec, PortDevice, SocketMode};
 
-/// `colo-proxy check-config FILE`.
-pub fn check_config(file: &Path) -> ExitCode {
+/// `colo-proxy check-config FILE`; `more` adds lines the layers above config know (memory).
+pub fn check_config(file: &Path, more: &dyn Fn(&Config) -> String) -> ExitCode {
     match Config::load(file) {
         Ok(cfg) => {
             let eal = cfg.eal_args(&[]);
             print!("{}", summary(&cfg, &eal));
+            print!("{}", more(&cfg));
             ExitCode::SUCCESS
         }
         Err(err) => {

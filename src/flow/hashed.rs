@@ -61,8 +61,7 @@ pub struct HashedTable<V> {
 impl<V> HashedTable<V> {
     /// A table that holds at most `capacity` (≥ 1) entries.
     pub fn with_capacity(capacity: usize) -> Self {
-        let capacity = capacity.clamp(1, (NIL / 4) as usize);
-        let buckets = (capacity * 2).next_power_of_two();
+        let (capacity, buckets) = Self::dimensions(capacity);
         HashedTable {
             index: vec![EMPTY; buckets],
             mask: buckets - 1,
@@ -72,6 +71,20 @@ impl<V> HashedTable<V> {
             capacity,
             hand: 0,
         }
+    }
+
+    /// (entries, index buckets) of a table asked to hold `capacity`.
+    fn dimensions(capacity: usize) -> (usize, usize) {
+        let capacity = capacity.clamp(1, (NIL / 4) as usize);
+        (capacity, (capacity * 2).next_power_of_two())
+    }
+
+    /// Bytes [`with_capacity`](Self::with_capacity)`(capacity)` allocates: index, slots and
+    /// free list, all reserved up front (nothing grows later).
+    pub fn bytes_for(capacity: usize) -> usize {
+        let (capacity, buckets) = Self::dimensions(capacity);
+        buckets * std::mem::size_of::<Bucket>()
+            + capacity * (std::mem::size_of::<Slot<V>>() + std::mem::size_of::<u32>())
     }
 
     /// Number of entries.
@@ -321,6 +334,21 @@ mod tests {
     fn has(t: &HashedTable<u16>, i: u16) -> bool {
         let key = k(i);
         t.get(key.hash64(), &key) == Some(&i)
+    }
+
+    #[test]
+    fn bytes_for_is_what_with_capacity_reserves() {
+        for cap in [1usize, 1000, 65536, 1 << 20] {
+            let t: HashedTable<[u64; 5]> = HashedTable::with_capacity(cap);
+            let reserved = t.index.capacity() * std::mem::size_of::<Bucket>()
+                + t.slots.capacity() * std::mem::size_of::<Slot<[u64; 5]>>()
+                + t.free.capacity() * std::mem::size_of::<u32>();
+            assert_eq!(
+                HashedTable::<[u64; 5]>::bytes_for(cap),
+                reserved,
+                "capacity {cap}"
+            );
+        }
     }
 
     #[test]

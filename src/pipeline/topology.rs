@@ -82,6 +82,80 @@ fn device_name(d: &PortDevice) -> &str {
     }
 }
 
+/// `struct rte_mbuf` (two cache lines).
+const MBUF_HEADER: usize = 128;
+/// Per-object mempool header and trailer, rounded to a cache line (estimate).
+const MEMPOOL_OBJ_OVERHEAD: usize = 64;
+/// af_packet's default frame size (devarg `framesz`).
+const AF_PACKET_FRAMESZ: u64 = 2048;
+
+/// What a config reserves in memory, by part, for `check-config`: the mempool (DPDK memory:
+/// hugepages or `-m`), the compare or rewriter tables (process heap, all allocated at start,
+/// nothing grows later) and af_packet's kernel rings. The DPDK parts are estimates.
+pub fn memory_summary(cfg: &Config) -> String {
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / f64::from(1u32 << 20));
+    let m = &cfg.mempool;
+    let per_mbuf = MBUF_HEADER + dpdk::MBUF_PRIV_SIZE as usize + usize::from(m.data_room);
+    let per_mbuf = (per_mbuf + MEMPOOL_OBJ_OVERHEAD) as u64;
+    let pool = u64::from(m.mbufs) * per_mbuf;
+    let mut total = pool;
+    let mut s = format!(
+        "memory (estimate):\n  mempool        {} ({} mbufs x {per_mbuf} B)\n",
+        mib(pool),
+        m.mbufs
+    );
+    match cfg.role {
+        Role::Primary => {
+            let cc = compare_config(cfg);
+            let shards = u64::from(cfg.compare.shards.max(1));
+            let per = Comparator::<Mbuf>::memory_bytes(&cc) as u64;
+            total += shards * per;
+            s += &format!(
+                "  compare        {} ({shards} shard(s) x {}: {} connections x {} B, {} queued \
+                 packets)\n",
+                mib(shards * per),
+                mib(per),
+                cc.table_capacity,
+                Comparator::<Mbuf>::bytes_per_connection(&cc),
+                cc.pool_size
+            );
+        }
+        Role::Secondary => {
+            let rc = rewriter_config(cfg);
+            let b = Rewriter::memory_bytes(&rc) as u64;
+            total += b;
+            s += &format!(
+                "  rewriter       {} ({} connections x {} B)\n",
+                mib(b),
+                rc.table_capacity,
+                b / rc.table_capacity.max(1) as u64
+            );
+        }
+        Role::Compare => {}
+    }
+    for p in cfg.ports.values() {
+        let PortDevice::Vdev(args) = &p.device else {
+            continue;
+        };
+        if !p.device_name().starts_with("net_af_packet") {
+            continue;
+        }
+        let num = |k: &str, d: u64| devarg(args, k).and_then(|v| v.parse().ok()).unwrap_or(d);
+        let frames = num("framecnt", u64::from(crate::config::eal::AF_PACKET_FRAMES));
+        let queues = num("qpairs", 1);
+        let b = frames * num("framesz", AF_PACKET_FRAMESZ) * 2 * queues;
+        total += b;
+        s += &format!(
+            "  ports.{:<8} {} of kernel memory (af_packet: {queues} queue pair(s) x 2 rings x \
+             {frames} frames)\n",
+            p.name,
+            mib(b)
+        );
+    }
+    s += &format!("  total          {}\n", mib(total));
+    s
+}
+
 /// MTU the encapsulating link needs so a VM's full 1500-byte frames still fit.
 pub const LINK_MTU: u16 = 1500 + OVERHEAD as u16;
 

@@ -378,6 +378,12 @@ enum Syn {
 }
 
 impl Rewriter {
+    /// Bytes a rewriter built from `cfg` reserves (connection table and linger queue).
+    pub fn memory_bytes(cfg: &RewriterConfig) -> usize {
+        let cap = cfg.table_capacity.max(1);
+        HashedTable::<Conn>::bytes_for(cap) + cap * std::mem::size_of::<Lingering>()
+    }
+
     /// A rewriter with all memory reserved for `cfg.table_capacity` connections.
     pub fn new(cfg: RewriterConfig) -> Self {
         let cap = cfg.table_capacity.max(1);
