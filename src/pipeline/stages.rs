@@ -208,7 +208,12 @@ fn route(burst: &mut MbufBurst<BURST>, rings: &mut [RingOut], cx: &LoopCtx) {
     let shards = rings.len();
     for mut m in burst.drain() {
         m.set_timestamp(cx.now_ns);
-        let k = shard_of_frame(m.data(), shards);
+        // One shard owns every flow: no parse (the shard parses the frame anyway).
+        let k = if shards > 1 {
+            shard_of_frame(m.data(), shards)
+        } else {
+            0
+        };
         if let Err(m) = rings[k].push(m, c) {
             // has_room() was checked for every ring before rx, so this only happens when
             // one burst maps entirely to a ring that was already nearly full.
