@@ -26,7 +26,6 @@ char *shim_rte_pktmbuf_adj(struct rte_mbuf *m, uint16_t len);
 int shim_rte_pktmbuf_trim(struct rte_mbuf *m, uint16_t len);
 uint16_t shim_rte_pktmbuf_headroom(const struct rte_mbuf *m);
 uint16_t shim_rte_pktmbuf_tailroom(const struct rte_mbuf *m);
-uint16_t shim_rte_mbuf_refcnt_read(const struct rte_mbuf *m);
 uint16_t shim_rte_mbuf_refcnt_update(struct rte_mbuf *m, int16_t value);
 void shim_rte_mbuf_refcnt_set(struct rte_mbuf *m, uint16_t value);
 int shim_rte_pktmbuf_chain(struct rte_mbuf *head, struct rte_mbuf *tail);

@@ -69,8 +69,16 @@ impl Mbuf {
     /// Reference count (1 = sole owner).
     #[inline]
     pub fn refcnt(&self) -> u16 {
-        // SAFETY: valid mbuf; atomic read.
-        unsafe { ffi::shim_rte_mbuf_refcnt_read(self.0.as_ptr()) }
+        // Inline, not a C call per packet: rte_mbuf_refcnt_read is a relaxed atomic load of
+        // this field.
+        // SAFETY: valid mbuf; the u16 field is aligned and lives as long as &self; DPDK only
+        // changes it with atomic operations, so an atomic load of it is sound.
+        unsafe {
+            std::sync::atomic::AtomicU16::from_ptr(std::ptr::addr_of_mut!(
+                (*self.0.as_ptr()).refcnt
+            ))
+            .load(std::sync::atomic::Ordering::Relaxed)
+        }
     }
 
     /// True when another [`Mbuf`] owns the same buffer (after [`try_clone`](Self::try_clone)).
