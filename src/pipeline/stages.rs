@@ -367,6 +367,14 @@ struct ShardOutput<'a> {
     capture_on: bool,
     captured: Option<Box<DivergenceCapture>>,
     context: &'a ContextRing,
+    /// Secondaries done with, freed together (one bulk call, not one per mbuf).
+    to_free: &'a mut MbufBurst<BURST>,
+}
+
+impl Drop for ShardOutput<'_> {
+    fn drop(&mut self) {
+        self.to_free.clear();
+    }
 }
 
 fn captured(side: crate::control::Side, m: &Mbuf, now_ns: u64) -> CapturedPacket {
@@ -415,7 +423,10 @@ impl compare::Output<Mbuf> for ShardOutput<'_> {
             compare::SecondaryFree::Checkpoint => Counter::SecondaryFlushed,
             _ => Counter::SecondaryDropped,
         });
-        drop(pkt);
+        if let Err(pkt) = self.to_free.push(pkt) {
+            self.to_free.clear();
+            drop(pkt);
+        }
     }
 
     fn capture(&mut self, ev: &DivergenceEvent, primary: Option<&Mbuf>, secondary: Option<&Mbuf>) {
@@ -497,6 +508,7 @@ pub struct CompareStage {
     /// Where this shard publishes its backlog (back-pressure, lag reports).
     board: Option<Arc<BacklogBoard>>,
     published: compare::Backlog,
+    to_free: MbufBurst<BURST>,
 }
 
 impl CompareStage {
@@ -526,6 +538,7 @@ impl CompareStage {
             progress: FailoverProgress::default(),
             board: None,
             published: compare::Backlog::default(),
+            to_free: MbufBurst::new(),
         }
     }
 
@@ -568,6 +581,7 @@ impl CompareStage {
                 capture_on: self.capture_on,
                 captured: None,
                 context: &self.context,
+                to_free: &mut self.to_free,
             },
             &mut self.engine,
         )
