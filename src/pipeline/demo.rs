@@ -628,7 +628,10 @@ pub fn report(s: &DemoSummary) -> bool {
         println!("client latency (icmp)      {}", percentiles_us(&c.lat_icmp));
     }
     println!("drops                      {}", t.drops_list());
-    println!("accounting                 {acc}");
+    println!(
+        "accounting                 {acc}{}",
+        super::run::lost_note(&acc, &s.failures)
+    );
     println!(
         "mbufs in use after stop    {} (frames left in virtual cables: {})",
         s.mempool_in_use, s.leftover_in_wires
