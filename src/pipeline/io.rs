@@ -16,6 +16,21 @@ pub const BURST: usize = 32;
 /// Transmit attempts before the rest of a burst is dropped as `DropTxFull`.
 const TX_ATTEMPTS: usize = 4;
 
+/// Where frames enter the pipeline from a port: after an rx that put frames into `burst` from
+/// slot `from` on, make each one segment. A chain (net_tap, vhost with a large MTU, jumbo
+/// frames) is linearised into its first mbuf when it fits (`linearized`), else freed
+/// (`drop_multiseg`): no stage handles chains (compare must see the whole frame; the mirror's
+/// clone goes to the link, which copies or frames [`Mbuf::data`]; the rewriter edits in place),
+/// so none is passed through. One segment-count read per frame.
+#[inline]
+pub fn whole_frames<const N: usize>(burst: &mut MbufBurst<N>, from: usize, c: &LcoreCounters) {
+    let (linearised, freed) = burst.linearize_from(from);
+    if linearised + freed > 0 {
+        c.add(Counter::Linearized, linearised as u64);
+        c.add(Counter::DropMultiseg, freed as u64);
+    }
+}
+
 /// Every rx queue of one port, polled by one stage. A port may spread frames over several
 /// queues (af_packet `qpairs` fan-out, RSS, a multi-queue vhost-user guest); a queue nobody
 /// polls would lose its frames silently, so a stage takes them all.
@@ -126,8 +141,10 @@ impl TxBuf {
     /// (counted `Rx`, no copy) and send it. Returns how many frames were received.
     #[inline]
     pub fn forward_from(&mut self, rx: &mut RxQueue, counters: &LcoreCounters) -> usize {
+        let from = self.pending.len();
         let n = rx.rx_burst(&mut self.pending);
         counters.add(Counter::Rx, n as u64);
+        whole_frames(&mut self.pending, from, counters);
         self.flush(counters);
         n
     }

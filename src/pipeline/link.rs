@@ -27,7 +27,7 @@ use crate::link::socket::FramedSocket;
 use crate::mgmt::EventSender;
 
 use super::counters::{Counter, LcoreCounters};
-use super::io::{unshare, TxBuf, BURST};
+use super::io::{unshare, whole_frames, TxBuf, BURST};
 use super::lcore::LoopCtx;
 
 /// Frames a socket receiver keeps decoded but not yet taken by its stage (mbufs: the
@@ -402,8 +402,10 @@ impl LinkRx {
         let c = cx.counters;
         match self {
             LinkRx::RawPort(rx) => {
+                let from = burst.len();
                 let n = rx.rx_burst(burst);
                 c.add(Counter::Rx, n as u64);
+                whole_frames(burst, from, c);
                 n
             }
             LinkRx::EncapPort {
@@ -412,6 +414,7 @@ impl LinkRx {
                 let mut tmp = MbufBurst::<BURST>::new();
                 let n = rx.rx_burst(&mut tmp);
                 c.add(Counter::Rx, n as u64);
+                whole_frames(&mut tmp, 0, c);
                 if n > 0 {
                     live.heard(cx.now_ns);
                 }

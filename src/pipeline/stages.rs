@@ -16,7 +16,7 @@ use crate::rewrite::{Direction, Rewriter};
 
 use super::backpressure::{BacklogBoard, PvmGate};
 use super::counters::{Counter, LcoreCounters};
-use super::io::{unshare, RingIn, RingOut, RxSet, TxBuf, BURST};
+use super::io::{unshare, whole_frames, RingIn, RingOut, RxSet, TxBuf, BURST};
 use super::latency::LatencyRecorder;
 use super::lcore::{Command, LoopCtx, Phase, Stage};
 use super::link::{LinkRx, LinkTx};
@@ -78,6 +78,7 @@ impl Stage for MirrorStage {
             return 0;
         }
         c.add(Counter::Rx, n as u64);
+        whole_frames(&mut self.burst, 0, c);
         for mut m in self.burst.drain() {
             m.set_timestamp(cx.now_ns);
             if self.mirroring {
@@ -235,6 +236,7 @@ impl Stage for RedirectorStage {
         if cx.phase == Phase::Run && self.pvm_open(cx) && idle(&self.to_primary) {
             let n = self.pvm_rx.rx_burst(&mut self.burst);
             c.add(Counter::Rx, n as u64);
+            whole_frames(&mut self.burst, 0, c);
             route(&mut self.burst, &mut self.to_primary, cx);
             work += n;
         }
@@ -1040,8 +1042,10 @@ impl Stage for RewriterStage {
             self.rewrite_into(Direction::ToSecondary, cx, true);
         }
         if let Some((rx, _)) = &mut self.nic {
+            let from = self.burst.len();
             let n = rx.rx_burst(&mut self.burst);
             c.add(Counter::Rx, n as u64);
+            whole_frames(&mut self.burst, from, c);
             work += n;
             if self.failed_over {
                 if n > 0 {
@@ -1052,8 +1056,10 @@ impl Stage for RewriterStage {
                 self.drop_burst(cx);
             }
         }
+        let from = self.burst.len();
         let n = self.svm_rx.rx_burst(&mut self.burst);
         c.add(Counter::Rx, n as u64);
+        whole_frames(&mut self.burst, from, c);
         work += n;
         self.rewrite_into(Direction::FromSecondary, cx, false);
         self.flush_svm(c);
