@@ -74,6 +74,9 @@ impl LinkTx {
     /// queued on a port are counted when sent (or dropped by a later flush).
     #[inline]
     pub fn try_push(&mut self, m: Mbuf, c: &LcoreCounters) -> Result<(), Counter> {
+        if crate::wire::is_runt(m.data()) {
+            return Err(Counter::DropRunt);
+        }
         match self {
             LinkTx::RawPort(tx) => {
                 tx.push(m, c);

@@ -80,6 +80,12 @@ impl Stage for MirrorStage {
         c.add(Counter::Rx, n as u64);
         whole_frames(&mut self.burst, 0, c);
         for mut m in self.burst.drain() {
+            // Same input: a runt reaches neither VM (it would be refused at the PVM port).
+            if crate::wire::is_runt(m.data()) {
+                drop(m);
+                c.inc(Counter::DropRunt);
+                continue;
+            }
             m.set_timestamp(cx.now_ns);
             if self.mirroring {
                 let Some(clone) = m.try_clone() else {

@@ -1,9 +1,14 @@
-//! Multi-segment mbufs where frames enter the pipeline, each test in a child process (EAL
-//! once per process): chains built with `rte_pktmbuf_chain` travel through ring-pair ports
-//! (the ring PMD passes the chain as it is, as net_tap or vhost would hand one over) into the
-//! mirror, the redirector (PVM port and link) and the rewriter. A chain that fits its first
-//! mbuf arrives whole and one segment (`linearized`); one that does not is dropped
+//! Frames the pipeline must not pass on as they are, each test in a child process (EAL once
+//! per process), on ring-pair ports.
+//!
+//! Multi-segment mbufs where frames enter: chains built with `rte_pktmbuf_chain` travel
+//! through ring-pair ports (the ring PMD passes the chain as it is, as net_tap or vhost would
+//! hand one over) into the mirror and the redirector (PVM port and link). A chain that fits
+//! its first mbuf arrives whole and one segment (`linearized`); one that does not is dropped
 //! (`drop_multiseg`): no stage ever sees only a chain's first segment.
+//!
+//! Runts where frames leave: a transmit queue never sends one (`drop_runt`), and the mirror
+//! gives a runt client frame to neither VM.
 
 mod dpdk_common;
 
@@ -193,6 +198,73 @@ mod child {
         result("in_use_after", pool.in_use());
     }
 
+    /// A transmit queue and the mirror facing runts among good frames.
+    pub fn runts_are_never_sent() {
+        let mut env = Env::new();
+        let (a, b) = env.wire("rt_a", "rt_b");
+        let c = LcoreCounters::default();
+        let good = udp_frame(60, 0x11);
+        let arp_ok = {
+            let mut f = vec![0u8; 42];
+            f[12..14].copy_from_slice(&[0x08, 0x06]);
+            f
+        };
+        let runts: Vec<Vec<u8>> = vec![
+            vec![0xee; 1],
+            vec![0xee; 13],
+            udp_frame(60, 0x22)[..33].to_vec(), // IPv4 with 19 header bytes
+            arp_ok[..41].to_vec(),
+        ];
+        let mut tx = TxBuf::new(env.port(a).tx_queue(0).unwrap());
+        for f in runts.iter().chain([&good, &arp_ok]) {
+            let mut m = env.pool.alloc().unwrap();
+            m.set_data(f).unwrap();
+            c.inc(Counter::Generated);
+            tx.push(m, &c);
+        }
+        tx.flush(&c);
+        let mut rx = env.port(b).rx_queue(0).unwrap();
+        let got = collect(&mut rx);
+        result("tx_sent", got.len());
+        result(
+            "tx_good",
+            got.iter()
+                .filter(|(_, d)| *d == good || *d == arp_ok)
+                .count(),
+        );
+        result("tx_drop_runt", c.get(Counter::DropRunt));
+        drop(tx);
+
+        // The mirror: client → nic → PVM and link.
+        let (client, nic) = env.wire("rt_client", "rt_nic");
+        let (pvm, guest) = env.wire("rt_pvm", "rt_guest");
+        let (link_p, link_s) = env.wire("rt_link_p", "rt_link_s");
+        let m = LcoreCounters::default();
+        let nic_rx = env.port(nic).rx_queue(0).unwrap();
+        let pvm_tx = TxBuf::new(env.port(pvm).tx_queue(0).unwrap());
+        let link_tx = LinkTx::RawPort(TxBuf::new(env.port(link_p).tx_queue(0).unwrap()));
+        let mut mirror = MirrorStage::new(nic_rx, pvm_tx, link_tx);
+        let frames: Vec<Mbuf> = runts
+            .iter()
+            .chain([&good])
+            .map(|f| {
+                let mut x = env.pool.alloc().unwrap();
+                x.set_data(f).unwrap();
+                x
+            })
+            .collect();
+        env.send(client, frames);
+        mirror.poll(&cx(&m));
+        mirror.flush(&cx(&m));
+        let mut guest_rx = env.port(guest).rx_queue(0).unwrap();
+        let mut link_s_rx = env.port(link_s).rx_queue(0).unwrap();
+        result("mirror_pvm", collect(&mut guest_rx).len());
+        result("mirror_link", collect(&mut link_s_rx).len());
+        result("mirror_drop_runt", m.get(Counter::DropRunt));
+        let s = c.snapshot().plus(&m.snapshot());
+        result("balanced", s.accounting().balanced());
+    }
+
     pub fn stages_see_whole_frames() {
         let mut env = Env::new();
         let (client, nic) = env.wire("ms_client", "ms_nic");
@@ -284,5 +356,26 @@ fn stages_never_see_a_first_segment_alone() {
     assert_eq!(c.num("linearized"), 3);
     assert_eq!(c.num("drop_multiseg"), 3);
     assert_eq!(c.get("drops"), "drop_multiseg=3");
+    assert_eq!(c.get("balanced"), "true", "{}", c.dump());
+}
+
+#[test]
+fn runts_are_never_transmitted() {
+    const TEST: &str = "runts_are_never_transmitted";
+    if in_child(TEST) {
+        child::runts_are_never_sent();
+        return;
+    }
+    let c = spawn(TEST);
+    c.assert_ok();
+    // Four runts (1 and 13 bytes, a 19-byte IPv4 header, a 27-byte ARP body) among a UDP
+    // frame and a full ARP frame.
+    assert_eq!(c.num("tx_sent"), 2, "{}", c.dump());
+    assert_eq!(c.num("tx_good"), 2, "{}", c.dump());
+    assert_eq!(c.num("tx_drop_runt"), 4);
+    // Same input: a runt client frame reaches neither VM, counted once.
+    assert_eq!(c.num("mirror_pvm"), 1, "{}", c.dump());
+    assert_eq!(c.num("mirror_link"), 1, "{}", c.dump());
+    assert_eq!(c.num("mirror_drop_runt"), 4);
     assert_eq!(c.get("balanced"), "true", "{}", c.dump());
 }
