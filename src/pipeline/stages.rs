@@ -577,11 +577,10 @@ impl CompareStage {
     }
 
     fn flows_json(&self, top: usize) -> Vec<serde_json::Value> {
-        let mut all = Vec::with_capacity(self.engine.connections());
-        self.engine.flows(|k, f| all.push((*k, f)));
-        all.sort_by_key(|(_, f)| std::cmp::Reverse(f.primary_bytes + f.secondary_bytes));
-        all.truncate(top);
-        all.into_iter()
+        // Bounded: a heap of `top` entries, not a copy and sort of every connection.
+        self.engine
+            .top_flows(top)
+            .into_iter()
             .map(|(k, f)| {
                 serde_json::json!({
                     "shard": self.shard,
