@@ -244,8 +244,6 @@ pub struct DropInStats {
     pub primary_bad_vnet: u64,
     /// Secondaries with a vnet_hdr_len longer than the frame, dropped.
     pub secondary_bad_vnet: u64,
-    /// Released primaries not written because they are runts (never transmitted).
-    pub runts_dropped: u64,
     /// Released primaries that had to wait for outdev (backpressure).
     pub held: u64,
     /// Largest hold queue seen.
@@ -278,11 +276,6 @@ struct Sink<'a> {
 
 impl Sink<'_> {
     fn emit(&mut self, pkt: DropBuf) {
-        if crate::wire::is_runt(pkt.data()) {
-            self.stats.runts_dropped += 1;
-            self.spare.put(pkt.storage);
-            return;
-        }
         if !self.held.is_empty() {
             self.hold(pkt);
             return;
@@ -599,12 +592,11 @@ impl DropIn {
             c.queued_secondary
         );
         r += &format!(
-            "released      {} to outdev, held for backpressure {} (max {}), unsent at exit {}, runts dropped {}\n",
+            "released      {} to outdev, held for backpressure {} (max {}), unsent at exit {}\n",
             s.released,
             s.held,
             s.held_max,
-            self.unsent(),
-            s.runts_dropped
+            self.unsent()
         );
         r += &format!(
             "checkpoint    divergences {} DO_CHECKPOINT sent {} coalesced {} unsent (no notify_dev) {} done {} proxy inits {} notify unsupported {}\n",
