@@ -2125,7 +2125,8 @@ impl<B: PacketBuf> Comparator<B> {
     ///
     /// `oldest_primary_ns` is a lower bound of the oldest queued primary's arrival (its age is
     /// never under-reported): exact after every timeout scan ([`Self::tick`], each
-    /// `scan_period_ns`), else the later of the last scan's value and the time the shard's
+    /// `scan_period_ns`) that fits in one tick (a scan spread over several ticks takes the
+    /// scan's start when primaries arrived meanwhile), else the later of the last scan's value and the time the shard's
     /// primary backlog last became non-empty; it does not move forward when the oldest primary
     /// leaves between scans. `None` when no primary is queued.
     pub fn backlog(&self) -> super::Backlog {
