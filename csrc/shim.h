@@ -29,6 +29,7 @@ uint16_t shim_rte_pktmbuf_tailroom(const struct rte_mbuf *m);
 uint16_t shim_rte_mbuf_refcnt_update(struct rte_mbuf *m, int16_t value);
 void shim_rte_mbuf_refcnt_set(struct rte_mbuf *m, uint16_t value);
 int shim_rte_pktmbuf_chain(struct rte_mbuf *head, struct rte_mbuf *tail);
+int shim_rte_pktmbuf_linearize(struct rte_mbuf *m);
 int shim_rte_pktmbuf_is_contiguous(const struct rte_mbuf *m);
 uint16_t shim_rte_pktmbuf_priv_size(struct rte_mempool *mp);
 void shim_rte_pktmbuf_reset(struct rte_mbuf *m);

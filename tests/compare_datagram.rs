@@ -241,3 +241,78 @@ fn every_truncation_of_every_fixture_never_panics_and_balances() {
     assert!(k.balanced());
     assert_eq!(k.queued_primary + k.queued_secondary, 0);
 }
+
+/// UDP guest → client from source port `port` (one flow per port).
+fn udp_from(port: u16) -> Vec<u8> {
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2([0x52, 0x54, 0, 0, 0, 1], [0x52, 0x54, 0, 0, 0, 0xfe])
+        .ipv4(SERVER, CLIENT, 64)
+        .udp(port, 53000)
+        .write(&mut f, b"ping")
+        .unwrap();
+    f
+}
+
+#[test]
+fn a_timeout_scan_is_spread_over_bounded_ticks_and_still_expires_every_connection() {
+    use colo_proxy::compare::SCAN_PER_TICK;
+    let n = 3 * SCAN_PER_TICK + 17;
+    let mut h = H::with(CompareConfig {
+        table_capacity: n + 100,
+        idle_timeout_ns: 10 * MS,
+        scan_period_ns: 5 * MS,
+        ..CompareConfig::default()
+    });
+    for i in 0..n {
+        h.both(&udp_from(1000 + i as u16));
+    }
+    assert_eq!(h.c.connections(), n);
+    assert_eq!(h.r.unverified(), vec![]);
+    // Due: each call expires at most SCAN_PER_TICK connections, until all are gone.
+    h.now += 20 * MS;
+    let mut calls = 0;
+    let mut before = 0;
+    while h.c.connections() > 0 {
+        h.c.tick(h.now, &mut h.r);
+        calls += 1;
+        let expired = h.c.counters().conns_expired;
+        assert!(
+            expired - before <= SCAN_PER_TICK as u64,
+            "one tick expired {}",
+            expired - before
+        );
+        before = expired;
+        assert!(calls <= n.div_ceil(SCAN_PER_TICK), "{calls} calls");
+    }
+    assert_eq!(calls, n.div_ceil(SCAN_PER_TICK));
+    assert_eq!(h.c.counters().conns_expired, n as u64);
+    assert!(h.c.counters().balanced(), "{:?}", h.c.counters());
+    // The scan is over: the next is due a scan period after it began, not at once.
+    h.both(&udp_from(7));
+    h.c.tick(h.now + MS, &mut h.r);
+    assert_eq!(h.c.connections(), 1, "no scan before the period is over");
+    // The next scan walks the slab again (its slots stay allocated), bounded per call.
+    let mut calls = 0;
+    while h.c.connections() > 0 {
+        h.c.tick(h.now + 40 * MS, &mut h.r);
+        calls += 1;
+        assert!(calls <= n.div_ceil(SCAN_PER_TICK), "{calls} calls");
+    }
+}
+
+#[test]
+fn top_flows_are_the_busiest_first_and_at_most_n() {
+    let mut h = H::new();
+    // Flow i carries i + 1 datagrams: the busiest are the last ones.
+    for i in 0..50u16 {
+        for _ in 0..=i {
+            h.both(&udp_from(2000 + i));
+        }
+    }
+    let top = h.c.top_flows(5);
+    let ports: Vec<u16> = top.iter().map(|(k, _)| k.port_lo.min(k.port_hi)).collect();
+    assert_eq!(ports, vec![2049, 2048, 2047, 2046, 2045], "{top:?}");
+    assert!(top.windows(2).all(|w| w[0].1.traffic() > w[1].1.traffic()));
+    assert_eq!(h.c.top_flows(0).len(), 0);
+    assert_eq!(h.c.top_flows(1000).len(), 50);
+}

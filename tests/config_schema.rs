@@ -655,6 +655,24 @@ fn bypass_rule_errors() {
 }
 
 #[test]
+fn bypass_rules_are_capped() {
+    let rules = |n: usize| {
+        let mut s = PRIMARY.to_string();
+        for i in 0..n {
+            s.push_str(&format!(
+                "[[compare.bypass]]\nproto = \"udp\"\nports = \"{}\"\n",
+                1000 + i
+            ));
+        }
+        s
+    };
+    let max = colo_proxy::config::bypass::MAX_RULES;
+    let cfg = load(&rules(max));
+    assert_eq!(cfg.compare.bypass.len(), max);
+    has_field_error(&rules(max + 1), "compare.bypass", "at most 64");
+}
+
+#[test]
 fn link_errors() {
     has_error(
         &PRIMARY.replace("[link]\nkind = \"socket\"\nmirror = { addr = \"tcp:127.0.0.1:9003\" }\nsecondary_out = { addr = \"tcp:127.0.0.1:9004\" }", ""),

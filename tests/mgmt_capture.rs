@@ -293,3 +293,71 @@ fn management_captures_only_while_on() {
     assert_eq!(pkts.len(), 3);
     assert!(pkts[1].1.contains("colo divergence #1: reason=udp-payload"));
 }
+
+/// Symlinks planted at the names the writer is about to use (any of the next few seconds).
+fn plant(capdir: &Path, target: &Path, seqs: std::ops::RangeInclusive<u64>) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for secs in now..now + 3 {
+        for seq in seqs.clone() {
+            let name = format!("colo-divergence-{secs:010}-{seq:06}.pcapng");
+            std::os::unix::fs::symlink(target, capdir.join(name)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_symlink_at_the_file_name_is_never_followed() {
+    let dir = TempDir::new("symlink");
+    let capdir = dir.path().join("pcap");
+    std::fs::create_dir_all(&capdir).unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    plant(&capdir, &victim, 1..=2);
+    let mut w = CaptureWriter::new(CaptureConfig {
+        dir: capdir.clone(),
+        max_file_bytes: 1 << 20,
+        max_files: 100,
+        context_packets: 0,
+    })
+    .unwrap();
+    w.write(&divergence(0), 1).unwrap();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    let st = w.stats();
+    assert_eq!(st.names_taken, 2, "{st:?}");
+    let cur = st.current.expect("a file is open");
+    assert!(cur.to_string_lossy().ends_with("-000003.pcapng"), "{cur:?}");
+    let meta = std::fs::symlink_metadata(&cur).unwrap();
+    assert!(meta.file_type().is_file());
+    assert_eq!(read_back(&cur).len(), 2);
+}
+
+#[test]
+fn every_name_taken_is_a_clear_error_and_nothing_is_overwritten() {
+    let dir = TempDir::new("taken");
+    let capdir = dir.path().join("pcap");
+    std::fs::create_dir_all(&capdir).unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    plant(&capdir, &victim, 1..=16);
+    let mut w = CaptureWriter::new(CaptureConfig {
+        dir: capdir.clone(),
+        max_file_bytes: 1 << 20,
+        max_files: 1000,
+        context_packets: 0,
+    })
+    .unwrap();
+    let e = w.write(&divergence(0), 1).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+    assert!(e.to_string().contains("already exists"), "{e}");
+    assert!(e.to_string().contains("-000016.pcapng"), "{e}");
+    let st = w.stats();
+    assert_eq!((st.errors, st.names_taken), (1, 16));
+    assert!(st.last_error.unwrap().contains("refusing to overwrite"));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    // The next attempt moves on to names nobody planted.
+    w.write(&divergence(1), 2).unwrap();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+}

@@ -310,6 +310,57 @@ fn bad_demo_arguments_are_refused_with_a_message() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("divergence-rate"));
+    for bad in ["-1", "nan", "1e300"] {
+        let out = Command::new(bin())
+            .args(["demo", &format!("--seconds={bad}")])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--seconds {bad}: {err}");
+        assert!(err.contains("--seconds") && err.contains("or inf"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn seconds_inf_runs_until_sigterm_then_reports() {
+    let _one = ONE_DEMO_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let sock = tmp("inf.sock");
+    let report = tmp("inf.json");
+    let _ = std::fs::remove_file(&sock);
+    let _ = std::fs::remove_file(&report);
+    let child = Command::new(bin())
+        .args(["demo", "--quiet", "--seconds", "inf"])
+        .arg("--control-socket")
+        .arg(&sock)
+        .arg("--report-json")
+        .arg(&report)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    // Running with traffic: the control socket answers and the pipeline has moved more frames
+    // than the invariants ask of a run.
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "demo --seconds inf never ran"
+        );
+        if sock.exists() {
+            let s = ctl(&sock, &["stats"]);
+            if n(&s["result"]["dataplane"]["totals"], &["rx"]) > 20_000 {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: signals our own child, which is still running (not yet waited for).
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let out = wait_bounded(child, Duration::from_secs(20));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_invariants(&out, &r);
 }
 
 /// (frame, comment) of every packet in the pcapng files of `dir`.

@@ -3,7 +3,7 @@
 mod rewrite_util;
 
 use colo_proxy::rewrite::{
-    CloseKind, ConnState, Outcome, Rewriter, RewriterConfig, AGE_SCAN_SPACING,
+    CloseKind, ConnState, Outcome, Rewriter, RewriterConfig, AGE_PER_TICK, AGE_SCAN_SPACING,
     DEFAULT_CLOSED_LINGER_NS,
 };
 use rewrite_util::*;
@@ -334,4 +334,38 @@ fn failover_exemption_from_ageing_ends_with_checkpoint_or_close() {
     h.rw.tick(h.now);
     assert!(h.rw.is_empty());
     assert_eq!(h.rw.counters().expired, 2);
+}
+
+/// A large table is aged over several ticks, each visiting at most AGE_PER_TICK slots, and
+/// every idle connection still goes.
+#[test]
+fn an_ageing_scan_is_spread_over_bounded_ticks_and_expires_every_connection() {
+    let n = 2 * AGE_PER_TICK + 5;
+    let idle = 64_000_000;
+    let mut h = H::with(RewriterConfig {
+        idle_timeout_ns: idle,
+        table_capacity: n + 10,
+        ..RewriterConfig::default()
+    });
+    for i in 0..n {
+        learned_at(&mut h, 1000 + i as u16, S);
+    }
+    assert_eq!(h.rw.len(), n);
+    let t = h.now + 2 * idle;
+    let mut calls = 0;
+    let mut before = 0;
+    while !h.rw.is_empty() {
+        h.rw.tick(t);
+        calls += 1;
+        let expired = h.rw.counters().expired;
+        assert!(
+            expired - before <= AGE_PER_TICK as u64,
+            "{}",
+            expired - before
+        );
+        before = expired;
+        assert!(calls <= n.div_ceil(AGE_PER_TICK), "{calls} ticks");
+    }
+    assert_eq!(calls, n.div_ceil(AGE_PER_TICK));
+    assert_eq!(h.rw.counters().expired, n as u64);
 }

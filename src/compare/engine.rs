@@ -303,6 +303,23 @@ pub struct Comparator<B: PacketBuf> {
     /// Lower bound of the oldest queued primary's arrival (exact after each scan).
     since: u64,
     held: Held,
+    /// The timeout scan in progress (it runs over several [`Comparator::tick`] calls).
+    pass: Option<ScanPass>,
+}
+
+/// Connections one [`Comparator::tick`] visits at most: a scan of a large table is spread
+/// over `ceil(slots / SCAN_PER_TICK)` calls, so no housekeeping call walks a whole table.
+pub const SCAN_PER_TICK: usize = 1024;
+
+/// A timeout scan spread over several ticks.
+#[derive(Clone, Copy)]
+struct ScanPass {
+    /// `now` when it began.
+    start: u64,
+    /// Oldest queued primary found so far.
+    oldest: u64,
+    /// `primary_in` when it began (primaries queued meanwhile may be older than `oldest`).
+    primary_in: u64,
 }
 
 /// Everything a per-connection step needs besides the connection (split borrows).
@@ -1726,6 +1743,7 @@ impl<B: PacketBuf> Comparator<B> {
             next_scan: 0,
             since: 0,
             held: Held::new(),
+            pass: None,
         }
     }
 
@@ -2031,12 +2049,37 @@ impl<B: PacketBuf> Comparator<B> {
         }
     }
 
-    /// Timeouts (every `scan_period_ns`) and idle ageing. Cheap when nothing is due.
+    /// Timeouts (a scan every `scan_period_ns`) and idle ageing. Cheap when nothing is due.
+    /// Bounded: one call visits at most [`SCAN_PER_TICK`] connections; a scan of a larger
+    /// table continues on the next calls (call it at every housekeeping) until it has visited
+    /// every connection once, and the next scan is due `scan_period_ns` after this one began.
     pub fn tick(&mut self, now: u64, out: &mut impl Output<B>) {
-        if now < self.next_scan {
-            return;
-        }
-        self.next_scan = now.saturating_add(self.cfg.scan_period_ns.max(1));
+        let pass = match self.pass {
+            Some(p) => p,
+            None if now < self.next_scan => return,
+            None => {
+                self.next_scan = now.saturating_add(self.cfg.scan_period_ns.max(1));
+                // The held list first, once per scan: its packets are older than any of the
+                // same flow in the table.
+                let hk = self.held.key;
+                Ctx {
+                    pool: &mut self.pool,
+                    c: &mut self.c,
+                    cfg: &self.cfg,
+                    out: &mut *out,
+                    key: &hk,
+                    now,
+                    since: &mut self.since,
+                    held: &mut self.held,
+                }
+                .scan_held();
+                ScanPass {
+                    start: now,
+                    oldest: u64::MAX,
+                    primary_in: self.c.primary_in,
+                }
+            }
+        };
         let Comparator {
             cfg,
             table,
@@ -2047,23 +2090,10 @@ impl<B: PacketBuf> Comparator<B> {
             ..
         } = self;
         let idle = cfg.idle_timeout_ns;
-        // The held list first: its packets are older than any of the same flow in the table.
-        let hk = held.key;
-        Ctx {
-            pool: &mut *pool,
-            c: &mut *c,
-            cfg,
-            out: &mut *out,
-            key: &hk,
-            now,
-            since: &mut *since,
-            held: &mut *held,
-        }
-        .scan_held();
-        // The scan visits every connection: refresh the backlog's oldest arrival exactly.
-        let mut oldest = u64::MAX;
-        // One pass: timeouts of every connection, then ageing of the idle ones.
-        table.retain_mut(|k, conn, last_used| {
+        // The scan visits every connection: it refreshes the backlog's oldest arrival.
+        let mut oldest = pass.oldest;
+        // One visit: timeouts of the connection, then ageing if it is idle.
+        let (_, done) = table.sweep_mut(SCAN_PER_TICK, |k, conn, last_used| {
             let mut ctx = Ctx {
                 pool: &mut *pool,
                 c: &mut *c,
@@ -2085,11 +2115,20 @@ impl<B: PacketBuf> Comparator<B> {
             ctx.retire(conn, k.hash64(), Reason::Expired, DropReason::Expired);
             true
         });
-        if held.list.head != NIL {
-            oldest = oldest.min(held.oldest);
+        if !done {
+            self.pass = Some(ScanPass { oldest, ..pass });
+            return;
+        }
+        self.pass = None;
+        // A primary queued after its connection was visited arrived after the scan began.
+        if self.c.primary_in != pass.primary_in && self.c.queued_primary != 0 {
+            oldest = oldest.min(pass.start);
+        }
+        if self.held.list.head != NIL {
+            oldest = oldest.min(self.held.oldest);
         }
         if oldest != u64::MAX {
-            *since = oldest;
+            self.since = oldest;
         }
     }
 
@@ -2097,7 +2136,8 @@ impl<B: PacketBuf> Comparator<B> {
     ///
     /// `oldest_primary_ns` is a lower bound of the oldest queued primary's arrival (its age is
     /// never under-reported): exact after every timeout scan ([`Self::tick`], each
-    /// `scan_period_ns`), else the later of the last scan's value and the time the shard's
+    /// `scan_period_ns`) that fits in one tick (a scan spread over several ticks takes the
+    /// scan's start when primaries arrived meanwhile), else the later of the last scan's value and the time the shard's
     /// primary backlog last became non-empty; it does not move forward when the oldest primary
     /// leaves between scans. `None` when no primary is queued.
     pub fn backlog(&self) -> super::Backlog {
@@ -2209,6 +2249,15 @@ impl<B: PacketBuf> Comparator<B> {
                 None => ctx.drop_conn(conn),
             }
         });
+    }
+
+    /// The `n` connections with the most traffic (bytes both sides), busiest first: one pass
+    /// over the table into a bounded heap ([`super::TopN`]), O(n) memory, no sort of every
+    /// connection.
+    pub fn top_flows(&self, n: usize) -> Vec<(FlowKey, FlowSummary)> {
+        let mut top = super::TopN::new(n);
+        self.flows(|k, f| top.offer(f.traffic(), (*k, f)));
+        top.into_sorted()
     }
 
     /// Visit every connection (in table order) with its summary.

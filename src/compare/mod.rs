@@ -128,7 +128,7 @@ mod engine;
 mod pool;
 
 pub use bypass::Bypass;
-pub use engine::Comparator;
+pub use engine::{Comparator, SCAN_PER_TICK};
 
 use crate::flow::FlowKey;
 use crate::wire::ParseError;
@@ -664,4 +664,113 @@ pub struct FlowSummary {
     pub divergences: u32,
     /// `now` of its last packet.
     pub last_seen_ns: u64,
+}
+
+impl FlowSummary {
+    /// Bytes seen on both sides: what `flows` ranks by.
+    pub fn traffic(&self) -> u64 {
+        self.primary_bytes.saturating_add(self.secondary_bytes)
+    }
+}
+
+/// Bounded top-N selection: keeps the `n` items offered with the largest key (ties: the
+/// earlier offered), in a min-heap of at most `n` entries: O(log n) per offer, O(n) memory,
+/// never a sort of everything offered.
+pub struct TopN<T, K: Ord> {
+    n: usize,
+    seq: usize,
+    heap: std::collections::BinaryHeap<TopEntry<T, K>>,
+}
+
+/// Heap entry: ordered so the weakest (smallest key, then latest offered) is on top.
+struct TopEntry<T, K>(K, usize, T);
+
+impl<T, K: Ord> PartialEq for TopEntry<T, K> {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == std::cmp::Ordering::Equal
+    }
+}
+impl<T, K: Ord> Eq for TopEntry<T, K> {}
+impl<T, K: Ord> PartialOrd for TopEntry<T, K> {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl<T, K: Ord> Ord for TopEntry<T, K> {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        // BinaryHeap is a max-heap: "greater" = weaker = smaller key, or offered later.
+        o.0.cmp(&self.0).then(self.1.cmp(&o.1))
+    }
+}
+
+impl<T, K: Ord> TopN<T, K> {
+    /// Keep at most `n` items.
+    pub fn new(n: usize) -> Self {
+        TopN {
+            n,
+            seq: 0,
+            heap: std::collections::BinaryHeap::with_capacity(n.min(1 << 16)),
+        }
+    }
+
+    /// Offer `item` with rank `key`.
+    pub fn offer(&mut self, key: K, item: T) {
+        let seq = self.seq;
+        self.seq += 1;
+        if self.heap.len() < self.n {
+            self.heap.push(TopEntry(key, seq, item));
+        } else if self.heap.peek().is_some_and(|w| key > w.0) {
+            self.heap.pop();
+            self.heap.push(TopEntry(key, seq, item));
+        }
+    }
+
+    /// Items held now (at most `n`).
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
+    /// The kept items, largest key first (ties: earlier offered first).
+    pub fn into_sorted(self) -> Vec<T> {
+        // Ascending by our Ord = strongest first.
+        self.heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(|e| e.2)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod top_tests {
+    use super::TopN;
+
+    #[test]
+    fn top_n_matches_a_full_sort_and_never_holds_more_than_n() {
+        let mut x = 7u32;
+        let items: Vec<(u32, usize)> = (0..5000)
+            .map(|i| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                ((x >> 20) % 300, i)
+            })
+            .collect();
+        for n in [0, 1, 7, 20, 299, 5000, 6000] {
+            let mut t = TopN::new(n);
+            for &it in &items {
+                t.offer(it.0, it);
+                assert!(t.len() <= n);
+            }
+            let got = t.into_sorted();
+            let mut want = items.clone();
+            // Largest first; ties keep input order (a stable sort).
+            want.sort_by_key(|it| std::cmp::Reverse(it.0));
+            want.truncate(n);
+            assert_eq!(got, want, "n = {n}");
+        }
+    }
 }

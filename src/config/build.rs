@@ -568,6 +568,16 @@ fn build_compare(raw: RawCompare, e: &mut Errs) -> CompareConfig {
         MAX_CAPACITY.into(),
     );
     let mut bypass = Vec::new();
+    if raw.bypass.len() > super::bypass::MAX_RULES {
+        e.push(
+            "compare.bypass",
+            format!(
+                "{} rules; at most {} (each compare shard checks every rule per packet)",
+                raw.bypass.len(),
+                super::bypass::MAX_RULES
+            ),
+        );
+    }
     for (i, b) in raw.bypass.iter().enumerate() {
         match BypassRule::parse(&b.proto, b.ports.as_deref(), b.prefix.as_deref()) {
             Ok(r) => bypass.push(r),

@@ -16,6 +16,10 @@ pub mod proto {
     pub const ICMPV6: u8 = 58;
 }
 
+/// Most bypass rules a pipeline holds (config and `ctl bypass add` alike): every compare
+/// shard scans them per packet, so the list stays short.
+pub const MAX_RULES: usize = 64;
+
 /// A validated bypass rule. Every given condition must hold; the prefix and the port range
 /// each match when either endpoint (source or destination) matches, so a rule covers both
 /// directions of a connection.

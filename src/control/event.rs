@@ -147,6 +147,18 @@ pub enum Event {
         /// When.
         time_ns: u64,
     },
+    /// An lcore left its poll loop without being asked (a stage panicked): the proxy stops
+    /// the rest in order and exits with an error.
+    LcoreFailed {
+        /// EAL lcore id.
+        lcore: u32,
+        /// The stages it ran.
+        stages: Vec<String>,
+        /// What happened (the panic message).
+        reason: String,
+        /// When management noticed.
+        time_ns: u64,
+    },
     /// The proxy is shutting down.
     Shutdown {
         /// When.
@@ -189,6 +201,7 @@ impl Event {
             | Event::LinkUp { time_ns, .. }
             | Event::LinkDown { time_ns, .. }
             | Event::LinkSequence { time_ns, .. }
+            | Event::LcoreFailed { time_ns, .. }
             | Event::Shutdown { time_ns } => *time_ns,
         }
     }

@@ -73,7 +73,8 @@ impl<R> LcoreJob<R> {
     }
 }
 
-fn panic_message(p: &(dyn Any + Send)) -> String {
+/// The text of a panic payload (`&str` or `String`; anything else is named as such).
+pub fn panic_message(p: &(dyn Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = p.downcast_ref::<String>() {

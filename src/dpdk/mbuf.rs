@@ -157,6 +157,34 @@ impl Mbuf {
         self.raw().nb_segs == 1
     }
 
+    /// Make the packet one segment: the later segments' bytes are copied to the end of the
+    /// first (`rte_pktmbuf_linearize`) and freed. False when the first segment lacks the
+    /// tailroom or the mbuf is shared; the chain is then unchanged.
+    pub fn linearize(&mut self) -> bool {
+        if self.is_contiguous() {
+            return true;
+        }
+        if self.is_shared() {
+            return false;
+        }
+        // SAFETY: sole owner of a valid mbuf chain; DPDK copies within it and frees the
+        // segments it emptied, or changes nothing and returns -1.
+        unsafe { ffi::shim_rte_pktmbuf_linearize(self.0.as_ptr()) == 0 }
+    }
+
+    /// Append `tail` (and its segments) to this packet's chain (`rte_pktmbuf_chain`); gives it
+    /// back when the chain would exceed DPDK's segment limit.
+    pub fn chain(&mut self, tail: Mbuf) -> Result<(), Mbuf> {
+        self.assert_unique();
+        // SAFETY: both are valid mbufs we own; on success the head owns the tail's segments.
+        let r = unsafe { ffi::shim_rte_pktmbuf_chain(self.0.as_ptr(), tail.as_ptr()) };
+        if r != 0 {
+            return Err(tail);
+        }
+        std::mem::forget(tail);
+        Ok(())
+    }
+
     /// Input port (set by rx).
     #[inline]
     pub fn port(&self) -> u16 {
@@ -365,6 +393,50 @@ impl<const N: usize> Burst<Mbuf, N> {
         // SAFETY: Mbuf is repr(transparent) over a non-null pointer and slots [0, len) are
         // owned non-null mbufs, so the prefix is a valid [Mbuf].
         unsafe { std::slice::from_raw_parts(self.raw_ptr() as *const Mbuf, self.len()) }
+    }
+
+    /// Make every mbuf from slot `from` on a single segment, so [`Mbuf::data`] is the whole
+    /// frame: a chain is linearised in place ([`Mbuf::linearize`]) or, when its first segment
+    /// lacks the room, freed. Order is kept. Returns `(linearised, freed)`. The common case
+    /// (no chain) only reads each mbuf's segment count.
+    #[inline]
+    pub fn linearize_from(&mut self, from: usize) -> (usize, usize) {
+        let from = from.min(self.len());
+        if self.as_slice()[from..].iter().all(Mbuf::is_contiguous) {
+            return (0, 0);
+        }
+        self.linearize_slow(from)
+    }
+
+    #[cold]
+    fn linearize_slow(&mut self, from: usize) -> (usize, usize) {
+        let (mut linearised, mut freed) = (0, 0);
+        let len = self.len();
+        let slots = self.as_raw_ptr();
+        // SAFETY: the burst gives up [from, len) while the loop owns them (nothing is freed
+        // twice even if the loop were left early).
+        unsafe { self.set_len(from) };
+        let mut kept = from;
+        for i in from..len {
+            // SAFETY: slot i < len holds an owned mbuf; it is taken out here and either put
+            // back at `kept` (<= i, already vacated) or freed.
+            let mut m = unsafe { Mbuf::from_raw(*slots.add(i) as *mut ffi::rte_mbuf) };
+            if !m.is_contiguous() {
+                if m.linearize() {
+                    linearised += 1;
+                } else {
+                    drop(m);
+                    freed += 1;
+                    continue;
+                }
+            }
+            // SAFETY: kept <= i < N: a slot inside the array whose previous item was moved out.
+            unsafe { *slots.add(kept) = m.into_raw() as *mut c_void };
+            kept += 1;
+        }
+        // SAFETY: slots [0, kept) hold owned mbufs: [0, from) untouched, the rest written above.
+        unsafe { self.set_len(kept) };
+        (linearised, freed)
     }
 
     /// The mbufs as a mutable slice.

@@ -22,7 +22,9 @@ mod tsc;
 pub use burst::{Burst, Drain, RawItem, Token};
 pub use eal::{is_up, version, version_numbers, Eal};
 pub use error::{DpdkError, Result};
-pub use lcore::{current_lcore, launch_on, main_lcore, pause, wait_all, worker_lcores, LcoreJob};
+pub use lcore::{
+    current_lcore, launch_on, main_lcore, panic_message, pause, wait_all, worker_lcores, LcoreJob,
+};
 pub use mbuf::{Mbuf, MbufBurst, OL_TX_L4_MASK};
 pub use mempool::{Mempool, DEFAULT_DATA_ROOM, MBUF_PRIV_SIZE};
 pub use port::{LinkStatus, Port, PortConfig, PortStats, RxQueue, TxQueue, RING_PAIR_DEPTH};

@@ -11,6 +11,11 @@
 //! rotating clock hand is evicted and handed back to the caller (exact LRU for tables of at
 //! most that many entries, approximate above). A wrong hash for a key (a caller bug) only
 //! makes lookups miss; nothing panics.
+//!
+//! Periodic scans use [`HashedTable::sweep_mut`]: a second hand (apart from the eviction
+//! hand, so evictions never make a sweep skip entries) visits at most a given number of slab
+//! slots per call, so one call is bounded whatever the table's size, and a full pass takes
+//! `ceil(slots / max)` calls.
 
 use super::key::FlowKey;
 
@@ -56,6 +61,7 @@ pub struct HashedTable<V> {
     len: usize,
     capacity: usize,
     hand: usize,
+    sweep: usize,
 }
 
 impl<V> HashedTable<V> {
@@ -70,6 +76,7 @@ impl<V> HashedTable<V> {
             len: 0,
             capacity,
             hand: 0,
+            sweep: 0,
         }
     }
 
@@ -273,6 +280,32 @@ impl<V> HashedTable<V> {
         n
     }
 
+    /// One bounded step of a sweep: visit the live entries among the next `max` (at least 1)
+    /// slab slots from the sweep hand, removing those for which `f` returns true (as in
+    /// [`Self::retain_mut`]), and advance the hand. Returns `(removed, pass_done)`:
+    /// `pass_done` is true when this step reached the end of the slab (the hand restarts at
+    /// slot 0), so every entry that was in the table for the whole pass was visited once.
+    pub fn sweep_mut(
+        &mut self,
+        max: usize,
+        mut f: impl FnMut(&FlowKey, &mut V, u64) -> bool,
+    ) -> (usize, bool) {
+        let n = self.slots.len();
+        let start = self.sweep.min(n);
+        let end = start.saturating_add(max.max(1)).min(n);
+        let mut removed = 0;
+        for id in start..end {
+            let s = &mut self.slots[id];
+            if s.live && f(&s.key, &mut s.value, s.last_used) {
+                self.remove_id(id);
+                removed += 1;
+            }
+        }
+        let done = end >= n;
+        self.sweep = if done { 0 } else { end };
+        (removed, done)
+    }
+
     /// Visit every entry with its last-use stamp (slab order).
     pub fn for_each(&self, mut f: impl FnMut(&FlowKey, &V, u64)) {
         for s in self.slots.iter().filter(|s| s.live) {
@@ -294,6 +327,7 @@ impl<V> HashedTable<V> {
             true
         });
         self.hand = 0;
+        self.sweep = 0;
     }
 
     /// Remove the live entry `id` (a handle from [`Self::find`]); false when it is not live.
@@ -444,6 +478,57 @@ mod tests {
         // The freed slot is reused without eviction.
         assert!(t.insert(hash(7), k(7), 1, || 7).evicted.is_none());
         assert_eq!(t.len(), 4);
+    }
+
+    #[test]
+    fn a_sweep_step_is_bounded_and_a_pass_covers_every_entry() {
+        let mut t: HashedTable<u16> = HashedTable::with_capacity(1000);
+        for i in 0..1000 {
+            ins(&mut t, i, 0);
+        }
+        // Free a few slots mid-table and refill them: the slab stays 1000 slots long.
+        for i in [3u16, 500, 999] {
+            let id = t.find(k(i).hash64(), &k(i)).unwrap();
+            t.remove(id);
+            ins(&mut t, i + 1000, 0);
+        }
+        let mut seen = std::collections::BTreeMap::new();
+        let mut calls = 0;
+        loop {
+            let mut visited = 0;
+            let (removed, done) = t.sweep_mut(64, |key, v, _| {
+                visited += 1;
+                *seen.entry(key.port_lo).or_insert(0) += 1;
+                *v % 2 == 1 // expire the odd ones
+            });
+            calls += 1;
+            assert!(visited <= 64, "one step visited {visited}");
+            assert!(removed <= visited);
+            if done {
+                break;
+            }
+            assert!(calls < 100, "the pass never ended");
+        }
+        assert_eq!(calls, 1000usize.div_ceil(64));
+        assert_eq!(seen.len(), 1000, "every entry visited");
+        assert!(seen.values().all(|&n| n == 1), "each exactly once");
+        assert_eq!(t.len(), 500);
+        for (&i, _) in seen.iter() {
+            assert_eq!(has(&t, i), i % 2 == 0, "{i}");
+        }
+        // The next pass starts over at slot 0 and sees only the survivors.
+        let mut second = 0;
+        while !t
+            .sweep_mut(64, |_, _, _| {
+                second += 1;
+                false
+            })
+            .1
+        {}
+        assert_eq!(second, 500);
+        // An empty table finishes a pass at once.
+        let mut e: HashedTable<u16> = HashedTable::with_capacity(8);
+        assert_eq!(e.sweep_mut(4, |_, _, _| true), (0, true));
     }
 
     #[test]

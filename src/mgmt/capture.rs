@@ -81,6 +81,10 @@ pub struct CaptureStats {
     pub files_deleted: u64,
     /// Write errors (the divergence is lost; capture continues with a new file).
     pub errors: u64,
+    /// The last write error's text (e.g. a file name that already existed).
+    pub last_error: Option<String>,
+    /// File names skipped because something (a file, a symlink) already existed there.
+    pub names_taken: u64,
     /// File being written.
     pub current: Option<PathBuf>,
 }
@@ -152,8 +156,9 @@ impl CaptureWriter {
     /// maps packet times to wall-clock time.
     pub fn write(&mut self, d: &DivergenceCapture, now_ns: u64) -> io::Result<()> {
         let r = self.try_write(d, now_ns);
-        if r.is_err() {
+        if let Err(e) = &r {
             self.stats.errors += 1;
+            self.stats.last_error = Some(e.to_string());
             // Start afresh next time rather than append to a file in an unknown state.
             self.open = None;
         }
@@ -229,12 +234,8 @@ impl CaptureWriter {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        self.seq += 1;
-        let path = self
-            .cfg
-            .dir
-            .join(format!("{FILE_PREFIX}{secs:010}-{:06}.pcapng", self.seq));
-        let file = BufWriter::new(File::create(&path)?);
+        let (file, path) = self.create_next(secs)?;
+        let file = BufWriter::new(file);
         let mut w = PcapNgWriter::new(file).map_err(io::Error::other)?;
         let mut bytes = 28u64; // section header block
         for name in ["primary", "secondary"] {
@@ -260,6 +261,54 @@ impl CaptureWriter {
             }
         }
         Ok(())
+    }
+}
+
+/// Names tried per new file before giving up (each taken name is skipped, never reused).
+const CREATE_ATTEMPTS: u32 = 16;
+
+impl CaptureWriter {
+    /// Create the next file name that does not exist yet. `create_new` (O_EXCL) with
+    /// O_NOFOLLOW: an existing file or a symlink planted at the name is never opened, followed
+    /// or truncated; the name is skipped (counted) and the next sequence number tried.
+    fn create_next(&mut self, secs: u64) -> io::Result<(File, PathBuf)> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut last = None;
+        for _ in 0..CREATE_ATTEMPTS {
+            self.seq += 1;
+            let path = self
+                .cfg
+                .dir
+                .join(format!("{FILE_PREFIX}{secs:010}-{:06}.pcapng", self.seq));
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .mode(0o640)
+                .open(&path)
+            {
+                Ok(f) => return Ok((f, path)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    self.stats.names_taken += 1;
+                    last = Some(path);
+                }
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("capture file {}: {e}", path.display()),
+                    ))
+                }
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "capture file {}: already exists (as do the {} names before it); \
+                 refusing to overwrite or follow it",
+                last.unwrap_or_default().display(),
+                CREATE_ATTEMPTS - 1
+            ),
+        ))
     }
 }
 

@@ -200,6 +200,8 @@ pub struct MgmtStats {
     pub failover: FailoverStats,
     /// Times the link peer went silent (heartbeat timeout).
     pub link_silent: u64,
+    /// Lcores that failed (left their loop without a stop; the pipeline then stops).
+    pub lcore_failures: u64,
     /// Inputs from the data plane processed.
     pub inputs: u64,
     /// Inputs dropped because the queue was full.
@@ -250,6 +252,7 @@ struct Core {
     failovers: u64,
     failover: FailoverStats,
     link_silent: u64,
+    lcore_failures: u64,
     auto_failover: bool,
     follow_colo_exit: bool,
     inputs: u64,
@@ -316,6 +319,7 @@ impl Management {
                 failovers: 0,
                 failover: FailoverStats::default(),
                 link_silent: 0,
+                lcore_failures: 0,
                 auto_failover: cfg.failover_on_link_loss,
                 follow_colo_exit: cfg.failover_on_colo_exit,
                 inputs: 0,
@@ -470,6 +474,7 @@ impl Core {
             failovers: self.failovers,
             failover: self.failover,
             link_silent: self.link_silent,
+            lcore_failures: self.lcore_failures,
             inputs: self.inputs,
             inputs_dropped: self.dropped.load(Ordering::Relaxed),
         }
@@ -490,8 +495,14 @@ impl Core {
                 self.outbox.push(ev);
                 if let (true, Some(w), Some(p)) = (self.capture_on, self.capture.as_mut(), packets)
                 {
-                    // Errors are counted in the capture stats.
-                    let _ = w.write(&p, now_ns);
+                    // Errors are counted in the capture stats; a new kind of error is logged.
+                    let before = w.stats().last_error;
+                    if let Err(e) = w.write(&p, now_ns) {
+                        let e = e.to_string();
+                        if before.as_deref() != Some(e.as_str()) {
+                            eprintln!("warning: divergence capture: {e}");
+                        }
+                    }
                 }
                 self.request_checkpoint(&reason, Some(&flow), now_ns);
             }
@@ -516,6 +527,10 @@ impl Core {
                 f.held_released_bytes += held_released_bytes;
                 f.held_dropped += held_dropped;
                 f.held_dropped_bytes += held_dropped_bytes;
+                self.outbox.push(ev);
+            }
+            Event::LcoreFailed { .. } => {
+                self.lcore_failures += 1;
                 self.outbox.push(ev);
             }
             Event::LinkSilent { .. } => {

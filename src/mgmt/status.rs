@@ -107,6 +107,9 @@ pub fn final_report(s: &MgmtStats) -> String {
     if s.link_silent > 0 {
         let _ = writeln!(r, "link silent            {:>10}", s.link_silent);
     }
+    if s.lcore_failures > 0 {
+        let _ = writeln!(r, "lcores failed          {:>10}", s.lcore_failures);
+    }
     if let Some(cap) = &s.capture {
         let _ = writeln!(
             r,

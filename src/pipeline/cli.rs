@@ -5,7 +5,7 @@ use std::process::ExitCode;
 /// Options of `colo-proxy demo`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DemoArgs {
-    /// How long to run, in seconds.
+    /// How long to run, in seconds; `inf` runs until SIGINT/SIGTERM or `ctl shutdown`.
     #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
     /// Probability that the SVM answers a request differently (injected divergence).
@@ -55,6 +55,10 @@ pub fn demo(args: &DemoArgs) -> ExitCode {
         eprintln!("error: --divergence-rate must be between 0 and 1");
         return ExitCode::from(2);
     }
+    if let Err(e) = run_for(args.seconds) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     match super::demo::demo(args) {
         Ok(summary) => {
             if let Some(path) = &args.report_json {
@@ -74,6 +78,41 @@ pub fn demo(args: &DemoArgs) -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--seconds` as a run length: `None` (run until stopped) for `inf`, an error for a negative,
+/// NaN or too large value.
+pub fn run_for(seconds: f64) -> Result<Option<std::time::Duration>, String> {
+    if seconds == f64::INFINITY {
+        return Ok(None);
+    }
+    std::time::Duration::try_from_secs_f64(seconds)
+        .map(Some)
+        .map_err(|_| {
+            format!(
+                "--seconds {seconds}: expected a number of seconds >= 0 (at most {}), \
+                 or inf to run until SIGINT/SIGTERM or `ctl shutdown`",
+                u64::MAX
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run_for;
+    use std::time::Duration;
+
+    #[test]
+    fn seconds_inf_runs_until_stopped_and_bad_values_are_errors() {
+        assert_eq!(run_for(f64::INFINITY), Ok(None));
+        assert_eq!(run_for(0.0), Ok(Some(Duration::ZERO)));
+        assert_eq!(run_for(2.5), Ok(Some(Duration::from_millis(2500))));
+        for bad in [f64::NAN, -1.0, f64::NEG_INFINITY, 1e300] {
+            let e = run_for(bad).unwrap_err();
+            assert!(e.contains("--seconds"), "{e}");
+            assert!(e.contains("or inf"), "{e}");
         }
     }
 }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use crate::config::bypass::MAX_RULES;
 use crate::config::BypassRule;
 use crate::control::plane::{BypassOp, BypassSpec};
 use crate::control::DataPlane;
@@ -212,7 +213,16 @@ impl DataPlane for PipelineControl {
         let mut next = rules.clone();
         match op {
             BypassOp::List => return Ok(Self::listed(&rules)),
-            BypassOp::Add(spec) => next.push(spec.to_rule()?),
+            BypassOp::Add(spec) => {
+                let rule = spec.to_rule()?;
+                if next.len() >= MAX_RULES {
+                    return Err(format!(
+                        "there are already {} rules, the most a pipeline holds",
+                        next.len()
+                    ));
+                }
+                next.push(rule);
+            }
             BypassOp::Del { index } => {
                 if index >= next.len() {
                     return Err(format!("no rule {index} (there are {})", next.len()));
@@ -232,5 +242,33 @@ impl DataPlane for PipelineControl {
 
     fn shutdown(&self) {
         self.shutdown.store(true, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bypass_add_beyond_the_cap_is_refused_before_reaching_the_lcores() {
+        let rule = BypassRule::parse("udp", Some("53"), None).unwrap();
+        let pc = PipelineControl::new(vec![rule; MAX_RULES], Arc::new(AtomicBool::new(false)));
+        let spec = BypassSpec {
+            proto: "tcp".into(),
+            ports: Some("22".into()),
+            prefix: None,
+        };
+        let e = pc.bypass(BypassOp::Add(spec)).unwrap_err();
+        assert!(e.contains("already 64 rules"), "{e}");
+        assert_eq!(pc.rules().len(), MAX_RULES);
+        // Below the cap the request gets as far as the (here absent) pipeline.
+        pc.rules().pop();
+        let spec = BypassSpec {
+            proto: "tcp".into(),
+            ports: Some("22".into()),
+            prefix: None,
+        };
+        let e = pc.bypass(BypassOp::Add(spec)).unwrap_err();
+        assert!(!e.contains("already"), "{e}");
     }
 }

@@ -77,7 +77,15 @@ counters! {
     /// Dropped (secondary): a mirrored frame the SVM port could not take; the SVM missed
     /// input the PVM got, so a checkpoint is requested (`svm_input_lost`).
     DropSvmInputLost = "drop_svm_input_lost",
+    /// Dropped: a multi-segment frame (net_tap, vhost with a large MTU, jumbo frames) whose
+    /// segments do not fit in its first mbuf; never compared or forwarded as its first segment.
+    DropMultiseg = "drop_multiseg",
+    /// Dropped: a runt (shorter than an Ethernet header, or than its IP/ARP header says it must
+    /// be) at a transmit point; never sent.
+    DropRunt = "drop_runt",
     // --- informational ---
+    /// Multi-segment frames made one segment at rx (copied into their first mbuf).
+    Linearized = "linearized",
     /// The mirror could not clone a frame (refcount limit): dropped for both
     /// (`drop_input_both`).
     CloneFailed = "clone_failed",
@@ -163,6 +171,8 @@ impl Counter {
         Counter::DropStandby,
         Counter::DropInputBoth,
         Counter::DropSvmInputLost,
+        Counter::DropMultiseg,
+        Counter::DropRunt,
     ];
 }
 

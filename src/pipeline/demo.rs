@@ -294,6 +294,12 @@ pub fn demo(args: &DemoArgs) -> Result<DemoSummary, String> {
 
     // Management first: the compare shards report to it.
     let stop = Arc::new(AtomicBool::new(false));
+    // SIGINT/SIGTERM end the run in order, with the report (the only way out of `--seconds inf`
+    // besides `ctl shutdown`).
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| format!("signal handler: {e}"))?;
+    }
     let control = Arc::new(PipelineControl::new(Vec::new(), stop.clone()));
     let mut mcfg = MgmtConfig::default();
     mcfg.server.unix_path = args.control_socket.clone();
@@ -479,7 +485,7 @@ pub fn demo(args: &DemoArgs) -> Result<DemoSummary, String> {
     ];
     let o = LoopOptions {
         stop,
-        run_for: Some(Duration::from_secs_f64(args.seconds.max(0.0))),
+        run_for: super::cli::run_for(args.seconds)?,
         status_every: (!args.quiet).then_some(Duration::from_secs(1)),
         quiesce_sources: true,
     };
@@ -622,7 +628,10 @@ pub fn report(s: &DemoSummary) -> bool {
         println!("client latency (icmp)      {}", percentiles_us(&c.lat_icmp));
     }
     println!("drops                      {}", t.drops_list());
-    println!("accounting                 {acc}");
+    println!(
+        "accounting                 {acc}{}",
+        super::run::lost_note(&acc, &s.failures)
+    );
     println!(
         "mbufs in use after stop    {} (frames left in virtual cables: {})",
         s.mempool_in_use, s.leftover_in_wires

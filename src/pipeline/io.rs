@@ -7,6 +7,7 @@
 //! it pending on [`TxBuf::try_flush`] (the mirror: a frame queued for one VM must reach it).
 
 use crate::dpdk::{Mbuf, MbufBurst, Mempool, RingConsumer, RingProducer, RxQueue, TxQueue};
+use crate::wire::is_runt;
 
 use super::counters::{Counter, LcoreCounters};
 
@@ -15,6 +16,45 @@ pub const BURST: usize = 32;
 
 /// Transmit attempts before the rest of a burst is dropped as `DropTxFull`.
 const TX_ATTEMPTS: usize = 4;
+
+/// Where frames enter the pipeline from a port: after an rx that put frames into `burst` from
+/// slot `from` on, make each one segment. A chain (net_tap, vhost with a large MTU, jumbo
+/// frames) is linearised into its first mbuf when it fits (`linearized`), else freed
+/// (`drop_multiseg`): no stage handles chains (compare must see the whole frame; the mirror's
+/// clone goes to the link, which copies or frames [`Mbuf::data`]; the rewriter edits in place),
+/// so none is passed through. One segment-count read per frame.
+#[inline]
+pub fn whole_frames<const N: usize>(burst: &mut MbufBurst<N>, from: usize, c: &LcoreCounters) {
+    let (linearised, freed) = burst.linearize_from(from);
+    if linearised + freed > 0 {
+        c.add(Counter::Linearized, linearised as u64);
+        c.add(Counter::DropMultiseg, freed as u64);
+    }
+}
+
+/// Free the runts in `burst` (counted `drop_runt`), keeping the order of the rest. Slow path:
+/// only called once a runt was seen.
+#[cold]
+fn drop_runts<const N: usize>(burst: &mut MbufBurst<N>, c: &LcoreCounters) {
+    let mut keep = MbufBurst::<N>::new();
+    for m in burst.drain() {
+        if is_runt(m.data()) {
+            drop(m);
+            c.inc(Counter::DropRunt);
+        } else if let Err(m) = keep.push(m) {
+            // Cannot happen (keep holds at most what burst held); counted if it did.
+            drop(m);
+            c.inc(Counter::DropTxFull);
+        }
+    }
+    for m in keep.drain() {
+        // burst was emptied by drain and is at least as large as keep.
+        if let Err(m) = burst.push(m) {
+            drop(m);
+            c.inc(Counter::DropTxFull);
+        }
+    }
+}
 
 /// Every rx queue of one port, polled by one stage. A port may spread frames over several
 /// queues (af_packet `qpairs` fan-out, RSS, a multi-queue vhost-user guest); a queue nobody
@@ -80,6 +120,12 @@ impl TxBuf {
     /// [`TxBuf::push`], counting frames the queue could not take as `drop`; returns how many.
     #[inline]
     pub fn push_as(&mut self, m: Mbuf, counters: &LcoreCounters, drop: Counter) -> u64 {
+        // Never transmit a runt (whatever produced it: a client, a VM, a rewrite).
+        if is_runt(m.data()) {
+            std::mem::drop(m);
+            counters.inc(Counter::DropRunt);
+            return 0;
+        }
         let mut lost = 0;
         if self.pending.is_full() {
             lost = self.flush_as(counters, drop);
@@ -126,8 +172,16 @@ impl TxBuf {
     /// (counted `Rx`, no copy) and send it. Returns how many frames were received.
     #[inline]
     pub fn forward_from(&mut self, rx: &mut RxQueue, counters: &LcoreCounters) -> usize {
+        let from = self.pending.len();
         let n = rx.rx_burst(&mut self.pending);
         counters.add(Counter::Rx, n as u64);
+        whole_frames(&mut self.pending, from, counters);
+        if self.pending.as_slice()[from..]
+            .iter()
+            .any(|m| is_runt(m.data()))
+        {
+            drop_runts(&mut self.pending, counters);
+        }
         self.flush(counters);
         n
     }

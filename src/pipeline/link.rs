@@ -27,7 +27,7 @@ use crate::link::socket::FramedSocket;
 use crate::mgmt::EventSender;
 
 use super::counters::{Counter, LcoreCounters};
-use super::io::{unshare, TxBuf, BURST};
+use super::io::{unshare, whole_frames, TxBuf, BURST};
 use super::lcore::LoopCtx;
 
 /// Frames a socket receiver keeps decoded but not yet taken by its stage (mbufs: the
@@ -74,6 +74,9 @@ impl LinkTx {
     /// queued on a port are counted when sent (or dropped by a later flush).
     #[inline]
     pub fn try_push(&mut self, m: Mbuf, c: &LcoreCounters) -> Result<(), Counter> {
+        if crate::wire::is_runt(m.data()) {
+            return Err(Counter::DropRunt);
+        }
         match self {
             LinkTx::RawPort(tx) => {
                 tx.push(m, c);
@@ -402,8 +405,10 @@ impl LinkRx {
         let c = cx.counters;
         match self {
             LinkRx::RawPort(rx) => {
+                let from = burst.len();
                 let n = rx.rx_burst(burst);
                 c.add(Counter::Rx, n as u64);
+                whole_frames(burst, from, c);
                 n
             }
             LinkRx::EncapPort {
@@ -412,6 +417,7 @@ impl LinkRx {
                 let mut tmp = MbufBurst::<BURST>::new();
                 let n = rx.rx_burst(&mut tmp);
                 c.add(Counter::Rx, n as u64);
+                whole_frames(&mut tmp, 0, c);
                 if n > 0 {
                     live.heard(cx.now_ns);
                 }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::control::Event;
 use crate::mgmt::coordinator::CheckpointRequest;
 use crate::mgmt::sink::{CheckpointSink, SinkEvent};
 use crate::mgmt::{status, Management, MgmtStats};
@@ -38,6 +39,8 @@ pub struct LoopOutcome {
     pub stopped_cleanly: bool,
     /// The largest SVM lag seen per shard (bytes and oldest-packet age, each its own peak).
     pub peak_lag: Vec<ShardLag>,
+    /// The lcore failure that stopped the run (`lcore 2 (compare0): panicked: ...`), if any.
+    pub fault: Option<String>,
 }
 
 /// Launch `plans`, attach `control` to the running lcores, register the telemetry commands and
@@ -58,17 +61,25 @@ pub fn serve(
     let result = Arc::new(Mutex::new(None));
     let r2 = result.clone();
     let dp = control.clone();
+    let ctl = running.control.clone();
     let failures = running.run_main_and_wait(move |ctl| {
         let out = run(&ctl, &mut mgmt, &o, Some(&dp));
         if let Ok(mut g) = r2.lock() {
             *g = Some(out);
         }
     });
-    let out = result
-        .lock()
-        .map_err(|_| "management result lock poisoned")?
-        .take()
-        .ok_or("management did not finish")?;
+    let out = result.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let out = match out {
+        Some(out) => out,
+        // Management panicked (in `failures`); the pipeline was stopped without it.
+        None => LoopOutcome {
+            totals: runtime::totals(&ctl),
+            mgmt: MgmtStats::default(),
+            stopped_cleanly: false,
+            peak_lag: Vec::new(),
+            fault: failures.first().cloned(),
+        },
+    };
     Ok((out, failures))
 }
 
@@ -102,6 +113,8 @@ pub fn run(
         }
     }
     let start = Instant::now();
+    let panic_at = test_management_panic();
+    let mut fault = None;
     let mut last_status = Instant::now();
     let mut last_totals = runtime::totals(ctl);
     let mut peak_lag = Vec::new();
@@ -114,6 +127,23 @@ pub fn run(
         track_peak(&mut interval_lag, &lag);
         if out.shutdown || o.stop.load(Ordering::Acquire) {
             break;
+        }
+        if let Some((lcore, stages, reason)) = runtime::failed_lcore(ctl) {
+            let what = format!("lcore {lcore} ({}): {reason}", stages.join(", "));
+            eprintln!("error: {what}; stopping the pipeline");
+            mgmt.sender()
+                .send(crate::mgmt::Input::Event(Event::LcoreFailed {
+                    lcore,
+                    stages,
+                    reason,
+                    time_ns: ctl.now_ns(),
+                }));
+            mgmt.poll(ctl.now_ns());
+            fault = Some(what);
+            break;
+        }
+        if panic_at.is_some_and(|d| start.elapsed() >= d) {
+            panic!("{}: injected fault in management", runtime::TEST_PANIC_ENV);
         }
         if o.run_for.is_some_and(|d| start.elapsed() >= d) {
             break;
@@ -139,7 +169,7 @@ pub fn run(
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-    if o.quiesce_sources {
+    if o.quiesce_sources && fault.is_none() {
         // Sources first, then let what they sent settle and an outstanding checkpoint finish,
         // so the report reflects a quiet system.
         let _ = ctl.broadcast(Command::Quiesce, Duration::from_secs(2));
@@ -163,7 +193,16 @@ pub fn run(
         mgmt: mgmt.stats(),
         stopped_cleanly,
         peak_lag,
+        fault,
     }
+}
+
+/// `COLO_TEST_PANIC=management[:MS]`: management panics MS milliseconds after it started
+/// (test-only fault injection, inert unless set; see [`runtime::TEST_PANIC_ENV`]).
+fn test_management_panic() -> Option<Duration> {
+    runtime::test_panic_target()
+        .filter(|(name, _)| name == "management")
+        .map(|(_, ms)| Duration::from_millis(ms))
 }
 
 /// The lag and pause part of the status line: ` | lag 1.2MB/3.1ms paused 12ms port-drops 5`

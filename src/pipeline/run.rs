@@ -137,13 +137,32 @@ fn run_pipeline(cfg: &Config, eal_overrides: &[String]) -> Result<bool, String> 
         manage::report_lines(&totals, &out.peak_lag, &control.port_drops())
     );
     let acc = totals.accounting();
-    println!("accounting               {acc}");
+    println!(
+        "accounting               {acc}{}",
+        lost_note(&acc, &failures)
+    );
     println!("frames left in rx queues {leftover} (freed)");
     for f in &failures {
         println!("lcore failure: {f}");
+    }
+    if !failures.is_empty() {
+        eprintln!("error: the pipeline stopped because an lcore failed (see the report)");
     }
     drop(ports);
     drop(pool);
     drop(eal);
     Ok(failures.is_empty() && acc.balanced() && out.stopped_cleanly)
+}
+
+/// After an lcore failure the accounting cannot balance: what the failed lcore held, what was
+/// in its burst and what was queued to it were freed without a count. Say so on the line.
+pub fn lost_note(acc: &super::counters::Accounting, failures: &[String]) -> String {
+    if failures.is_empty() || acc.balanced() {
+        return String::new();
+    }
+    format!(
+        " ({} frames freed uncounted with the failed lcore: held, in flight or queued to it; \
+         none transmitted)",
+        acc.entered.saturating_sub(acc.terminal)
+    )
 }

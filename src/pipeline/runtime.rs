@@ -4,7 +4,14 @@
 //! while management runs on a helper thread). Stop sequence: quiesce traffic sources →
 //! [`Phase::StopRx`] → wait until counters stop moving (rings drained) → [`Phase::Flush`]
 //! (compare shards release everything they hold) → [`Phase::Exit`].
+//!
+//! Liveness: every poll loop runs under `catch_unwind` ([`run_guarded`]). A loop that panics
+//! records why in its [`LcoreShared::failure`], drops its stages (what they held is freed,
+//! never transmitted) and raises [`LcoreShared::exited`]; management reads those words
+//! ([`failed_lcore`], a few atomic loads per management poll, nothing on the data path) and
+//! stops the rest in order. A panicking management thread stops the pipeline too.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::dpdk::{self, DpdkError};
 
 use super::counters::{Counter, Snapshot};
-use super::lcore::{run_loop, Backoff, ControlPlane, LcoreShared, Phase, Stage};
+use super::lcore::{run_loop, Backoff, ControlPlane, LcoreShared, LoopCtx, Phase, Stage};
 
 /// The stages one lcore runs.
 pub struct LcorePlan {
@@ -36,7 +43,8 @@ pub struct Running {
 
 /// Start every worker lcore's loop. Stages planned on the main lcore run when
 /// [`Running::run_main_and_wait`] is called.
-pub fn launch(plans: Vec<LcorePlan>, backoff: Backoff) -> Result<Running, DpdkError> {
+pub fn launch(mut plans: Vec<LcorePlan>, backoff: Backoff) -> Result<Running, DpdkError> {
+    inject_stage_fault(&mut plans);
     let main = dpdk::main_lcore();
     let shared: Vec<Arc<LcoreShared>> = plans
         .iter()
@@ -56,12 +64,8 @@ pub fn launch(plans: Vec<LcorePlan>, backoff: Backoff) -> Result<Running, DpdkEr
             continue;
         }
         let ctl = control.clone();
-        let mut stages = plan.stages;
-        let job = dpdk::launch_on(plan.lcore, move || {
-            let guard = ExitGuard(sh.clone());
-            run_loop(&mut stages, &sh, &ctl, backoff);
-            drop(guard);
-        });
+        let stages = plan.stages;
+        let job = dpdk::launch_on(plan.lcore, move || run_guarded(stages, &sh, &ctl, backoff));
         match job {
             Ok(j) => jobs.push(j),
             Err(e) => {
@@ -82,17 +86,141 @@ pub fn launch(plans: Vec<LcorePlan>, backoff: Backoff) -> Result<Running, DpdkEr
     })
 }
 
-/// Marks an lcore as exited even when its loop unwinds from a panic.
-struct ExitGuard(Arc<LcoreShared>);
+/// Run `stages` on this lcore until [`Phase::Exit`], surviving a panic: the panic's text goes
+/// to `sh.failure`, the stages are dropped here (frames they hold are freed, never
+/// transmitted; they are missing from the accounting, which the report says), and only then
+/// is `sh.exited` raised, so management sees the reason with the flag.
+pub fn run_guarded(
+    mut stages: Vec<Box<dyn Stage>>,
+    sh: &LcoreShared,
+    ctl: &ControlPlane,
+    backoff: Backoff,
+) {
+    let r = catch_unwind(AssertUnwindSafe(|| run_loop(&mut stages, sh, ctl, backoff)));
+    if let Err(p) = r {
+        set_failure(sh, format!("panicked: {}", dpdk::panic_message(&*p)));
+    } else if ctl.phase() < Phase::Exit {
+        set_failure(sh, "loop returned before the stop".to_string());
+    }
+    // A stage's Drop may be what panics (state left half-updated by the first panic).
+    if let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(stages))) {
+        set_failure(
+            sh,
+            format!("panicked while freeing: {}", dpdk::panic_message(&*p)),
+        );
+    }
+    sh.exited.store(true, Ordering::Release);
+}
 
-impl Drop for ExitGuard {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            if let Ok(mut f) = self.0.failure.lock() {
-                *f = Some("stage panicked".to_string());
+/// Record the first failure of an lcore (later ones are consequences).
+fn set_failure(sh: &LcoreShared, what: String) {
+    let mut f = sh.failure.lock().unwrap_or_else(|p| p.into_inner());
+    if f.is_none() {
+        *f = Some(what);
+    }
+}
+
+/// `lcore 2 (compare0, compare1)`.
+fn describe(l: &LcoreShared) -> String {
+    format!("lcore {} ({})", l.lcore, l.stages.join(", "))
+}
+
+/// An lcore that has left its loop although no stop asked for it: `(lcore, stages, reason)`.
+/// Management calls this every poll: a few atomic loads, no lock unless one has exited.
+pub fn failed_lcore(control: &ControlPlane) -> Option<(u32, Vec<String>, String)> {
+    if control.phase() == Phase::Exit {
+        return None;
+    }
+    let l = control
+        .lcores
+        .iter()
+        .find(|l| l.exited.load(Ordering::Acquire))?;
+    let why = l
+        .failure
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .unwrap_or_else(|| "exited before the stop".to_string());
+    Some((l.lcore, l.stages.clone(), why))
+}
+
+/// Test-only fault injection, compiled in and inert unless `COLO_TEST_PANIC` names a stage:
+/// `COLO_TEST_PANIC=compare0` (or `compare0:N`) makes that stage panic at its first
+/// housekeeping after it has handled N packets (default 0). Read once at launch; without the
+/// variable no stage is wrapped, so it costs nothing.
+pub const TEST_PANIC_ENV: &str = "COLO_TEST_PANIC";
+
+/// The stage name and count of [`TEST_PANIC_ENV`], when set.
+pub fn test_panic_target() -> Option<(String, u64)> {
+    let v = std::env::var(TEST_PANIC_ENV).ok()?;
+    let (name, n) = match v.split_once(':') {
+        Some((name, n)) => (name, n.parse().unwrap_or(0)),
+        None => (v.as_str(), 0),
+    };
+    Some((name.to_string(), n))
+}
+
+fn inject_stage_fault(plans: &mut [LcorePlan]) {
+    let Some((target, after)) = test_panic_target() else {
+        return;
+    };
+    for p in plans.iter_mut() {
+        for s in p.stages.iter_mut() {
+            if s.name() == target {
+                let inner = std::mem::replace(s, Box::new(Inert));
+                *s = Box::new(PanicAfter {
+                    inner,
+                    after,
+                    handled: 0,
+                });
             }
         }
-        self.0.exited.store(true, Ordering::Release);
+    }
+}
+
+/// Placeholder while a stage is being wrapped.
+struct Inert;
+
+impl Stage for Inert {
+    fn name(&self) -> &str {
+        "inert"
+    }
+    fn poll(&mut self, _cx: &LoopCtx) -> usize {
+        0
+    }
+}
+
+/// A stage that panics at housekeeping once `after` packets went through it (fault injection).
+struct PanicAfter {
+    inner: Box<dyn Stage>,
+    after: u64,
+    handled: u64,
+}
+
+impl Stage for PanicAfter {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn poll(&mut self, cx: &LoopCtx) -> usize {
+        let n = self.inner.poll(cx);
+        self.handled += n as u64;
+        n
+    }
+    fn housekeeping(&mut self, cx: &LoopCtx) {
+        if self.handled >= self.after && cx.phase == Phase::Run {
+            panic!(
+                "{TEST_PANIC_ENV}: injected fault in {} after {} packets",
+                self.inner.name(),
+                self.handled
+            );
+        }
+        self.inner.housekeeping(cx);
+    }
+    fn command(&mut self, cmd: &super::lcore::Command, cx: &LoopCtx) {
+        self.inner.command(cmd, cx);
+    }
+    fn flush(&mut self, cx: &LoopCtx) {
+        self.inner.flush(cx);
     }
 }
 
@@ -105,16 +233,27 @@ impl Running {
     {
         let ctl = self.control.clone();
         let mut failures = Vec::new();
-        if let Some((sh, mut stages)) = self.main_plan.take() {
-            let mgmt = std::thread::spawn(move || management(ctl));
-            let guard = ExitGuard(sh.clone());
-            run_loop(&mut stages, &sh, &self.control, self.backoff);
-            drop(guard);
-            if mgmt.join().is_err() {
-                failures.push("management thread panicked".to_string());
+        // A management panic must still stop the lcores (nothing else would: signals and
+        // `shutdown` only reach management), in order, so held primaries are dropped.
+        let guarded = move || {
+            let r = catch_unwind(AssertUnwindSafe(|| management(ctl.clone())));
+            r.err().map(|p| {
+                let msg = dpdk::panic_message(&*p);
+                eprintln!("error: management panicked: {msg}; stopping the pipeline");
+                stop(&ctl, Duration::from_millis(100));
+                format!("management panicked: {msg}")
+            })
+        };
+        if let Some((sh, stages)) = self.main_plan.take() {
+            let mgmt = std::thread::spawn(guarded);
+            run_guarded(stages, &sh, &self.control, self.backoff);
+            match mgmt.join() {
+                Ok(None) => {}
+                Ok(Some(f)) => failures.push(f),
+                Err(_) => failures.push("management thread panicked".to_string()),
             }
-        } else {
-            management(ctl);
+        } else if let Some(f) = guarded() {
+            failures.push(f);
         }
         for j in self.jobs {
             let lcore = j.lcore();
@@ -123,10 +262,9 @@ impl Running {
             }
         }
         for l in &self.control.lcores {
-            if let Ok(f) = l.failure.lock() {
-                if let Some(f) = f.as_ref() {
-                    failures.push(format!("lcore {}: {f}", l.lcore));
-                }
+            let f = l.failure.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(f) = f.as_ref() {
+                failures.push(format!("{}: {f}", describe(l)));
             }
         }
         failures

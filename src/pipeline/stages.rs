@@ -16,7 +16,7 @@ use crate::rewrite::{Direction, Rewriter};
 
 use super::backpressure::{BacklogBoard, PvmGate};
 use super::counters::{Counter, LcoreCounters};
-use super::io::{unshare, RingIn, RingOut, RxSet, TxBuf, BURST};
+use super::io::{unshare, whole_frames, RingIn, RingOut, RxSet, TxBuf, BURST};
 use super::latency::LatencyRecorder;
 use super::lcore::{Command, LoopCtx, Phase, Stage};
 use super::link::{LinkRx, LinkTx};
@@ -78,7 +78,14 @@ impl Stage for MirrorStage {
             return 0;
         }
         c.add(Counter::Rx, n as u64);
+        whole_frames(&mut self.burst, 0, c);
         for mut m in self.burst.drain() {
+            // Same input: a runt reaches neither VM (it would be refused at the PVM port).
+            if crate::wire::is_runt(m.data()) {
+                drop(m);
+                c.inc(Counter::DropRunt);
+                continue;
+            }
             m.set_timestamp(cx.now_ns);
             if self.mirroring {
                 let Some(clone) = m.try_clone() else {
@@ -240,6 +247,7 @@ impl Stage for RedirectorStage {
         if cx.phase == Phase::Run && self.pvm_open(cx) && idle(&self.to_primary) {
             let n = self.pvm_rx.rx_burst(&mut self.burst);
             c.add(Counter::Rx, n as u64);
+            whole_frames(&mut self.burst, 0, c);
             route(&mut self.burst, &mut self.to_primary, cx);
             work += n;
         }
@@ -588,11 +596,10 @@ impl CompareStage {
     }
 
     fn flows_json(&self, top: usize) -> Vec<serde_json::Value> {
-        let mut all = Vec::with_capacity(self.engine.connections());
-        self.engine.flows(|k, f| all.push((*k, f)));
-        all.sort_by_key(|(_, f)| std::cmp::Reverse(f.primary_bytes + f.secondary_bytes));
-        all.truncate(top);
-        all.into_iter()
+        // Bounded: a heap of `top` entries, not a copy and sort of every connection.
+        self.engine
+            .top_flows(top)
+            .into_iter()
             .map(|(k, f)| {
                 serde_json::json!({
                     "shard": self.shard,
@@ -1059,8 +1066,10 @@ impl Stage for RewriterStage {
             self.rewrite_into(Direction::ToSecondary, cx, true);
         }
         if let Some((rx, _)) = &mut self.nic {
+            let from = self.burst.len();
             let n = rx.rx_burst(&mut self.burst);
             c.add(Counter::Rx, n as u64);
+            whole_frames(&mut self.burst, from, c);
             work += n;
             if self.failed_over {
                 if n > 0 {
@@ -1071,8 +1080,10 @@ impl Stage for RewriterStage {
                 self.drop_burst(cx);
             }
         }
+        let from = self.burst.len();
         let n = self.svm_rx.rx_burst(&mut self.burst);
         c.add(Counter::Rx, n as u64);
+        whole_frames(&mut self.burst, from, c);
         work += n;
         self.rewrite_into(Direction::FromSecondary, cx, false);
         self.flush_svm(c);

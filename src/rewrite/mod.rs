@@ -27,7 +27,10 @@
 //!   by a scan of the table that runs only when some entry may be due, and at most once per
 //!   `idle_timeout_ns / 64` ([`AGE_SCAN_SPACING`]): an idle connection is forgotten never
 //!   before `idle_timeout_ns` after its last packet and at the latest by the first tick
-//!   `idle_timeout_ns · (1 + 1/64)` after it; ticks with nothing due cost O(1).
+//!   `idle_timeout_ns · (1 + 1/64)` after it; ticks with nothing due cost O(1). A scan is
+//!   spread over ticks: each visits at most [`AGE_PER_TICK`] table slots (and reclaims at
+//!   most that many lingering closed connections), so no tick walks a whole large table; a
+//!   scan of `S` slots ends within `ceil(S / AGE_PER_TICK)` ticks.
 //! - [`Rewriter::checkpoint`] sets every offset to 0 and ends every half-learned handshake
 //!   (the SVM is now the PVM's copy); [`Rewriter::failover`] keeps existing entries and stops
 //!   creating new ones.
@@ -82,6 +85,10 @@ pub const DEFAULT_CLOSED_LINGER_NS: u64 = 10_000_000_000;
 /// Ageing scans of the whole table are at least `idle_timeout_ns / AGE_SCAN_SPACING` apart, so
 /// connections expiring one by one cost one scan per that period, not one per tick.
 pub const AGE_SCAN_SPACING: u64 = 64;
+
+/// Table slots one [`Rewriter::tick`] visits at most (and lingering closed connections it
+/// reclaims at most).
+pub const AGE_PER_TICK: usize = 1024;
 
 /// What [`Rewriter::process`] did. The packet is forwarded in every case.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -362,6 +369,8 @@ pub struct Rewriter {
     /// No entry can be idle-expired before this time (a lower bound; ticks before it skip the
     /// ageing scan). Lowered by every insert and close; set by each scan.
     next_age_ns: u64,
+    /// The ageing scan in progress: the earliest due time of the entries it kept so far.
+    age_pass: Option<u64>,
     next_generation: u32,
     failover: bool,
     counters: RewriterCounters,
@@ -393,6 +402,7 @@ impl Rewriter {
             table: HashedTable::with_capacity(cap),
             linger: VecDeque::with_capacity(cap),
             next_age_ns: u64::MAX,
+            age_pass: None,
             next_generation: 0,
             failover: false,
             counters: RewriterCounters::default(),
@@ -721,7 +731,8 @@ impl Rewriter {
     /// no checkpoint will zero them).
     pub fn tick(&mut self, now_ns: u64) {
         let linger = self.closed_linger_ns;
-        while let Some(&l) = self.linger.front() {
+        for _ in 0..AGE_PER_TICK {
+            let Some(&l) = self.linger.front() else { break };
             if now_ns.saturating_sub(l.closed_at) < linger {
                 break;
             }
@@ -736,14 +747,19 @@ impl Rewriter {
                 }
             }
         }
-        if now_ns < self.next_age_ns {
-            return;
-        }
+        let mut next = match self.age_pass {
+            Some(next) => next,
+            None if now_ns < self.next_age_ns => return,
+            None => {
+                // Inserts and closes during the scan lower this again (slots already visited).
+                self.next_age_ns = u64::MAX;
+                u64::MAX
+            }
+        };
         let idle = self.cfg.idle_timeout_ns;
         let failover = self.failover;
         let counters = &mut self.counters;
-        let mut next = u64::MAX;
-        self.table.retain_mut(|_, c, last_used| {
+        let (_, done) = self.table.sweep_mut(AGE_PER_TICK, |_, c, last_used| {
             if failover && c.closed.is_none() && c.translates() {
                 return false;
             }
@@ -755,7 +771,15 @@ impl Rewriter {
             next = next.min(due);
             false
         });
-        self.next_age_ns = next.max(now_ns.saturating_add(idle / AGE_SCAN_SPACING));
+        if !done {
+            self.age_pass = Some(next);
+            return;
+        }
+        self.age_pass = None;
+        self.next_age_ns = self
+            .next_age_ns
+            .min(next)
+            .max(now_ns.saturating_add(idle / AGE_SCAN_SPACING));
     }
 
     fn count_malformed(&mut self, e: ParseError) {

@@ -6,6 +6,8 @@
 
 pub mod checksum;
 pub mod packet;
+pub mod runt;
 pub mod seq;
 
 pub use packet::{parse, L3Kind, PacketInfo, ParseError, TcpInfo};
+pub use runt::is_runt;
