@@ -160,9 +160,14 @@ impl DataPlane for PipelineControl {
             .lcores
             .iter()
             .map(|l| {
+                let idle = l.idle.get();
                 serde_json::json!({
                     "lcore": l.lcore,
                     "stages": l.stages,
+                    "idle": {
+                        "mode": idle.map(|i| i.mode.as_str()),
+                        "reason": idle.map(|i| i.reason.as_str()),
+                    },
                     "counters": l.counters.snapshot().to_json(),
                 })
             })

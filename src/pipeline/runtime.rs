@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use crate::dpdk::{self, DpdkError};
 
 use super::counters::{Counter, Snapshot};
-use super::lcore::{run_loop, Backoff, ControlPlane, LcoreShared, Phase, Stage};
+use super::idle::Wake;
+use super::lcore::{run_loop, ControlPlane, IdlePolicy, LcoreShared, Phase, Stage};
 
 /// The stages one lcore runs.
 pub struct LcorePlan {
@@ -20,10 +21,26 @@ pub struct LcorePlan {
     pub lcore: u32,
     /// Stages, polled in this order.
     pub stages: Vec<Box<dyn Stage>>,
+    /// How it idles (`None`: the policy given to [`launch`]).
+    pub idle: Option<IdlePolicy>,
+    /// Its doorbell (ring producers on other lcores hold it too).
+    pub wake: Arc<Wake>,
+}
+
+impl LcorePlan {
+    /// `stages` on `lcore`, idling by the launch's policy, with a fresh doorbell.
+    pub fn new(lcore: u32, stages: Vec<Box<dyn Stage>>) -> Self {
+        LcorePlan {
+            lcore,
+            stages,
+            idle: None,
+            wake: Arc::new(Wake::new()),
+        }
+    }
 }
 
 /// The stages the main lcore polls itself, with its shared block.
-type MainPlan = (Arc<LcoreShared>, Vec<Box<dyn Stage>>);
+type MainPlan = (Arc<LcoreShared>, Vec<Box<dyn Stage>>, IdlePolicy);
 
 /// A running pipeline.
 pub struct Running {
@@ -31,35 +48,38 @@ pub struct Running {
     pub control: Arc<ControlPlane>,
     jobs: Vec<dpdk::LcoreJob<()>>,
     main_plan: Option<MainPlan>,
-    backoff: Backoff,
 }
 
-/// Start every worker lcore's loop. Stages planned on the main lcore run when
-/// [`Running::run_main_and_wait`] is called.
-pub fn launch(plans: Vec<LcorePlan>, backoff: Backoff) -> Result<Running, DpdkError> {
+/// Start every worker lcore's loop; a plan without its own idle policy gets `idle`. Stages
+/// planned on the main lcore run when [`Running::run_main_and_wait`] is called.
+pub fn launch(plans: Vec<LcorePlan>, idle: IdlePolicy) -> Result<Running, DpdkError> {
     let main = dpdk::main_lcore();
     let shared: Vec<Arc<LcoreShared>> = plans
         .iter()
         .map(|p| {
-            Arc::new(LcoreShared::new(
+            let sh = LcoreShared::new(
                 p.lcore,
                 p.stages.iter().map(|s| s.name().to_string()).collect(),
-            ))
+            )
+            .with_wake(p.wake.clone());
+            let _ = sh.idle.set(p.idle.clone().unwrap_or_else(|| idle.clone()));
+            Arc::new(sh)
         })
         .collect();
     let control = Arc::new(ControlPlane::new(shared.clone()));
     let mut jobs = Vec::new();
     let mut main_plan = None;
     for (plan, sh) in plans.into_iter().zip(shared) {
+        let policy = sh.idle.get().cloned().unwrap_or_default();
         if plan.lcore == main {
-            main_plan = Some((sh, plan.stages));
+            main_plan = Some((sh, plan.stages, policy));
             continue;
         }
         let ctl = control.clone();
         let mut stages = plan.stages;
         let job = dpdk::launch_on(plan.lcore, move || {
             let guard = ExitGuard(sh.clone());
-            run_loop(&mut stages, &sh, &ctl, backoff);
+            run_loop(&mut stages, &sh, &ctl, &policy);
             drop(guard);
         });
         match job {
@@ -78,7 +98,6 @@ pub fn launch(plans: Vec<LcorePlan>, backoff: Backoff) -> Result<Running, DpdkEr
         control,
         jobs,
         main_plan,
-        backoff,
     })
 }
 
@@ -105,10 +124,10 @@ impl Running {
     {
         let ctl = self.control.clone();
         let mut failures = Vec::new();
-        if let Some((sh, mut stages)) = self.main_plan.take() {
+        if let Some((sh, mut stages, policy)) = self.main_plan.take() {
             let mgmt = std::thread::spawn(move || management(ctl));
             let guard = ExitGuard(sh.clone());
-            run_loop(&mut stages, &sh, &self.control, self.backoff);
+            run_loop(&mut stages, &sh, &self.control, &policy);
             drop(guard);
             if mgmt.join().is_err() {
                 failures.push("management thread panicked".to_string());
