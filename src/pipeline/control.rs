@@ -11,6 +11,7 @@ use crate::control::plane::{BypassOp, BypassSpec};
 use crate::control::DataPlane;
 
 use super::backpressure::{BacklogBoard, ShardLag};
+use super::counters::Counter;
 use super::lcore::{Command, ControlPlane, FlowsRequest};
 use super::runtime;
 
@@ -147,6 +148,36 @@ impl PipelineControl {
 
     fn listed(rules: &[BypassRule]) -> serde_json::Value {
         serde_json::json!(rules.iter().map(BypassSpec::from_rule).collect::<Vec<_>>())
+    }
+}
+
+impl PipelineControl {
+    /// One line per lcore: its idle mode, the share of the run it slept and what woke it
+    /// (the final report).
+    pub fn idle_report(&self) -> String {
+        let Ok(ctl) = self.ctl() else {
+            return String::new();
+        };
+        let run_ns = ctl.now_ns().max(1);
+        let mut out = String::new();
+        for l in &ctl.lcores {
+            let c = l.counters.snapshot();
+            let mode = l.idle.get().map_or("?", |i| i.mode.as_str());
+            out.push_str(&format!(
+                "idle lcore {:<3} {:<9} asleep {:.1}% ({} sleeps); wake-ups: rx {}, socket {}, \
+                 ring {}, control {}, timeout {}\n",
+                l.lcore,
+                mode,
+                100.0 * c.get(Counter::SleepNs) as f64 / run_ns as f64,
+                c.get(Counter::Sleeps),
+                c.get(Counter::WakeRx),
+                c.get(Counter::WakeSocket),
+                c.get(Counter::WakeRing),
+                c.get(Counter::WakeControl),
+                c.get(Counter::WakeTimeout),
+            ));
+        }
+        out
     }
 }
 

@@ -274,6 +274,7 @@ pub enum PortWake {
 pub struct IdleInputs {
     ports: Vec<(String, PortWake)>,
     known: bool,
+    warned: bool,
 }
 
 impl Default for IdleInputs {
@@ -288,6 +289,7 @@ impl IdleInputs {
         IdleInputs {
             ports: Vec::new(),
             known: false,
+            warned: false,
         }
     }
 
@@ -296,6 +298,7 @@ impl IdleInputs {
         IdleInputs {
             ports: Vec::new(),
             known: true,
+            warned: false,
         }
     }
 
@@ -306,9 +309,10 @@ impl IdleInputs {
         self
     }
 
-    /// Arm (`on`) or disarm the inputs; true when every input can wake the lcore. An input
-    /// whose interrupts fail to register becomes `None` for good (its lcore then backs off),
-    /// with one warning.
+    /// Arm (`on`) or disarm the inputs; true when every input can wake the lcore. While an
+    /// input's interrupts fail to register (a vhost-user port before its guest connects, a
+    /// driver without them) its lcore takes timed sleeps instead, and registration is tried
+    /// again at the next arm (one warning).
     pub fn arm(&mut self, on: bool) -> bool {
         let mut ok = self.known;
         for (name, w) in &mut self.ports {
@@ -316,11 +320,13 @@ impl IdleInputs {
                 PortWake::Interrupt { queues, registered } => {
                     if on && !*registered {
                         if let Err(e) = queues.iter().try_for_each(|q| q.register()) {
-                            eprintln!(
-                                "warning: {name}: no rx interrupts ({e}); its lcore backs off \
-                                 (timed sleeps) instead"
-                            );
-                            *w = PortWake::None(format!("rx interrupts failed: {e}"));
+                            if !self.warned {
+                                self.warned = true;
+                                eprintln!(
+                                    "warning: {name}: no rx interrupts yet ({e}); its lcore \
+                                     takes timed sleeps until they can be registered"
+                                );
+                            }
                             ok = false;
                             continue;
                         }

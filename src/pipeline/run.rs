@@ -141,6 +141,7 @@ fn run_pipeline(cfg: &Config, eal_overrides: &[String]) -> Result<bool, String> 
         "{}",
         manage::report_lines(&totals, &out.peak_lag, &control.port_drops())
     );
+    print!("{}", control.idle_report());
     let acc = totals.accounting();
     println!("accounting               {acc}");
     println!("frames left in rx queues {leftover} (freed)");
