@@ -145,16 +145,24 @@ fn plan_per_lcore_on_split_stages() {
     assert!(l2.reason.contains("eventfd"), "{}", l2.reason);
 }
 
-#[test]
-fn check_config_shows_each_lcores_mode_and_reason() {
-    let f = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("dpdk-config/veth-primary.toml");
+/// `colo-proxy check-config dpdk-config/NAME`: its stdout (it must exit 0).
+fn check_config(name: &str) -> String {
+    let f = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("dpdk-config")
+        .join(name);
     let out = Command::new(env!("CARGO_BIN_EXE_colo-proxy"))
         .arg("check-config")
         .arg(&f)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{name}: {stdout}");
+    stdout
+}
+
+#[test]
+fn check_config_shows_each_lcores_mode_and_reason() {
+    let stdout = check_config("veth-primary.toml");
     let line = stdout
         .lines()
         .find(|l| l.trim_start().starts_with("lcore 1 ("))
@@ -166,13 +174,7 @@ fn check_config_shows_each_lcores_mode_and_reason() {
         "{line}"
     );
     // The vdev example polls a pcap file: no wake-up, so back-off, with the reason.
-    let f = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("dpdk-config/vdev.toml");
-    let out = Command::new(env!("CARGO_BIN_EXE_colo-proxy"))
-        .arg("check-config")
-        .arg(&f)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = check_config("vdev.toml");
     assert!(
         stdout
             .lines()
