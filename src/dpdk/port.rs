@@ -581,6 +581,10 @@ impl QueueIntr {
                 std::ptr::null_mut(),
             )
         };
+        if r == -libc::EEXIST {
+            // Registered by an earlier, partly failed attempt.
+            return Ok(());
+        }
         check(r, || {
             format!("port {} rx queue {}: rx interrupt", self.port, self.queue)
         })

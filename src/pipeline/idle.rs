@@ -275,7 +275,13 @@ pub struct IdleInputs {
     ports: Vec<(String, PortWake)>,
     known: bool,
     warned: bool,
+    /// After a failed registration, the next attempt is not before this (DPDK logs each
+    /// failure).
+    retry_at: Option<std::time::Instant>,
 }
+
+/// Between two attempts to register rx interrupts that failed.
+const REGISTER_RETRY: Duration = Duration::from_secs(1);
 
 impl Default for IdleInputs {
     fn default() -> Self {
@@ -290,6 +296,7 @@ impl IdleInputs {
             ports: Vec::new(),
             known: false,
             warned: false,
+            retry_at: None,
         }
     }
 
@@ -299,6 +306,7 @@ impl IdleInputs {
             ports: Vec::new(),
             known: true,
             warned: false,
+            retry_at: None,
         }
     }
 
@@ -319,7 +327,13 @@ impl IdleInputs {
             match w {
                 PortWake::Interrupt { queues, registered } => {
                     if on && !*registered {
+                        let now = std::time::Instant::now();
+                        if self.retry_at.is_some_and(|t| now < t) {
+                            ok = false;
+                            continue;
+                        }
                         if let Err(e) = queues.iter().try_for_each(|q| q.register()) {
+                            self.retry_at = Some(now + REGISTER_RETRY);
                             if !self.warned {
                                 self.warned = true;
                                 eprintln!(
