@@ -522,7 +522,13 @@ fn lab_figures(
     rr: usize,
 ) -> (f64, f64, f64) {
     let (ok, out) = ping(pings);
-    assert!(ok, "ping: {out}");
+    if !ok {
+        // A path too slow to finish (busy pollers sharing a core) is a row, not a crash.
+        println!(
+            "  ping did not finish: {}",
+            out.lines().last().unwrap_or("")
+        );
+    }
     // rtt min/avg/max/mdev = 0.041/0.062/0.103/0.012 ms
     let avg = out
         .lines()
@@ -533,13 +539,15 @@ fn lab_figures(
         .unwrap_or(f64::NAN);
     let (ok, out) = client(
         &["rr", netns_support::VM_IP, &rr.to_string()],
-        Duration::from_secs(120),
+        Duration::from_secs(300),
     );
     let r = netns_support::results(&out);
-    assert!(
-        ok && r.get("rr_errors").map(String::as_str) == Some("0"),
-        "rr: {out}"
-    );
+    if !ok || r.get("rr_errors").map(String::as_str) != Some("0") {
+        println!(
+            "  rr did not finish cleanly: {}",
+            out.lines().last().unwrap_or("")
+        );
+    }
     let f = |k: &str| r.get(k).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
     (avg, f("rr_p50_us"), f("rr_p99_us"))
 }
