@@ -62,13 +62,15 @@ fn main() {
         .clang_arg("-Icsrc")
         .clang_args(&cflags)
         .allowlist_function("shim_.*")
+        // Rx interrupts: the lcore's DPDK epoll instance (idle lcores sleep on it).
+        .allowlist_function("rte_intr_tls_epfd|rte_epoll_wait")
         .allowlist_function(
             "rte_(eal|lcore|eth|pktmbuf|mempool|ring|socket|get_|strerror|exit|version|zmalloc|\
              malloc|free|delay_us|mbuf|dev_|vdev_|thread_|telemetry_|tel_data_|pdump_).*",
         )
         .allowlist_type(
             "rte_mbuf|rte_mempool|rte_ring|rte_eth_.*|rte_ether_.*|rte_lcore_state_t|\
-             rte_tel_data|rte_tel_.*|telemetry_cb",
+             rte_tel_data|rte_tel_.*|telemetry_cb|rte_epoll_event",
         )
         .allowlist_var(
             "RTE_(MAX_LCORE|MAX_ETHPORTS|MBUF_.*|PKTMBUF_HEADROOM|ETH_.*|ETHER_.*|RING_.*|\

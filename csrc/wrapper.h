@@ -6,6 +6,8 @@
 #include <rte_launch.h>
 #include <rte_cycles.h>
 #include <rte_ethdev.h>
+#include <rte_interrupts.h>
+#include <rte_epoll.h>
 #include <rte_ether.h>
 #include <rte_mbuf.h>
 #include <rte_mempool.h>

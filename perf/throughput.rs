@@ -361,10 +361,10 @@ fn proxy_step(
     let topology::Topology {
         plans,
         ports,
-        backoff,
+        idle,
         ..
     } = topo;
-    let running = runtime::launch(plans, backoff).map_err(|e| e.to_string())?;
+    let running = runtime::launch(plans, idle).map_err(|e| e.to_string())?;
     let out = Arc::new(Mutex::new(None));
     let o2 = out.clone();
     let failures = running.run_main_and_wait(move |ctl| {

@@ -162,7 +162,7 @@ fn defaults_are_filled_in() {
     assert_eq!(bp.high_bytes, (16 << 20) - 1088 * 1518);
     assert_eq!(bp.low_bytes, bp.high_bytes / 2);
     assert_eq!(bp.max_pause_ms, 3000);
-    assert!(c.idle.backoff);
+    assert_eq!(c.idle.mode, None);
     assert_eq!((c.idle.spin_loops, c.idle.max_sleep_us), (1000, 100));
     let m = &c.mgmt;
     assert_eq!(

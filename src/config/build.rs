@@ -12,8 +12,9 @@ use super::raw::{
 use super::sizing::{self, BudgetInputs};
 use super::{
     eal, BackpressureConfig, BypassRule, CaptureConfig, CompareConfig, CompareSockets, Config,
-    ConfigError, Endpoint, FieldError, LcoreMap, LinkSpec, MempoolConfig, MgmtConfig, PortDevice,
-    PortSpec, QmpConfig, RingsConfig, Role, SockAddr, SocketMode, XenNotify,
+    ConfigError, Endpoint, FieldError, IdleConfig, IdleMode, LcoreMap, LinkSpec, MempoolConfig,
+    MgmtConfig, PortDevice, PortSpec, QmpConfig, RingsConfig, Role, SockAddr, SocketMode,
+    XenNotify,
 };
 
 /// Most compare shards (one flow-table per shard; 64 is far above any sane lcore count).
@@ -123,12 +124,7 @@ pub(super) fn build(raw: RawConfig) -> Result<Config, ConfigError> {
     });
     let mempool = build_mempool(raw.mempool, budget, &mut e);
     let backpressure = build_backpressure(raw.backpressure, &compare, rings, &mut e);
-    e.range(
-        "idle.max_sleep_us",
-        raw.idle.max_sleep_us.into(),
-        0,
-        100_000,
-    );
+    let idle = build_idle(&raw.idle, &mut e);
     if xen_notify_given
         && compare_sockets
             .as_ref()
@@ -157,9 +153,35 @@ pub(super) fn build(raw: RawConfig) -> Result<Config, ConfigError> {
         rings: raw.rings,
         mempool,
         backpressure,
-        idle: raw.idle,
+        idle,
         mgmt,
     })
+}
+
+/// `[idle]`: `mode`, or the old `backoff` switch (`false` = `poll`; `true` = the default
+/// choice), not both.
+fn build_idle(raw: &super::raw::RawIdle, e: &mut Errs) -> IdleConfig {
+    e.range("idle.max_sleep_us", raw.max_sleep_us.into(), 0, 100_000);
+    let mode = match (raw.mode, raw.backoff) {
+        (Some(m), None) => Some(m),
+        (None, Some(false)) => Some(IdleMode::Poll),
+        (None, Some(true)) | (None, None) => None,
+        (Some(m), Some(b)) => {
+            e.push(
+                "idle.backoff",
+                format!(
+                    "replaced by idle.mode (backoff = false is mode \"poll\", backoff = true \
+                     the default); give only idle.mode = \"{m}\" (backoff = {b} given too)"
+                ),
+            );
+            Some(m)
+        }
+    };
+    IdleConfig {
+        mode,
+        spin_loops: raw.spin_loops,
+        max_sleep_us: raw.max_sleep_us,
+    }
 }
 
 fn needs(role: Role) -> String {

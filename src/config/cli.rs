@@ -182,9 +182,23 @@ pub fn summary(cfg: &Config, eal_args: &[String]) -> String {
     let i = &cfg.idle;
     let _ = writeln!(
         s,
-        "idle: backoff {}, after {} empty polls, sleep up to {} us",
-        i.backoff, i.spin_loops, i.max_sleep_us
+        "idle: mode {}, sleep after {} empty polls, backoff sleeps up to {} us",
+        i.mode
+            .map_or("default (interrupt where every input wakes)", |m| m
+                .as_str()),
+        i.spin_loops,
+        i.max_sleep_us
     );
+    for l in super::idle::plan(cfg) {
+        let _ = writeln!(
+            s,
+            "  lcore {} ({}): {} ({})",
+            l.lcore,
+            l.stages.join(", "),
+            l.mode,
+            l.reason
+        );
+    }
     let m = &cfg.mgmt;
     let _ = writeln!(
         s,

@@ -11,6 +11,7 @@ mod build;
 pub mod bypass;
 pub mod cli;
 pub mod eal;
+pub mod idle;
 mod raw;
 pub mod sizing;
 
@@ -367,22 +368,51 @@ pub struct BackpressureConfig {
     pub max_pause_ms: u64,
 }
 
-/// `[idle]`: back-off of idle poll loops.
-#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
+/// How an idle lcore waits for work (`idle.mode`).
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum IdleMode {
+    /// Busy polling, never sleep (dedicated cores: lowest latency, a whole core each).
+    Poll,
+    /// Spin, then timed sleeps growing up to `idle.max_sleep_us` (any port).
+    Backoff,
+    /// Spin, then sleep until an input signals (rx interrupt, socket, ring wake-up).
+    Interrupt,
+}
+
+impl IdleMode {
+    /// Lower-case name as written in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdleMode::Poll => "poll",
+            IdleMode::Backoff => "backoff",
+            IdleMode::Interrupt => "interrupt",
+        }
+    }
+}
+
+impl fmt::Display for IdleMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[idle]`: how idle poll loops wait, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdleConfig {
-    /// Back off when idle (false = pure busy polling).
-    pub backoff: bool,
-    /// Empty polls before backing off.
+    /// The mode asked for; `None` = per lcore, `interrupt` where every input of the lcore can
+    /// wake it, else `backoff` (see [`idle::plan`]).
+    pub mode: Option<IdleMode>,
+    /// Empty polls before sleeping (backoff and interrupt).
     pub spin_loops: u32,
-    /// Longest sleep when idle; 0 = only `pause`.
+    /// Longest timed sleep in backoff; 0 = only `pause`.
     pub max_sleep_us: u32,
 }
 
 impl Default for IdleConfig {
     fn default() -> Self {
         IdleConfig {
-            backoff: true,
+            mode: None,
             spin_loops: 1000,
             max_sleep_us: 100,
         }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{EalConfig, FailoverConfig, IdleConfig, RewriterConfig, RingsConfig, Role};
+use super::{EalConfig, FailoverConfig, IdleMode, RewriterConfig, RingsConfig, Role};
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
@@ -33,9 +33,39 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub backpressure: RawBackpressure,
     #[serde(default)]
-    pub idle: IdleConfig,
+    pub idle: RawIdle,
     #[serde(default)]
     pub mgmt: RawMgmt,
+}
+
+/// `[idle]` as written: `backoff` is the old switch, kept so old files still load.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIdle {
+    pub mode: Option<IdleMode>,
+    pub backoff: Option<bool>,
+    #[serde(default = "spin_loops")]
+    pub spin_loops: u32,
+    #[serde(default = "max_sleep_us")]
+    pub max_sleep_us: u32,
+}
+
+impl Default for RawIdle {
+    fn default() -> Self {
+        RawIdle {
+            mode: None,
+            backoff: None,
+            spin_loops: spin_loops(),
+            max_sleep_us: max_sleep_us(),
+        }
+    }
+}
+
+fn spin_loops() -> u32 {
+    1000
+}
+fn max_sleep_us() -> u32 {
+    100
 }
 
 #[derive(Deserialize, Debug)]

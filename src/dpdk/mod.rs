@@ -27,7 +27,10 @@ pub use lcore::{
 };
 pub use mbuf::{Mbuf, MbufBurst, OL_TX_L4_MASK};
 pub use mempool::{Mempool, DEFAULT_DATA_ROOM, MBUF_PRIV_SIZE};
-pub use port::{LinkStatus, Port, PortConfig, PortStats, RxQueue, TxQueue, RING_PAIR_DEPTH};
+pub use port::{
+    af_packet_fds, intr_drain, intr_thread_fd, LinkStatus, Port, PortConfig, PortStats, QueueIntr,
+    RxQueue, TxQueue, RING_PAIR_DEPTH,
+};
 pub use ring::{attach_producer, ring, RingConsumer, RingFlags, RingProducer};
 pub use tsc::{rdtsc, tsc_hz, TscClock};
 

@@ -191,6 +191,18 @@ impl Port {
 
     /// Configure port `id` with `cfg`, its rx queues drawing mbufs from `pool`. Not started.
     pub fn open(id: u16, cfg: &PortConfig, pool: &Mempool) -> Result<Port> {
+        Self::open_with(id, cfg, pool, false)
+    }
+
+    /// [`Port::open`], with rx-queue interrupts configured when `rx_interrupts` (so an idle
+    /// lcore can sleep until a frame arrives: [`RxQueue::intr_register`]). A driver without
+    /// them may fail here or at start: open it again without.
+    pub fn open_with(
+        id: u16,
+        cfg: &PortConfig,
+        pool: &Mempool,
+        rx_interrupts: bool,
+    ) -> Result<Port> {
         let what = |step: &str| format!("port {id}: {step}");
         eal::ensure_up(&what("open"))?;
         // SAFETY: EAL is up; any u16 may be tested.
@@ -198,7 +210,10 @@ impl Port {
             return Err(DpdkError::new(libc::ENODEV, what("no such port")));
         }
         // SAFETY: zeroed rte_eth_conf is DPDK's "all defaults".
-        let conf: ffi::rte_eth_conf = unsafe { std::mem::zeroed() };
+        let mut conf: ffi::rte_eth_conf = unsafe { std::mem::zeroed() };
+        if rx_interrupts {
+            conf.intr_conf.set_rxq(1);
+        }
         // SAFETY: valid port; conf lives across the call.
         let r = unsafe { ffi::rte_eth_dev_configure(id, cfg.rx_queues, cfg.tx_queues, &conf) };
         check(r, || {
@@ -260,6 +275,14 @@ impl Port {
     /// Port id.
     pub fn id(&self) -> u16 {
         self.inner.id
+    }
+
+    /// The rx-interrupt handle of rx queue `q` (for the lcore that polls it).
+    pub fn queue_intr(&self, q: u16) -> QueueIntr {
+        QueueIntr {
+            port: self.inner.id,
+            queue: q,
+        }
     }
 
     /// The configuration it was opened with.
@@ -519,6 +542,146 @@ impl RxQueue {
     }
 }
 
+/// `RTE_EPOLL_PER_THREAD`: the calling thread's own DPDK epoll instance.
+const EPOLL_PER_THREAD: i32 = -1;
+/// `RTE_INTR_EVENT_ADD`.
+const INTR_EVENT_ADD: i32 = 1;
+
+impl RxQueue {
+    /// The rx-interrupt handle of this queue (for the lcore that polls it).
+    pub fn intr(&self) -> QueueIntr {
+        QueueIntr {
+            port: self.port,
+            queue: self.queue,
+        }
+    }
+}
+
+/// Rx-interrupt control of one queue: used only by the lcore that polls the queue, next to
+/// its [`RxQueue`] (interrupt calls do not touch the rx ring itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueIntr {
+    port: u16,
+    queue: u16,
+}
+
+impl QueueIntr {
+    /// Add the queue's rx interrupt to the calling thread's DPDK epoll instance
+    /// ([`intr_thread_fd`]); once per queue, on the lcore that polls it. Fails when the port
+    /// was opened without rx interrupts or its driver has none.
+    pub fn register(&self) -> Result<()> {
+        // SAFETY: any port/queue may be asked (DPDK checks both); NULL user data (the loop
+        // polls the epoll fd itself and never reads event data).
+        let r = unsafe {
+            ffi::rte_eth_dev_rx_intr_ctl_q(
+                self.port,
+                self.queue,
+                EPOLL_PER_THREAD,
+                INTR_EVENT_ADD,
+                std::ptr::null_mut(),
+            )
+        };
+        if r == -libc::EEXIST {
+            // Registered by an earlier, partly failed attempt.
+            return Ok(());
+        }
+        check(r, || {
+            format!("port {} rx queue {}: rx interrupt", self.port, self.queue)
+        })
+    }
+
+    /// Ask the driver to signal the next frame (before the lcore sleeps). Drivers whose
+    /// event fd is always live (tap) have no switch: that is not an error.
+    pub fn enable(&self) -> Result<()> {
+        // SAFETY: any port/queue may be asked (DPDK checks both).
+        let r = unsafe { ffi::rte_eth_dev_rx_intr_enable(self.port, self.queue) };
+        if r == -libc::ENOTSUP || r == -libc::ENOSYS {
+            return Ok(());
+        }
+        check(r, || {
+            format!(
+                "port {} rx queue {}: rx interrupt enable",
+                self.port, self.queue
+            )
+        })
+    }
+
+    /// Stop signalling (the lcore polls again).
+    pub fn disable(&self) {
+        // SAFETY: any port/queue may be asked; an error only means there is no switch.
+        unsafe { ffi::rte_eth_dev_rx_intr_disable(self.port, self.queue) };
+    }
+}
+
+/// The calling thread's DPDK epoll fd, readable while a registered rx interrupt is pending
+/// (an lcore puts it in its own wait set next to its other descriptors).
+pub fn intr_thread_fd() -> i32 {
+    // SAFETY: no arguments; creates the thread's epoll instance on first use.
+    unsafe { ffi::rte_intr_tls_epfd() }
+}
+
+/// Consume the calling thread's pending rx interrupts without waiting (DPDK reads each
+/// event fd as its driver requires); returns how many there were.
+pub fn intr_drain() -> usize {
+    // SAFETY: rte_epoll_event is plain data; DPDK writes at most `evs.len()` entries.
+    let mut evs: [ffi::rte_epoll_event; 8] = unsafe { std::mem::zeroed() };
+    // SAFETY: per-thread epoll instance; timeout 0 never blocks.
+    let n = unsafe { ffi::rte_epoll_wait(EPOLL_PER_THREAD, evs.as_mut_ptr(), evs.len() as i32, 0) };
+    n.max(0) as usize
+}
+
+/// The kernel packet sockets this process holds on interface `iface` (what net_af_packet
+/// opened for it: one per queue pair). Their readability says frames wait in the rx ring, so
+/// an idle lcore can poll(2) them instead of sleeping blind. Found through
+/// `/proc/net/packet` (socket inode per interface index) and `/proc/self/fd`; empty when
+/// either is unreadable.
+pub fn af_packet_fds(iface: &str) -> Vec<i32> {
+    let Ok(name) = CString::new(iface) else {
+        return Vec::new();
+    };
+    // SAFETY: valid C string.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 {
+        return Vec::new();
+    }
+    let inodes = std::fs::read_to_string("/proc/net/packet")
+        .map(|t| packet_inodes(&t, ifindex))
+        .unwrap_or_default();
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    let mut fds: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| {
+            let fd: i32 = e.file_name().to_str()?.parse().ok()?;
+            let link = std::fs::read_link(e.path()).ok()?;
+            let inode: u64 = link
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()?;
+            inodes.contains(&inode).then_some(fd)
+        })
+        .collect();
+    fds.sort_unstable();
+    fds
+}
+
+/// Inodes of the packet sockets bound to `ifindex` in a `/proc/net/packet` text
+/// (`sk RefCnt Type Proto Iface R Rmem User Inode`).
+fn packet_inodes(text: &str, ifindex: u32) -> Vec<u64> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let iface: u32 = f.get(4)?.parse().ok()?;
+            let inode: u64 = f.get(8)?.parse().ok()?;
+            (iface == ifindex).then_some(inode)
+        })
+        .collect()
+}
+
 impl TxQueue {
     /// Port id.
     pub fn port(&self) -> u16 {
@@ -549,5 +712,22 @@ impl TxQueue {
         } as usize;
         burst.consume_front(n);
         n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::packet_inodes;
+
+    #[test]
+    fn packet_inodes_by_interface() {
+        let t = "sk               RefCnt Type Proto  Iface R Rmem   User   Inode\n\
+                 ffff8f0a1 3      3    0003   7     1 0      0      41001\n\
+                 ffff8f0a2 3      3    0003   9     1 0      0      41002\n\
+                 ffff8f0a3 3      3    0003   7     1 0      0      41003\n\
+                 garbage\n";
+        assert_eq!(packet_inodes(t, 7), vec![41001, 41003]);
+        assert_eq!(packet_inodes(t, 9), vec![41002]);
+        assert!(packet_inodes(t, 8).is_empty());
     }
 }

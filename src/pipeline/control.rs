@@ -12,6 +12,7 @@ use crate::control::plane::{BypassOp, BypassSpec};
 use crate::control::DataPlane;
 
 use super::backpressure::{BacklogBoard, ShardLag};
+use super::counters::Counter;
 use super::lcore::{Command, ControlPlane, FlowsRequest};
 use super::runtime;
 
@@ -151,6 +152,36 @@ impl PipelineControl {
     }
 }
 
+impl PipelineControl {
+    /// One line per lcore: its idle mode, the share of the run it slept and what woke it
+    /// (the final report).
+    pub fn idle_report(&self) -> String {
+        let Ok(ctl) = self.ctl() else {
+            return String::new();
+        };
+        let run_ns = ctl.now_ns().max(1);
+        let mut out = String::new();
+        for l in &ctl.lcores {
+            let c = l.counters.snapshot();
+            let mode = l.idle.get().map_or("?", |i| i.mode.as_str());
+            out.push_str(&format!(
+                "idle lcore {:<3} {:<9} asleep {:.1}% ({} sleeps); wake-ups: rx {}, socket {}, \
+                 ring {}, control {}, timeout {}\n",
+                l.lcore,
+                mode,
+                100.0 * c.get(Counter::SleepNs) as f64 / run_ns as f64,
+                c.get(Counter::Sleeps),
+                c.get(Counter::WakeRx),
+                c.get(Counter::WakeSocket),
+                c.get(Counter::WakeRing),
+                c.get(Counter::WakeControl),
+                c.get(Counter::WakeTimeout),
+            ));
+        }
+        out
+    }
+}
+
 impl DataPlane for PipelineControl {
     fn stats(&self) -> serde_json::Value {
         let ctl = match self.ctl() {
@@ -161,9 +192,14 @@ impl DataPlane for PipelineControl {
             .lcores
             .iter()
             .map(|l| {
+                let idle = l.idle.get();
                 serde_json::json!({
                     "lcore": l.lcore,
                     "stages": l.stages,
+                    "idle": {
+                        "mode": idle.map(|i| i.mode.as_str()),
+                        "reason": idle.map(|i| i.reason.as_str()),
+                    },
                     "counters": l.counters.snapshot().to_json(),
                 })
             })

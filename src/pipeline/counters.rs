@@ -151,6 +151,20 @@ counters! {
     PvmPauseOverrides = "pvm_pause_overrides",
     /// Redirector polls that left the link unread because a shard's secondary ring was full.
     LinkRxGated = "link_rx_gated",
+    /// Sleeps of an idle lcore (timed back-off sleeps and interrupt-mode waits).
+    Sleeps = "sleeps",
+    /// Nanoseconds an idle lcore spent asleep.
+    SleepNs = "sleep_ns",
+    /// Interrupt-mode wake-ups by a port (rx interrupt, or its kernel socket readable).
+    WakeRx = "wake_rx",
+    /// Interrupt-mode wake-ups by a link socket.
+    WakeSocket = "wake_socket",
+    /// Interrupt-mode wake-ups by a ring producer on another lcore.
+    WakeRing = "wake_ring",
+    /// Interrupt-mode wake-ups by management (a command or a phase change).
+    WakeControl = "wake_control",
+    /// Interrupt-mode waits that ended by their timeout (housekeeping still runs).
+    WakeTimeout = "wake_timeout",
     /// TSC cycles spent in loops that did work.
     BusyCycles = "busy_cycles",
     /// TSC cycles spent in loops that found nothing to do.

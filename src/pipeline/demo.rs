@@ -27,14 +27,15 @@ use super::backpressure::BacklogBoard;
 use super::cli::DemoArgs;
 use super::control::PipelineControl;
 use super::counters::{Counter, Snapshot};
+use super::idle::IdleInputs;
 use super::io::{RingIn, RingOut, TxBuf, BURST};
 use super::latency::{percentiles_us, LatencyRecorder, SharedHistogram};
-use super::lcore::{Backoff, Command, LoopCtx, Phase, Stage};
+use super::lcore::{Command, IdlePolicy, LoopCtx, Phase, Stage};
 use super::link::{LinkRx, LinkTx, SeqReporter};
 use super::manage::{self, LoopOptions, SimulatedFrame};
 use super::runtime::LcorePlan;
 use super::sim::{Addresses, ClientConfig, ClientSim, ClientStats, FrameAlloc, VmConfig, VmSim};
-use super::stages::{CompareStage, MirrorStage, RedirectorStage, RewriterStage};
+use super::stages::{CompareStage, ForwardStage, MirrorStage, RedirectorStage, RewriterStage};
 use super::topology::{STREAM_MIRROR, STREAM_SECONDARY};
 
 /// The link's outer EtherType in the demo (the config's default).
@@ -208,28 +209,6 @@ impl Stage for VmStage {
     }
 }
 
-/// The benchmark baseline: an io-forwarder between two wires (no mirror, no compare), the
-/// same forward step as perf/iofwd.
-struct ForwardStage {
-    a: (RxQueue, TxBuf),
-    b: (RxQueue, TxBuf),
-}
-
-impl Stage for ForwardStage {
-    fn name(&self) -> &str {
-        "forward"
-    }
-
-    fn poll(&mut self, cx: &LoopCtx) -> usize {
-        if cx.phase != Phase::Run {
-            // Nothing stays pending between polls: each step sends or drops its burst.
-            return 0;
-        }
-        let c = cx.counters;
-        self.b.1.forward_from(&mut self.a.0, c) + self.a.1.forward_from(&mut self.b.0, c)
-    }
-}
-
 /// Default EAL arguments for the demo: three lcores on two cores, no PCI, and hugepages only
 /// when some are free.
 pub fn default_eal_args() -> Vec<String> {
@@ -327,10 +306,10 @@ pub fn demo(args: &DemoArgs) -> Result<DemoSummary, String> {
     let stages: Vec<Box<dyn Stage>> = if args.baseline_forward {
         // Benchmark baseline: the same wires and lcores, plain forwarding instead of the proxy.
         drop((linkp_rx, linkp_tx, links_rx, links_tx, svm_rx, svm_tx));
-        vec![Box::new(ForwardStage {
-            a: (nic_rx, nic_tx),
-            b: (pvm_rx, pvm_tx),
-        })]
+        vec![Box::new(ForwardStage::new(
+            vec![(nic_rx.into(), pvm_tx), (pvm_rx.into(), nic_tx)],
+            IdleInputs::unknown(),
+        ))]
     } else {
         // One ring per producer→consumer pair: redirector → shard k, one per side.
         let mut to_p = Vec::new();
@@ -474,14 +453,8 @@ pub fn demo(args: &DemoArgs) -> Result<DemoSummary, String> {
         }
     };
     let plans = vec![
-        LcorePlan {
-            lcore: proxy_lcore,
-            stages,
-        },
-        LcorePlan {
-            lcore: sim_lcore,
-            stages: vec![Box::new(client), Box::new(vms)],
-        },
+        LcorePlan::new(proxy_lcore, stages),
+        LcorePlan::new(sim_lcore, vec![Box::new(client), Box::new(vms)]),
     ];
     let o = LoopOptions {
         stop,
@@ -497,7 +470,7 @@ pub fn demo(args: &DemoArgs) -> Result<DemoSummary, String> {
             .collect(),
     );
     let started = Instant::now();
-    let (out, failures) = manage::serve(plans, Backoff::default(), &control, mgmt, o)?;
+    let (out, failures) = manage::serve(plans, IdlePolicy::default(), &control, mgmt, o)?;
     let seconds = started.elapsed().as_secs_f64();
     let leftover: usize = ports.ports.iter_mut().map(|p| p.drain_rx()).sum();
     let client = sims.lock().ok().and_then(|r| r.client.clone());

@@ -6,10 +6,13 @@
 //! at shutdown. A [`TxBuf`] drops what a full queue did not take on [`TxBuf::flush`], or keeps
 //! it pending on [`TxBuf::try_flush`] (the mirror: a frame queued for one VM must reach it).
 
+use std::sync::Arc;
+
 use crate::dpdk::{Mbuf, MbufBurst, Mempool, RingConsumer, RingProducer, RxQueue, TxQueue};
 use crate::wire::is_runt;
 
 use super::counters::{Counter, LcoreCounters};
+use super::idle::Wake;
 
 /// Frames per burst on every port and ring.
 pub const BURST: usize = 32;
@@ -186,6 +189,15 @@ impl TxBuf {
         n
     }
 
+    /// [`TxBuf::forward_from`] for every queue of `rx`.
+    #[inline]
+    pub fn forward_from_set(&mut self, rx: &mut RxSet, counters: &LcoreCounters) -> usize {
+        let n = rx.rx_burst(&mut self.pending);
+        counters.add(Counter::Rx, n as u64);
+        self.flush(counters);
+        n
+    }
+
     /// Send what is pending; a queue that stays full drops the rest (counted).
     #[inline]
     pub fn flush(&mut self, counters: &LcoreCounters) {
@@ -218,6 +230,9 @@ impl TxBuf {
 pub struct RingOut {
     ring: RingProducer<Mbuf>,
     pending: MbufBurst<BURST>,
+    /// The consumer's doorbell when it runs on another lcore (rung after an enqueue, a
+    /// syscall only while that lcore sleeps).
+    wake: Option<Arc<Wake>>,
 }
 
 impl RingOut {
@@ -226,7 +241,14 @@ impl RingOut {
         RingOut {
             ring,
             pending: MbufBurst::new(),
+            wake: None,
         }
+    }
+
+    /// Wake `consumer` (the lcore that dequeues) after each enqueue.
+    pub fn with_wake(mut self, consumer: Arc<Wake>) -> Self {
+        self.wake = Some(consumer);
+        self
     }
 
     /// True when another frame can be pushed without blocking.
@@ -250,7 +272,13 @@ impl RingOut {
         if self.pending.is_empty() {
             return;
         }
+        let before = self.pending.len();
         self.ring.enqueue_burst(&mut self.pending);
+        if self.pending.len() < before {
+            if let Some(w) = &self.wake {
+                w.notify();
+            }
+        }
         if !self.pending.is_empty() {
             counters.inc(Counter::RingFullRetry);
         }

@@ -3,8 +3,18 @@
 //!
 //! Loop: read the clock once → poll every stage (rx burst → process → tx/enqueue) →
 //! housekeeping every [`HOUSEKEEPING_EVERY`] loops → apply control commands → follow the
-//! run phase → back off when idle. Nothing here allocates or locks per packet; commands travel
-//! through a bounded lock-free queue per lcore and are acknowledged with an atomic sequence.
+//! run phase → when idle, wait as the lcore's [`IdlePolicy`] says. Nothing here allocates or
+//! locks per packet; commands travel through a bounded lock-free queue per lcore and are
+//! acknowledged with an atomic sequence; management rings the lcore's [`Wake`] after each.
+//!
+//! Idle (see [`super::idle`]): `poll` spins; `backoff` spins `spin_loops` empty loops, then
+//! sleeps 1 µs, 2 µs, ... up to `max_sleep`; `interrupt` spins, then arms every stage's
+//! wake-up sources (rx interrupts), announces the sleep, polls everything once more (inputs
+//! that arrived before arming) and only then blocks in `poll(2)` on the stages' descriptors
+//! and its doorbell, at most [`super::idle::MAX_WAIT`]. A stage that cannot sleep right now
+//! (output waiting for room, input without a wake-up path) makes that round a timed sleep.
+//! Every stage flushes its partial bursts at the end of each poll and in housekeeping, which
+//! runs before any sleep: nothing waits in a buffer while its lcore sleeps.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -13,6 +23,7 @@ use std::time::{Duration, Instant};
 use crossbeam::queue::ArrayQueue;
 
 use super::counters::{Counter, LcoreCounters};
+use super::idle::{self, Cause, IdleMode, WaitSet, Wake};
 
 /// Loops between two housekeeping calls.
 pub const HOUSEKEEPING_EVERY: u32 = 256;
@@ -92,25 +103,50 @@ pub trait Stage: Send {
     fn command(&mut self, _cmd: &Command, _cx: &LoopCtx) {}
     /// Release everything held (shutdown). Called once when the phase becomes [`Phase::Flush`].
     fn flush(&mut self, _cx: &LoopCtx) {}
+    /// Interrupt mode, before the lcore sleeps (`on`): arm the inputs' wake-ups (rx
+    /// interrupts) and say whether the stage can sleep now; false when an input has no
+    /// wake-up path or output waits for room (the loop then takes a timed sleep). After the
+    /// sleep, or when work came first, it is called with `on = false` to disarm.
+    fn idle_arm(&mut self, _on: bool) -> bool {
+        true
+    }
+    /// Interrupt mode, right before blocking: add the descriptors that signal new input
+    /// (port sockets, link sockets) to `ws`. Called after [`Stage::idle_arm`] and the last
+    /// poll, so descriptors of reconnected sockets are current.
+    fn wait_fds(&self, _ws: &mut WaitSet) {}
 }
 
-/// Idle back-off: spin, then pause, then sleep with a growing interval.
-#[derive(Clone, Copy, Debug)]
-pub struct Backoff {
-    /// Back off at all (false = pure busy polling).
-    pub enabled: bool,
-    /// Empty loops before backing off.
+/// How an lcore waits when it finds no work.
+#[derive(Clone, Debug)]
+pub struct IdlePolicy {
+    /// Poll, timed back-off, or sleep until woken.
+    pub mode: IdleMode,
+    /// Empty loops before sleeping.
     pub spin_loops: u32,
-    /// Longest sleep.
+    /// Longest timed sleep (back-off, and interrupt-mode rounds that cannot block).
     pub max_sleep: Duration,
+    /// Why this mode (shown by `ctl stats`).
+    pub reason: String,
 }
 
-impl Default for Backoff {
+impl Default for IdlePolicy {
     fn default() -> Self {
-        Backoff {
-            enabled: true,
+        IdlePolicy {
+            mode: IdleMode::Backoff,
             spin_loops: 1000,
             max_sleep: Duration::from_micros(100),
+            reason: "default".into(),
+        }
+    }
+}
+
+impl IdlePolicy {
+    /// `mode` with the default spin and sleep lengths.
+    pub fn mode(mode: IdleMode) -> Self {
+        IdlePolicy {
+            mode,
+            reason: format!("{mode}"),
+            ..IdlePolicy::default()
         }
     }
 }
@@ -130,6 +166,10 @@ pub struct LcoreShared {
     pub exited: AtomicBool,
     /// Panic or error text if the loop failed.
     pub failure: std::sync::Mutex<Option<String>>,
+    /// Its doorbell: ring producers on other lcores and management wake it with this.
+    pub wake: Arc<Wake>,
+    /// Its idle policy (set at launch; `ctl stats` shows mode and reason).
+    pub idle: std::sync::OnceLock<IdlePolicy>,
 }
 
 impl LcoreShared {
@@ -144,7 +184,15 @@ impl LcoreShared {
             phase_seen: AtomicU8::new(Phase::Run as u8),
             exited: AtomicBool::new(false),
             failure: std::sync::Mutex::new(None),
+            wake: Arc::new(Wake::new()),
+            idle: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The same, woken through `wake` (the doorbell its ring producers were given).
+    pub fn with_wake(mut self, wake: Arc<Wake>) -> Self {
+        self.wake = wake;
+        self
     }
 
     /// The last phase this lcore has acted on.
@@ -190,6 +238,9 @@ impl ControlPlane {
     /// Move every lcore to `phase` and wait until all have acted on it (or `timeout`).
     pub fn set_phase(&self, phase: Phase, timeout: Duration) -> bool {
         self.phase.store(phase as u8, Ordering::Release);
+        for l in &self.lcores {
+            l.wake.notify_control();
+        }
         let deadline = Instant::now() + timeout;
         loop {
             if self
@@ -223,6 +274,7 @@ impl ControlPlane {
                 item = back;
                 std::thread::sleep(Duration::from_micros(100));
             }
+            l.wake.notify_control();
         }
         let deadline = Instant::now() + timeout;
         loop {
@@ -245,17 +297,27 @@ impl ControlPlane {
     }
 }
 
-/// Run `stages` until the control plane says [`Phase::Exit`].
+/// Run `stages` until the control plane says [`Phase::Exit`], idling as `policy` says.
 pub fn run_loop(
     stages: &mut [Box<dyn Stage>],
     shared: &LcoreShared,
     control: &ControlPlane,
-    backoff: Backoff,
+    policy: &IdlePolicy,
 ) {
     let counters = &shared.counters;
+    let wake = &shared.wake;
     let mut loops: u32 = 0;
     let mut idle_loops: u32 = 0;
-    let mut sleep = Duration::from_micros(1);
+    let mut backoff = idle::Backoff::new(policy.max_sleep);
+    let interrupt = policy.mode == IdleMode::Interrupt && wake.usable();
+    // Interrupt mode: the stages' wake-ups are armed and the sleep announced; the next
+    // empty loop blocks.
+    let mut armed = false;
+    let mut ws = WaitSet::with_capacity(16);
+    let mut dpdk_fd = None;
+    if policy.mode != IdleMode::Poll {
+        idle::set_timer_slack(idle::TIMER_SLACK_NS);
+    }
     let mut phase = Phase::Run;
     let mut last_ns = control.now_ns();
     loop {
@@ -275,11 +337,13 @@ pub fn run_loop(
                 s.housekeeping(&cx);
             }
         }
+        let mut commands = false;
         while let Some((seq, cmd)) = shared.mailbox.pop() {
             for s in stages.iter_mut() {
                 s.command(&cmd, &cx);
             }
             shared.acked.store(seq, Ordering::Release);
+            commands = true;
         }
         let wanted = control.phase();
         if wanted != phase {
@@ -293,25 +357,102 @@ pub fn run_loop(
             if phase == Phase::Exit {
                 break;
             }
+            commands = true;
         }
         let elapsed = now_ns.saturating_sub(last_ns);
         last_ns = now_ns;
-        if work > 0 {
+        if work > 0 || commands {
             counters.add(Counter::BusyCycles, elapsed);
             idle_loops = 0;
-            sleep = Duration::from_micros(1);
-        } else {
-            counters.add(Counter::IdleCycles, elapsed);
-            idle_loops = idle_loops.saturating_add(1);
-            if backoff.enabled && idle_loops > backoff.spin_loops {
-                std::thread::sleep(sleep);
-                sleep = (sleep * 2).min(backoff.max_sleep);
-            } else {
-                std::hint::spin_loop();
+            backoff.reset();
+            if armed {
+                disarm(stages, wake);
+                armed = false;
+            }
+            continue;
+        }
+        counters.add(Counter::IdleCycles, elapsed);
+        idle_loops = idle_loops.saturating_add(1);
+        if policy.mode == IdleMode::Poll || idle_loops <= policy.spin_loops {
+            std::hint::spin_loop();
+            continue;
+        }
+        if interrupt && !armed {
+            // Arm, announce, then one more full loop: what arrived before arming is seen
+            // there, what arrives after it wakes the sleep.
+            let mut can_sleep = true;
+            for s in stages.iter_mut() {
+                can_sleep &= s.idle_arm(true);
+            }
+            if can_sleep {
+                wake.announce();
+                armed = true;
+                continue;
+            }
+            for s in stages.iter_mut() {
+                s.idle_arm(false);
             }
         }
+        if armed {
+            ws.clear();
+            ws.readable(wake.fd(), Cause::Doorbell);
+            for s in stages.iter() {
+                s.wait_fds(&mut ws);
+            }
+            if ws.wants_dpdk_interrupts() {
+                let fd = *dpdk_fd.get_or_insert_with(crate::dpdk::intr_thread_fd);
+                ws.readable(fd, Cause::DpdkIntr);
+            }
+            let t0 = control.now_ns();
+            let woken = ws.wait(idle::MAX_WAIT);
+            counters.add(Counter::SleepNs, control.now_ns().saturating_sub(t0));
+            counters.inc(Counter::Sleeps);
+            disarm(stages, wake);
+            armed = false;
+            let (data, ctl) = wake.drain();
+            if woken.dpdk_intr {
+                crate::dpdk::intr_drain();
+            }
+            if woken.rx || woken.dpdk_intr {
+                counters.inc(Counter::WakeRx);
+            }
+            if woken.socket {
+                counters.inc(Counter::WakeSocket);
+            }
+            if data > 0 {
+                counters.inc(Counter::WakeRing);
+            }
+            if ctl > 0 {
+                counters.inc(Counter::WakeControl);
+            }
+            if woken.timeout {
+                counters.inc(Counter::WakeTimeout);
+            }
+            // Poll at once; the next empty loop arms again without spinning first.
+            idle_loops = policy.spin_loops;
+            continue;
+        }
+        let d = backoff.step();
+        if d.is_zero() {
+            std::hint::spin_loop();
+        } else {
+            let t0 = control.now_ns();
+            std::thread::sleep(d);
+            counters.add(Counter::SleepNs, control.now_ns().saturating_sub(t0));
+            counters.inc(Counter::Sleeps);
+        }
+    }
+    if armed {
+        disarm(stages, wake);
     }
     shared.exited.store(true, Ordering::Release);
+}
+
+fn disarm(stages: &mut [Box<dyn Stage>], wake: &Wake) {
+    wake.retract();
+    for s in stages.iter_mut() {
+        s.idle_arm(false);
+    }
 }
 
 #[cfg(test)]
@@ -364,7 +505,7 @@ mod tests {
                 commands: cm,
                 flushed: fl,
             })];
-            run_loop(&mut stages, &s2, &c2, Backoff::default());
+            run_loop(&mut stages, &s2, &c2, &IdlePolicy::default());
         });
         control
             .broadcast(Command::CheckpointDone, Duration::from_secs(5))

@@ -26,7 +26,10 @@ use crate::link::encap::{
 use crate::link::socket::FramedSocket;
 use crate::mgmt::EventSender;
 
+use std::os::fd::AsRawFd;
+
 use super::counters::{Counter, LcoreCounters};
+use super::idle::{Cause, WaitSet};
 use super::io::{unshare, whole_frames, TxBuf, BURST};
 use super::lcore::LoopCtx;
 
@@ -189,6 +192,26 @@ impl LinkTx {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// True when frames wait for a port queue to take them (its lcore must retry, not
+    /// block); a socket's unwritten bytes instead wake the lcore through [`LinkTx::wait_fds`].
+    pub fn port_pending(&self) -> bool {
+        match self {
+            LinkTx::RawPort(tx) | LinkTx::EncapPort { tx, .. } => tx.pending() > 0,
+            _ => false,
+        }
+    }
+
+    /// Interrupt mode: a socket with unwritten bytes wakes its lcore when it can write.
+    pub fn wait_fds(&self, ws: &mut WaitSet) {
+        if let LinkTx::Socket(s, _) = self {
+            if s.pending_out() > 0 {
+                if let Some(fd) = s.wait_fd() {
+                    ws.writable(fd.as_raw_fd(), Cause::Socket);
+                }
+            }
         }
     }
 
@@ -538,6 +561,16 @@ impl LinkRx {
             _ => {}
         }
         self
+    }
+
+    /// Interrupt mode: a socket link wakes its lcore when a frame (or a peer) arrives. Port
+    /// links wake through the port's [`super::idle::IdleInputs`].
+    pub fn wait_fds(&self, ws: &mut WaitSet) {
+        if let LinkRx::Socket { sock, .. } = self {
+            if let Some(fd) = sock.wait_fd() {
+                ws.readable(fd.as_raw_fd(), Cause::Socket);
+            }
+        }
     }
 
     /// The liveness detector (tests, stats).

@@ -14,7 +14,7 @@ use crate::mgmt::{status, Management, MgmtStats};
 use super::backpressure::{lag_summary, ShardLag};
 use super::control::PipelineControl;
 use super::counters::{Counter, Snapshot};
-use super::lcore::{Backoff, Command, ControlPlane};
+use super::lcore::{Command, ControlPlane, IdlePolicy};
 use super::runtime::{self, LcorePlan};
 
 /// How the loop runs and ends.
@@ -48,12 +48,12 @@ pub struct LoopOutcome {
 /// loop's outcome and the lcore failures.
 pub fn serve(
     plans: Vec<LcorePlan>,
-    backoff: Backoff,
+    idle: IdlePolicy,
     control: &Arc<PipelineControl>,
     mut mgmt: Management,
     o: LoopOptions,
 ) -> Result<(LoopOutcome, Vec<String>), String> {
-    let running = runtime::launch(plans, backoff).map_err(|e| e.to_string())?;
+    let running = runtime::launch(plans, idle).map_err(|e| e.to_string())?;
     control.attach(running.control.clone());
     if let Err(e) = crate::mgmt::telemetry::register(control.clone(), Some(mgmt.stats_handle())) {
         eprintln!("warning: telemetry commands not registered: {e}");

@@ -4,6 +4,7 @@ pub mod cli;
 pub mod control;
 pub mod counters;
 pub mod demo;
+pub mod idle;
 pub mod io;
 pub mod latency;
 pub mod lcore;

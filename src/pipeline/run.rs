@@ -73,7 +73,7 @@ fn run_pipeline(cfg: &Config, eal_overrides: &[String]) -> Result<bool, String> 
         plans,
         mut ports,
         hold,
-        backoff,
+        idle,
         backlog,
     } = topology::build(cfg, &pool, &mgmt.sender(), mgmt.capture_on())?;
     if let Some(b) = backlog {
@@ -108,6 +108,11 @@ fn run_pipeline(cfg: &Config, eal_overrides: &[String]) -> Result<bool, String> 
         cfg.role,
         stages.join("; ")
     );
+    for p in &plans {
+        if let Some(i) = &p.idle {
+            println!("idle: lcore {} {} ({})", p.lcore, i.mode, i.reason);
+        }
+    }
     if let Some(p) = mgmt.server().unix_path() {
         println!("control socket: {}", p.display());
     }
@@ -120,7 +125,7 @@ fn run_pipeline(cfg: &Config, eal_overrides: &[String]) -> Result<bool, String> 
         status_every: (!quiet).then_some(status_every),
         quiesce_sources: false,
     };
-    let (out, failures) = manage::serve(plans, backoff, &control, mgmt, o)?;
+    let (out, failures) = manage::serve(plans, idle, &control, mgmt, o)?;
     let leftover: usize = ports.iter_mut().map(|(_, p)| p.drain_rx()).sum();
     let totals = out.totals;
     println!("\n== colo-proxy final report ==");
@@ -136,6 +141,7 @@ fn run_pipeline(cfg: &Config, eal_overrides: &[String]) -> Result<bool, String> 
         "{}",
         manage::report_lines(&totals, &out.peak_lag, &control.port_drops())
     );
+    print!("{}", control.idle_report());
     let acc = totals.accounting();
     println!(
         "accounting               {acc}{}",

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use crate::dpdk::{self, DpdkError};
 
 use super::counters::{Counter, Snapshot};
-use super::lcore::{run_loop, Backoff, ControlPlane, LcoreShared, LoopCtx, Phase, Stage};
+use super::idle::{Wake, WaitSet};
+use super::lcore::{run_loop, ControlPlane, IdlePolicy, LcoreShared, LoopCtx, Phase, Stage};
 
 /// The stages one lcore runs.
 pub struct LcorePlan {
@@ -27,10 +28,26 @@ pub struct LcorePlan {
     pub lcore: u32,
     /// Stages, polled in this order.
     pub stages: Vec<Box<dyn Stage>>,
+    /// How it idles (`None`: the policy given to [`launch`]).
+    pub idle: Option<IdlePolicy>,
+    /// Its doorbell (ring producers on other lcores hold it too).
+    pub wake: Arc<Wake>,
+}
+
+impl LcorePlan {
+    /// `stages` on `lcore`, idling by the launch's policy, with a fresh doorbell.
+    pub fn new(lcore: u32, stages: Vec<Box<dyn Stage>>) -> Self {
+        LcorePlan {
+            lcore,
+            stages,
+            idle: None,
+            wake: Arc::new(Wake::new()),
+        }
+    }
 }
 
 /// The stages the main lcore polls itself, with its shared block.
-type MainPlan = (Arc<LcoreShared>, Vec<Box<dyn Stage>>);
+type MainPlan = (Arc<LcoreShared>, Vec<Box<dyn Stage>>, IdlePolicy);
 
 /// A running pipeline.
 pub struct Running {
@@ -38,34 +55,37 @@ pub struct Running {
     pub control: Arc<ControlPlane>,
     jobs: Vec<dpdk::LcoreJob<()>>,
     main_plan: Option<MainPlan>,
-    backoff: Backoff,
 }
 
-/// Start every worker lcore's loop. Stages planned on the main lcore run when
-/// [`Running::run_main_and_wait`] is called.
-pub fn launch(mut plans: Vec<LcorePlan>, backoff: Backoff) -> Result<Running, DpdkError> {
+/// Start every worker lcore's loop; a plan without its own idle policy gets `idle`. Stages
+/// planned on the main lcore run when [`Running::run_main_and_wait`] is called.
+pub fn launch(mut plans: Vec<LcorePlan>, idle: IdlePolicy) -> Result<Running, DpdkError> {
     inject_stage_fault(&mut plans);
     let main = dpdk::main_lcore();
     let shared: Vec<Arc<LcoreShared>> = plans
         .iter()
         .map(|p| {
-            Arc::new(LcoreShared::new(
+            let sh = LcoreShared::new(
                 p.lcore,
                 p.stages.iter().map(|s| s.name().to_string()).collect(),
-            ))
+            )
+            .with_wake(p.wake.clone());
+            let _ = sh.idle.set(p.idle.clone().unwrap_or_else(|| idle.clone()));
+            Arc::new(sh)
         })
         .collect();
     let control = Arc::new(ControlPlane::new(shared.clone()));
     let mut jobs = Vec::new();
     let mut main_plan = None;
     for (plan, sh) in plans.into_iter().zip(shared) {
+        let policy = sh.idle.get().cloned().unwrap_or_default();
         if plan.lcore == main {
-            main_plan = Some((sh, plan.stages));
+            main_plan = Some((sh, plan.stages, policy));
             continue;
         }
         let ctl = control.clone();
         let stages = plan.stages;
-        let job = dpdk::launch_on(plan.lcore, move || run_guarded(stages, &sh, &ctl, backoff));
+        let job = dpdk::launch_on(plan.lcore, move || run_guarded(stages, &sh, &ctl, &policy));
         match job {
             Ok(j) => jobs.push(j),
             Err(e) => {
@@ -82,7 +102,6 @@ pub fn launch(mut plans: Vec<LcorePlan>, backoff: Backoff) -> Result<Running, Dp
         control,
         jobs,
         main_plan,
-        backoff,
     })
 }
 
@@ -94,9 +113,9 @@ pub fn run_guarded(
     mut stages: Vec<Box<dyn Stage>>,
     sh: &LcoreShared,
     ctl: &ControlPlane,
-    backoff: Backoff,
+    policy: &IdlePolicy,
 ) {
-    let r = catch_unwind(AssertUnwindSafe(|| run_loop(&mut stages, sh, ctl, backoff)));
+    let r = catch_unwind(AssertUnwindSafe(|| run_loop(&mut stages, sh, ctl, policy)));
     if let Err(p) = r {
         set_failure(sh, format!("panicked: {}", dpdk::panic_message(&*p)));
     } else if ctl.phase() < Phase::Exit {
@@ -222,6 +241,12 @@ impl Stage for PanicAfter {
     fn flush(&mut self, cx: &LoopCtx) {
         self.inner.flush(cx);
     }
+    fn idle_arm(&mut self, on: bool) -> bool {
+        self.inner.idle_arm(on)
+    }
+    fn wait_fds(&self, ws: &mut WaitSet) {
+        self.inner.wait_fds(ws);
+    }
 }
 
 impl Running {
@@ -244,9 +269,9 @@ impl Running {
                 format!("management panicked: {msg}")
             })
         };
-        if let Some((sh, stages)) = self.main_plan.take() {
+        if let Some((sh, stages, policy)) = self.main_plan.take() {
             let mgmt = std::thread::spawn(guarded);
-            run_guarded(stages, &sh, &self.control, self.backoff);
+            run_guarded(stages, &sh, &self.control, &policy);
             match mgmt.join() {
                 Ok(None) => {}
                 Ok(Some(f)) => failures.push(f),

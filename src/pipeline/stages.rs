@@ -16,6 +16,7 @@ use crate::rewrite::{Direction, Rewriter};
 
 use super::backpressure::{BacklogBoard, PvmGate};
 use super::counters::{Counter, LcoreCounters};
+use super::idle::{IdleInputs, WaitSet};
 use super::io::{unshare, whole_frames, RingIn, RingOut, RxSet, TxBuf, BURST};
 use super::latency::LatencyRecorder;
 use super::lcore::{Command, LoopCtx, Phase, Stage};
@@ -28,6 +29,7 @@ pub struct MirrorStage {
     link_tx: LinkTx,
     burst: MbufBurst<BURST>,
     mirroring: bool,
+    idle: IdleInputs,
 }
 
 impl MirrorStage {
@@ -39,7 +41,14 @@ impl MirrorStage {
             link_tx,
             burst: MbufBurst::new(),
             mirroring: true,
+            idle: IdleInputs::unknown(),
         }
+    }
+
+    /// What wakes its lcore when the NIC has frames (interrupt mode).
+    pub fn with_idle(mut self, idle: IdleInputs) -> Self {
+        self.idle = idle;
+        self
     }
 }
 
@@ -128,6 +137,58 @@ impl Stage for MirrorStage {
         self.pvm_tx.flush(cx.counters);
         self.link_tx.flush(cx.counters);
     }
+
+    fn idle_arm(&mut self, on: bool) -> bool {
+        let ok = self.idle.arm(on);
+        // Frames waiting for a port's room are retried by polling, not waited for.
+        ok && self.pvm_tx.pending() == 0 && !self.link_tx.port_pending()
+    }
+
+    fn wait_fds(&self, ws: &mut WaitSet) {
+        self.idle.wait_fds(ws);
+        self.link_tx.wait_fds(ws);
+    }
+}
+
+/// The benchmark baseline as a stage: io-forwarding on each leg (rx → tx, one burst per
+/// poll, nothing kept pending), no COLO work; it idles and wakes like the proxy's stages
+/// (`demo --baseline-forward`, perf/latency, the idle tests).
+pub struct ForwardStage {
+    legs: Vec<(RxSet, TxBuf)>,
+    idle: IdleInputs,
+}
+
+impl ForwardStage {
+    /// Forward each leg's rx to its tx; `idle` wakes the lcore (interrupt mode).
+    pub fn new(legs: Vec<(RxSet, TxBuf)>, idle: IdleInputs) -> Self {
+        ForwardStage { legs, idle }
+    }
+}
+
+impl Stage for ForwardStage {
+    fn name(&self) -> &str {
+        "forward"
+    }
+
+    fn poll(&mut self, cx: &LoopCtx) -> usize {
+        if cx.phase != Phase::Run {
+            // Nothing stays pending between polls: each step sends or drops its burst.
+            return 0;
+        }
+        let c = cx.counters;
+        self.legs
+            .iter_mut()
+            .map(|(rx, tx)| tx.forward_from_set(rx, c))
+            .sum()
+    }
+
+    fn idle_arm(&mut self, on: bool) -> bool {
+        self.idle.arm(on)
+    }
+
+    fn wait_fds(&self, ws: &mut WaitSet) {
+        self.idle.wait_fds(ws);
+    }
 }
 
 /// The compare shard owning a frame's flow (the one hash); unparsable frames go to shard 0,
@@ -150,6 +211,9 @@ pub struct RedirectorStage {
     burst: MbufBurst<BURST>,
     /// Back-pressure from the shards' backlogs (none: only the rings gate the PVM port).
     gate: Option<(Arc<BacklogBoard>, PvmGate)>,
+    /// The PVM port was left unread by back-pressure in the last poll.
+    gated: bool,
+    idle: IdleInputs,
 }
 
 impl RedirectorStage {
@@ -167,7 +231,15 @@ impl RedirectorStage {
             to_secondary,
             burst: MbufBurst::new(),
             gate: None,
+            gated: false,
+            idle: IdleInputs::unknown(),
         }
+    }
+
+    /// What wakes its lcore when the PVM port or a link port has frames (interrupt mode).
+    pub fn with_idle(mut self, idle: IdleInputs) -> Self {
+        self.idle = idle;
+        self
     }
 
     /// Pause the PVM port while a shard's published backlog (`board`) is high (`gate`).
@@ -244,7 +316,10 @@ impl Stage for RedirectorStage {
         self.flush_rings(cx);
         let idle = |rs: &[RingOut]| rs.iter().all(|r| r.pending() == 0);
         let mut work = 0;
-        if cx.phase == Phase::Run && self.pvm_open(cx) && idle(&self.to_primary) {
+        self.gated = false;
+        if cx.phase == Phase::Run && !self.pvm_open(cx) {
+            self.gated = true;
+        } else if cx.phase == Phase::Run && idle(&self.to_primary) {
             let n = self.pvm_rx.rx_burst(&mut self.burst);
             c.add(Counter::Rx, n as u64);
             whole_frames(&mut self.burst, 0, c);
@@ -277,6 +352,22 @@ impl Stage for RedirectorStage {
         {
             r.discard_pending(cx.counters);
         }
+    }
+
+    fn idle_arm(&mut self, on: bool) -> bool {
+        let ok = self.idle.arm(on);
+        // A full ring or a paused PVM port frees up without a wake-up: keep polling.
+        let pending = self
+            .to_primary
+            .iter()
+            .chain(self.to_secondary.iter())
+            .any(|r| r.pending() > 0);
+        ok && !pending && !self.gated
+    }
+
+    fn wait_fds(&self, ws: &mut WaitSet) {
+        self.idle.wait_fds(ws);
+        self.link_rx.wait_fds(ws);
     }
 }
 
@@ -517,6 +608,7 @@ pub struct CompareStage {
     board: Option<Arc<BacklogBoard>>,
     published: compare::Backlog,
     to_free: MbufBurst<BURST>,
+    idle: IdleInputs,
 }
 
 impl CompareStage {
@@ -547,7 +639,15 @@ impl CompareStage {
             board: None,
             published: compare::Backlog::default(),
             to_free: MbufBurst::new(),
+            idle: IdleInputs::unknown(),
         }
+    }
+
+    /// What wakes its lcore ([`IdleInputs::none`]: rings only, whose producers ring the
+    /// lcore's doorbell).
+    pub fn with_idle(mut self, idle: IdleInputs) -> Self {
+        self.idle = idle;
+        self
     }
 
     /// Publish this shard's backlog on `board` once per poll.
@@ -755,6 +855,10 @@ impl Stage for CompareStage {
         self.latency.publish();
         self.publish(cx.now_ns);
     }
+
+    fn idle_arm(&mut self, on: bool) -> bool {
+        self.idle.arm(on) && self.nic_tx.pending() == 0
+    }
 }
 
 /// Failover behaviour of a stage (from `[failover]`), and where it reports.
@@ -867,6 +971,7 @@ pub struct RewriterStage {
     /// Mirrored frames the SVM missed since the last event.
     svm_lost: u64,
     next_event_ns: u64,
+    idle: IdleInputs,
 }
 
 /// Shortest interval between two `svm_input_lost` events (management coalesces checkpoint
@@ -903,7 +1008,15 @@ impl RewriterStage {
             events: None,
             svm_lost: 0,
             next_event_ns: 0,
+            idle: IdleInputs::unknown(),
         }
+    }
+
+    /// What wakes its lcore when the SVM, the nic or a link port has frames (interrupt
+    /// mode).
+    pub fn with_idle(mut self, idle: IdleInputs) -> Self {
+        self.idle = idle;
+        self
     }
 
     /// Report mirrored frames the SVM could not take to management (`svm_input_lost`).
@@ -1140,5 +1253,17 @@ impl Stage for RewriterStage {
         if let Some((_, tx)) = &mut self.nic {
             tx.flush(c);
         }
+    }
+
+    fn idle_arm(&mut self, on: bool) -> bool {
+        let ok = self.idle.arm(on);
+        let nic_pending = self.nic.as_ref().is_some_and(|(_, tx)| tx.pending() > 0);
+        ok && self.svm_tx.pending() == 0 && !self.link_tx.port_pending() && !nic_pending
+    }
+
+    fn wait_fds(&self, ws: &mut WaitSet) {
+        self.idle.wait_fds(ws);
+        self.link_rx.wait_fds(ws);
+        self.link_tx.wait_fds(ws);
     }
 }

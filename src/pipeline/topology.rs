@@ -14,9 +14,10 @@ use crate::link::socket::{FramedSocket, LinkAddr, Role as SockRole, SocketConfig
 use crate::rewrite::{self, Rewriter};
 
 use super::backpressure::{BacklogBoard, PvmGate, Watermarks};
+use super::idle::{IdleInputs, IdleMode, PortWake, Wake};
 use super::io::{RingIn, RingOut, RxSet, TxBuf};
 use super::latency::{LatencyRecorder, SharedHistogram};
-use super::lcore::{Backoff, Stage};
+use super::lcore::{IdlePolicy, Stage};
 use super::link::{LinkRx, LinkTx, SeqReporter};
 use super::runtime::LcorePlan;
 use super::stages::{CompareStage, FailoverOpts, MirrorStage, RedirectorStage, RewriterStage};
@@ -35,8 +36,8 @@ pub struct Topology {
     pub ports: Vec<(String, Port)>,
     /// Compare hold time of released primaries.
     pub hold: SharedHistogram,
-    /// Idle back-off from the config.
-    pub backoff: Backoff,
+    /// The config's idle settings (each plan carries its own lcore's policy).
+    pub idle: IdlePolicy,
     /// The compare shards' published backlogs (primary; lag reports).
     pub backlog: Option<Arc<BacklogBoard>>,
 }
@@ -242,7 +243,31 @@ pub fn build(
             1
         }
     };
+    // Idle plan per lcore (config::idle): which lcores sleep until woken, and so which ports
+    // need rx interrupts configured.
+    let plan = crate::config::idle::plan(cfg);
+    let mode_of = |lcore: Option<u32>| {
+        plan.iter()
+            .find(|p| Some(p.lcore) == lcore)
+            .map_or(IdleMode::Backoff, |p| p.mode)
+    };
+    let link_port = match &cfg.link {
+        Some(LinkSpec::Port { port, .. }) => Some(port.as_str()),
+        _ => None,
+    };
+    // The lcore that polls each port's rx queues.
+    let reader = |name: &str| -> Option<u32> {
+        let l = &cfg.lcores;
+        match (cfg.role, name) {
+            (Role::Primary, "nic") => l.mirror,
+            (Role::Primary, "pvm") => l.redirector,
+            (Role::Primary, n) if Some(n) == link_port => l.redirector,
+            (Role::Secondary, _) => l.rewriter,
+            _ => None,
+        }
+    };
     let mut ports: BTreeMap<String, Port> = BTreeMap::new();
+    let mut wakes: BTreeMap<String, PortWake> = BTreeMap::new();
     for (name, spec) in &cfg.ports {
         let id = Port::id_by_name(device_name(&spec.device)).map_err(|e| {
             // The device failed to probe; EAL logged why above. One cause is not obvious.
@@ -263,7 +288,9 @@ pub fn build(
             tx_desc: spec.tx_desc,
             promiscuous: true,
         };
-        let mut p = Port::open(id, &pc, pool).map_err(|e| {
+        let rx_intr = mode_of(reader(name)) == IdleMode::Interrupt
+            && crate::config::idle::port_wake(spec).0 == crate::config::idle::PortWake::RxInterrupt;
+        let mut p = Port::open_with(id, &pc, pool, rx_intr).map_err(|e| {
             let hint = if need_tx(name) > 1 {
                 format!(
                     " (compare.shards = {shards}: each shard transmits on its own queue; \
@@ -277,9 +304,28 @@ pub fn build(
         if matches!(&cfg.link, Some(LinkSpec::Port { port, .. }) if port == name) {
             check_link_mtu(name, spec, &mut p);
         }
-        p.start().map_err(|e| format!("ports.{name}: {e}"))?;
+        p.start().map_err(|e| {
+            if rx_intr {
+                format!(
+                    "ports.{name}: {e} (with rx interrupts for idle.mode \"interrupt\"; \
+                     idle.mode = \"backoff\" opens it without)"
+                )
+            } else {
+                format!("ports.{name}: {e}")
+            }
+        })?;
+        wakes.insert(name.clone(), port_wake(name, spec, &p, rx_intr));
         ports.insert(name.clone(), p);
     }
+    let inputs = |names: &[&str]| -> IdleInputs {
+        names
+            .iter()
+            .filter_map(|n| wakes.get(*n).map(|w| (*n, w.clone())))
+            .fold(IdleInputs::none(), |acc, (n, w)| acc.with(n, w))
+    };
+    // One doorbell per lcore, shared by the ring producers that feed it.
+    let mut doorbells: BTreeMap<u32, Arc<Wake>> = BTreeMap::new();
+    let mut doorbell = |lcore: u32| doorbells.entry(lcore).or_default().clone();
     fn port<'a>(ports: &'a mut BTreeMap<String, Port>, name: &str) -> Result<&'a mut Port, String> {
         ports
             .get_mut(name)
@@ -392,7 +438,7 @@ pub fn build(
             let (pvm_rx, pvm_tx) = q_all(port(&mut ports, "pvm")?, "pvm")?;
             place(
                 cfg.lcores.mirror,
-                Box::new(MirrorStage::new(nic_rx, pvm_tx, link_tx)),
+                Box::new(MirrorStage::new(nic_rx, pvm_tx, link_tx).with_idle(inputs(&["nic"]))),
             )?;
             let (mut to_p, mut to_s) = (Vec::new(), Vec::new());
             let mut shard_stages = Vec::new();
@@ -404,8 +450,15 @@ pub fn build(
                     .map_err(|e| e.to_string())?;
                 let (sp, sc) = dpdk::ring::<Mbuf>(&format!("cmp_s{k}"), ring_size, flags)
                     .map_err(|e| e.to_string())?;
-                to_p.push(RingOut::new(pp));
-                to_s.push(RingOut::new(sp));
+                // The redirector wakes a shard on another lcore after each enqueue.
+                let shard_lcore = cfg.lcores.compare.get(k).or(cfg.lcores.compare.first());
+                let (mut pp, mut sp) = (RingOut::new(pp), RingOut::new(sp));
+                if let Some(&l) = shard_lcore.filter(|&&l| Some(l) != cfg.lcores.redirector) {
+                    pp = pp.with_wake(doorbell(l));
+                    sp = sp.with_wake(doorbell(l));
+                }
+                to_p.push(pp);
+                to_s.push(sp);
                 let tx = port(&mut ports, "nic")?
                     .tx_queue(k as u16)
                     .map_err(|e| format!("ports.nic: tx queue {k}: {e}"))?;
@@ -424,10 +477,12 @@ pub fn build(
                         lat,
                     )
                     .with_capture(capture)
-                    .with_backlog(board.clone()),
+                    .with_backlog(board.clone())
+                    .with_idle(IdleInputs::none()),
                 ));
             }
-            let mut redirector = RedirectorStage::new(pvm_rx, link_rx, to_p, to_s);
+            let mut redirector = RedirectorStage::new(pvm_rx, link_rx, to_p, to_s)
+                .with_idle(inputs(&["pvm", link_port.unwrap_or("")]));
             let bp = &cfg.backpressure;
             if bp.enabled {
                 let gate = PvmGate::new(Watermarks::from(bp), bp.max_pause_ms * 1_000_000, shards);
@@ -460,24 +515,72 @@ pub fn build(
                 pool.clone(),
             )
             .with_events(events.clone())
-            .with_failover(failover_opts(cfg, events));
+            .with_failover(failover_opts(cfg, events))
+            .with_idle(inputs(&["svm", "nic", link_port.unwrap_or("")]));
             place(cfg.lcores.rewriter, Box::new(rw))?;
         }
         Role::Compare => return Err("role compare runs without DPDK (see the drop-in mode)".into()),
     }
-    let backoff = Backoff {
-        enabled: cfg.idle.backoff,
-        spin_loops: cfg.idle.spin_loops,
-        max_sleep: Duration::from_micros(u64::from(cfg.idle.max_sleep_us)),
+    let idle = &cfg.idle;
+    let policy = |lcore: u32| {
+        let p = plan.iter().find(|p| p.lcore == lcore);
+        IdlePolicy {
+            mode: p.map_or(IdleMode::Backoff, |p| p.mode),
+            spin_loops: idle.spin_loops,
+            max_sleep: Duration::from_micros(u64::from(idle.max_sleep_us)),
+            reason: p.map_or_else(|| "no plan".to_string(), |p| p.reason.clone()),
+        }
     };
+    let plans = by_lcore
+        .into_iter()
+        .map(|(lcore, stages)| LcorePlan {
+            lcore,
+            stages,
+            idle: Some(policy(lcore)),
+            wake: doorbell(lcore),
+        })
+        .collect();
     Ok(Topology {
-        plans: by_lcore
-            .into_iter()
-            .map(|(lcore, stages)| LcorePlan { lcore, stages })
-            .collect(),
+        plans,
         ports: ports.into_iter().collect(),
         hold,
-        backoff,
+        idle: IdlePolicy {
+            mode: cfg.idle.mode.unwrap_or(IdleMode::Backoff),
+            spin_loops: idle.spin_loops,
+            max_sleep: Duration::from_micros(u64::from(idle.max_sleep_us)),
+            reason: "config".into(),
+        },
         backlog,
     })
+}
+
+/// How port `name` (started) wakes the lcore that reads it.
+fn port_wake(name: &str, spec: &PortSpec, p: &Port, rx_intr: bool) -> PortWake {
+    use crate::config::idle::PortWake as Kind;
+    let (kind, why) = crate::config::idle::port_wake(spec);
+    match kind {
+        Kind::RxInterrupt if rx_intr => PortWake::Interrupt {
+            queues: (0..p.config().rx_queues).map(|q| p.queue_intr(q)).collect(),
+            registered: false,
+        },
+        Kind::RxInterrupt => PortWake::None("opened without rx interrupts".into()),
+        Kind::SocketFd => {
+            let fds = match &spec.device {
+                PortDevice::Vdev(args) => devarg(args, "iface")
+                    .map(crate::dpdk::af_packet_fds)
+                    .unwrap_or_default(),
+                PortDevice::Pci(_) => Vec::new(),
+            };
+            if fds.is_empty() {
+                eprintln!(
+                    "warning: ports.{name}: its af_packet sockets were not found in \
+                     /proc/net/packet; its lcore backs off (timed sleeps) instead"
+                );
+                PortWake::None("af_packet sockets not found".into())
+            } else {
+                PortWake::Fds(fds)
+            }
+        }
+        Kind::None => PortWake::None(why.into()),
+    }
 }

@@ -171,6 +171,12 @@ vdev = "{dev},iface={iface}"
 impl Lab {
     /// Build the network, start the services and both proxies, wait until they are linked.
     pub fn start(label: &str, o: LabOptions) -> Lab {
+        Lab::start_with(label, o, "")
+    }
+
+    /// [`Lab::start`] with `extra` TOML appended to both proxies' configs (e.g. an `[idle]`
+    /// table).
+    pub fn start_with(label: &str, o: LabOptions, extra: &str) -> Lab {
         let t0 = Instant::now();
         let tag = format!("{label}{}", std::process::id() % 100_000);
         let scratch = TmpDir::new(&format!("colo-netns-{tag}"));
@@ -228,7 +234,7 @@ shards = {shards}
             pvm = net.host("pvm").root_if,
             shards = o.shards,
             link = link_toml(o.link, &sechost.primary_ip, ports, &la, true),
-        );
+        ) + extra;
         let nic2 = if o.client2 {
             format!(
                 "[ports.nic]\nvdev = \"net_af_packet2,iface={}\"\n",
@@ -253,7 +259,7 @@ rewriter = 1
             ),
             svm = net.host("svm").root_if,
             link = link_toml(o.link, &sechost.primary_ip, ports, &lb, false),
-        );
+        ) + extra;
         let pcfg = dir.join("primary.toml");
         let scfg = dir.join("secondary.toml");
         std::fs::write(&pcfg, primary_toml).unwrap();
