@@ -60,10 +60,8 @@ fn have_qemu() -> bool {
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("SKIP: {QEMU} not installed");
-    }
-    ok
+    let missing = (!ok).then(|| format!("{QEMU} not installed (apt install qemu-system-x86)"));
+    prereq::require("mgmt_qmp (real QEMU)", missing)
 }
 
 /// A minimal blocking QMP client for checking what QEMU holds.
