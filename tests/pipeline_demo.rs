@@ -177,6 +177,22 @@ fn ctl(sock: &Path, words: &[&str]) -> serde_json::Value {
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("ctl {words:?}: {e}: {text}"))
 }
 
+/// `ctl words` until `ok` accepts the reply (every 50 ms, at most 20 s); the last reply.
+fn poll_ctl(
+    sock: &Path,
+    words: &[&str],
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = ctl(sock, words);
+        if ok(&v) || Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn the_control_socket_drives_a_running_demo_and_shutdown_stops_it() {
     let _one = ONE_DEMO_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
@@ -209,12 +225,13 @@ fn the_control_socket_drives_a_running_demo_and_shutdown_stops_it() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // The socket is there; wait (bounded) for the server to answer and traffic to flow.
+    let stats = poll_ctl(&sock, &["stats"], |s| {
+        n(&s["result"]["dataplane"]["totals"], &["mirrored"]) > 0
+    });
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
-
-    let stats = ctl(&sock, &["stats"]);
     let totals = &stats["result"]["dataplane"]["totals"];
     assert!(n(totals, &["mirrored"]) > 0, "{stats}");
     assert!(
@@ -239,10 +256,11 @@ fn the_control_socket_drives_a_running_demo_and_shutdown_stops_it() {
     // Bypass UDP port 7000 (the demo's UDP service): its primaries are released uncompared.
     let added = ctl(&sock, &["bypass", "add", "udp", "7000"]);
     assert_eq!(added["result"].as_array().map(Vec::len), Some(1), "{added}");
-    std::thread::sleep(Duration::from_millis(500));
     let listed = ctl(&sock, &["bypass", "list"]);
     assert_eq!(listed["result"][0]["proto"], "udp", "{listed}");
-    let stats = ctl(&sock, &["stats"]);
+    let stats = poll_ctl(&sock, &["stats"], |s| {
+        n(&s["result"]["dataplane"]["totals"], &["released_bypass"]) > 0
+    });
     assert!(
         n(
             &stats["result"]["dataplane"]["totals"],
@@ -256,7 +274,12 @@ fn the_control_socket_drives_a_running_demo_and_shutdown_stops_it() {
     // An operator's checkpoint-done reaches every stage.
     let done = ctl(&sock, &["checkpoint-done"]);
     assert_eq!(done["ok"], true, "{done}");
-    let stats = ctl(&sock, &["stats"]);
+    let stats = poll_ctl(&sock, &["stats"], |s| {
+        n(
+            &s["result"]["dataplane"]["totals"],
+            &["checkpoints_applied"],
+        ) >= 1
+    });
     assert!(
         n(
             &stats["result"]["dataplane"]["totals"],
@@ -270,10 +293,14 @@ fn the_control_socket_drives_a_running_demo_and_shutdown_stops_it() {
     let before = ctl(&sock, &["stats"])["result"]["dataplane"]["totals"].clone();
     let fo = ctl(&sock, &["failover"]);
     assert_eq!(fo["ok"], true, "{fo}");
-    std::thread::sleep(Duration::from_millis(300));
+    // `ctl failover` returns once every lcore applied it (counters are live): from here on
+    // nothing is mirrored, and the PVM's traffic keeps flowing uncompared.
     let mid = ctl(&sock, &["stats"])["result"]["dataplane"]["totals"].clone();
-    std::thread::sleep(Duration::from_millis(700));
-    let after = ctl(&sock, &["stats"]);
+    let after = poll_ctl(&sock, &["stats"], |s| {
+        let t = &s["result"]["dataplane"]["totals"];
+        n(t, &["tx"]) > n(&mid, &["tx"])
+            && n(t, &["released_uncompared"]) > n(&before, &["released_uncompared"])
+    });
     let t = &after["result"]["dataplane"]["totals"];
     assert_eq!(n(&after["result"]["mgmt"], &["failovers"]), 1, "{after}");
     assert!(
@@ -293,12 +320,15 @@ fn the_control_socket_drives_a_running_demo_and_shutdown_stops_it() {
     let bye = ctl(&sock, &["shutdown"]);
     assert_eq!(bye["ok"], true, "{bye}");
     let out = wait_bounded(child, Duration::from_secs(20));
-    assert!(
-        started.elapsed() < Duration::from_secs(40),
-        "shutdown did not stop the demo early"
-    );
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    // The demo's own clock (not this test's, which includes start-up on a loaded machine):
+    // it ran far less than its 50 s.
+    let ran = r["seconds"].as_f64().unwrap_or(f64::MAX);
+    assert!(
+        ran < 45.0,
+        "shutdown did not stop the demo early: ran {ran} s"
+    );
     assert_invariants(&out, &r);
 }
 
