@@ -104,8 +104,13 @@ fn identical_guests_with_different_isns_are_released_without_divergence() {
     assert_eq!(n(c, &["divergences"]), 0, "{c}");
     assert_eq!(n(&r, &["mgmt", "checkpoint", "requested"]), 0);
     // The PVM and SVM pick different ISNs: only the rewriter makes their output compare equal.
-    assert!(n(c, &["rewritten"]) > 1000, "{c}");
-    assert!(n(c, &["released_matched"]) > 1000, "{c}");
+    // (Relations between counts, not throughput thresholds: a loaded CI machine completes
+    // fewer transactions in 3 s, never different ones.) Every completed connection had SVM
+    // segments rewritten and primaries released as matched.
+    let completed = n(&r["client"], &["tcp_completed"]);
+    assert!(completed > 0, "{}", r["client"]);
+    assert!(n(c, &["rewritten"]) >= completed, "{c}");
+    assert!(n(c, &["released_matched"]) >= completed, "{c}");
     assert_eq!(n(c, &["released_uncompared"]), 0, "{c}");
     assert_eq!(n(c, &["released_checkpoint"]), 0, "{c}");
     // Every primary that entered a shard left it matched.
@@ -115,10 +120,9 @@ fn identical_guests_with_different_isns_are_released_without_divergence() {
         "{c}"
     );
     let cl = &r["client"];
-    assert!(n(cl, &["tcp_completed"]) > 100, "{cl}");
     assert_eq!(n(cl, &["tcp_failed"]), 0, "{cl}");
     assert!(
-        n(cl, &["udp_answered"]) > 10 && n(cl, &["icmp_answered"]) > 10,
+        n(cl, &["udp_answered"]) > 0 && n(cl, &["icmp_answered"]) > 0,
         "{cl}"
     );
 }
@@ -154,9 +158,11 @@ fn injected_divergence_requests_checkpoints_and_traffic_keeps_flowing() {
         n(c, &["checkpoints_applied"]) >= n(ck, &["completed"]),
         "{c}"
     );
-    // Checkpoints unblock the diverged connections: the client keeps completing transactions
-    // and never sees a wrong answer (the SVM's differing replies are never released).
-    assert!(n(&r, &["client", "tcp_completed"]) > 100, "{}", r["client"]);
+    // Checkpoints unblock the diverged connections: held answers are released by them, the
+    // client keeps completing transactions (more than the 32 it runs at once, so connections
+    // went on after divergences) and never sees a wrong answer (the SVM's differing replies are
+    // never released). Counts, not a throughput threshold.
+    assert!(n(&r, &["client", "tcp_completed"]) > 32, "{}", r["client"]);
     assert!(n(c, &["released_checkpoint"]) > 0, "{c}");
 }
 
