@@ -8,7 +8,8 @@
 //!
 //! dumpcap is a secondary process, so it needs shared memory: hugepages, and neither
 //! `--in-memory` nor `--no-shconf`. Skipped with a message when `dpdk-dumpcap` is missing or
-//! too few hugepages are free (CI reserves them with .ci/setup → dpdk-config/setup-hugepages.sh).
+//! too few hugepages are free, a failure under CI (tests/prereq; CI reserves them with
+//! .ci/setup → dpdk-config/setup-hugepages.sh).
 
 mod prereq;
 

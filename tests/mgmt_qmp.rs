@@ -1,6 +1,7 @@
 //! QMP checkpoint sink against a real QEMU (7.2, `-M none`): the forced-checkpoint command is
 //! sent and accepted (read back with `query-migrate-parameters` on a second QMP monitor), and
-//! the sink reconnects after QEMU restarts. Skipped with a message when QEMU is not installed.
+//! the sink reconnects after QEMU restarts. Skipped with a message when QEMU is not installed
+//! (a failure under CI, tests/prereq).
 
 mod mgmt_common;
 
