@@ -18,19 +18,8 @@ use arbitrary::Arbitrary;
 use colo_proxy::buf::VecBuf;
 use colo_proxy::compare::{Backlog, Comparator, CompareConfig, Release, Side};
 use colo_proxy::flow::FlowKey;
-use colo_proxy_fuzz::{as_secondary, FrameSpec, Left, Rec, Tagged};
+use colo_proxy_fuzz::{as_secondary, CompareOp as Op, Left, Rec, Tagged, MS};
 use libfuzzer_sys::fuzz_target;
-
-#[derive(Arbitrary, Debug)]
-enum Op {
-    P(FrameSpec),
-    S(FrameSpec),
-    /// The primary's frame, and the secondary's copy of it.
-    Both(FrameSpec),
-    Tick(u16),
-    Checkpoint,
-    Flush,
-}
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -41,8 +30,6 @@ struct Input {
     shutdown: bool,
     ops: Vec<Op>,
 }
-
-const MS: u64 = 1_000_000;
 
 /// What the target remembers about a packet it fed in.
 struct Sent {

@@ -4,24 +4,11 @@
 //! two engines must give the same verdicts, the same frames out and the same events.
 #![no_main]
 
-use arbitrary::Arbitrary;
 use colo_proxy::buf::VecBuf;
 use colo_proxy::compare::{Comparator, CompareConfig, Side};
 use colo_proxy::flow::FlowKey;
-use colo_proxy_fuzz::{as_secondary, FrameSpec, Rec, Tagged};
+use colo_proxy_fuzz::{as_secondary, CompareOp as Op, Rec, Tagged, MS};
 use libfuzzer_sys::fuzz_target;
-
-#[derive(Arbitrary, Debug)]
-enum Op {
-    P(FrameSpec),
-    S(FrameSpec),
-    /// The primary's frame, as the secondary sends it.
-    Both(FrameSpec),
-    Tick(u16),
-    Checkpoint,
-}
-
-const MS: u64 = 1_000_000;
 
 fuzz_target!(|ops: Vec<Op>| {
     let cfg = CompareConfig {
@@ -126,6 +113,10 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::Checkpoint => {
                 fast.checkpoint_done(now, &mut rf);
                 general.checkpoint_done(now, &mut rg);
+            }
+            Op::Flush => {
+                fast.flush_all(&mut rf);
+                general.flush_all(&mut rg);
             }
         }
         assert_eq!(rf.left, rg.left, "verdicts differ");

@@ -12,9 +12,7 @@ use arbitrary::Arbitrary;
 use colo_proxy::buf::{PacketBuf, VecBuf};
 use colo_proxy::rewrite::{Direction, Outcome, Rewriter, RewriterConfig};
 use libfuzzer_sys::fuzz_target;
-use rewrite_util::{decode, Seg, ACK, FIN, PSH, SYN};
-
-const C: u32 = 7_000;
+use rewrite_util::{decode, Seg, ACK, FIN, PSH};
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -40,36 +38,13 @@ struct Input {
     junk: Vec<u8>,
 }
 
-/// A rewriter that learned the connection with seq offset `s − p`, timestamp offset
-/// `tss − tsp`, for segments shaped like `shape`.
 fn learned(shape: &Seg, p: u32, s: u32, tsp: u32, tss: u32) -> Rewriter {
-    let mut rw = Rewriter::new(RewriterConfig {
+    // A small table: the default one costs more to allocate than the whole run.
+    let cfg = RewriterConfig {
         table_capacity: 4,
         ..RewriterConfig::default()
-    });
-    let mk = |mut x: Seg| {
-        x.v6 = shape.v6;
-        x.vlan = shape.vlan;
-        x.ip_opt_words = shape.ip_opt_words;
-        x.v6_ext = shape.v6_ext;
-        x.build()
     };
-    let steps = [
-        (Direction::ToSecondary, mk(Seg::client(C, 0, SYN).ts(1, 0))),
-        (
-            Direction::FromSecondary,
-            mk(Seg::vm(s, C + 1, SYN | ACK).ts(tss, 1)),
-        ),
-        (
-            Direction::ToSecondary,
-            mk(Seg::client(C + 1, p.wrapping_add(1), ACK).ts(2, tsp)),
-        ),
-    ];
-    for (d, f) in steps {
-        let mut b = VecBuf::from_slice(&f);
-        let _ = rw.process(d, &mut b, 1);
-    }
-    rw
+    rewrite_util::learned_with(cfg, shape, p, s, tsp, tss)
 }
 
 fuzz_target!(|i: Input| {

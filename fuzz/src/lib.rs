@@ -181,6 +181,26 @@ impl FrameSpec {
     }
 }
 
+/// One step of a compare-engine run (the compare targets' input).
+#[derive(Arbitrary, Debug)]
+pub enum CompareOp {
+    /// A primary frame.
+    P(FrameSpec),
+    /// A secondary frame (with the fields a second VM changes anyway changed).
+    S(FrameSpec),
+    /// The primary's frame, then the secondary's copy of it.
+    Both(FrameSpec),
+    /// Advance the clock by this many ms and tick.
+    Tick(u16),
+    /// A checkpoint completed.
+    Checkpoint,
+    /// Failover: release everything.
+    Flush,
+}
+
+/// One millisecond in ns.
+pub const MS: u64 = 1_000_000;
+
 /// The secondary's copy of a frame: the fields a second VM changes anyway (IPv4 ID, TTL, the
 /// IP checksum, the TCP checksum) differ; the compare must ignore them.
 pub fn as_secondary(mut f: Vec<u8>) -> Vec<u8> {
