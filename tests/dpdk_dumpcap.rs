@@ -8,7 +8,10 @@
 //!
 //! dumpcap is a secondary process, so it needs shared memory: hugepages, and neither
 //! `--in-memory` nor `--no-shconf`. Skipped with a message when `dpdk-dumpcap` is missing or
-//! too few hugepages are free (CI reserves them with .ci/setup → dpdk-config/setup-hugepages.sh).
+//! too few hugepages are free, a failure under CI (tests/prereq; CI reserves them with
+//! .ci/setup → dpdk-config/setup-hugepages.sh).
+
+mod prereq;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -194,23 +197,20 @@ fn dumpcap_captures_a_colo_proxy_port() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
+    let test = "dumpcap_captures_a_colo_proxy_port";
     let have_dumpcap = Command::new("dpdk-dumpcap")
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok();
-    if !have_dumpcap {
-        println!("SKIP dumpcap_captures_a_colo_proxy_port: dpdk-dumpcap not installed (apt install dpdk)");
+    let missing =
+        (!have_dumpcap).then(|| "dpdk-dumpcap not installed (apt install dpdk-dev)".into());
+    if !prereq::require(test, missing) {
         return;
     }
-    let free = dpdk::hugepages_free();
-    if free < PAGES_NEEDED {
-        println!(
-            "SKIP dumpcap_captures_a_colo_proxy_port: {free} free hugepages, need {PAGES_NEEDED} \
-             (dumpcap is a secondary process and needs shared hugepage memory; run \
-             dpdk-config/setup-hugepages.sh)"
-        );
+    // dumpcap is a secondary process and needs shared hugepage memory.
+    if !prereq::require(test, prereq::missing_hugepages(PAGES_NEEDED)) {
         return;
     }
     let prefix = format!("colo-dumpcap-{}", std::process::id());
@@ -280,9 +280,16 @@ fn dumpcap_captures_a_colo_proxy_port() {
         .stderr(Stdio::null())
         .output();
     let _ = std::fs::remove_file(&ng);
-    let Ok(fields) = fields.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()) else {
-        println!("SKIP pcapng read-back: tshark not installed (pcap format checked)");
-        return;
+    let fields = match fields {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Err(e) => {
+            // The pcap format was checked above; the pcapng read-back needs tshark.
+            prereq::require(
+                "pcapng read-back",
+                Some(format!("tshark: {e} (apt install tshark)")),
+            );
+            return;
+        }
     };
     let mut frames = Vec::new();
     for line in fields.lines() {
@@ -361,10 +368,11 @@ fn pdump_init_refuses_eal_without_shared_memory() {
         return;
     }
     let mut modes = vec![("--no-huge -m 256", "--no-huge")];
-    if dpdk::hugepages_free() >= PAGES_NEEDED {
+    if prereq::require(
+        "pdump_init --in-memory case",
+        prereq::missing_hugepages(PAGES_NEEDED),
+    ) {
         modes.push(("--in-memory", "--in-memory"));
-    } else {
-        println!("SKIP --in-memory case: too few free hugepages");
     }
     for (i, (mem, why)) in modes.into_iter().enumerate() {
         let prefix = format!("colo-dumpcap-no{i}-{}", std::process::id());

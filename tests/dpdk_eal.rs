@@ -45,8 +45,10 @@ fn eal_up_with_hugepages() {
         result("pool_capacity", pool.capacity());
         return;
     }
-    if dpdk::hugepages_free() == 0 {
-        println!("SKIPPED eal_up_with_hugepages: no free hugepages (HugePages_Free = 0); run dpdk-config/setup-hugepages.sh");
+    if !dpdk_common::prereq::require(
+        "eal_up_with_hugepages",
+        dpdk_common::prereq::missing_hugepages(1),
+    ) {
         return;
     }
     let c = spawn("eal_up_with_hugepages");

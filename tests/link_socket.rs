@@ -169,14 +169,25 @@ fn client_backs_off_then_reconnects_after_peer_restart() {
     let d = TempDir::new("rc");
     let a = d.sock("s");
     let mut client = FramedSocket::new(cfg(&a, Role::Client, false)).unwrap();
-    // No server yet: failed attempts with back-off (10, 20, 40, 80, 80 ms ...).
+    // No server yet: failed attempts with back-off (10, 20, 40, 80, 80 ms ...). Polled until
+    // five attempts failed (bounded), then the back-off is checked from below: five attempts
+    // need at least 10 + 20 + 40 + 80 ms. (A fixed 300 ms window with a count range failed
+    // on a loaded machine, where the loop itself can be descheduled for that long.)
     let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_millis(300) {
+    until(|| {
         client.flush();
-        std::thread::sleep(Duration::from_millis(1));
-    }
+        client.stats().connect_failures >= 5
+    });
+    let took = t0.elapsed();
     let fails = client.stats().connect_failures;
-    assert!((3..=10).contains(&fails), "{fails} attempts in 300 ms");
+    assert_eq!(
+        fails, 5,
+        "one attempt per flush at most once its back-off expired"
+    );
+    assert!(
+        took >= Duration::from_millis(150),
+        "{fails} attempts in {took:?}: back-off not respected"
+    );
     for round in 0..3 {
         let mut server = FramedSocket::new(cfg(&a, Role::Server, false)).unwrap();
         let mut got = Vec::new();

@@ -139,8 +139,10 @@ fn divergence_packets_and_comments_read_back() {
     let st = w.stats();
     assert_eq!((st.divergences, st.packets, st.files), (2, 7, 1));
 
-    if Command::new("tshark").arg("--version").output().is_err() {
-        eprintln!("SKIP tshark part: tshark not installed");
+    if !prereq::require(
+        "capture tshark part",
+        prereq::missing_program("tshark", "apt install tshark"),
+    ) {
         return;
     }
     let out = Command::new("tshark")

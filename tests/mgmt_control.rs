@@ -268,10 +268,10 @@ fn slow_subscriber_loses_events_not_memory_and_others_are_served() {
         }
     }
     assert_eq!(sent, n);
-    // Others are still served promptly while the stuck client holds a full backlog.
-    let t = std::time::Instant::now();
+    // Others are still served while the stuck client holds a full backlog: a server blocked
+    // on the stuck client would never answer, and `ask` fails after its 5 s timeout. (No
+    // latency window here: a 2 s bound on a loaded CI machine measures the machine.)
     assert!(ask(&sock, "stats").ok);
-    assert!(t.elapsed() < Duration::from_secs(2));
     let live_got = reader.join().unwrap();
     let m = run.join();
     let st = m.stats();
@@ -576,9 +576,8 @@ fn a_flooding_client_that_never_reads_is_cut_off_and_others_are_served() {
     });
     // Others are served meanwhile.
     for _ in 0..20 {
-        let t0 = std::time::Instant::now();
+        // Answered at all (`ask` times out after 5 s): the flooder does not block the server.
         assert!(ask(&sock, "flows 1").ok);
-        assert!(t0.elapsed() < Duration::from_secs(2));
     }
     assert!(wait_for(20, || ask(&sock, "stats").result.unwrap()["mgmt"]
         ["control"]["slow_closed"]

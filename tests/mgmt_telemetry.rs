@@ -96,14 +96,8 @@ fn telemetry_child() {
 
 #[test]
 fn colo_commands_answer_dpdk_telemetry_py() {
-    if Command::new("dpdk-telemetry.py")
-        .arg("-h")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_err()
-    {
-        eprintln!("SKIP: dpdk-telemetry.py not installed");
+    let missing = prereq::missing_program("dpdk-telemetry.py", "apt install dpdk-dev");
+    if !prereq::require("colo_commands_answer_dpdk_telemetry_py", missing) {
         return;
     }
     let prefix = format!("colo-tel-{}", std::process::id());

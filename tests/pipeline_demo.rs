@@ -104,8 +104,13 @@ fn identical_guests_with_different_isns_are_released_without_divergence() {
     assert_eq!(n(c, &["divergences"]), 0, "{c}");
     assert_eq!(n(&r, &["mgmt", "checkpoint", "requested"]), 0);
     // The PVM and SVM pick different ISNs: only the rewriter makes their output compare equal.
-    assert!(n(c, &["rewritten"]) > 1000, "{c}");
-    assert!(n(c, &["released_matched"]) > 1000, "{c}");
+    // (Relations between counts, not throughput thresholds: a loaded CI machine completes
+    // fewer transactions in 3 s, never different ones.) Every completed connection had SVM
+    // segments rewritten and primaries released as matched.
+    let completed = n(&r["client"], &["tcp_completed"]);
+    assert!(completed > 0, "{}", r["client"]);
+    assert!(n(c, &["rewritten"]) >= completed, "{c}");
+    assert!(n(c, &["released_matched"]) >= completed, "{c}");
     assert_eq!(n(c, &["released_uncompared"]), 0, "{c}");
     assert_eq!(n(c, &["released_checkpoint"]), 0, "{c}");
     // Every primary that entered a shard left it matched.
@@ -115,10 +120,9 @@ fn identical_guests_with_different_isns_are_released_without_divergence() {
         "{c}"
     );
     let cl = &r["client"];
-    assert!(n(cl, &["tcp_completed"]) > 100, "{cl}");
     assert_eq!(n(cl, &["tcp_failed"]), 0, "{cl}");
     assert!(
-        n(cl, &["udp_answered"]) > 10 && n(cl, &["icmp_answered"]) > 10,
+        n(cl, &["udp_answered"]) > 0 && n(cl, &["icmp_answered"]) > 0,
         "{cl}"
     );
 }
@@ -154,9 +158,11 @@ fn injected_divergence_requests_checkpoints_and_traffic_keeps_flowing() {
         n(c, &["checkpoints_applied"]) >= n(ck, &["completed"]),
         "{c}"
     );
-    // Checkpoints unblock the diverged connections: the client keeps completing transactions
-    // and never sees a wrong answer (the SVM's differing replies are never released).
-    assert!(n(&r, &["client", "tcp_completed"]) > 100, "{}", r["client"]);
+    // Checkpoints unblock the diverged connections: held answers are released by them, the
+    // client keeps completing transactions (more than the 32 it runs at once, so connections
+    // went on after divergences) and never sees a wrong answer (the SVM's differing replies are
+    // never released). Counts, not a throughput threshold.
+    assert!(n(&r, &["client", "tcp_completed"]) > 32, "{}", r["client"]);
     assert!(n(c, &["released_checkpoint"]) > 0, "{c}");
 }
 
@@ -175,6 +181,22 @@ fn ctl(sock: &Path, words: &[&str]) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("ctl {words:?}: {e}: {text}"))
+}
+
+/// `ctl words` until `ok` accepts the reply (every 50 ms, at most 20 s); the last reply.
+fn poll_ctl(
+    sock: &Path,
+    words: &[&str],
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = ctl(sock, words);
+        if ok(&v) || Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -209,12 +231,13 @@ fn the_control_socket_drives_a_running_demo_and_shutdown_stops_it() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // The socket is there; wait (bounded) for the server to answer and traffic to flow.
+    let stats = poll_ctl(&sock, &["stats"], |s| {
+        n(&s["result"]["dataplane"]["totals"], &["mirrored"]) > 0
+    });
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
-
-    let stats = ctl(&sock, &["stats"]);
     let totals = &stats["result"]["dataplane"]["totals"];
     assert!(n(totals, &["mirrored"]) > 0, "{stats}");
     assert!(
@@ -239,10 +262,11 @@ fn the_control_socket_drives_a_running_demo_and_shutdown_stops_it() {
     // Bypass UDP port 7000 (the demo's UDP service): its primaries are released uncompared.
     let added = ctl(&sock, &["bypass", "add", "udp", "7000"]);
     assert_eq!(added["result"].as_array().map(Vec::len), Some(1), "{added}");
-    std::thread::sleep(Duration::from_millis(500));
     let listed = ctl(&sock, &["bypass", "list"]);
     assert_eq!(listed["result"][0]["proto"], "udp", "{listed}");
-    let stats = ctl(&sock, &["stats"]);
+    let stats = poll_ctl(&sock, &["stats"], |s| {
+        n(&s["result"]["dataplane"]["totals"], &["released_bypass"]) > 0
+    });
     assert!(
         n(
             &stats["result"]["dataplane"]["totals"],
@@ -256,7 +280,12 @@ fn the_control_socket_drives_a_running_demo_and_shutdown_stops_it() {
     // An operator's checkpoint-done reaches every stage.
     let done = ctl(&sock, &["checkpoint-done"]);
     assert_eq!(done["ok"], true, "{done}");
-    let stats = ctl(&sock, &["stats"]);
+    let stats = poll_ctl(&sock, &["stats"], |s| {
+        n(
+            &s["result"]["dataplane"]["totals"],
+            &["checkpoints_applied"],
+        ) >= 1
+    });
     assert!(
         n(
             &stats["result"]["dataplane"]["totals"],
@@ -270,10 +299,14 @@ fn the_control_socket_drives_a_running_demo_and_shutdown_stops_it() {
     let before = ctl(&sock, &["stats"])["result"]["dataplane"]["totals"].clone();
     let fo = ctl(&sock, &["failover"]);
     assert_eq!(fo["ok"], true, "{fo}");
-    std::thread::sleep(Duration::from_millis(300));
+    // `ctl failover` returns once every lcore applied it (counters are live): from here on
+    // nothing is mirrored, and the PVM's traffic keeps flowing uncompared.
     let mid = ctl(&sock, &["stats"])["result"]["dataplane"]["totals"].clone();
-    std::thread::sleep(Duration::from_millis(700));
-    let after = ctl(&sock, &["stats"]);
+    let after = poll_ctl(&sock, &["stats"], |s| {
+        let t = &s["result"]["dataplane"]["totals"];
+        n(t, &["tx"]) > n(&mid, &["tx"])
+            && n(t, &["released_uncompared"]) > n(&before, &["released_uncompared"])
+    });
     let t = &after["result"]["dataplane"]["totals"];
     assert_eq!(n(&after["result"]["mgmt"], &["failovers"]), 1, "{after}");
     assert!(
@@ -293,12 +326,15 @@ fn the_control_socket_drives_a_running_demo_and_shutdown_stops_it() {
     let bye = ctl(&sock, &["shutdown"]);
     assert_eq!(bye["ok"], true, "{bye}");
     let out = wait_bounded(child, Duration::from_secs(20));
-    assert!(
-        started.elapsed() < Duration::from_secs(40),
-        "shutdown did not stop the demo early"
-    );
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    // The demo's own clock (not this test's, which includes start-up on a loaded machine):
+    // it ran far less than its 50 s.
+    let ran = r["seconds"].as_f64().unwrap_or(f64::MAX);
+    assert!(
+        ran < 45.0,
+        "shutdown did not stop the demo early: ran {ran} s"
+    );
     assert_invariants(&out, &r);
 }
 

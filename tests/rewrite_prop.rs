@@ -3,40 +3,11 @@
 mod rewrite_util;
 
 use colo_proxy::buf::VecBuf;
-use colo_proxy::rewrite::{Direction, Outcome, Rewriter, RewriterConfig};
+use colo_proxy::rewrite::{Direction, Outcome};
 use proptest::prelude::*;
 use rewrite_util::*;
 
-const C: u32 = 7_000;
-
-/// A rewriter that learned seq offset `s − p` and timestamp offset `tss − tsp` for the
-/// connection every `Seg` of this test uses (same addressing options as `shape`).
-fn learned(shape: &Seg, p: u32, s: u32, tsp: u32, tss: u32) -> Rewriter {
-    let mut rw = Rewriter::new(RewriterConfig::default());
-    let mk = |mut x: Seg| {
-        x.v6 = shape.v6;
-        x.vlan = shape.vlan;
-        x.ip_opt_words = shape.ip_opt_words;
-        x.v6_ext = shape.v6_ext;
-        x.build()
-    };
-    let steps = [
-        (Direction::ToSecondary, mk(Seg::client(C, 0, SYN).ts(1, 0))),
-        (
-            Direction::FromSecondary,
-            mk(Seg::vm(s, C + 1, SYN | ACK).ts(tss, 1)),
-        ),
-        (
-            Direction::ToSecondary,
-            mk(Seg::client(C + 1, p.wrapping_add(1), ACK).ts(2, tsp)),
-        ),
-    ];
-    for (d, f) in steps {
-        let mut b = VecBuf::from_slice(&f);
-        let _ = rw.process(d, &mut b, 1);
-    }
-    rw
-}
+const C: u32 = LEARN_CLIENT_ISN;
 
 fn seg_strategy() -> impl Strategy<Value = Seg> {
     (

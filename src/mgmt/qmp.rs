@@ -198,6 +198,43 @@ impl QmpSink {
     }
 }
 
+impl QmpSink {
+    /// Handle every complete line in the read buffer. False when the session was dropped (a
+    /// malformed or unexpected line, or a line longer than [`MAX_QMP_LINE`]).
+    fn take_lines(&mut self, now_ns: u64, out: &mut Vec<SinkEvent>) -> bool {
+        while let Some(nl) = self.rbuf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.rbuf.drain(..=nl).collect();
+            let line = line.trim_ascii();
+            if line.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.handle_line(line, out) {
+                self.lost(e, now_ns, out);
+                return false;
+            }
+        }
+        if self.rbuf.len() > MAX_QMP_LINE {
+            self.lost("QMP line too long".into(), now_ns, out);
+            return false;
+        }
+        true
+    }
+
+    /// Take bytes as if QEMU had sent them on the current session: exactly what
+    /// [`CheckpointSink::poll`] does with what it reads, without a socket (for tests and the
+    /// fuzzer). Returns false when the bytes ended the session. Lines the sink would send are
+    /// dropped with the session, as on a real disconnect.
+    pub fn receive(&mut self, bytes: &[u8], now_ns: u64, out: &mut Vec<SinkEvent>) -> bool {
+        self.rbuf.extend_from_slice(bytes);
+        self.take_lines(now_ns, out)
+    }
+
+    /// Bytes queued for QEMU and not yet written (for tests and the fuzzer).
+    pub fn pending_output(&self) -> &[u8] {
+        &self.wbuf
+    }
+}
+
 impl CheckpointSink for QmpSink {
     fn name(&self) -> &str {
         "qmp"
@@ -238,19 +275,7 @@ impl CheckpointSink for QmpSink {
             ReadOutcome::Closed(why) => Some(why),
             ReadOutcome::Data => None,
         };
-        while let Some(nl) = self.rbuf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.rbuf.drain(..=nl).collect();
-            let line = line.trim_ascii();
-            if line.is_empty() {
-                continue;
-            }
-            if let Err(e) = self.handle_line(line, out) {
-                self.lost(e, now_ns, out);
-                return;
-            }
-        }
-        if self.rbuf.len() > MAX_QMP_LINE {
-            self.lost("QMP line too long".into(), now_ns, out);
+        if !self.take_lines(now_ns, out) {
             return;
         }
         if let Some(why) = closed {

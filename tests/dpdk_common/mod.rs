@@ -3,6 +3,9 @@
 //! The child prints `RESULT key=value` lines; the parent asserts on them and on the exit status.
 #![allow(dead_code)]
 
+#[path = "../prereq/mod.rs"]
+pub mod prereq;
+
 use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;

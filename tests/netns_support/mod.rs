@@ -9,6 +9,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+#[path = "../prereq/mod.rs"]
+pub mod prereq;
+
 /// The services and the client, run with the system Python.
 pub const SVC_PY: &str = include_str!("svc.py");
 
@@ -48,6 +51,12 @@ pub fn skip_reason() -> Option<String> {
         }
     }
     None
+}
+
+/// True when the lab can run here; otherwise the calling test is skipped, or fails in CI
+/// ([`prereq::require`]).
+pub fn lab_available(test: &str) -> bool {
+    prereq::require(test, skip_reason())
 }
 
 /// Run a command, panic with its output when it fails.

@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod compare;
+#[path = "../prereq/mod.rs"]
+pub mod prereq;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,24 +14,28 @@ use colo_proxy::link::socket::{FramedSocket, Role, SocketConfig};
 
 pub const QEMU: &str = "qemu-system-x86_64";
 
-/// True when QEMU can run here; otherwise prints why the calling test is skipped.
-pub fn qemu_available(test: &str) -> bool {
+/// Why QEMU cannot run here, or None.
+pub fn qemu_missing() -> Option<String> {
     match Command::new(QEMU)
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
     {
-        Ok(s) if s.success() => true,
-        Ok(s) => {
-            eprintln!("SKIPPED {test}: `{QEMU} --version` failed ({s}); QEMU cannot run here");
-            false
-        }
-        Err(e) => {
-            eprintln!("SKIPPED {test}: cannot run {QEMU}: {e}");
-            false
-        }
+        Ok(s) if s.success() => None,
+        Ok(s) => Some(format!(
+            "`{QEMU} --version` failed ({s}); QEMU cannot run here"
+        )),
+        Err(e) => Some(format!(
+            "cannot run {QEMU}: {e} (apt install qemu-system-x86)"
+        )),
     }
+}
+
+/// True when QEMU can run here; otherwise the calling test is skipped, or fails in CI
+/// ([`prereq::require`]).
+pub fn qemu_available(test: &str) -> bool {
+    prereq::require(test, qemu_missing())
 }
 
 /// A temporary directory removed on drop.
@@ -107,9 +113,11 @@ impl Qemu {
         q
     }
 
-    /// QMP handshake then `query-status` until it says running.
+    /// QMP handshake then `query-status` until it says running. Replies are matched by their
+    /// `id`; asynchronous events (and anything else without our id) are skipped, so an event
+    /// line arriving first cannot be taken for the reply ([`qmp_reply`]).
     fn wait_running(&mut self, qmp: &Path, deadline: Instant) {
-        use std::io::{BufRead, BufReader, Write};
+        use std::io::{BufReader, Write};
         let s = loop {
             match std::os::unix::net::UnixStream::connect(qmp) {
                 Ok(s) => break s,
@@ -122,22 +130,32 @@ impl Qemu {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut w = s.try_clone().unwrap();
         let mut r = BufReader::new(s);
-        let mut line = String::new();
-        let read = |r: &mut BufReader<std::os::unix::net::UnixStream>, line: &mut String| {
-            line.clear();
-            r.read_line(line).expect("qmp read");
-            assert!(!line.is_empty(), "qmp closed: {}", self.log_text());
-        };
-        read(&mut r, &mut line); // greeting
-        w.write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
-            .unwrap();
-        read(&mut r, &mut line);
-        w.write_all(b"{\"execute\":\"query-status\"}\n").unwrap();
-        read(&mut r, &mut line);
+        let log = self.log.clone();
+        let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+        let greeting = qmp_read_line(&mut r).unwrap_or_else(|e| panic!("qmp: {e}: {}", log_text()));
         assert!(
-            line.contains("\"running\": true"),
-            "qemu not running: {line}"
+            greeting.get("QMP").is_some(),
+            "expected the QMP greeting: {greeting}"
         );
+        w.write_all(b"{\"execute\":\"qmp_capabilities\",\"id\":1}\n")
+            .unwrap();
+        let caps = qmp_reply(&mut r, 1).unwrap_or_else(|e| panic!("qmp: {e}: {}", log_text()));
+        assert!(
+            caps.get("return").is_some(),
+            "qmp_capabilities refused: {caps}"
+        );
+        let mut id = 2u64;
+        loop {
+            w.write_all(format!("{{\"execute\":\"query-status\",\"id\":{id}}}\n").as_bytes())
+                .unwrap();
+            let st = qmp_reply(&mut r, id).unwrap_or_else(|e| panic!("qmp: {e}: {}", log_text()));
+            if st["return"]["running"] == serde_json::Value::Bool(true) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "qemu not running: {st}");
+            id += 1;
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn log_text(&self) -> String {
@@ -155,6 +173,27 @@ impl Drop for Qemu {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// One QMP message (a JSON line), or why there is none (closed, timeout, not JSON).
+pub fn qmp_read_line(r: &mut impl std::io::BufRead) -> Result<serde_json::Value, String> {
+    let mut line = String::new();
+    match r.read_line(&mut line) {
+        Ok(0) => Err("qmp closed".into()),
+        Ok(_) => serde_json::from_str(&line).map_err(|e| format!("not QMP JSON ({e}): {line:?}")),
+        Err(e) => Err(format!("qmp read: {e}")),
+    }
+}
+
+/// The reply to the command sent with `id`: lines until one carries that id. Events
+/// (`{"event": ...}`) and replies to other ids are skipped.
+pub fn qmp_reply(r: &mut impl std::io::BufRead, id: u64) -> Result<serde_json::Value, String> {
+    loop {
+        let v = qmp_read_line(r)?;
+        if v.get("event").is_none() && v.get("id").and_then(serde_json::Value::as_u64) == Some(id) {
+            return Ok(v);
+        }
     }
 }
 

@@ -360,3 +360,49 @@ pub fn vm_handshake(h: &mut H, p: u32, s: u32, r: u32) -> Tcp {
     h.send(&Seg::vm(s.wrapping_add(1), r.wrapping_add(1), ACK));
     synack
 }
+
+/// The client's ISN in [`learned`]'s handshake.
+pub const LEARN_CLIENT_ISN: u32 = 7_000;
+
+/// A rewriter that learned seq offset `s − p` and timestamp offset `tss − tsp` for the
+/// connection every `Seg` built like `shape` uses (same addressing options), with the
+/// default configuration.
+pub fn learned(shape: &Seg, p: u32, s: u32, tsp: u32, tss: u32) -> Rewriter {
+    learned_with(RewriterConfig::default(), shape, p, s, tsp, tss)
+}
+
+/// [`learned`] with a given configuration.
+pub fn learned_with(
+    cfg: RewriterConfig,
+    shape: &Seg,
+    p: u32,
+    s: u32,
+    tsp: u32,
+    tss: u32,
+) -> Rewriter {
+    const C: u32 = LEARN_CLIENT_ISN;
+    let mut rw = Rewriter::new(cfg);
+    let mk = |mut x: Seg| {
+        x.v6 = shape.v6;
+        x.vlan = shape.vlan;
+        x.ip_opt_words = shape.ip_opt_words;
+        x.v6_ext = shape.v6_ext;
+        x.build()
+    };
+    let steps = [
+        (Direction::ToSecondary, mk(Seg::client(C, 0, SYN).ts(1, 0))),
+        (
+            Direction::FromSecondary,
+            mk(Seg::vm(s, C + 1, SYN | ACK).ts(tss, 1)),
+        ),
+        (
+            Direction::ToSecondary,
+            mk(Seg::client(C + 1, p.wrapping_add(1), ACK).ts(2, tsp)),
+        ),
+    ];
+    for (d, f) in steps {
+        let mut b = VecBuf::from_slice(&f);
+        let _ = rw.process(d, &mut b, 1);
+    }
+    rw
+}
