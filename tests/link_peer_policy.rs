@@ -3,10 +3,13 @@
 //! peer is read to its end before the next one takes over; a peer whose host vanished (no FIN)
 //! is found dead by TCP keepalive within the bound and its restart admitted.
 
+mod peer_support;
+
 use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
+
+use peer_support::{connect_from, vanish};
 
 use colo_proxy::link::access::{Allowlist, Keepalive, PeerPolicy};
 use colo_proxy::link::framing::FrameConfig;
@@ -66,21 +69,6 @@ fn closed_by_server(c: &mut TcpStream) -> bool {
 
 fn tcp_addr(s: &FramedSocket) -> SocketAddr {
     s.local_tcp_addr().unwrap()
-}
-
-/// A TCP connection from a chosen local address (127.0.0.2, ...).
-fn connect_from(local: &str, to: SocketAddr) -> TcpStream {
-    use rustix::net::{AddressFamily, SocketType};
-    let local: IpAddr = local.parse().unwrap();
-    let fam = if local.is_ipv4() {
-        AddressFamily::INET
-    } else {
-        AddressFamily::INET6
-    };
-    let fd = rustix::net::socket(fam, SocketType::STREAM, None).unwrap();
-    rustix::net::bind(&fd, &SocketAddr::new(local, 0)).unwrap();
-    rustix::net::connect(&fd, &to).unwrap();
-    TcpStream::from(fd)
 }
 
 #[test]
@@ -217,31 +205,6 @@ fn a_closing_peer_is_read_to_its_end_before_the_next_takes_over() {
     assert_eq!(s.stats().waited, 1);
     let st = s.stats();
     assert_eq!((st.refused_busy, st.connects), (0, 2), "{st:?}");
-}
-
-/// Close a connection without a FIN or RST, as if its host lost power: `TCP_REPAIR` makes
-/// the kernel drop the socket silently (needs CAP_NET_ADMIN; the tests run as root). The peer
-/// learns of it only by sending something: its keepalive probe then gets a reset.
-fn vanish(s: TcpStream) {
-    let on: libc::c_int = 1;
-    // SAFETY: valid fd owned by `s` for the call; the option value is a c_int that lives
-    // across the call, with its size passed.
-    let r = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_REPAIR,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(
-        r,
-        0,
-        "TCP_REPAIR (needs root): {}",
-        std::io::Error::last_os_error()
-    );
-    drop(s);
 }
 
 /// The peer's host "dies" (no FIN); its restarted process knocks every 100 ms, like a QEMU

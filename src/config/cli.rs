@@ -13,6 +13,9 @@ pub fn check_config(file: &Path) -> ExitCode {
         Ok(cfg) => {
             let eal = cfg.eal_args(&[]);
             print!("{}", summary(&cfg, &eal));
+            for w in cfg.warnings() {
+                eprintln!("warning: {}: {w}", file.display());
+            }
             ExitCode::SUCCESS
         }
         Err(err) => {

@@ -31,6 +31,9 @@ pub fn run(config_path: &Path, eal_overrides: &[String]) -> ExitCode {
     if cfg.role == Role::Compare {
         return crate::link::dropin::run(&cfg);
     }
+    for w in cfg.warnings() {
+        eprintln!("warning: {}: {w}", config_path.display());
+    }
     match run_pipeline(&cfg, eal_overrides) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,

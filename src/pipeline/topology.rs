@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::compare::{self, Comparator};
-use crate::config::{Config, LinkSpec, PortDevice, PortSpec, Role, SockAddr, SocketMode};
+use crate::config::{Config, Endpoint, LinkSpec, PortDevice, PortSpec, Role, SockAddr, SocketMode};
 use crate::dpdk::{self, Mbuf, Mempool, Port, PortConfig, RingFlags};
 use crate::link::encap::{EncapConfig, EncapTx, OVERHEAD};
 use crate::link::framing::FrameConfig;
@@ -127,12 +127,8 @@ fn check_link_mtu(name: &str, spec: &PortSpec, p: &mut Port) {
     }
 }
 
-fn socket(
-    addr: &SockAddr,
-    mode: SocketMode,
-    vnet: bool,
-    reconnect_ms: u64,
-) -> Result<FramedSocket, String> {
+fn socket(ep: &Endpoint, vnet: bool, reconnect_ms: u64) -> Result<FramedSocket, String> {
+    let (addr, mode) = (&ep.addr, ep.mode);
     let shown = addr.to_string();
     let addr = match addr {
         SockAddr::Tcp(a) => LinkAddr::Tcp(*a),
@@ -147,6 +143,9 @@ fn socket(
     // One read per poll bounds the frames a stage takes in one loop.
     sc.max_reads_per_poll = 1;
     sc.read_buf = 64 * 1024;
+    // Who may connect (allow, replace_peer) and how fast a dead peer is noticed.
+    sc.policy = ep.peer_policy(false);
+    sc.keepalive = ep.keepalive();
     FramedSocket::new(sc).map_err(|e| format!("link socket {shown}: {e}"))
 }
 
@@ -281,8 +280,8 @@ pub fn build(
             } else {
                 (secondary_out, mirror)
             };
-            let tx = socket(&out.addr, out.mode, *vnet_hdr_support, *reconnect_ms)?;
-            let rx = socket(&inn.addr, inn.mode, *vnet_hdr_support, *reconnect_ms)?;
+            let tx = socket(out, *vnet_hdr_support, *reconnect_ms)?;
+            let rx = socket(inn, *vnet_hdr_support, *reconnect_ms)?;
             (
                 LinkTx::Socket(Box::new(tx), Default::default()),
                 LinkRx::socket(rx, pool.clone()),
