@@ -25,6 +25,9 @@ pub fn connect_from(local: &str, to: SocketAddr) -> TcpStream {
 /// the kernel drop the socket silently (needs CAP_NET_ADMIN; the tests run as root). The other
 /// end learns of it only by sending something: its keepalive probe then gets a reset.
 pub fn vanish(s: TcpStream) {
+    // A delayed ACK still due from the other end would hit the hole at once and be answered
+    // with a reset; let it go out first, so that only a keepalive probe can find the hole.
+    std::thread::sleep(Duration::from_millis(300));
     let on: libc::c_int = 1;
     // SAFETY: valid fd owned by `s` for the call; the option value is a c_int that lives
     // across the call, with its size passed.
