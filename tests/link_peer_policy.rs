@@ -13,7 +13,7 @@ use peer_support::{connect_from, vanish};
 
 use colo_proxy::link::access::{Allowlist, Keepalive, PeerPolicy};
 use colo_proxy::link::framing::FrameConfig;
-use colo_proxy::link::socket::{FramedSocket, LinkAddr, Role, SocketConfig};
+use colo_proxy::link::socket::{FramedSocket, LinkAddr, NamedPeerCounters, Role, SocketConfig};
 
 fn server(addr: &str, policy: PeerPolicy, keepalive_ms: Option<u64>) -> FramedSocket {
     let mut c = SocketConfig::new(
@@ -103,6 +103,21 @@ fn stranger_is_refused_and_counted_while_the_live_peer_keeps_working() {
     let shared = s.peer_counters().snapshot();
     assert_eq!(shared.refused_busy, 1);
     assert!(shared.connected);
+    // What `ctl stats` (`dataplane.link_sockets`) and the final report show.
+    let named = NamedPeerCounters {
+        name: "secondary-out",
+        addr: format!("tcp:{a}"),
+        counters: s.peer_counters(),
+    };
+    let j = named.to_json();
+    assert_eq!(j["link"], "secondary-out");
+    assert_eq!(j["peers"]["refused_busy"], 1);
+    assert_eq!(j["peers"]["connects"], 1);
+    let line = named.line();
+    assert!(
+        line.contains("refused (not allowed 0 busy 1)") && line.ends_with("connected"),
+        "{line}"
+    );
 }
 
 #[test]

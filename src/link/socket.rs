@@ -342,6 +342,33 @@ impl PeerCounters {
     }
 }
 
+/// A link socket's counters under its stream name, for reports.
+#[derive(Debug, Clone)]
+pub struct NamedPeerCounters {
+    /// `mirror` or `secondary-out`.
+    pub name: &'static str,
+    /// The configured address (`tcp:...`, `unix:...`).
+    pub addr: String,
+    /// The counters.
+    pub counters: Arc<PeerCounters>,
+}
+
+impl NamedPeerCounters {
+    /// Name, address and a reading, as JSON for `ctl stats`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "link": self.name,
+            "addr": self.addr,
+            "peers": self.counters.snapshot(),
+        })
+    }
+
+    /// The report line.
+    pub fn line(&self) -> String {
+        self.counters.snapshot().line(self.name, &self.addr)
+    }
+}
+
 impl PeerSnapshot {
     /// One report line: `link mirror tcp:...: connects 1 disconnects 0 refused ...`.
     pub fn line(&self, name: &str, addr: &str) -> String {

@@ -78,7 +78,9 @@ fn run_pipeline(cfg: &Config, eal_overrides: &[String]) -> Result<bool, String> 
         hold,
         backoff,
         backlog,
+        link_sockets,
     } = topology::build(cfg, &pool, &mgmt.sender(), mgmt.capture_on())?;
+    control.set_link_sockets(link_sockets);
     if let Some(b) = backlog {
         control.set_backlog(b);
     }
@@ -139,6 +141,9 @@ fn run_pipeline(cfg: &Config, eal_overrides: &[String]) -> Result<bool, String> 
         "{}",
         manage::report_lines(&totals, &out.peak_lag, &control.port_drops())
     );
+    for s in control.link_sockets() {
+        println!("{}", s.line());
+    }
     let acc = totals.accounting();
     println!("accounting               {acc}");
     println!("frames left in rx queues {leftover} (freed)");

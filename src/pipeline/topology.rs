@@ -10,7 +10,9 @@ use crate::config::{Config, Endpoint, LinkSpec, PortDevice, PortSpec, Role, Sock
 use crate::dpdk::{self, Mbuf, Mempool, Port, PortConfig, RingFlags};
 use crate::link::encap::{EncapConfig, EncapTx, OVERHEAD};
 use crate::link::framing::FrameConfig;
-use crate::link::socket::{FramedSocket, LinkAddr, Role as SockRole, SocketConfig};
+use crate::link::socket::{
+    FramedSocket, LinkAddr, NamedPeerCounters, Role as SockRole, SocketConfig,
+};
 use crate::rewrite::{self, Rewriter};
 
 use super::backpressure::{BacklogBoard, PvmGate, Watermarks};
@@ -39,6 +41,8 @@ pub struct Topology {
     pub backoff: Backoff,
     /// The compare shards' published backlogs (primary; lag reports).
     pub backlog: Option<Arc<BacklogBoard>>,
+    /// Socket link: each stream's connection counters (refused peers, ...).
+    pub link_sockets: Vec<NamedPeerCounters>,
 }
 
 /// The compare engine's configuration from the file's `[compare]`.
@@ -229,6 +233,7 @@ pub fn build(
     };
 
     // The link, as (tx side, rx side).
+    let mut link_sockets = Vec::new();
     let (link_tx, link_rx) = match &cfg.link {
         Some(LinkSpec::Port {
             port: lp,
@@ -282,6 +287,18 @@ pub fn build(
             };
             let tx = socket(out, *vnet_hdr_support, *reconnect_ms)?;
             let rx = socket(inn, *vnet_hdr_support, *reconnect_ms)?;
+            let (tx_name, rx_name) = if cfg.role == Role::Primary {
+                ("mirror", "secondary-out")
+            } else {
+                ("secondary-out", "mirror")
+            };
+            for (name, ep, s) in [(tx_name, out, &tx), (rx_name, inn, &rx)] {
+                link_sockets.push(NamedPeerCounters {
+                    name,
+                    addr: ep.addr.to_string(),
+                    counters: s.peer_counters(),
+                });
+            }
             (
                 LinkTx::Socket(Box::new(tx), Default::default()),
                 LinkRx::socket(rx, pool.clone()),
@@ -404,5 +421,6 @@ pub fn build(
         hold,
         backoff,
         backlog,
+        link_sockets,
     })
 }
