@@ -284,6 +284,12 @@ impl RefusalLog {
 
     /// Log `why` for a refused peer now, unless a line was logged within the period.
     pub fn refused(&mut self, peer: &str, why: &str, now: Instant) {
+        self.log(&format!("refused peer {peer}: {why}"), now);
+    }
+
+    /// Log `msg` now, unless a line was logged within the period (then it is only counted,
+    /// and the count is added to the next line).
+    pub fn log(&mut self, msg: &str, now: Instant) {
         if self
             .last
             .is_some_and(|t| now.duration_since(t) < Self::PERIOD)
@@ -292,11 +298,11 @@ impl RefusalLog {
             return;
         }
         let more = if self.suppressed > 0 {
-            format!(" ({} more refused since the last message)", self.suppressed)
+            format!(" ({} more since the last message)", self.suppressed)
         } else {
             String::new()
         };
-        eprintln!("warning: {}: refused peer {peer}: {why}{more}", self.what);
+        eprintln!("warning: {}: {msg}{more}", self.what);
         self.last = Some(now);
         self.suppressed = 0;
     }

@@ -340,7 +340,7 @@ impl Management {
                 server_stats: ServerStats::default(),
                 outbox: Vec::new(),
                 shutdown: false,
-                unsolicited_log: crate::link::access::RefusalLog::new("checkpoint sink"),
+                unsolicited_log: crate::link::access::RefusalLog::new("checkpoint"),
             },
             rx,
             sender,
@@ -404,9 +404,8 @@ impl Management {
                             // Answers nothing we asked for: applying it would release every
                             // held primary on the peer's word alone.
                             self.core.coord.unsolicited_ignored();
-                            self.core.unsolicited_log.refused(
-                                &name,
-                                "checkpoint done that answers no request ignored (accept_unsolicited = false)",
+                            self.core.unsolicited_log.log(
+                                &format!("{name}: checkpoint done that answers no request ignored (accept_unsolicited = false)"),
                                 std::time::Instant::now(),
                             );
                             continue;
