@@ -390,9 +390,14 @@ impl ControlServer {
                 }
             }
             let tcp_clients = self.clients.iter().filter(|c| c.needs_token).count();
+            // The last slots are kept for the local (UNIX) operator, if there is a UNIX socket.
+            let reserved = if self.unix.is_some() {
+                self.cfg.unix_reserved
+            } else {
+                0
+            };
             let room = if needs_token {
-                // The last slots are kept for the local (UNIX) operator.
-                tcp_clients < self.cfg.max_clients.saturating_sub(self.cfg.unix_reserved)
+                tcp_clients < self.cfg.max_clients.saturating_sub(reserved)
                     && self.clients.len() < self.cfg.max_clients
             } else {
                 self.clients.len() < self.cfg.max_clients
