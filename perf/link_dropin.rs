@@ -42,6 +42,7 @@ fn child(dir: &Path) {
         outdev: server("outdev"),
         notify_dev: None,
         compare: CompareConfig::default(),
+        accept_unsolicited: false,
     };
     let mut d = DropIn::new(cfg).unwrap();
     let quit = AtomicBool::new(false);

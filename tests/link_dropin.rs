@@ -52,6 +52,7 @@ fn rig(tag: &str, vnet: bool, notify: bool, out_buf: usize) -> Rig {
             scan_period_ns: 60_000_000_000,
             ..CompareConfig::default()
         },
+        accept_unsolicited: false,
     };
     let d = DropIn::new(cfg).unwrap();
     let client = |id: &str, f: FrameConfig| {
@@ -430,4 +431,39 @@ control_socket = "{}"
         assert!(stdout.contains("final report"), "{stdout}");
         assert!(stdout.contains("primary       in 0 released 0"), "{stdout}");
     }
+}
+
+#[test]
+fn unsolicited_checkpoint_done_is_ignored_and_counted() {
+    let mut r = rig("unsol", true, true, 1 << 20);
+    let (mut out, mut notes) = (Vec::new(), Vec::new());
+    // A primary waiting for its secondary.
+    r.pri.send(0, &tcp(1, 1, b"primary!")).unwrap();
+    until(|| {
+        r.step(true, &mut out, &mut notes);
+        r.d.compare_counters().queued_primary == 1
+    });
+    // No DO_CHECKPOINT was sent: a COLO_CHECKPOINT now would release it unverified.
+    r.notify.as_mut().unwrap().send(0, CHECKPOINT_DONE).unwrap();
+    until(|| {
+        r.step(true, &mut out, &mut notes);
+        r.d.stats().unsolicited_ignored == 1
+    });
+    for _ in 0..20 {
+        r.step(true, &mut out, &mut notes);
+    }
+    assert!(out.is_empty(), "released on an unsolicited checkpoint");
+    assert_eq!(r.d.stats().checkpoints_done, 0);
+    // A divergence asks; the answer flushes.
+    r.sec.send(0, &tcp(1, 1, b"second!!")).unwrap();
+    until(|| {
+        r.step(true, &mut out, &mut notes);
+        notes.len() == 1
+    });
+    r.notify.as_mut().unwrap().send(0, CHECKPOINT_DONE).unwrap();
+    until(|| {
+        r.step(true, &mut out, &mut notes);
+        out.len() == 1
+    });
+    assert_eq!(r.d.stats().checkpoints_done, 1);
 }

@@ -213,7 +213,10 @@ fn new_peer_replaces_old_mid_frame_and_decoder_resets() {
     let d = TempDir::new("rep");
     let a = d.sock("s");
     let path = a.strip_prefix("unix:").unwrap().to_string();
-    let mut server = FramedSocket::new(cfg(&a, Role::Server, true)).unwrap();
+    // Newest-wins is opt-in (`replace_peer`); by default the live peer is kept.
+    let mut c = cfg(&a, Role::Server, true);
+    c.policy.replace_peer = true;
+    let mut server = FramedSocket::new(c).unwrap();
     let mut first = UnixStream::connect(&path).unwrap();
     // Half a frame from the first peer.
     first

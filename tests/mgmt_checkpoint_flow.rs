@@ -164,9 +164,9 @@ fn no_packet_lost_or_duplicated_across_checkpoints_in_flight() {
     });
     let m = mgmt_with(dir.path(), plane.clone(), |c| {
         c.xen = Some(XenConfig {
-            endpoint: NotifyEndpoint::ListenUnix(notify.clone()),
             vnet_hdr_support: false,
             reconnect_ns: 1_000_000,
+            ..XenConfig::new(NotifyEndpoint::ListenUnix(notify.clone()))
         });
         c.capture = Some(CaptureConfig {
             dir: capdir.clone(),

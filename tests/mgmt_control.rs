@@ -627,3 +627,196 @@ fn ctl_binary_streams_events() {
     );
     drop(run);
 }
+
+/// Poll `f` until it holds or `secs` pass.
+fn soon(secs: u64, what: &str, f: impl FnMut() -> bool) {
+    assert!(wait_for(secs, f), "{what}: not within {secs} s");
+}
+
+#[test]
+fn unauthenticated_tcp_clients_time_out_and_a_slot_stays_free_for_unix() {
+    let dir = TempDir::new("preauth");
+    let plane = Arc::new(FakePlane::default());
+    let m = mgmt_with(dir.path(), plane, |c| {
+        c.server.tcp = Some(("127.0.0.1:0".parse().unwrap(), "s3cret-s3cret-s3".into()));
+        c.server.max_clients = 4;
+        c.server.auth_timeout_ns = 300_000_000;
+    });
+    let addr = m.server().tcp_addr().unwrap();
+    let sock = dir.path().join("run/ctl.sock");
+    let run = Running::start(m);
+    // Idle TCP connections take every slot they may: all but the UNIX one.
+    let mut idle: Vec<TcpStream> = (0..5).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    for s in &idle {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    }
+    // The fourth and fifth were refused at once (the reserved slot is not for TCP).
+    for s in &mut idle[3..] {
+        let mut got = String::new();
+        let _ = s.read_to_string(&mut got);
+        assert!(got.contains("too many"), "{got:?}");
+    }
+    // The local operator still gets in while they sit there.
+    let r = ask(&sock, "stats");
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.result.unwrap()["mgmt"]["control"]["refused"], 2);
+    // They never authenticate: closed after the timeout, freeing their slots.
+    for s in &mut idle[..3] {
+        let mut got = String::new();
+        let _ = s.read_to_string(&mut got);
+        assert!(got.contains("no request with the token"), "{got:?}");
+    }
+    soon(5, "slots freed", || {
+        let st = ask(&sock, "stats").result.unwrap();
+        st["mgmt"]["control"]["auth_timeouts"] == 3
+    });
+    // A client with the token is served and then not timed out.
+    let mut good = TcpStream::connect(addr).unwrap();
+    good.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    writeln!(good, r#"{{"cmd":"stats","token":"s3cret-s3cret-s3"}}"#).unwrap();
+    let mut r = BufReader::new(good.try_clone().unwrap());
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.contains("\"ok\":true"), "{line}");
+    std::thread::sleep(Duration::from_millis(500));
+    writeln!(good, r#"{{"cmd":"stats","token":"s3cret-s3cret-s3"}}"#).unwrap();
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    assert!(
+        line.contains("\"ok\":true"),
+        "authenticated client kept: {line}"
+    );
+    drop(run);
+}
+
+#[test]
+fn unix_socket_is_born_with_its_mode_and_refuses_other_uids() {
+    let dir = TempDir::new("cred");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let public = dir.path().join("pub");
+    std::fs::create_dir(&public).unwrap();
+    std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = public.join("c.sock");
+    let plane = Arc::new(FakePlane::default());
+    let m = mgmt_with(dir.path(), plane.clone(), |c| {
+        c.server.unix_path = Some(sock.clone());
+        // World-connectable on purpose: the uid check alone must keep others out.
+        c.server.unix_mode = 0o666;
+    });
+    // Nothing but the socket was left in its directory (bound elsewhere, renamed in).
+    let names: Vec<_> = std::fs::read_dir(&public)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("c.sock")]);
+    let md = std::fs::symlink_metadata(&sock).unwrap();
+    assert_eq!(md.permissions().mode() & 0o777, 0o666);
+    let run = Running::start(m);
+    let bin = env!("CARGO_BIN_EXE_colo-proxy");
+    // nobody (65534): connects (mode 0666) and is refused by SO_PEERCRED.
+    use std::os::unix::process::CommandExt;
+    let out = std::process::Command::new(bin)
+        .uid(65534)
+        .gid(65534)
+        .args(["ctl", "--socket"])
+        .arg(&sock)
+        .args(["shutdown", "--raw"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        text.contains("uid 65534") && text.contains("may not"),
+        "{text}"
+    );
+    assert!(
+        !plane.shutdown.load(Ordering::SeqCst),
+        "nobody shut the proxy down"
+    );
+    // The owner (root) is served.
+    let r = ask(&sock, "stats");
+    assert_eq!(r.result.unwrap()["mgmt"]["control"]["peer_refused"], 1);
+    drop(run);
+}
+
+#[test]
+fn ctl_takes_the_token_from_a_file_or_the_environment_never_the_command_line() {
+    let dir = TempDir::new("tokf");
+    let plane = Arc::new(FakePlane::default());
+    let token = "file-token-0123456789";
+    let m = mgmt_with(dir.path(), plane, |c| {
+        c.server.tcp = Some(("127.0.0.1:0".parse().unwrap(), token.into()));
+    });
+    let addr = m.server().tcp_addr().unwrap().to_string();
+    let run = Running::start(m);
+    let bin = env!("CARGO_BIN_EXE_colo-proxy");
+    let file = dir.path().join("token");
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let ctl = || {
+        let mut c = std::process::Command::new(bin);
+        c.env_remove(ctl::TOKEN_ENV).args(["ctl", "--tcp", &addr]);
+        c
+    };
+    // From a file (options after the words, too).
+    let out = ctl()
+        .args(["stats", "--token-file"])
+        .arg(&file)
+        .arg("--raw")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        1,
+        "--raw: one line"
+    );
+    // From the environment.
+    let out = ctl()
+        .env(ctl::TOKEN_ENV, token)
+        .arg("stats")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // Wrong token from the environment: an error reply.
+    let out = ctl()
+        .env(ctl::TOKEN_ENV, "nope")
+        .arg("stats")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    // On the command line: refused before anything is sent.
+    let out = ctl().args(["--token", token, "stats"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--token-file"),
+        "{out:?}"
+    );
+    // --tcp without any token: a usage error.
+    let out = ctl().arg("stats").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    drop(run);
+}
+
+#[test]
+fn ctl_accepts_options_after_the_words() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Top {
+        #[command(flatten)]
+        ctl: ctl::CtlArgs,
+    }
+    for argv in [
+        &["x", "events", "--raw"][..],
+        &["x", "--raw", "events"],
+        &["x", "events", "--socket", "/tmp/s.sock", "--raw"],
+        &["x", "bypass", "add", "tcp", "22", "--raw", "10.0.0.0/8"],
+    ] {
+        let t = Top::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        assert!(t.ctl.raw, "{argv:?}");
+        assert!(!t.ctl.words.iter().any(|w| w.starts_with("--")), "{argv:?}");
+    }
+    let t =
+        Top::try_parse_from(["x", "bypass", "add", "tcp", "22", "--raw", "10.0.0.0/8"]).unwrap();
+    assert_eq!(t.ctl.words, ["bypass", "add", "tcp", "22", "10.0.0.0/8"]);
+}

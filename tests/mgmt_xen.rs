@@ -1,13 +1,20 @@
 //! Xen notify sink against a scripted peer: handshake bytes, coalesced DO_CHECKPOINT, checkpoint
-//! done reaching the data plane, vnet_hdr frames, reconnect, protocol errors.
+//! done reaching the data plane, vnet_hdr frames, reconnect, protocol errors; who may talk on
+//! it: an unsolicited completion ignored, a stranger refused while the live peer works, the
+//! allowlist, a vanished peer found dead by keepalive and its restart admitted.
 
 mod mgmt_common;
+mod peer_support;
 
 use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use colo_proxy::link::access::{Allowlist, Keepalive, PeerPolicy};
 
 use colo_proxy::control::{Event, Side};
 use colo_proxy::mgmt::xen::{NotifyEndpoint, XenConfig};
@@ -61,9 +68,9 @@ fn handshake_coalescing_and_checkpoint_done() {
     let notify = dir.path().join("notify.sock");
     let m = mgmt_with(dir.path(), plane.clone(), |c| {
         c.xen = Some(XenConfig {
-            endpoint: NotifyEndpoint::ListenUnix(notify.clone()),
             vnet_hdr_support: false,
             reconnect_ns: 20_000_000,
+            ..XenConfig::new(NotifyEndpoint::ListenUnix(notify.clone()))
         })
     });
     let tx = m.sender();
@@ -125,9 +132,9 @@ fn client_mode_defers_reconnects_and_reads_vnet_frames() {
     let notify = dir.path().join("xen.sock");
     let m = mgmt_with(dir.path(), plane.clone(), |c| {
         c.xen = Some(XenConfig {
-            endpoint: NotifyEndpoint::ConnectUnix(notify.clone()),
             vnet_hdr_support: true,
             reconnect_ns: 10_000_000,
+            ..XenConfig::new(NotifyEndpoint::ConnectUnix(notify.clone()))
         })
     });
     let tx = m.sender();
@@ -185,18 +192,20 @@ fn oversized_frame_drops_the_peer_and_a_new_one_is_accepted() {
     // A regular file in the way is an error, not deleted.
     std::fs::write(&notify, b"keep").unwrap();
     let cfg = XenConfig {
-        endpoint: NotifyEndpoint::ListenUnix(notify.clone()),
         vnet_hdr_support: false,
         reconnect_ns: 1,
+        ..XenConfig::new(NotifyEndpoint::ListenUnix(notify.clone()))
     };
     assert!(colo_proxy::mgmt::xen::XenSink::new(cfg).is_err());
     assert_eq!(std::fs::read(&notify).unwrap(), b"keep");
     std::fs::remove_file(&notify).unwrap();
     let m = mgmt_with(dir.path(), plane.clone(), |c| {
         c.xen = Some(XenConfig {
-            endpoint: NotifyEndpoint::ListenUnix(notify.clone()),
             vnet_hdr_support: false,
             reconnect_ns: 1_000_000,
+            // The completion below answers no request.
+            accept_unsolicited: true,
+            ..XenConfig::new(NotifyEndpoint::ListenUnix(notify.clone()))
         })
     });
     let run = Running::start(m);
@@ -213,4 +222,158 @@ fn oversized_frame_drops_the_peer_and_a_new_one_is_accepted() {
     let st = m.stats();
     assert_eq!(st.checkpoint.completed_unrequested, 1);
     assert!(st.sinks["xen"]["disconnects"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn unsolicited_checkpoint_done_is_counted_and_ignored() {
+    let dir = TempDir::new("xenu");
+    let plane = Arc::new(FakePlane::default());
+    let notify = dir.path().join("u.sock");
+    let m = mgmt_with(dir.path(), plane.clone(), |c| {
+        c.xen = Some(XenConfig {
+            reconnect_ns: 1_000_000,
+            ..XenConfig::new(NotifyEndpoint::ListenUnix(notify.clone()))
+        })
+    });
+    // Owner only from its first moment.
+    let mode = std::fs::symlink_metadata(&notify)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let stats = m.stats_handle();
+    let tx = m.sender();
+    let run = Running::start(m);
+    let mut xen = UnixStream::connect(&notify).unwrap();
+    // Nothing was asked for: this would release every held primary.
+    xen.write_all(&frame(b"COLO_CHECKPOINT", false)).unwrap();
+    assert!(wait_for(5, || {
+        stats.lock().unwrap().checkpoint.unsolicited_ignored == 1
+    }));
+    assert_eq!(plane.checkpoint_done.load(Ordering::SeqCst), 0);
+    // A real request and its answer still work.
+    tx.event(div(1));
+    assert_eq!(
+        read_exact_timeout(&mut xen, 17),
+        b"\x00\x00\x00\x0dDO_CHECKPOINT"
+    );
+    xen.write_all(&frame(b"COLO_CHECKPOINT", false)).unwrap();
+    assert!(wait_for(5, || plane.checkpoint_done.load(Ordering::SeqCst) == 1));
+    let st = run.join().stats();
+    assert_eq!(
+        (
+            st.checkpoint.unsolicited_ignored,
+            st.checkpoint.completed,
+            st.checkpoint.completed_unrequested
+        ),
+        (1, 1, 0)
+    );
+}
+
+/// Read the handshake reply on `s` (true) or see it closed (false).
+fn handshake(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    if s.write_all(&frame(b"COLO_USERSPACE_PROXY_INIT", false))
+        .is_err()
+    {
+        return false;
+    }
+    let mut b = [0u8; 29];
+    match s.read_exact(&mut b) {
+        Ok(()) => {
+            assert_eq!(&b, b"\x00\x00\x00\x19COLO_COMPARE_GET_XEN_INIT");
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+fn xen_tcp(port: u16, policy: PeerPolicy, keepalive_ms: u64) -> XenConfig {
+    let a: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    XenConfig {
+        reconnect_ns: 1_000_000,
+        policy,
+        keepalive: Some(Keepalive {
+            timeout: Duration::from_millis(keepalive_ms),
+        }),
+        ..XenConfig::new(NotifyEndpoint::ListenTcp(a))
+    }
+}
+
+#[test]
+fn tcp_stranger_refused_while_the_live_peer_works_and_a_vanished_peer_is_replaced() {
+    let dir = TempDir::new("xent");
+    let plane = Arc::new(FakePlane::default());
+    let port = peer_support::free_port();
+    let default = XenConfig::new(NotifyEndpoint::ListenTcp(([127, 0, 0, 1], port).into()));
+    assert_eq!(default.policy.allow, Some(Allowlist::loopback()));
+    assert!(!default.policy.replace_peer && !default.accept_unsolicited);
+    let m = mgmt_with(dir.path(), plane.clone(), |c| {
+        c.xen = Some(xen_tcp(port, default.policy.clone(), 2000))
+    });
+    let stats = m.stats_handle();
+    let tx = m.sender();
+    let run = Running::start(m);
+    let mut live = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert!(handshake(&mut live));
+
+    // A second connection is refused; the live peer still gets the request.
+    let mut stranger = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert!(!handshake(&mut stranger), "stranger was answered");
+    tx.event(div(1));
+    live.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut b = [0u8; 17];
+    live.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"\x00\x00\x00\x0dDO_CHECKPOINT");
+    live.write_all(&frame(b"COLO_CHECKPOINT", false)).unwrap();
+    assert!(wait_for(5, || plane.checkpoint_done.load(Ordering::SeqCst) == 1));
+
+    // libxl's host dies (no FIN): keepalive finds it within 2 s, and the restart gets in.
+    // (Timed from its last word: keepalive counts from there.)
+    let died = Instant::now();
+    peer_support::vanish(live);
+    let mut back = peer_support::within(Duration::from_secs(6), "restart admitted", || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        handshake(&mut s).then_some(s)
+    });
+    let took = died.elapsed();
+    // Keepalive (idle 1 s) found it, not something faster, and within the bound.
+    assert!(
+        took >= Duration::from_millis(800) && took <= Duration::from_millis(4500),
+        "admitted after {took:?}"
+    );
+    tx.event(div(2));
+    back.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"\x00\x00\x00\x0dDO_CHECKPOINT");
+    assert!(wait_for(5, || {
+        let s = stats.lock().unwrap();
+        s.sinks["xen"]["refused_busy"].as_u64() >= Some(1)
+    }));
+    let st = run.join().stats();
+    let x = &st.sinks["xen"];
+    assert!(x["refused_busy"].as_u64().unwrap() >= 1, "{x}");
+    assert_eq!(x["dead_peers"].as_u64(), Some(1), "{x}");
+    assert_eq!(x["connects"].as_u64(), Some(2), "{x}");
+}
+
+#[test]
+fn tcp_allowlist_refuses_other_addresses() {
+    let dir = TempDir::new("xena");
+    let plane = Arc::new(FakePlane::default());
+    let port = peer_support::free_port();
+    let policy = PeerPolicy {
+        allow: Some(Allowlist::parse(&["127.0.0.2"]).unwrap()),
+        replace_peer: false,
+    };
+    let m = mgmt_with(dir.path(), plane.clone(), |c| {
+        c.xen = Some(xen_tcp(port, policy, 5000))
+    });
+    let run = Running::start(m);
+    let to: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut wrong = peer_support::connect_from("127.0.0.1", to);
+    assert!(!handshake(&mut wrong));
+    let mut right = peer_support::connect_from("127.0.0.2", to);
+    assert!(handshake(&mut right));
+    let st = run.join().stats();
+    assert_eq!(st.sinks["xen"]["refused_not_allowed"].as_u64(), Some(1));
 }

@@ -231,16 +231,56 @@ fn endpoint(
         }
         return None;
     };
-    match parse_sockaddr(&raw.addr) {
-        Ok(addr) => Some(Endpoint {
-            addr,
-            mode: raw.mode.unwrap_or(default_mode),
-        }),
+    let addr = match parse_sockaddr(&raw.addr) {
+        Ok(addr) => addr,
         Err(r) => {
             e.push(format!("{field}.addr"), r);
-            None
+            return None;
         }
+    };
+    let mode = raw.mode.unwrap_or(default_mode);
+    let tcp = matches!(addr, SockAddr::Tcp(_));
+    let allow = raw.allow.and_then(|list| {
+        if !tcp || mode != SocketMode::Server {
+            e.push(
+                format!("{field}.allow"),
+                "only for TCP endpoints in mode \"server\" (UNIX sockets are guarded by their file mode)",
+            );
+            return None;
+        }
+        match crate::link::access::Allowlist::parse(&list) {
+            Ok(a) => Some(a),
+            Err(r) => {
+                e.push(format!("{field}.allow"), r.to_string());
+                None
+            }
+        }
+    });
+    if raw.replace_peer.is_some() && mode != SocketMode::Server {
+        e.push(
+            format!("{field}.replace_peer"),
+            "only for endpoints in mode \"server\"",
+        );
     }
+    let keepalive_ms = match raw.keepalive_ms {
+        Some(_) if !tcp => {
+            e.push(format!("{field}.keepalive_ms"), "only for TCP endpoints");
+            0
+        }
+        Some(0) => 0,
+        Some(ms) => {
+            e.range(&format!("{field}.keepalive_ms"), ms, 2000, 3_600_000);
+            ms
+        }
+        None => crate::link::access::DEFAULT_KEEPALIVE_MS,
+    };
+    Some(Endpoint {
+        addr,
+        mode,
+        allow,
+        replace_peer: raw.replace_peer.unwrap_or(false),
+        keepalive_ms,
+    })
 }
 
 /// Report any two endpoints with the same address (QEMU rejects that too).
@@ -555,6 +595,7 @@ fn build_compare_sockets(
         notify_dev: notify,
         vnet_hdr_support: raw.vnet_hdr_support,
         reconnect_ms: raw.reconnect_ms,
+        accept_unsolicited: raw.accept_unsolicited,
     })
 }
 
@@ -923,6 +964,30 @@ fn build_mgmt(role: Role, raw: RawMgmt, e: &mut Errs) -> MgmtConfig {
             ),
         );
     }
+    let control_socket_group = raw.control_socket_group.and_then(|g| {
+        let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+        match crate::link::access::resolve_group(&g, &groups) {
+            None => {
+                e.push(
+                    "mgmt.control_socket_group",
+                    format!("{g:?} is neither a gid nor a group in /etc/group"),
+                );
+                None
+            }
+            Some(gid) => {
+                if raw.control_socket_mode & 0o060 != 0o060 {
+                    e.push(
+                        "mgmt.control_socket_mode",
+                        format!(
+                            "{:#o} gives the group no read/write: members of {g:?} could not connect (e.g. 0o660)",
+                            raw.control_socket_mode
+                        ),
+                    );
+                }
+                Some(gid)
+            }
+        }
+    });
     let control_tcp = match (raw.control_tcp, raw.control_token) {
         (None, None) => None,
         (None, Some(_)) => {
@@ -966,11 +1031,15 @@ fn build_mgmt(role: Role, raw: RawMgmt, e: &mut Errs) -> MgmtConfig {
         let ep = RawEndpoint {
             addr: x.addr,
             mode: x.mode,
+            allow: x.allow,
+            replace_peer: x.replace_peer,
+            keepalive_ms: x.keepalive_ms,
         };
         endpoint("mgmt.xen_notify", Some(ep), SocketMode::Server, true, e).map(|endpoint| {
             XenNotify {
                 endpoint,
                 vnet_hdr_support: x.vnet_hdr_support,
+                accept_unsolicited: x.accept_unsolicited,
             }
         })
     });
@@ -1014,6 +1083,7 @@ fn build_mgmt(role: Role, raw: RawMgmt, e: &mut Errs) -> MgmtConfig {
     MgmtConfig {
         control_socket,
         control_socket_mode: raw.control_socket_mode,
+        control_socket_group,
         control_tcp,
         stats_interval_ms: raw.stats_interval_ms,
         xen_notify,

@@ -14,6 +14,9 @@ pub fn check_config(file: &Path, more: &dyn Fn(&Config) -> String) -> ExitCode {
             let eal = cfg.eal_args(&[]);
             print!("{}", summary(&cfg, &eal));
             print!("{}", more(&cfg));
+            for w in cfg.warnings() {
+                eprintln!("warning: {}: {w}", file.display());
+            }
             ExitCode::SUCCESS
         }
         Err(err) => {

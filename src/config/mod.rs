@@ -138,6 +138,47 @@ pub struct Endpoint {
     pub addr: SockAddr,
     /// Server (listen) or client (connect).
     pub mode: SocketMode,
+    /// TCP server: peers must come from these addresses/prefixes (`None`: not given).
+    pub allow: Option<crate::link::access::Allowlist>,
+    /// Server: a new peer replaces a live one (otherwise it is refused).
+    pub replace_peer: bool,
+    /// TCP: a peer that stops answering is dropped within this time (0: keepalive off).
+    pub keepalive_ms: u64,
+}
+
+impl Endpoint {
+    /// The server-side peer policy; without `allow`, `loopback_default` admits loopback
+    /// peers only (the Xen notify channel), otherwise any address.
+    pub fn peer_policy(&self, loopback_default: bool) -> crate::link::access::PeerPolicy {
+        use crate::link::access::{Allowlist, PeerPolicy};
+        let allow = match (&self.allow, &self.addr) {
+            (Some(a), _) => Some(a.clone()),
+            (None, SockAddr::Tcp(_)) if loopback_default => Some(Allowlist::loopback()),
+            (None, _) => None,
+        };
+        PeerPolicy {
+            allow,
+            replace_peer: self.replace_peer,
+        }
+    }
+
+    /// TCP keepalive (`None` when `keepalive_ms = 0`).
+    pub fn keepalive(&self) -> Option<crate::link::access::Keepalive> {
+        (self.keepalive_ms > 0).then(|| crate::link::access::Keepalive {
+            timeout: std::time::Duration::from_millis(self.keepalive_ms),
+        })
+    }
+
+    /// A TCP server reachable from off the host with no allowlist (the start-up warning);
+    /// `loopback_default` as in [`Endpoint::peer_policy`].
+    pub fn open_to_network(&self, loopback_default: bool) -> bool {
+        match (&self.addr, self.mode) {
+            (SockAddr::Tcp(a), SocketMode::Server) => {
+                !a.ip().is_loopback() && self.allow.is_none() && !loopback_default
+            }
+            _ => false,
+        }
+    }
 }
 
 /// `[link]`, validated.
@@ -180,6 +221,8 @@ pub struct CompareSockets {
     pub vnet_hdr_support: bool,
     /// Client reconnect interval.
     pub reconnect_ms: u64,
+    /// Apply a `COLO_CHECKPOINT` on notify_dev that answers no `DO_CHECKPOINT`.
+    pub accept_unsolicited: bool,
 }
 
 /// Stage → lcore map, validated against the EAL lcore set.
@@ -426,6 +469,8 @@ pub struct XenNotify {
     pub endpoint: Endpoint,
     /// Incoming notify frames carry the vnet_hdr_len field.
     pub vnet_hdr_support: bool,
+    /// Apply a `COLO_CHECKPOINT` that answers no request.
+    pub accept_unsolicited: bool,
 }
 
 /// `[mgmt.qmp]`.
@@ -461,6 +506,8 @@ pub struct MgmtConfig {
     pub control_socket: PathBuf,
     /// Its permission bits.
     pub control_socket_mode: u32,
+    /// Its group (gid): members may connect (the mode must give the group rw).
+    pub control_socket_group: Option<u32>,
     /// Optional loopback TCP control endpoint with its token.
     pub control_tcp: Option<(SocketAddr, String)>,
     /// Live statistics period.
@@ -558,6 +605,56 @@ impl ConfigError {
 }
 
 impl Config {
+    /// What is valid but risky, one line each (printed by `check-config` and at start-up): a
+    /// server endpoint on a non-loopback address without `allow` (anyone who reaches it reads
+    /// the mirrored client stream or injects secondary output), and a Xen notify socket on a
+    /// non-loopback address without `allow` (only loopback peers get in: probably not meant).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        let mut data = |field: &str, e: &Endpoint| {
+            if e.open_to_network(false) {
+                w.push(format!(
+                    "{field}: server on {} accepts peers from any address; set allow = [\"<peer address or prefix>\"]",
+                    e.addr
+                ));
+            }
+        };
+        if let Some(LinkSpec::Socket {
+            mirror,
+            secondary_out,
+            ..
+        }) = &self.link
+        {
+            data("link.mirror", mirror);
+            data("link.secondary_out", secondary_out);
+        }
+        if let Some(cs) = &self.compare_sockets {
+            data("compare_sockets.primary_in", &cs.primary_in);
+            data("compare_sockets.secondary_in", &cs.secondary_in);
+            data("compare_sockets.outdev", &cs.outdev);
+        }
+        let notify = self
+            .mgmt
+            .xen_notify
+            .as_ref()
+            .map(|x| ("mgmt.xen_notify", &x.endpoint))
+            .or_else(|| {
+                self.compare_sockets
+                    .as_ref()
+                    .and_then(|c| c.notify_dev.as_ref())
+                    .map(|e| ("compare_sockets.notify_dev", e))
+            });
+        if let Some((field, e)) = notify {
+            if e.open_to_network(false) {
+                w.push(format!(
+                    "{field}: listens on {} but admits loopback peers only (the default for the notify channel); set allow = [\"<Xen host>\"]",
+                    e.addr
+                ));
+            }
+        }
+        w
+    }
+
     /// Parse and validate a TOML document.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
         let raw: raw::RawConfig =

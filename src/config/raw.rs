@@ -116,6 +116,9 @@ pub(super) struct RawLink {
 pub(super) struct RawEndpoint {
     pub addr: String,
     pub mode: Option<super::SocketMode>,
+    pub allow: Option<Vec<String>>,
+    pub replace_peer: Option<bool>,
+    pub keepalive_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -129,6 +132,8 @@ pub(super) struct RawCompareSockets {
     pub vnet_hdr_support: bool,
     #[serde(default = "reconnect")]
     pub reconnect_ms: u64,
+    #[serde(default)]
+    pub accept_unsolicited: bool,
 }
 
 fn reconnect() -> u64 {
@@ -246,6 +251,7 @@ fn any() -> String {
 pub(super) struct RawMgmt {
     pub control_socket: Option<PathBuf>,
     pub control_socket_mode: u32,
+    pub control_socket_group: Option<String>,
     pub control_tcp: Option<String>,
     pub control_token: Option<String>,
     pub stats_interval_ms: u64,
@@ -259,6 +265,7 @@ impl Default for RawMgmt {
         RawMgmt {
             control_socket: None,
             control_socket_mode: 0o600,
+            control_socket_group: None,
             control_tcp: None,
             control_token: None,
             stats_interval_ms: 1000,
@@ -276,6 +283,11 @@ pub(super) struct RawXenNotify {
     pub mode: Option<super::SocketMode>,
     #[serde(default)]
     pub vnet_hdr_support: bool,
+    pub allow: Option<Vec<String>>,
+    pub replace_peer: Option<bool>,
+    pub keepalive_ms: Option<u64>,
+    #[serde(default)]
+    pub accept_unsolicited: bool,
 }
 
 #[derive(Deserialize, Debug)]

@@ -70,6 +70,9 @@ pub struct DropInConfig {
     pub notify_dev: Option<SocketConfig>,
     /// Compare engine settings.
     pub compare: CompareConfig,
+    /// Apply a `COLO_CHECKPOINT` that answers no `DO_CHECKPOINT` (it releases every queued
+    /// primary); otherwise it is counted and ignored.
+    pub accept_unsolicited: bool,
 }
 
 fn socket_config(ep: &Endpoint, framing: FrameConfig, reconnect_ms: u64) -> SocketConfig {
@@ -85,6 +88,8 @@ fn socket_config(ep: &Endpoint, framing: FrameConfig, reconnect_ms: u64) -> Sock
     let max = Duration::from_millis(reconnect_ms.max(1));
     c.backoff_max = max;
     c.backoff_initial = max.min(Duration::from_millis(100));
+    c.policy = ep.peer_policy(false);
+    c.keepalive = ep.keepalive();
     c
 }
 
@@ -105,8 +110,11 @@ impl DropInConfig {
             notify_dev: cs.notify_dev.as_ref().map(|ep| {
                 let mut s = socket_config(ep, data, cs.reconnect_ms);
                 s.out_framing = FrameConfig::with_vnet(false);
+                // It can release every queued primary: loopback only unless allowed.
+                s.policy = ep.peer_policy(true);
                 s
             }),
+            accept_unsolicited: cs.accept_unsolicited,
             compare: CompareConfig {
                 timeout_ns: c.timeout_ms.saturating_mul(ms),
                 scan_period_ns: c.scan_period_ms.saturating_mul(ms),
@@ -256,8 +264,11 @@ pub struct DropInStats {
     pub requests_coalesced: u64,
     /// Requests with no notify channel to go to (KVM).
     pub requests_unsent: u64,
-    /// `COLO_CHECKPOINT` received (checkpoints done).
+    /// `COLO_CHECKPOINT` received and applied (checkpoints done).
     pub checkpoints_done: u64,
+    /// `COLO_CHECKPOINT` that answered no `DO_CHECKPOINT`: counted and ignored (unless
+    /// `accept_unsolicited`).
+    pub unsolicited_ignored: u64,
     /// `COLO_USERSPACE_PROXY_INIT` received (and answered).
     pub proxy_inits: u64,
     /// Notify messages not understood (QEMU: "unsupported instruction").
@@ -344,6 +355,7 @@ pub struct DropIn {
     polls: u64,
     /// `now` of the outstanding `DO_CHECKPOINT`, if any.
     outstanding: Option<u64>,
+    accept_unsolicited: bool,
     stats: DropInStats,
 }
 
@@ -360,6 +372,7 @@ impl DropIn {
             spare: Spare::default(),
             polls: 0,
             outstanding: None,
+            accept_unsolicited: cfg.accept_unsolicited,
             stats: DropInStats::default(),
         })
     }
@@ -403,6 +416,7 @@ impl DropIn {
             held,
             spare,
             outstanding,
+            accept_unsolicited,
             stats,
             polls,
         } = self;
@@ -433,6 +447,12 @@ impl DropIn {
                 let _ = n.send(0, XenOut::GetXenInit.text());
             }
             for _ in 0..dones {
+                if outstanding.is_none() && !*accept_unsolicited {
+                    // Answers no DO_CHECKPOINT of ours: it would release every queued
+                    // primary on the peer's word alone.
+                    sink.stats.unsolicited_ignored += 1;
+                    continue;
+                }
                 sink.stats.checkpoints_done += 1;
                 *outstanding = None;
                 engine.checkpoint_done(now, &mut sink);
@@ -541,13 +561,16 @@ impl DropIn {
         let mut r = String::new();
         let sock = |name: &str, x: &SocketStats| {
             format!(
-                "{name:<13} frames in {} out {}, bytes in {} out {}, connects {} disconnects {}, bad input {} (oversize {} bad vnet {} truncated {})\n",
+                "{name:<13} frames in {} out {}, bytes in {} out {}, connects {} disconnects {}, dead peers {}, refused (not allowed {} busy {}), bad input {} (oversize {} bad vnet {} truncated {})\n",
                 x.frames_in,
                 x.frames_out,
                 x.bytes_in,
                 x.bytes_out,
                 x.connects,
                 x.disconnects,
+                x.dead_peers,
+                x.refused_not_allowed,
+                x.refused_busy,
                 x.decode_resets,
                 x.oversize,
                 x.bad_vnet,
@@ -599,12 +622,13 @@ impl DropIn {
             self.unsent()
         );
         r += &format!(
-            "checkpoint    divergences {} DO_CHECKPOINT sent {} coalesced {} unsent (no notify_dev) {} done {} proxy inits {} notify unsupported {}\n",
+            "checkpoint    divergences {} DO_CHECKPOINT sent {} coalesced {} unsent (no notify_dev) {} done {} unsolicited ignored {} proxy inits {} notify unsupported {}\n",
             s.divergences,
             s.do_checkpoint_sent,
             s.requests_coalesced,
             s.requests_unsent,
             s.checkpoints_done,
+            s.unsolicited_ignored,
             s.proxy_inits,
             s.notify_unsupported
         );
@@ -659,6 +683,9 @@ impl DropIn {
 
 /// `colo-proxy run` for role `compare`.
 pub fn run(cfg: &Config) -> ExitCode {
+    for w in cfg.warnings() {
+        eprintln!("warning: {w}");
+    }
     let dc = match DropInConfig::from_config(cfg) {
         Ok(c) => c,
         Err(e) => {

@@ -1,5 +1,7 @@
 //! Inter-host link transports.
 //!
+//! - [`access`]: who may connect: allowlists, keep-the-live-peer policy, TCP keepalive, UNIX
+//!   socket creation with its final mode and peer-uid policy.
 //! - [`framing`]: QEMU chardev framing (pure codec, zero-copy streaming decoder).
 //! - [`socket`]: non-blocking QEMU-framed TCP/UNIX sockets with batched I/O and reconnect.
 //! - [`endpoint`]: the two COLO streams (mirror, secondary output) paired as one endpoint.
@@ -9,6 +11,7 @@
 //!
 //! The wire contract with QEMU is in docs/QEMU-INTEROP.md.
 
+pub mod access;
 pub mod dropin;
 pub mod encap;
 pub mod endpoint;

@@ -14,7 +14,13 @@
 //! - Every new connection starts with a fresh decoder (QEMU's redirector stops reading after
 //!   one disconnect; we keep serving). Bad input (oversize, vnet_hdr_len > 20) is counted and
 //!   the connection is dropped; a client reconnects with exponential back-off, a server waits
-//!   for the next peer. A newly accepted peer replaces the current one.
+//!   for the next peer.
+//! - Who may connect ([`super::access`]): a server admits TCP peers from its allowlist only,
+//!   keeps its current peer while that one is alive (a second connection is refused and
+//!   counted, or replaces it with `replace_peer`), and lets a peer that arrives while the
+//!   current one is closing wait until that one has been read to its end. TCP connections get
+//!   keepalive and `TCP_USER_TIMEOUT` ([`super::access::Keepalive`]), so a peer whose host died
+//!   is dropped within the bound and its restart gets in. The wire format is QEMU's, unchanged.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -24,9 +30,11 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use super::access::{self, Current, Keepalive, PeerPolicy, RefusalLog, Verdict};
 use super::framing::{Decoded, Decoder, DecoderStats, FrameConfig, FrameError};
 
 /// How often a connected server checks for a replacing peer.
@@ -93,7 +101,7 @@ impl fmt::Display for LinkAddr {
 pub enum Role {
     /// Connect to the address, reconnecting with back-off.
     Client,
-    /// Listen on the address; one peer at a time, a new one replaces the old.
+    /// Listen on the address; one peer at a time (see [`PeerPolicy`]).
     Server,
 }
 
@@ -121,6 +129,10 @@ pub struct SocketConfig {
     pub connect_timeout: Duration,
     /// Most `read` calls per [`FramedSocket::poll_recv`] (bounds one poll's work).
     pub max_reads_per_poll: usize,
+    /// Server: which peers are admitted (default: any address, the live peer is kept).
+    pub policy: PeerPolicy,
+    /// TCP keepalive bound for connections (server and client); `None`: off.
+    pub keepalive: Option<Keepalive>,
 }
 
 impl SocketConfig {
@@ -137,6 +149,10 @@ impl SocketConfig {
             backoff_max: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
             max_reads_per_poll: 16,
+            policy: PeerPolicy::default(),
+            keepalive: Some(Keepalive {
+                timeout: Duration::from_millis(access::DEFAULT_KEEPALIVE_MS),
+            }),
         }
     }
 
@@ -186,8 +202,17 @@ pub struct SocketStats {
     pub connect_failures: u64,
     /// Connections lost (peer close, error, bad input, replaced).
     pub disconnects: u64,
-    /// Server: connections replaced by a newer peer.
+    /// Server: connections replaced by a newer peer (`replace_peer = true`).
     pub replaced: u64,
+    /// Server: connections refused because the peer's address is not in the allowlist.
+    pub refused_not_allowed: u64,
+    /// Server: connections refused because the current peer is alive.
+    pub refused_busy: u64,
+    /// Server: connections that waited for a closing peer to be read to its end.
+    pub waited: u64,
+    /// Connections ended by a socket error (reset, keepalive or user timeout expired)
+    /// rather than an orderly close.
+    pub dead_peers: u64,
     /// `send` calls refused because the output buffer was full.
     pub backpressure: u64,
     /// `send` calls refused because the frame was invalid.
@@ -227,6 +252,138 @@ impl Stream {
             Stream::Unix(s) => s.set_nonblocking(true),
         }
     }
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
+/// An error that means the peer is gone without an orderly close.
+fn peer_died(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+    )
+}
+
+/// Connection counters shared with management (updated on connection events only, never per
+/// frame): refused peers and the like, for `ctl stats` and the final report.
+#[derive(Debug, Default)]
+pub struct PeerCounters {
+    connects: AtomicU64,
+    disconnects: AtomicU64,
+    replaced: AtomicU64,
+    refused_not_allowed: AtomicU64,
+    refused_busy: AtomicU64,
+    waited: AtomicU64,
+    dead_peers: AtomicU64,
+    connect_failures: AtomicU64,
+    connected: AtomicBool,
+}
+
+/// A [`PeerCounters`] reading.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PeerSnapshot {
+    /// Connections established.
+    pub connects: u64,
+    /// Connections lost.
+    pub disconnects: u64,
+    /// Live peers replaced by a newer one (`replace_peer = true`).
+    pub replaced: u64,
+    /// Peers refused: address not in the allowlist.
+    pub refused_not_allowed: u64,
+    /// Peers refused: the current peer is alive.
+    pub refused_busy: u64,
+    /// Peers that waited for a closing peer.
+    pub waited: u64,
+    /// Connections ended by reset or keepalive/user timeout.
+    pub dead_peers: u64,
+    /// Failed connect attempts (client) or accepts (server).
+    pub connect_failures: u64,
+    /// A peer is connected now.
+    pub connected: bool,
+}
+
+impl PeerCounters {
+    /// Read the counters.
+    pub fn snapshot(&self) -> PeerSnapshot {
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        PeerSnapshot {
+            connects: r(&self.connects),
+            disconnects: r(&self.disconnects),
+            replaced: r(&self.replaced),
+            refused_not_allowed: r(&self.refused_not_allowed),
+            refused_busy: r(&self.refused_busy),
+            waited: r(&self.waited),
+            dead_peers: r(&self.dead_peers),
+            connect_failures: r(&self.connect_failures),
+            connected: self.connected.load(Ordering::Relaxed),
+        }
+    }
+
+    fn publish(&self, s: &SocketStats, connected: bool) {
+        let w = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+        w(&self.connects, s.connects);
+        w(&self.disconnects, s.disconnects);
+        w(&self.replaced, s.replaced);
+        w(&self.refused_not_allowed, s.refused_not_allowed);
+        w(&self.refused_busy, s.refused_busy);
+        w(&self.waited, s.waited);
+        w(&self.dead_peers, s.dead_peers);
+        w(&self.connect_failures, s.connect_failures);
+        self.connected.store(connected, Ordering::Relaxed);
+    }
+}
+
+/// A link socket's counters under its stream name, for reports.
+#[derive(Debug, Clone)]
+pub struct NamedPeerCounters {
+    /// `mirror` or `secondary-out`.
+    pub name: &'static str,
+    /// The configured address (`tcp:...`, `unix:...`).
+    pub addr: String,
+    /// The counters.
+    pub counters: Arc<PeerCounters>,
+}
+
+impl NamedPeerCounters {
+    /// Name, address and a reading, as JSON for `ctl stats`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "link": self.name,
+            "addr": self.addr,
+            "peers": self.counters.snapshot(),
+        })
+    }
+
+    /// The report line.
+    pub fn line(&self) -> String {
+        self.counters.snapshot().line(self.name, &self.addr)
+    }
+}
+
+impl PeerSnapshot {
+    /// One report line: `link mirror tcp:...: connects 1 disconnects 0 refused ...`.
+    pub fn line(&self, name: &str, addr: &str) -> String {
+        format!(
+            "link {name:<13} {addr}: connects {} disconnects {} dead peers {} refused (not allowed {} busy {}) waited {} replaced {}{}",
+            self.connects,
+            self.disconnects,
+            self.dead_peers,
+            self.refused_not_allowed,
+            self.refused_busy,
+            self.waited,
+            self.replaced,
+            if self.connected { ", connected" } else { "" }
+        )
+    }
 }
 
 enum Listener {
@@ -235,10 +392,11 @@ enum Listener {
 }
 
 impl Listener {
-    fn accept(&self) -> io::Result<Stream> {
+    /// The stream and, for TCP, the peer's address.
+    fn accept(&self) -> io::Result<(Stream, Option<SocketAddr>)> {
         match self {
-            Listener::Tcp(l) => l.accept().map(|(s, _)| Stream::Tcp(s)),
-            Listener::Unix(l, _) => l.accept().map(|(s, _)| Stream::Unix(s)),
+            Listener::Tcp(l) => l.accept().map(|(s, a)| (Stream::Tcp(s), Some(a))),
+            Listener::Unix(l, _) => l.accept().map(|(s, _)| (Stream::Unix(s), None)),
         }
     }
 }
@@ -269,8 +427,16 @@ pub struct FramedSocket {
     stats: SocketStats,
     /// Decoder counters already folded into `stats` (decoders reset per connection).
     dec_seen: DecoderStats,
-    /// Server: next time to look for a replacing peer while connected.
+    /// Server: next time to look for a new peer while connected.
     next_accept: Instant,
+    /// Server: a peer admitted while the current one is closing (installed when it ends).
+    waiting: Option<Stream>,
+    /// The owner reads this socket (`poll_recv` was called): data behind a peer's FIN will
+    /// be delivered, so a newcomer waits for it.
+    reads: bool,
+    refusals: RefusalLog,
+    shared: Arc<PeerCounters>,
+    keepalive_warned: bool,
 }
 
 impl fmt::Debug for FramedSocket {
@@ -315,7 +481,6 @@ impl FramedSocket {
             rbuf: vec![0u8; cfg.read_buf].into_boxed_slice(),
             obuf: Vec::with_capacity(cfg.out_buf),
             backoff: cfg.backoff_initial,
-            cfg,
             listener,
             conn: None,
             connecting: None,
@@ -325,7 +490,23 @@ impl FramedSocket {
             stats: SocketStats::default(),
             dec_seen: DecoderStats::default(),
             next_accept: Instant::now(),
+            waiting: None,
+            reads: false,
+            refusals: RefusalLog::new(format!("link socket {}", cfg.addr)),
+            shared: Arc::new(PeerCounters::default()),
+            keepalive_warned: false,
+            cfg,
         })
+    }
+
+    /// Connection counters shared with other threads (management reads them while the socket
+    /// runs on a data lcore).
+    pub fn peer_counters(&self) -> Arc<PeerCounters> {
+        self.shared.clone()
+    }
+
+    fn publish(&self) {
+        self.shared.publish(&self.stats, self.conn.is_some());
     }
 
     /// The bound address of a TCP server (useful with port 0).
@@ -401,19 +582,13 @@ impl FramedSocket {
     }
 
     fn accept_pending(&mut self) {
+        let mut seen = false;
         loop {
-            let Some(l) = &self.listener else { return };
+            let Some(l) = &self.listener else { break };
             match l.accept() {
-                Ok(s) => {
-                    if s.prepare().is_err() {
-                        self.stats.connect_failures += 1;
-                        continue;
-                    }
-                    if self.conn.is_some() {
-                        self.stats.replaced += 1;
-                        self.disconnect();
-                    }
-                    self.install(s);
+                Ok((s, peer)) => {
+                    seen = true;
+                    self.consider(s, peer);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -421,6 +596,69 @@ impl FramedSocket {
                     self.stats.connect_failures += 1;
                     break;
                 }
+            }
+        }
+        if seen {
+            self.publish();
+        }
+    }
+
+    /// Apply the peer policy to a freshly accepted connection.
+    fn consider(&mut self, s: Stream, peer: Option<SocketAddr>) {
+        let mut current = match &self.conn {
+            None => Current::None,
+            Some(c) => access::probe(c.fd(), self.reads),
+        };
+        if current == Current::Gone {
+            // Ended without us noticing (keepalive, reset, or a closed peer nobody reads):
+            // a peer waiting for it goes first.
+            self.disconnect();
+            current = if self.conn.is_some() {
+                Current::Alive
+            } else {
+                Current::None
+            };
+        }
+        let shown = peer.map_or_else(|| "(unix)".to_string(), |a| a.to_string());
+        let now = Instant::now();
+        let verdict = self
+            .cfg
+            .policy
+            .decide(peer.map(|a| a.ip()), current, self.waiting.is_none());
+        match verdict {
+            Verdict::RefuseNotAllowed => {
+                self.stats.refused_not_allowed += 1;
+                self.refusals
+                    .refused(&shown, "address not in the endpoint's allow list", now);
+            }
+            Verdict::RefuseBusy => {
+                self.stats.refused_busy += 1;
+                self.refusals.refused(
+                    &shown,
+                    "the current peer is alive (one peer at a time; replace_peer = false)",
+                    now,
+                );
+            }
+            Verdict::Wait => {
+                if s.prepare().is_ok() {
+                    self.stats.waited += 1;
+                    self.waiting = Some(s);
+                } else {
+                    self.stats.connect_failures += 1;
+                }
+            }
+            Verdict::Admit | Verdict::Replace => {
+                if s.prepare().is_err() {
+                    self.stats.connect_failures += 1;
+                    return;
+                }
+                if self.conn.is_some() {
+                    self.stats.replaced += 1;
+                    // The replacing peer, not one that waited, takes over.
+                    self.waiting = None;
+                    self.disconnect();
+                }
+                self.install(s);
             }
         }
     }
@@ -479,17 +717,30 @@ impl FramedSocket {
 
     fn connect_failed(&mut self, now: Instant) {
         self.stats.connect_failures += 1;
+        self.publish();
         self.next_attempt = Some(now + self.backoff);
         self.backoff = (self.backoff * 2).min(self.cfg.backoff_max);
     }
 
     fn install(&mut self, s: Stream) {
+        if let (Some(k), Stream::Tcp(t)) = (&self.cfg.keepalive, &s) {
+            if let Err(e) = k.apply(t) {
+                if !self.keepalive_warned {
+                    self.keepalive_warned = true;
+                    eprintln!(
+                        "warning: link socket {}: cannot set TCP keepalive ({e}); a dead peer is noticed only when a write fails",
+                        self.cfg.addr
+                    );
+                }
+            }
+        }
         self.conn = Some(s);
         self.decoder.reset();
         self.dec_seen = self.decoder.stats();
         self.stats.connects += 1;
         self.backoff = self.cfg.backoff_initial;
         self.next_attempt = None;
+        self.publish();
     }
 
     /// Drop the current connection (peer close, error, bad input or replacement).
@@ -514,6 +765,19 @@ impl FramedSocket {
         self.fpos = 0;
         // Reconnect at once; back-off applies to failed attempts.
         self.next_attempt = None;
+        match self.waiting.take() {
+            // The peer that waited for this one's end takes over.
+            Some(w) => self.install(w),
+            None => self.publish(),
+        }
+    }
+
+    /// Drop the connection after a socket error: a peer that died without closing.
+    fn disconnect_err(&mut self, e: &io::Error) {
+        if peer_died(e) {
+            self.stats.dead_peers += 1;
+        }
+        self.disconnect();
     }
 
     fn frame_len_at(&self, pos: usize) -> usize {
@@ -538,6 +802,7 @@ impl FramedSocket {
     /// (zero-length frames are counted, not delivered). Never blocks; returns frames
     /// delivered.
     pub fn poll_recv(&mut self, mut f: impl FnMut(u32, &[u8])) -> usize {
+        self.reads = true;
         if self.conn.is_none() || self.cfg.role == Role::Server {
             self.maintain(Instant::now());
         }
@@ -573,8 +838,8 @@ impl FramedSocket {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    self.disconnect();
+                Err(e) => {
+                    self.disconnect_err(&e);
                     break;
                 }
             }
@@ -695,8 +960,8 @@ impl FramedSocket {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    self.disconnect();
+                Err(e) => {
+                    self.disconnect_err(&e);
                     break;
                 }
             }

@@ -35,6 +35,9 @@ pub struct CoordinatorStats {
     pub completed_unrequested: u64,
     /// Completions the data plane failed to apply.
     pub complete_failed: u64,
+    /// Completions that answered no request from a sink that may not complete unrequested
+    /// (Xen notify without `accept_unsolicited`): counted and ignored, nothing released.
+    pub unsolicited_ignored: u64,
     /// Whether a request is outstanding now.
     pub outstanding: bool,
     /// Longest request→completion time seen (ns).
@@ -119,6 +122,11 @@ impl CheckpointCoordinator {
                 None
             }
         }
+    }
+
+    /// A completion answering no request was ignored (see [`CoordinatorStats::unsolicited_ignored`]).
+    pub fn unsolicited_ignored(&mut self) {
+        self.stats.unsolicited_ignored += 1;
     }
 
     /// The data plane could not apply a completion; the request stays outstanding.

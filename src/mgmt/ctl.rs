@@ -1,5 +1,9 @@
 //! `colo-proxy ctl`: the control-socket client. Prints the reply as pretty JSON (exit 1 on an
 //! error reply, 2 when the proxy cannot be reached) or, for `events`, streams one event per line.
+//!
+//! The TCP token comes from `--token-file` or the `COLO_PROXY_TOKEN` environment variable,
+//! never from the command line (every user can read `/proc/*/cmdline`). Options may stand
+//! anywhere, before or after the command words (`ctl events --raw`).
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -13,6 +17,9 @@ use crate::control::proto::{Command, Reply, Request, USAGE};
 /// Where the default control sockets live.
 pub const DEFAULT_SOCKET_DIR: &str = "/run/colo-proxy";
 
+/// Environment variable with the TCP token (when `--token-file` is not given).
+pub const TOKEN_ENV: &str = "COLO_PROXY_TOKEN";
+
 /// Options of `colo-proxy ctl`.
 #[derive(clap::Args, Debug)]
 #[command(after_help = USAGE)]
@@ -20,11 +27,14 @@ pub struct CtlArgs {
     /// Control UNIX socket (default: the only `*.sock` in /run/colo-proxy).
     #[arg(long, conflicts_with = "tcp")]
     pub socket: Option<PathBuf>,
-    /// Loopback TCP control endpoint (needs --token).
-    #[arg(long, requires = "token")]
-    pub tcp: Option<SocketAddr>,
-    /// Token for the TCP endpoint.
+    /// Loopback TCP control endpoint (token from --token-file or $COLO_PROXY_TOKEN).
     #[arg(long)]
+    pub tcp: Option<SocketAddr>,
+    /// File holding the TCP endpoint's token (one line; keep it mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Removed: a token on the command line is visible to every user (/proc/*/cmdline).
+    #[arg(long, hide = true)]
     pub token: Option<String>,
     /// Seconds to wait for a reply (not used while streaming events).
     #[arg(long, default_value_t = 10)]
@@ -32,9 +42,47 @@ pub struct CtlArgs {
     /// Print compact JSON.
     #[arg(long)]
     pub raw: bool,
-    /// Command and arguments.
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    /// Command and arguments (options may come before or after them).
+    #[arg(required = true)]
     pub words: Vec<String>,
+}
+
+/// The TCP token: `--token-file` (first line, trailing whitespace cut), else `$COLO_PROXY_TOKEN`
+/// (`env` is the variable's value, passed in so this stays testable). `--token` is refused.
+pub fn resolve_token(args: &CtlArgs, env: Option<String>) -> Result<Option<String>, String> {
+    use std::os::unix::fs::PermissionsExt;
+    if args.token.is_some() {
+        return Err(format!(
+            "--token was removed: a token on the command line is visible to every user in /proc/*/cmdline; use --token-file FILE or {TOKEN_ENV}"
+        ));
+    }
+    let token = match &args.token_file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("--token-file {}: {e}", p.display()))?;
+            if let Ok(md) = std::fs::metadata(p) {
+                if md.permissions().mode() & 0o077 != 0 {
+                    eprintln!(
+                        "colo-proxy ctl: warning: {} is readable by others (mode {:o}); chmod 600 it",
+                        p.display(),
+                        md.permissions().mode() & 0o777
+                    );
+                }
+            }
+            let t = text.lines().next().unwrap_or("").trim_end().to_string();
+            if t.is_empty() {
+                return Err(format!("--token-file {}: empty", p.display()));
+            }
+            Some(t)
+        }
+        None => env.filter(|t| !t.is_empty()),
+    };
+    if args.tcp.is_some() && token.is_none() {
+        return Err(format!(
+            "--tcp needs the token: --token-file FILE or {TOKEN_ENV}"
+        ));
+    }
+    Ok(token)
 }
 
 /// A control endpoint.
@@ -165,7 +213,16 @@ pub fn cli(args: &CtlArgs) -> ExitCode {
             }
         },
     };
-    let req = match Request::from_words(&args.words, args.token.clone()) {
+    let token = match resolve_token(args, std::env::var(TOKEN_ENV).ok()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("colo-proxy ctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // The token is for the TCP endpoint only; a UNIX peer is known by its uid.
+    let token = if args.tcp.is_some() { token } else { None };
+    let req = match Request::from_words(&args.words, token) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("colo-proxy ctl: {e}");

@@ -69,16 +69,31 @@ impl MgmtConfig {
             (SockAddr::Unix(p), SocketMode::Client) => xen::NotifyEndpoint::ConnectUnix(p.clone()),
             (SockAddr::Tcp(a), SocketMode::Client) => xen::NotifyEndpoint::ConnectTcp(*a),
         };
+        let xen_cfg = |e: &crate::config::Endpoint, vnet, reconnect_ms, accept_unsolicited| {
+            xen::XenConfig {
+                vnet_hdr_support: vnet,
+                reconnect_ns: ms(reconnect_ms),
+                // A channel that can release held packets: loopback only unless allowed.
+                policy: e.peer_policy(true),
+                keepalive: e.keepalive(),
+                accept_unsolicited,
+                ..xen::XenConfig::new(endpoint(e))
+            }
+        };
         let xen = match (&m.xen_notify, &cfg.compare_sockets) {
-            (Some(x), _) => Some(xen::XenConfig {
-                endpoint: endpoint(&x.endpoint),
-                vnet_hdr_support: x.vnet_hdr_support,
-                reconnect_ns: ms(1000),
-            }),
-            (None, Some(cs)) => cs.notify_dev.as_ref().map(|e| xen::XenConfig {
-                endpoint: endpoint(e),
-                vnet_hdr_support: cs.vnet_hdr_support,
-                reconnect_ns: ms(cs.reconnect_ms),
+            (Some(x), _) => Some(xen_cfg(
+                &x.endpoint,
+                x.vnet_hdr_support,
+                1000,
+                x.accept_unsolicited,
+            )),
+            (None, Some(cs)) => cs.notify_dev.as_ref().map(|e| {
+                xen_cfg(
+                    e,
+                    cs.vnet_hdr_support,
+                    cs.reconnect_ms,
+                    cs.accept_unsolicited,
+                )
             }),
             (None, None) => None,
         };
@@ -86,6 +101,7 @@ impl MgmtConfig {
             server: ServerConfig {
                 unix_path: Some(m.control_socket.clone()),
                 unix_mode: m.control_socket_mode,
+                unix_group: m.control_socket_group,
                 tcp: m.control_tcp.clone(),
                 ..ServerConfig::default()
             },
@@ -261,6 +277,7 @@ struct Core {
     /// Events to broadcast after the current step.
     outbox: Vec<Event>,
     shutdown: bool,
+    unsolicited_log: crate::link::access::RefusalLog,
 }
 
 /// The management service. Drive it with [`Management::poll`] from the management lcore or a
@@ -327,6 +344,7 @@ impl Management {
                 server_stats: ServerStats::default(),
                 outbox: Vec::new(),
                 shutdown: false,
+                unsolicited_log: crate::link::access::RefusalLog::new("checkpoint"),
             },
             rx,
             sender,
@@ -384,6 +402,18 @@ impl Management {
                 work += 1;
                 match ev {
                     SinkEvent::CheckpointDone => {
+                        if self.core.coord.outstanding().is_none()
+                            && !self.core.sinks[i].accepts_unsolicited()
+                        {
+                            // Answers nothing we asked for: applying it would release every
+                            // held primary on the peer's word alone.
+                            self.core.coord.unsolicited_ignored();
+                            self.core.unsolicited_log.log(
+                                &format!("{name}: checkpoint done that answers no request ignored (accept_unsolicited = false)"),
+                                std::time::Instant::now(),
+                            );
+                            continue;
+                        }
                         // The error is counted and the request stays outstanding.
                         let _ = self.core.complete(&name, now_ns);
                     }

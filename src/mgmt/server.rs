@@ -3,12 +3,21 @@
 //! by [`ControlServer::poll`] with bounded work per call, so a slow, stuck or vanished client can
 //! cost at most a bounded buffer and never stalls the caller. Event subscribers that fall behind
 //! lose events (counted), never memory.
+//!
+//! Who may talk: the UNIX socket exists only with its final mode and group from its first
+//! moment ([`crate::link::access::bind_unix`]), and each UNIX peer's uid (`SO_PEERCRED`) must be
+//! root, the socket's owner, or in the configured group. A TCP client must present the token;
+//! one that has not within [`ServerConfig::auth_timeout_ns`] is closed, and TCP clients never
+//! take the last [`ServerConfig::unix_reserved`] slots, so idle TCP connections cannot lock out
+//! the local operator.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+
+use crate::link::access::{self, UidPolicy};
 
 use serde::Serialize;
 
@@ -22,6 +31,8 @@ pub struct ServerConfig {
     pub unix_path: Option<PathBuf>,
     /// Its permission bits (0o600 by default).
     pub unix_mode: u32,
+    /// Group (gid) of the socket: its members may connect (with a mode that lets them).
+    pub unix_group: Option<u32>,
     /// Loopback TCP endpoint and the token every request on it must carry.
     pub tcp: Option<(SocketAddr, String)>,
     /// Most connected clients; more are refused with an error line.
@@ -30,6 +41,10 @@ pub struct ServerConfig {
     pub event_backlog: usize,
     /// Bytes of unsent replies a client may have queued before it is disconnected.
     pub reply_backlog: usize,
+    /// A TCP client that has not sent a request with the right token by then is closed.
+    pub auth_timeout_ns: u64,
+    /// Client slots only UNIX clients may take.
+    pub unix_reserved: usize,
 }
 
 impl Default for ServerConfig {
@@ -37,10 +52,13 @@ impl Default for ServerConfig {
         ServerConfig {
             unix_path: None,
             unix_mode: 0o600,
+            unix_group: None,
             tcp: None,
             max_clients: 32,
             event_backlog: 256 * 1024,
             reply_backlog: 4 * 1024 * 1024,
+            auth_timeout_ns: 5_000_000_000,
+            unix_reserved: 1,
         }
     }
 }
@@ -86,8 +104,12 @@ pub trait Handler {
 pub struct ServerStats {
     /// Connections accepted.
     pub accepted: u64,
-    /// Connections refused (too many clients).
+    /// Connections refused (too many clients; TCP: only the UNIX-reserved slots left).
     pub refused: u64,
+    /// UNIX peers refused: their uid is not root, the owner, or in the socket's group.
+    pub peer_refused: u64,
+    /// TCP clients closed for not authenticating within the timeout.
+    pub auth_timeouts: u64,
     /// Connections closed (any reason).
     pub closed: u64,
     /// Requests answered (ok or error).
@@ -140,6 +162,10 @@ struct Client {
     stream: Stream,
     /// TCP clients must present the token on every request.
     needs_token: bool,
+    /// UNIX peers (uid checked) and TCP clients that presented the token.
+    authed: bool,
+    /// Accepted at (the auth timeout runs from here).
+    since_ns: u64,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
     subscribed: bool,
@@ -166,16 +192,24 @@ pub struct ControlServer {
     tcp: Option<TcpListener>,
     clients: Vec<Client>,
     stats: ServerStats,
+    /// Which local users the UNIX socket serves.
+    uids: UidPolicy,
 }
 
-fn prepare_unix_path(path: &Path) -> Result<(), ServerError> {
+fn prepare_unix_path(path: &Path, group: Option<u32>) -> Result<(), ServerError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
+            // The group's members must be able to reach the socket, nobody else.
+            let mode = if group.is_some() { 0o750 } else { 0o700 };
             std::fs::DirBuilder::new()
                 .recursive(true)
-                .mode(0o700)
+                .mode(mode)
                 .create(dir)
                 .map_err(io_err(format!("create {}", dir.display())))?;
+            if let Some(g) = group {
+                std::os::unix::fs::chown(dir, None, Some(g))
+                    .map_err(io_err(format!("chgrp {}", dir.display())))?;
+            }
         }
     }
     match std::fs::symlink_metadata(path) {
@@ -208,15 +242,25 @@ impl ControlServer {
                 Some(l)
             }
         };
+        let mut uids = UidPolicy::default();
         let unix = match &cfg.unix_path {
             None => None,
             Some(p) => {
-                prepare_unix_path(p)?;
-                let l = UnixListener::bind(p).map_err(io_err(format!("bind {}", p.display())))?;
-                // The parent directory we create is 0700, which closes the window before chmod.
-                std::fs::set_permissions(p, std::fs::Permissions::from_mode(cfg.unix_mode))
-                    .map_err(io_err(format!("chmod {}", p.display())))?;
+                prepare_unix_path(p, cfg.unix_group)?;
+                // Final mode and group from the first moment: no chmod window.
+                let l = access::bind_unix(p, cfg.unix_mode, cfg.unix_group)
+                    .map_err(io_err(format!("bind {}", p.display())))?;
                 l.set_nonblocking(true).map_err(io_err("set_nonblocking"))?;
+                let owner = std::fs::symlink_metadata(p)
+                    .map_err(io_err(format!("stat {}", p.display())))?
+                    .uid();
+                let read = |f: &str| std::fs::read_to_string(f).unwrap_or_default();
+                uids = UidPolicy::new(
+                    owner,
+                    cfg.unix_group,
+                    &read("/etc/group"),
+                    &read("/etc/passwd"),
+                );
                 Some(l)
             }
         };
@@ -226,6 +270,7 @@ impl ControlServer {
             tcp,
             clients: Vec::new(),
             stats: ServerStats::default(),
+            uids,
         })
     }
 
@@ -249,7 +294,7 @@ impl ControlServer {
 
     /// Accept, read, execute, write: bounded work. Returns how many requests were answered.
     pub fn poll(&mut self, now_ns: u64, handler: &mut dyn Handler) -> usize {
-        self.accept();
+        self.accept(now_ns);
         let mut answered = 0;
         for i in 0..self.clients.len() {
             answered += self.service(i, now_ns, handler);
@@ -284,7 +329,7 @@ impl ControlServer {
         self.reap();
     }
 
-    fn accept(&mut self) {
+    fn accept(&mut self, now_ns: u64) {
         let mut fresh = Vec::new();
         if let Some(l) = &self.unix {
             for _ in 0..ACCEPTS_PER_POLL {
@@ -310,9 +355,18 @@ impl ControlServer {
                 Stream::Unix(s) => s.set_nonblocking(true),
                 Stream::Tcp(s) => s.set_nonblocking(true),
             };
+            // A UNIX peer is who the kernel says it is.
+            let cred = match &stream {
+                Stream::Unix(s) => rustix::net::sockopt::socket_peercred(s)
+                    .ok()
+                    .map(|c| (c.uid.as_raw(), c.gid.as_raw())),
+                Stream::Tcp(_) => None,
+            };
             let mut c = Client {
                 stream,
                 needs_token,
+                authed: !needs_token,
+                since_ns: now_ns,
                 rbuf: Vec::new(),
                 wbuf: Vec::new(),
                 subscribed: false,
@@ -323,11 +377,34 @@ impl ControlServer {
             if ok.is_err() {
                 continue;
             }
-            if self.clients.len() >= self.cfg.max_clients {
+            if !needs_token {
+                let allowed = cred.is_some_and(|(uid, gid)| self.uids.allows(uid, gid));
+                if !allowed {
+                    self.stats.peer_refused += 1;
+                    let who = cred.map_or("unknown".to_string(), |(u, g)| format!("{u} (gid {g})"));
+                    refuse(
+                        &mut c,
+                        &format!("uid {who} may not use this control socket"),
+                    );
+                    continue;
+                }
+            }
+            let tcp_clients = self.clients.iter().filter(|c| c.needs_token).count();
+            // The last slots are kept for the local (UNIX) operator, if there is a UNIX socket.
+            let reserved = if self.unix.is_some() {
+                self.cfg.unix_reserved
+            } else {
+                0
+            };
+            let room = if needs_token {
+                tcp_clients < self.cfg.max_clients.saturating_sub(reserved)
+                    && self.clients.len() < self.cfg.max_clients
+            } else {
+                self.clients.len() < self.cfg.max_clients
+            };
+            if !room {
                 self.stats.refused += 1;
-                queue_reply(&mut c, &Reply::err("too many control clients"));
-                flush(&mut c);
-                c.stream.shutdown();
+                refuse(&mut c, "too many control clients");
                 continue;
             }
             self.stats.accepted += 1;
@@ -339,9 +416,22 @@ impl ControlServer {
         let token = self.cfg.tcp.as_ref().map(|(_, t)| t.as_str());
         let reply_backlog = self.cfg.reply_backlog;
         let stats = &mut self.stats;
+        let auth_timeout = self.cfg.auth_timeout_ns;
         let c = &mut self.clients[i];
         if c.dead {
             return 0;
+        }
+        if !c.authed && c.closing.is_none() && now_ns.saturating_sub(c.since_ns) > auth_timeout {
+            // Holding a slot without the token: one of many ways to lock others out.
+            stats.auth_timeouts += 1;
+            queue_reply(
+                c,
+                &Reply::err(format!(
+                    "no request with the token within {} ms",
+                    auth_timeout / 1_000_000
+                )),
+            );
+            c.closing = Some(now_ns);
         }
         if c.closing.is_none() && !c.eof {
             read_some(c);
@@ -385,14 +475,17 @@ impl ControlServer {
                     c.closing = Some(now_ns);
                     Reply::err("missing or wrong token")
                 }
-                Ok(Request {
-                    cmd: Command::Events,
-                    ..
-                }) => {
-                    c.subscribed = true;
-                    Reply::ok(serde_json::json!("subscribed"))
+                Ok(req) => {
+                    // A TCP client with the right token is no longer subject to the timeout.
+                    c.authed = true;
+                    match req.cmd {
+                        Command::Events => {
+                            c.subscribed = true;
+                            Reply::ok(serde_json::json!("subscribed"))
+                        }
+                        cmd => handler.handle(cmd, now_ns),
+                    }
                 }
-                Ok(req) => handler.handle(req.cmd, now_ns),
             };
             if !reply.ok {
                 stats.errors += 1;
@@ -445,6 +538,13 @@ fn token_ok(given: Option<&str>, want: Option<&str>) -> bool {
         diff |= b ^ g.get(i).copied().unwrap_or(0);
     }
     diff == 0
+}
+
+/// Tell a client why it is not served, then close it.
+fn refuse(c: &mut Client, why: &str) {
+    queue_reply(c, &Reply::err(why));
+    flush(c);
+    c.stream.shutdown();
 }
 
 fn queue_reply(c: &mut Client, r: &Reply) {

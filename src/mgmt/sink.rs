@@ -31,6 +31,11 @@ pub trait CheckpointSink: Send {
     fn poll(&mut self, now_ns: u64, out: &mut Vec<SinkEvent>);
     /// Counters.
     fn stats(&self) -> serde_json::Value;
+    /// Whether a completion from this sink that answers no outstanding request is applied
+    /// (it releases every held primary). Sinks whose peer cannot be trusted that far say no.
+    fn accepts_unsolicited(&self) -> bool {
+        true
+    }
 }
 
 /// A non-blocking byte stream over TCP or UNIX.

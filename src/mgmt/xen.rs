@@ -6,12 +6,23 @@
 //!
 //! The message codec is `control::xen` (shared with the link layer); deframing goes through
 //! [`NotifyCodec`] so another framing could be plugged in for tests or other frames.
+//!
+//! Whoever talks on this channel can release every held primary (`COLO_CHECKPOINT`), so in
+//! listen mode ([`crate::link::access`]): TCP peers must be in the allowlist (loopback only by
+//! default), a UNIX socket is created 0600 from its first moment, the current peer is kept
+//! while it is alive (a second connection is refused, logged and counted; `replace_peer`
+//! restores newest-wins), and TCP keepalive drops a peer whose host died within its bound so
+//! the restarted peer gets in. A `COLO_CHECKPOINT` that answers no request is counted and
+//! ignored by management unless `accept_unsolicited` is set.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use crate::link::access::{self, Allowlist, Current, Keepalive, PeerPolicy, RefusalLog, Verdict};
 
 use serde::Serialize;
 
@@ -69,7 +80,7 @@ impl NotifyCodec for QemuCodec {
 /// Where the notify channel is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NotifyEndpoint {
-    /// Listen on a UNIX path; one peer at a time (a new peer replaces the old one).
+    /// Listen on a UNIX path (mode 0600); one peer at a time.
     ListenUnix(PathBuf),
     /// Listen on TCP.
     ListenTcp(SocketAddr),
@@ -88,6 +99,32 @@ pub struct XenConfig {
     pub vnet_hdr_support: bool,
     /// First reconnect delay (client mode); doubles up to 16× on repeated failures.
     pub reconnect_ns: u64,
+    /// Listen mode: who is admitted (TCP: loopback only unless an allowlist is given).
+    pub policy: PeerPolicy,
+    /// TCP keepalive bound (listen and connect mode); `None`: off.
+    pub keepalive: Option<Keepalive>,
+    /// Apply a `COLO_CHECKPOINT` that answers no request (releases every held primary).
+    pub accept_unsolicited: bool,
+}
+
+impl XenConfig {
+    /// `endpoint` with the defaults: no vnet field, 1 s reconnect, loopback-only TCP peers,
+    /// the live peer kept, 5 s keepalive, unsolicited completions ignored.
+    pub fn new(endpoint: NotifyEndpoint) -> Self {
+        XenConfig {
+            endpoint,
+            vnet_hdr_support: false,
+            reconnect_ns: 1_000_000_000,
+            policy: PeerPolicy {
+                allow: Some(Allowlist::loopback()),
+                replace_peer: false,
+            },
+            keepalive: Some(Keepalive {
+                timeout: Duration::from_millis(access::DEFAULT_KEEPALIVE_MS),
+            }),
+            accept_unsolicited: false,
+        }
+    }
 }
 
 /// Xen sink counters.
@@ -107,6 +144,14 @@ pub struct XenStats {
     pub connects: u64,
     /// Peers lost (closed, error, protocol violation).
     pub disconnects: u64,
+    /// Peers refused: address not in the allowlist.
+    pub refused_not_allowed: u64,
+    /// Peers refused: the current peer is alive.
+    pub refused_busy: u64,
+    /// Live peers replaced by a newer one (`replace_peer = true`).
+    pub replaced: u64,
+    /// Peers lost to a socket error (reset, keepalive or user timeout) rather than a close.
+    pub dead_peers: u64,
     /// Connected now.
     pub connected: bool,
 }
@@ -128,6 +173,7 @@ pub struct XenSink {
     pending: bool,
     backoff: Backoff,
     stats: XenStats,
+    refusals: RefusalLog,
 }
 
 impl XenSink {
@@ -141,14 +187,26 @@ impl XenSink {
         let listener = match &cfg.endpoint {
             NotifyEndpoint::ListenUnix(p) => {
                 // Replace only a stale socket; never delete another kind of file.
-                if std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket())
-                    && UnixStream::connect(p).is_err()
-                {
-                    let _ = std::fs::remove_file(p);
+                match std::fs::symlink_metadata(p) {
+                    Ok(m) if m.file_type().is_socket() => {
+                        if UnixStream::connect(p).is_ok() {
+                            return Err(std::io::Error::new(
+                                std::io::ErrorKind::AddrInUse,
+                                format!("{} is served by another process", p.display()),
+                            ));
+                        }
+                        let _ = std::fs::remove_file(p);
+                    }
+                    Ok(_) => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::AlreadyExists,
+                            format!("{} exists and is not a socket", p.display()),
+                        ))
+                    }
+                    Err(_) => {}
                 }
-                let l = UnixListener::bind(p)?;
-                // Whoever can connect can release held packets: owner only.
-                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))?;
+                // Whoever can connect can release held packets: owner only, from the start.
+                let l = access::bind_unix(p, 0o600, None)?;
                 l.set_nonblocking(true)?;
                 Some(Listener::Unix(l))
             }
@@ -161,7 +219,6 @@ impl XenSink {
         };
         let backoff = Backoff::new(cfg.reconnect_ns, cfg.reconnect_ns.saturating_mul(16));
         Ok(XenSink {
-            cfg,
             codec,
             listener,
             conn: None,
@@ -170,6 +227,8 @@ impl XenSink {
             pending: false,
             backoff,
             stats: XenStats::default(),
+            refusals: RefusalLog::new(format!("xen notify {:?}", cfg.endpoint)),
+            cfg,
         })
     }
 
@@ -203,6 +262,11 @@ impl XenSink {
         if conn.set_nonblocking().is_err() {
             return;
         }
+        if let (Some(k), Conn::Tcp(s)) = (&self.cfg.keepalive, &conn) {
+            if let Err(e) = k.apply(s) {
+                eprintln!("warning: xen notify: cannot set TCP keepalive ({e})");
+            }
+        }
         if self.conn.is_some() {
             self.stats.disconnects += 1;
         }
@@ -219,31 +283,81 @@ impl XenSink {
         }
     }
 
-    fn connect_or_accept(&mut self, now_ns: u64, out: &mut Vec<SinkEvent>) {
-        let fresh = match &self.listener {
-            // A new peer replaces the current one: Xen's side restarted.
-            Some(Listener::Unix(l)) => l.accept().ok().map(|(s, _)| Conn::Unix(s)),
-            Some(Listener::Tcp(l)) => l.accept().ok().map(|(s, _)| Conn::Tcp(s)),
-            None if self.conn.is_none() && self.backoff.due(now_ns) => {
-                let r = match &self.cfg.endpoint {
-                    NotifyEndpoint::ConnectUnix(p) => UnixStream::connect(p).map(Conn::Unix),
-                    NotifyEndpoint::ConnectTcp(a) => {
-                        TcpStream::connect_timeout(a, Duration::from_millis(100)).map(Conn::Tcp)
-                    }
-                    _ => return,
-                };
-                match r {
-                    Ok(c) => Some(c),
-                    Err(_) => {
-                        self.backoff.failed(now_ns);
-                        None
-                    }
-                }
+    /// The current connection's state, without reading it.
+    fn current(&self) -> Current {
+        match &self.conn {
+            None => Current::None,
+            Some(Conn::Unix(s)) => access::probe(s.as_fd(), true),
+            Some(Conn::Tcp(s)) => access::probe(s.as_fd(), true),
+        }
+    }
+
+    /// Apply the peer policy to an accepted connection.
+    fn consider(
+        &mut self,
+        c: Conn,
+        peer: Option<SocketAddr>,
+        now_ns: u64,
+        out: &mut Vec<SinkEvent>,
+    ) {
+        let mut current = self.current();
+        if current == Current::Gone {
+            // Reset or timed out under us (keepalive): the newcomer may have its place.
+            self.stats.dead_peers += 1;
+            self.drop_conn("peer gone".into(), out, now_ns);
+            current = Current::None;
+        }
+        // The current peer is read every poll before accepting, so a closing one has been
+        // read to its end already: no waiting slot here.
+        let shown = peer.map_or_else(|| "(unix)".to_string(), |a| a.to_string());
+        match self.cfg.policy.decide(peer.map(|a| a.ip()), current, false) {
+            Verdict::RefuseNotAllowed => {
+                self.stats.refused_not_allowed += 1;
+                self.refusals
+                    .refused(&shown, "address not in the allow list", Instant::now());
             }
-            None => None,
+            Verdict::RefuseBusy | Verdict::Wait => {
+                self.stats.refused_busy += 1;
+                self.refusals.refused(
+                    &shown,
+                    "the current peer is alive (replace_peer = false)",
+                    Instant::now(),
+                );
+            }
+            Verdict::Admit => self.adopt(c, out),
+            Verdict::Replace => {
+                self.stats.replaced += 1;
+                self.adopt(c, out);
+            }
+        }
+    }
+
+    fn connect_or_accept(&mut self, now_ns: u64, out: &mut Vec<SinkEvent>) {
+        // A bounded number of knocks per poll, so a flood cannot stall management.
+        for _ in 0..8 {
+            let fresh = match &self.listener {
+                Some(Listener::Unix(l)) => l.accept().ok().map(|(s, _)| (Conn::Unix(s), None)),
+                Some(Listener::Tcp(l)) => l.accept().ok().map(|(s, a)| (Conn::Tcp(s), Some(a))),
+                None => break,
+            };
+            match fresh {
+                Some((c, peer)) => self.consider(c, peer, now_ns, out),
+                None => break,
+            }
+        }
+        if self.listener.is_some() || self.conn.is_some() || !self.backoff.due(now_ns) {
+            return;
+        }
+        let r = match &self.cfg.endpoint {
+            NotifyEndpoint::ConnectUnix(p) => UnixStream::connect(p).map(Conn::Unix),
+            NotifyEndpoint::ConnectTcp(a) => {
+                TcpStream::connect_timeout(a, Duration::from_millis(100)).map(Conn::Tcp)
+            }
+            _ => return,
         };
-        if let Some(c) = fresh {
-            self.adopt(c, out);
+        match r {
+            Ok(c) => self.adopt(c, out),
+            Err(_) => self.backoff.failed(now_ns),
         }
     }
 }
@@ -274,7 +388,29 @@ impl CheckpointSink for XenSink {
     }
 
     fn poll(&mut self, now_ns: u64, out: &mut Vec<SinkEvent>) {
+        // Read the current peer first: one that closed is then gone before a newcomer is
+        // looked at.
+        self.read_current(now_ns, out);
         self.connect_or_accept(now_ns, out);
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        if let Err(e) = conn.flush_from(&mut self.wbuf) {
+            self.drop_conn(e, out, now_ns);
+        }
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        serde_json::to_value(self.xen_stats()).unwrap_or_default()
+    }
+
+    fn accepts_unsolicited(&self) -> bool {
+        self.cfg.accept_unsolicited
+    }
+}
+
+impl XenSink {
+    fn read_current(&mut self, now_ns: u64, out: &mut Vec<SinkEvent>) {
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
@@ -317,18 +453,10 @@ impl CheckpointSink for XenSink {
             return;
         }
         if let Some(why) = closed {
+            if why != "peer closed" {
+                self.stats.dead_peers += 1;
+            }
             self.drop_conn(why, out, now_ns);
-            return;
         }
-        let Some(conn) = self.conn.as_mut() else {
-            return;
-        };
-        if let Err(e) = conn.flush_from(&mut self.wbuf) {
-            self.drop_conn(e, out, now_ns);
-        }
-    }
-
-    fn stats(&self) -> serde_json::Value {
-        serde_json::to_value(self.xen_stats()).unwrap_or_default()
     }
 }

@@ -26,6 +26,7 @@ pub struct PipelineControl {
     shutdown: Arc<AtomicBool>,
     backlog: OnceLock<Arc<BacklogBoard>>,
     ports: OnceLock<Vec<(String, u16, bool)>>,
+    link_sockets: OnceLock<Vec<crate::link::socket::NamedPeerCounters>>,
 }
 
 /// One port's drop counters as reports show them (drops in the device or kernel that the
@@ -87,7 +88,18 @@ impl PipelineControl {
             shutdown,
             backlog: OnceLock::new(),
             ports: OnceLock::new(),
+            link_sockets: OnceLock::new(),
         }
+    }
+
+    /// The socket link's streams (their connection counters in stats and the report).
+    pub fn set_link_sockets(&self, s: Vec<crate::link::socket::NamedPeerCounters>) {
+        let _ = self.link_sockets.set(s);
+    }
+
+    /// The socket link's streams (empty for a port link).
+    pub fn link_sockets(&self) -> &[crate::link::socket::NamedPeerCounters] {
+        self.link_sockets.get().map_or(&[], Vec::as_slice)
     }
 
     /// The compare shards publish their backlogs on `board` (lag in stats and status).
@@ -212,6 +224,11 @@ impl DataPlane for PipelineControl {
             "in_flight": acc.entered.saturating_sub(acc.terminal),
             "lag": self.lag(),
             "ports": self.port_drops(),
+            "link_sockets": self
+                .link_sockets()
+                .iter()
+                .map(|s| s.to_json())
+                .collect::<Vec<_>>(),
         })
     }
 

@@ -31,6 +31,9 @@ pub fn run(config_path: &Path, eal_overrides: &[String]) -> ExitCode {
     if cfg.role == Role::Compare {
         return crate::link::dropin::run(&cfg);
     }
+    for w in cfg.warnings() {
+        eprintln!("warning: {}: {w}", config_path.display());
+    }
     match run_pipeline(&cfg, eal_overrides) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -75,7 +78,9 @@ fn run_pipeline(cfg: &Config, eal_overrides: &[String]) -> Result<bool, String> 
         hold,
         idle,
         backlog,
+        link_sockets,
     } = topology::build(cfg, &pool, &mgmt.sender(), mgmt.capture_on())?;
+    control.set_link_sockets(link_sockets);
     if let Some(b) = backlog {
         control.set_backlog(b);
     }
@@ -142,6 +147,9 @@ fn run_pipeline(cfg: &Config, eal_overrides: &[String]) -> Result<bool, String> 
         manage::report_lines(&totals, &out.peak_lag, &control.port_drops())
     );
     print!("{}", control.idle_report());
+    for s in control.link_sockets() {
+        println!("{}", s.line());
+    }
     let acc = totals.accounting();
     println!(
         "accounting               {acc}{}",

@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::compare::{self, Comparator};
-use crate::config::{Config, LinkSpec, PortDevice, PortSpec, Role, SockAddr, SocketMode};
+use crate::config::{Config, Endpoint, LinkSpec, PortDevice, PortSpec, Role, SockAddr, SocketMode};
 use crate::dpdk::{self, Mbuf, Mempool, Port, PortConfig, RingFlags};
 use crate::link::encap::{EncapConfig, EncapTx, OVERHEAD};
 use crate::link::framing::FrameConfig;
-use crate::link::socket::{FramedSocket, LinkAddr, Role as SockRole, SocketConfig};
+use crate::link::socket::{
+    FramedSocket, LinkAddr, NamedPeerCounters, Role as SockRole, SocketConfig,
+};
 use crate::rewrite::{self, Rewriter};
 
 use super::backpressure::{BacklogBoard, PvmGate, Watermarks};
@@ -40,6 +42,8 @@ pub struct Topology {
     pub idle: IdlePolicy,
     /// The compare shards' published backlogs (primary; lag reports).
     pub backlog: Option<Arc<BacklogBoard>>,
+    /// Socket link: each stream's connection counters (refused peers, ...).
+    pub link_sockets: Vec<NamedPeerCounters>,
 }
 
 /// The compare engine's configuration from the file's `[compare]`.
@@ -202,12 +206,8 @@ fn check_link_mtu(name: &str, spec: &PortSpec, p: &mut Port) {
     }
 }
 
-fn socket(
-    addr: &SockAddr,
-    mode: SocketMode,
-    vnet: bool,
-    reconnect_ms: u64,
-) -> Result<FramedSocket, String> {
+fn socket(ep: &Endpoint, vnet: bool, reconnect_ms: u64) -> Result<FramedSocket, String> {
+    let (addr, mode) = (&ep.addr, ep.mode);
     let shown = addr.to_string();
     let addr = match addr {
         SockAddr::Tcp(a) => LinkAddr::Tcp(*a),
@@ -222,6 +222,9 @@ fn socket(
     // One read per poll bounds the frames a stage takes in one loop.
     sc.max_reads_per_poll = 1;
     sc.read_buf = 64 * 1024;
+    // Who may connect (allow, replace_peer) and how fast a dead peer is noticed.
+    sc.policy = ep.peer_policy(false);
+    sc.keepalive = ep.keepalive();
     FramedSocket::new(sc).map_err(|e| format!("link socket {shown}: {e}"))
 }
 
@@ -350,6 +353,7 @@ pub fn build(
     };
 
     // The link, as (tx side, rx side).
+    let mut link_sockets = Vec::new();
     let (link_tx, link_rx) = match &cfg.link {
         Some(LinkSpec::Port {
             port: lp,
@@ -401,8 +405,20 @@ pub fn build(
             } else {
                 (secondary_out, mirror)
             };
-            let tx = socket(&out.addr, out.mode, *vnet_hdr_support, *reconnect_ms)?;
-            let rx = socket(&inn.addr, inn.mode, *vnet_hdr_support, *reconnect_ms)?;
+            let tx = socket(out, *vnet_hdr_support, *reconnect_ms)?;
+            let rx = socket(inn, *vnet_hdr_support, *reconnect_ms)?;
+            let (tx_name, rx_name) = if cfg.role == Role::Primary {
+                ("mirror", "secondary-out")
+            } else {
+                ("secondary-out", "mirror")
+            };
+            for (name, ep, s) in [(tx_name, out, &tx), (rx_name, inn, &rx)] {
+                link_sockets.push(NamedPeerCounters {
+                    name,
+                    addr: ep.addr.to_string(),
+                    counters: s.peer_counters(),
+                });
+            }
             (
                 LinkTx::Socket(Box::new(tx), Default::default()),
                 LinkRx::socket(rx, pool.clone()),
@@ -551,6 +567,7 @@ pub fn build(
             reason: "config".into(),
         },
         backlog,
+        link_sockets,
     })
 }
 

@@ -86,6 +86,8 @@ fn ours(d: &TempDir, vnet: bool, notify: bool) -> DropIn {
             scan_period_ns: 60_000_000_000,
             ..CompareConfig::default()
         },
+        // QEMU applies every COLO_CHECKPOINT; the diff compares like with like.
+        accept_unsolicited: true,
     };
     DropIn::new(cfg).unwrap()
 }
