@@ -52,6 +52,8 @@ pub fn compare_config(cfg: &Config) -> compare::CompareConfig {
         table_capacity: c.table_capacity as usize,
         idle_timeout_ns: c.idle_timeout_ms * 1_000_000,
         bypass: c.bypass.clone(),
+        pass_ipv6: c.ipv6 == crate::config::PassMode::Pass,
+        pass_vlan: c.vlan == crate::config::PassMode::Pass,
         ..compare::CompareConfig::default()
     }
 }
