@@ -227,6 +227,20 @@ pub fn summary(cfg: &Config, eal_args: &[String]) -> String {
             c.context_packets
         );
     }
+    if let Some(a) = &m.metrics {
+        let _ = writeln!(
+            s,
+            "metrics: http://{a}/metrics (Prometheus, OpenMetrics text)"
+        );
+    }
+    let c = &cfg.compare;
+    if c.ipv6 == super::PassMode::Pass || c.vlan == super::PassMode::Pass {
+        let _ = writeln!(
+            s,
+            "compare: ipv6 {:?}, vlan {:?} (\"pass\" releases those primaries uncompared)",
+            c.ipv6, c.vlan
+        );
+    }
     if let Ok(Some(set)) = super::eal::lcore_set(eal_args) {
         let _ = writeln!(s, "eal lcore set: {}", fmt_set(&set));
     }
