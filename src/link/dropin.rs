@@ -45,11 +45,43 @@ use crate::control::xen::{XenIn, XenOut};
 use super::framing::{FrameConfig, MAX_VNET_HDR_LEN};
 use super::socket::{FramedSocket, LinkAddr, Role, SendError, SocketConfig, SocketStats};
 
-/// Empty polls before an idle drop-in blocks in `poll(2)` (a short spin catches back-to-back
-/// batches without a wake-up).
-const SPIN_POLLS: u32 = 4;
-/// Longest block when idle: bounds timer (compare timeout, scan, resend) and reconnect delay.
-const IDLE_WAIT: Duration = Duration::from_millis(1);
+/// Longest block when idle: bounds how late a timer (compare timeout scan, checkpoint resend)
+/// or a client reconnect is handled. 100 ms: at most ~10 wake-ups a second when nothing
+/// happens (a socket that becomes readable wakes it at once).
+pub const IDLE_WAIT: Duration = Duration::from_millis(100);
+
+/// How the drop-in's one thread runs (`[lcores] compare` and `[idle]` of a role-compare
+/// config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DropInThread {
+    /// CPU the thread is pinned to (`lcores.compare`; QEMU's `iothread=`).
+    pub cpu: Option<usize>,
+    /// `idle.backoff`: block in `poll(2)` when idle; `false` busy-polls.
+    pub backoff: bool,
+    /// `idle.spin_loops`: empty polls before blocking.
+    pub spin_loops: u32,
+}
+
+impl DropInThread {
+    /// From a validated config of role `compare`: `lcores.compare` and `[idle]`.
+    pub fn from_config(cfg: &Config) -> DropInThread {
+        DropInThread {
+            cpu: cfg.lcores.compare.first().map(|&c| c as usize),
+            backoff: cfg.idle.backoff,
+            spin_loops: cfg.idle.spin_loops,
+        }
+    }
+}
+
+impl Default for DropInThread {
+    fn default() -> Self {
+        DropInThread {
+            cpu: None,
+            backoff: true,
+            spin_loops: 4,
+        }
+    }
+}
 
 /// Busy poll rounds between reads of outdev (which only detect its peer closing).
 const OUTDEV_READ_EVERY: u64 = 64;
@@ -114,6 +146,8 @@ impl DropInConfig {
                 table_capacity: c.table_capacity as usize,
                 idle_timeout_ns: c.idle_timeout_ms.saturating_mul(ms),
                 bypass: c.bypass.clone(),
+                pass_ipv6: c.ipv6 == crate::config::PassMode::Pass,
+                pass_vlan: c.vlan == crate::config::PassMode::Pass,
                 ..CompareConfig::default()
             },
         })
@@ -262,6 +296,8 @@ pub struct DropInStats {
     pub proxy_inits: u64,
     /// Notify messages not understood (QEMU: "unsupported instruction").
     pub notify_unsupported: u64,
+    /// Idle blocks in `poll(2)` (each is one wake-up of an idle drop-in).
+    pub idle_waits: u64,
 }
 
 /// The engine's verdict sink: released primaries go to outdev (or the hold queue).
@@ -591,6 +627,12 @@ impl DropIn {
             s.secondary_bad_vnet,
             c.queued_secondary
         );
+        if c.rel_pass_ipv6 + c.rel_pass_vlan + c.sec_passed > 0 {
+            r += &format!(
+                "passed        uncompared by compare.ipv6/vlan = \"pass\": primaries ipv6 {} vlan {}, secondaries {} (within the bypass counts)\n",
+                c.rel_pass_ipv6, c.rel_pass_vlan, c.sec_passed
+            );
+        }
         r += &format!(
             "released      {} to outdev, held for backpressure {} (max {}), unsent at exit {}\n",
             s.released,
@@ -611,8 +653,10 @@ impl DropIn {
         r
     }
 
-    /// Poll until `quit` is set, sleeping briefly when idle (then call [`DropIn::shutdown`]).
-    pub fn run_until(&mut self, quit: &AtomicBool) {
+    /// Poll until `quit` is set (then call [`DropIn::shutdown`]). Idle, as `thread` says:
+    /// busy polling (`backoff = false`), or after `spin_loops` empty polls a block in
+    /// `poll(2)` until a socket is ready, at most [`IDLE_WAIT`]. Counts its idle waits.
+    pub fn run_until(&mut self, quit: &AtomicBool, thread: DropInThread) {
         let t0 = Instant::now();
         let mut idle = 0u32;
         while !quit.load(Ordering::Relaxed) {
@@ -621,8 +665,9 @@ impl DropIn {
                 idle = 0;
             } else {
                 idle = idle.saturating_add(1);
-                if idle > SPIN_POLLS {
+                if thread.backoff && idle > thread.spin_loops {
                     self.wait(IDLE_WAIT);
+                    self.stats.idle_waits += 1;
                 }
             }
         }
@@ -662,19 +707,35 @@ pub fn run(cfg: &Config) -> ExitCode {
     let dc = match DropInConfig::from_config(cfg) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            log::error!("{e}");
             return ExitCode::from(2);
         }
     };
-    eprintln!(
-        "colo-proxy compare drop-in: primary_in {} secondary_in {} outdev {}{}",
+    let thread = DropInThread::from_config(cfg);
+    if let Some(cpu) = thread.cpu {
+        // QEMU's iothread=: the one thread runs on the CPU lcores.compare names.
+        let known =
+            core_affinity::get_core_ids().is_some_and(|ids| ids.iter().any(|c| c.id == cpu));
+        if !known || !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+            log::error!("lcores.compare: cannot pin the drop-in thread to CPU {cpu} (not available to this process)");
+            return ExitCode::FAILURE;
+        }
+    }
+    log::info!(
+        "compare drop-in: primary_in {} secondary_in {} outdev {}{}, cpu {}, idle {}",
         dc.primary_in.addr,
         dc.secondary_in.addr,
         dc.outdev.addr,
         dc.notify_dev
             .as_ref()
             .map(|n| format!(" notify_dev {}", n.addr))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        thread.cpu.map_or("any".to_string(), |c| c.to_string()),
+        if thread.backoff {
+            format!("blocks after {} empty polls", thread.spin_loops)
+        } else {
+            "busy polling".to_string()
+        }
     );
     // SIGINT/SIGTERM stop the loop; a second one while shutting down exits at once (1).
     // Installed before the sockets exist, so a peer that sees them can already stop us.
@@ -683,24 +744,27 @@ pub fn run(cfg: &Config) -> ExitCode {
         let r = signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&quit))
             .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&quit)));
         if let Err(e) = r {
-            eprintln!("error: cannot install the signal handler: {e}");
+            log::error!("cannot install the signal handler: {e}");
             return ExitCode::FAILURE;
         }
     }
     let mut d = match DropIn::new(dc) {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("error: cannot open drop-in sockets: {e}");
+            log::error!("cannot open drop-in sockets: {e}");
             return ExitCode::FAILURE;
         }
     };
-    d.run_until(&quit);
-    eprintln!("colo-proxy compare drop-in: stopping (inputs closed, releasing queued primaries)");
+    // Servers listen and clients are connecting: ready for systemd (Type=notify).
+    crate::mgmt::service::ready("compare drop-in running");
+    d.run_until(&quit, thread);
+    crate::mgmt::service::stopping();
+    log::info!("compare drop-in: stopping (inputs closed, releasing queued primaries)");
     let unsent = d.shutdown(SHUTDOWN_GRACE);
     print!("{}", d.report());
     if unsent > 0 {
-        eprintln!(
-            "warning: {unsent} released primaries could not be written to outdev within {} ms (peer not reading)",
+        log::warn!(
+            "{unsent} released primaries could not be written to outdev within {} ms (peer not reading)",
             SHUTDOWN_GRACE.as_millis()
         );
     }
