@@ -95,8 +95,8 @@ use crate::config::sizing::devarg;
 /// out on it.
 fn check_link_mtu(name: &str, spec: &PortSpec, p: &mut Port) {
     let fix = |iface: &str, mtu: u32| {
-        eprintln!(
-            "warning: ports.{name}: link MTU {mtu} < {LINK_MTU}: VM frames over {} bytes cannot \
+        log::warn!(
+            "ports.{name}: link MTU {mtu} < {LINK_MTU}: VM frames over {} bytes cannot \
              cross the encapsulated link; raise it on both link ends ({iface})",
             mtu.saturating_sub(OVERHEAD as u32) + 14
         );
@@ -124,7 +124,7 @@ fn check_link_mtu(name: &str, spec: &PortSpec, p: &mut Port) {
         return;
     }
     if let Err(e) = p.set_mtu(LINK_MTU) {
-        eprintln!("warning: ports.{name}: {e}");
+        log::warn!("ports.{name}: {e}");
         fix("the NIC and the switch in between", u32::from(current));
     }
 }
