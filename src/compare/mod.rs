@@ -432,7 +432,7 @@ pub struct Backlog {
 /// Terminal counters: every primary in is exactly one `rel_*` or `drop_*` or still
 /// `queued_primary`; every secondary in is exactly one `sec_*` or still `queued_secondary`
 /// ([`Self::balanced`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CompareCounters {
     /// Primary packets passed to `process`.
     pub primary_in: u64,

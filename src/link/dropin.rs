@@ -154,6 +154,21 @@ impl DropInConfig {
     }
 }
 
+/// The socket counters the metrics endpoint exports, by name.
+type SocketField = (&'static str, fn(&SocketStats) -> u64);
+const SOCKET_FIELDS: &[SocketField] = &[
+    ("frames_in", |s| s.frames_in),
+    ("frames_out", |s| s.frames_out),
+    ("bytes_in", |s| s.bytes_in),
+    ("bytes_out", |s| s.bytes_out),
+    ("connects", |s| s.connects),
+    ("disconnects", |s| s.disconnects),
+    ("decode_resets", |s| s.decode_resets),
+    ("oversize", |s| s.oversize),
+    ("bad_vnet", |s| s.bad_vnet),
+    ("truncated", |s| s.truncated),
+];
+
 /// Most packet buffers kept for reuse (bounds the memory a burst leaves behind).
 pub const SPARE_MAX: usize = 4096;
 
@@ -381,6 +396,8 @@ pub struct DropIn {
     /// `now` of the outstanding `DO_CHECKPOINT`, if any.
     outstanding: Option<u64>,
     stats: DropInStats,
+    /// Prometheus endpoint (`[mgmt.metrics]`), polled by [`DropIn::run_until`].
+    metrics: Option<crate::mgmt::metrics::MetricsServer>,
 }
 
 impl DropIn {
@@ -397,6 +414,7 @@ impl DropIn {
             polls: 0,
             outstanding: None,
             stats: DropInStats::default(),
+            metrics: None,
         })
     }
 
@@ -441,6 +459,7 @@ impl DropIn {
             outstanding,
             stats,
             polls,
+            ..
         } = self;
         let timeout = engine.config().timeout_ns;
         let mut work = 0usize;
@@ -653,6 +672,96 @@ impl DropIn {
         r
     }
 
+    /// Serve Prometheus metrics from this drop-in's loop (`[mgmt.metrics]`).
+    pub fn set_metrics(&mut self, m: crate::mgmt::metrics::MetricsServer) {
+        self.metrics = Some(m);
+    }
+
+    /// The metrics endpoint's address, when set.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().and_then(|m| m.local_addr().ok())
+    }
+
+    /// The exposition: socket counters per socket, drop-in and compare engine counters (the
+    /// same numbers as the final report), and the endpoint's own counters.
+    pub fn metrics_text(&self, endpoint: crate::mgmt::metrics::MetricsStats) -> String {
+        let mut x = crate::mgmt::metrics::Exposition::default();
+        x.gauge(
+            "colo_proxy_build_info",
+            "Version and role of this colo-proxy (always 1).",
+            &[("version", env!("CARGO_PKG_VERSION")), ("role", "compare")],
+            1.0,
+        );
+        let s = self.stats();
+        let mut socks = vec![
+            ("primary_in", s.primary, self.primary.is_connected()),
+            ("secondary_in", s.secondary, self.secondary.is_connected()),
+            ("outdev", s.outdev, self.outdev.is_connected()),
+        ];
+        if let Some(n) = &self.notify {
+            socks.push(("notify_dev", s.notify, n.is_connected()));
+        }
+        for (name, _, up) in &socks {
+            x.gauge(
+                "colo_proxy_dropin_socket_connected",
+                "1 while a drop-in socket has its peer.",
+                &[("socket", name)],
+                f64::from(u8::from(*up)),
+            );
+        }
+        for (field, get) in SOCKET_FIELDS {
+            for (name, st, _) in &socks {
+                x.counter_int(
+                    &format!("colo_proxy_dropin_socket_{field}"),
+                    "Drop-in socket counter (final report, per socket).",
+                    &[("socket", name)],
+                    get(st),
+                );
+            }
+        }
+        for (field, v) in [
+            ("released", s.released),
+            ("primary_bad_vnet", s.primary_bad_vnet),
+            ("secondary_bad_vnet", s.secondary_bad_vnet),
+            ("held", s.held),
+            ("divergences", s.divergences),
+            ("do_checkpoint_sent", s.do_checkpoint_sent),
+            ("requests_coalesced", s.requests_coalesced),
+            ("requests_unsent", s.requests_unsent),
+            ("checkpoints_done", s.checkpoints_done),
+            ("proxy_inits", s.proxy_inits),
+            ("notify_unsupported", s.notify_unsupported),
+            ("idle_waits", s.idle_waits),
+        ] {
+            x.counter_int(
+                &format!("colo_proxy_dropin_{field}"),
+                "Drop-in counter (final report).",
+                &[],
+                v,
+            );
+        }
+        x.gauge(
+            "colo_proxy_dropin_held_max",
+            "Largest hold queue seen (outdev back-pressure).",
+            &[],
+            s.held_max as f64,
+        );
+        if let Ok(serde_json::Value::Object(c)) = serde_json::to_value(self.compare_counters()) {
+            for (k, v) in c {
+                if let Some(v) = v.as_u64() {
+                    x.counter_int(
+                        &format!("colo_proxy_compare_{k}"),
+                        "Compare engine counter (the drop-in's engine).",
+                        &[],
+                        v,
+                    );
+                }
+            }
+        }
+        endpoint.families(&mut x);
+        x.encode()
+    }
+
     /// Poll until `quit` is set (then call [`DropIn::shutdown`]). Idle, as `thread` says:
     /// busy polling (`backoff = false`), or after `spin_loops` empty polls a block in
     /// `poll(2)` until a socket is ready, at most [`IDLE_WAIT`]. Counts its idle waits.
@@ -661,7 +770,15 @@ impl DropIn {
         let mut idle = 0u32;
         while !quit.load(Ordering::Relaxed) {
             let now = t0.elapsed().as_nanos() as u64;
-            if self.poll(now) > 0 {
+            let mut work = self.poll(now);
+            // Not every busy round: an accept(2) per round would be a syscall for nothing.
+            if work == 0 || self.polls.is_multiple_of(OUTDEV_READ_EVERY) {
+                if let Some(mut m) = self.metrics.take() {
+                    work += m.poll(&mut |st| self.metrics_text(st));
+                    self.metrics = Some(m);
+                }
+            }
+            if work > 0 {
                 idle = 0;
             } else {
                 idle = idle.saturating_add(1);
@@ -692,6 +809,11 @@ impl DropIn {
                 };
                 fds.push(PollFd::from_borrowed_fd(fd, flags));
             }
+        }
+        // The metrics listener and its clients wake the loop too.
+        for (fd, out) in self.metrics.iter().flat_map(|m| m.fds()) {
+            let flags = if out { PollFlags::OUT } else { PollFlags::IN };
+            fds.push(PollFd::from_borrowed_fd(fd, flags));
         }
         let ts = Timespec {
             tv_sec: timeout.as_secs() as _,
@@ -755,6 +877,18 @@ pub fn run(cfg: &Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(a) = cfg.mgmt.metrics {
+        match crate::mgmt::metrics::MetricsServer::bind(a) {
+            Ok(m) => {
+                log::info!("metrics: http://{a}/metrics");
+                d.set_metrics(m);
+            }
+            Err(e) => {
+                log::error!("metrics endpoint (mgmt.metrics.listen) {a}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     // Servers listen and clients are connecting: ready for systemd (Type=notify).
     crate::mgmt::service::ready("compare drop-in running");
     d.run_until(&quit, thread);

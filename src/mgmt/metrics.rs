@@ -615,7 +615,8 @@ pub struct MetricsStats {
 }
 
 impl MetricsStats {
-    fn families(&self, x: &mut Exposition) {
+    /// Add the endpoint's own counters to `x`.
+    pub fn families(&self, x: &mut Exposition) {
         for (name, v, help) in [
             (
                 "colo_proxy_metrics_connections_accepted",
