@@ -350,6 +350,16 @@ fn dropin_config_rules_say_what_is_honoured() {
     };
     let (code, text) = check("");
     assert_eq!(code, Some(0), "no [eal] needed in role compare: {text}");
+    assert!(
+        text.contains("drop-in: one thread (socket reader + compare engine) pinned to CPU 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("drop-in: not used in this role: eal"),
+        "{text}"
+    );
+    let (_, text) = check("[idle]\nbackoff = false");
+    assert!(text.contains("idle: busy polling"), "{text}");
     let (code, text) = check("[compare]\nshards = 2");
     assert_eq!(code, Some(2), "{text}");
     assert!(
