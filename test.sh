@@ -21,6 +21,17 @@ if [ "${COLO_SKIP_DEBUG_TESTS:-0}" != 1 ]; then
     cargo test $(printf -- '--test %s ' $PURE_TESTS)
     echo "== pure-layer debug tests took $(( $(date +%s) - t0 )) s"
 fi
+
+# The Debian package: built from the release build, installed, checked, purged (needs root
+# and cargo-deb; CI has both, so there it never skips).
+if [ "$(id -u)" = 0 ] && cargo deb --version >/dev/null 2>&1; then
+    bash deploy/test-deb.sh
+elif [ -n "${CI:-}" ]; then
+    echo "test.sh: deploy/test-deb.sh needs root and cargo-deb (.ci/setup)" >&2
+    exit 1
+else
+    echo "test.sh: skipping deploy/test-deb.sh (needs root and cargo-deb)"
+fi
 for b in $(sed -n 's/^name = "\(.*\)"$/\1/p' <(awk '/^\[\[bench\]\]/{f=1;next} /^\[/{f=0} f' Cargo.toml)); do
     echo "== bench $b (smoke)"
     cargo bench --bench "$b" -- --smoke

@@ -46,7 +46,7 @@ fn child(dir: &Path) {
     };
     let mut d = DropIn::new(cfg).unwrap();
     let quit = AtomicBool::new(false);
-    d.run_until(&quit);
+    d.run_until(&quit, colo_proxy::link::dropin::DropInThread::default());
 }
 
 struct Proc {

@@ -1,14 +1,25 @@
 //! `colo-proxy` command line. No protocol logic lives here: each subcommand hands over to the
 //! library module that owns it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "colo-proxy", version, about = "DPDK poll-mode COLO proxy")]
+#[command(
+    name = "colo-proxy",
+    version,
+    about = "DPDK poll-mode COLO proxy",
+    long_about = "DPDK poll-mode COLO proxy: mirrors client traffic to the secondary VM, compares \
+the primary's and the secondary's output per connection, releases matching packets and asks for \
+a checkpoint when they diverge. Configuration: /etc/colo-proxy/*.toml (colo-proxy-config(5) is \
+docs/CONFIG.md); operation: docs/OPERATIONS.md."
+)]
 struct Cli {
+    /// Log level: off, error, warn, info, debug, trace (default: $COLO_PROXY_LOG, else info).
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,10 +50,69 @@ enum Command {
     },
     /// Talk to a running proxy's control socket.
     Ctl(colo_proxy::mgmt::ctl::CtlArgs),
+    /// Write the man pages (colo-proxy.1, colo-proxy-<subcommand>.1) into DIR.
+    #[command(hide = true)]
+    GenMan {
+        /// Output directory (created if missing).
+        dir: PathBuf,
+    },
+    /// Write bash, zsh and fish completions into DIR.
+    #[command(hide = true)]
+    GenCompletions {
+        /// Output directory (created if missing).
+        dir: PathBuf,
+    },
+}
+
+/// The man pages: the command and each visible subcommand (`colo-proxy-run.1`, ...).
+fn gen_man(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let cmd = Cli::command();
+    let mut buf = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).render(&mut buf)?;
+    std::fs::write(dir.join("colo-proxy.1"), buf)?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("colo-proxy-{}", sub.get_name());
+        // clap names are 'static; a few short strings leaked once per gen-man run.
+        let leaked: &'static str = Box::leak(name.clone().into_boxed_str());
+        let sub = sub.clone().name(leaked).version(env!("CARGO_PKG_VERSION"));
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(sub).render(&mut buf)?;
+        std::fs::write(dir.join(format!("{name}.1")), buf)?;
+    }
+    Ok(())
+}
+
+/// Shell completions for bash, zsh and fish.
+fn gen_completions(dir: &Path) -> std::io::Result<()> {
+    use clap_complete::Shell;
+    std::fs::create_dir_all(dir)?;
+    let mut cmd = Cli::command();
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        clap_complete::generate_to(shell, &mut cmd, "colo-proxy", dir)?;
+    }
+    Ok(())
+}
+
+fn written(what: &str, dir: &Path, r: std::io::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => {
+            println!("{what} written to {}", dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", dir.display());
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = colo_proxy::mgmt::service::init_logging(cli.log_level.as_deref()) {
+        eprintln!("error: --log-level: {e}");
+        return ExitCode::from(2);
+    }
     match cli.command {
         Command::Run { config, eal } => match colo_proxy::config::Config::load(&config) {
             // The colo-compare drop-in needs no EAL; the pipeline reports config errors itself.
@@ -58,5 +128,7 @@ fn main() -> ExitCode {
         ),
         Command::Selfcheck { eal } => colo_proxy::dpdk::selfcheck::cli(&eal),
         Command::Ctl(args) => colo_proxy::mgmt::ctl::cli(&args),
+        Command::GenMan { dir } => written("man pages", &dir, gen_man(&dir)),
+        Command::GenCompletions { dir } => written("completions", &dir, gen_completions(&dir)),
     }
 }

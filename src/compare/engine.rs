@@ -1867,6 +1867,10 @@ impl<B: PacketBuf> Comparator<B> {
         let len = pkt.len();
         touch_second_line(pkt.data());
         self.count_in(side, len);
+        if (self.cfg.pass_vlan || self.cfg.pass_ipv6) && self.passed(side, info) {
+            self.bypass(side, pkt, out);
+            return;
+        }
         if !self.cfg.bypass.is_empty()
             && self
                 .cfg
@@ -1949,6 +1953,22 @@ impl<B: PacketBuf> Comparator<B> {
                 }
             }
         }
+    }
+
+    /// `pass_vlan` / `pass_ipv6` take this frame: count it (the caller bypasses it).
+    #[cold]
+    fn passed(&mut self, side: Side, info: &PacketInfo) -> bool {
+        let vlan = self.cfg.pass_vlan && info.vlan_tags > 0;
+        let ipv6 = self.cfg.pass_ipv6 && info.l3 == crate::wire::packet::L3Kind::Ipv6;
+        if !(vlan || ipv6) {
+            return false;
+        }
+        match side {
+            Side::Primary if vlan => self.c.rel_pass_vlan += 1,
+            Side::Primary => self.c.rel_pass_ipv6 += 1,
+            Side::Secondary => self.c.sec_passed += 1,
+        }
+        true
     }
 
     #[cold]

@@ -361,6 +361,13 @@ pub struct CompareConfig {
     pub release_after_ns: u64,
     /// Traffic released without comparison.
     pub bypass: Vec<Bypass>,
+    /// Release IPv6 primaries (and free IPv6 secondaries) uncompared, as a bypass rule would
+    /// (`compare.ipv6 = "pass"`: a QEMU secondary's filter-rewriter leaves IPv6 TCP
+    /// untranslated). An explicit operator opt-in, counted in `rel_pass_ipv6`.
+    pub pass_ipv6: bool,
+    /// The same for 802.1Q-tagged frames (`compare.vlan = "pass"`), counted in
+    /// `rel_pass_vlan`.
+    pub pass_vlan: bool,
 }
 
 const MS: u64 = 1_000_000;
@@ -376,6 +383,8 @@ impl Default for CompareConfig {
             idle_timeout_ns: 120_000 * MS,
             release_after_ns: 0,
             bypass: Vec::new(),
+            pass_ipv6: false,
+            pass_vlan: false,
         }
     }
 }
@@ -423,7 +432,7 @@ pub struct Backlog {
 /// Terminal counters: every primary in is exactly one `rel_*` or `drop_*` or still
 /// `queued_primary`; every secondary in is exactly one `sec_*` or still `queued_secondary`
 /// ([`Self::balanced`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CompareCounters {
     /// Primary packets passed to `process`.
     pub primary_in: u64,
@@ -439,6 +448,12 @@ pub struct CompareCounters {
     pub rel_retransmit: u64,
     /// Released: [`Release::Bypass`].
     pub rel_bypass: u64,
+    /// Of `rel_bypass`: IPv6 primaries passed by `pass_ipv6` (informational).
+    pub rel_pass_ipv6: u64,
+    /// Of `rel_bypass`: 802.1Q primaries passed by `pass_vlan` (informational).
+    pub rel_pass_vlan: u64,
+    /// Of `sec_bypass`: secondaries freed by `pass_ipv6` / `pass_vlan` (informational).
+    pub sec_passed: u64,
     /// Released: [`Release::Uncomparable`].
     pub rel_uncomparable: u64,
     /// Released: [`Release::Checkpoint`].

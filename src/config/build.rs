@@ -57,6 +57,8 @@ pub(super) fn build(raw: RawConfig) -> Result<Config, ConfigError> {
 
     let lcore_set = match eal::lcore_set(&raw.eal.args) {
         Ok(Some(s)) => Some(s),
+        // Role compare runs no EAL: `-l` is optional there (it only bounds lcores.compare).
+        Ok(None) if role == Role::Compare => None,
         Ok(None) => {
             e.push(
                 "eal.args",
@@ -87,6 +89,7 @@ pub(super) fn build(raw: RawConfig) -> Result<Config, ConfigError> {
     let ports = build_ports(role, raw.ports, link_port.as_deref(), no_pci, &mut e);
     let compare_sockets = build_compare_sockets(role, raw.compare_sockets, &mut e);
     let compare = build_compare(raw.compare, &mut e);
+    let dropin_lcores = (raw.lcores.main, raw.lcores.redirector);
     let lcores = build_lcores(
         role,
         raw.lcores,
@@ -95,6 +98,9 @@ pub(super) fn build(raw: RawConfig) -> Result<Config, ConfigError> {
         &lcore_set,
         &mut e,
     );
+    if role == Role::Compare {
+        check_dropin_threads(compare.shards, dropin_lcores, &lcores, &mut e);
+    }
 
     let rw = &raw.rewriter;
     e.range(
@@ -657,6 +663,8 @@ fn build_compare(raw: RawCompare, e: &mut Errs) -> CompareConfig {
         table_capacity: raw.table_capacity,
         idle_timeout_ms: raw.idle_timeout_ms,
         bypass,
+        ipv6: raw.ipv6,
+        vlan: raw.vlan,
     }
 }
 
@@ -755,6 +763,36 @@ fn build_lcores(
         check_in_set(&map, raw.main.is_some(), set, e);
     }
     map
+}
+
+/// Role compare runs one thread (socket reader and compare engine together), pinned to the
+/// CPU `lcores.compare` names: more shards, or a main/redirector lcore elsewhere, could not
+/// be honoured, so they are errors rather than silently ignored.
+fn check_dropin_threads(
+    shards: u32,
+    (main, redirector): (Option<u32>, Option<u32>),
+    map: &LcoreMap,
+    e: &mut Errs,
+) {
+    if shards > 1 {
+        e.push(
+            "compare.shards",
+            format!("{shards}: role \"compare\" runs one compare engine on one thread (1 only)"),
+        );
+    }
+    let Some(&cpu) = map.compare.first() else {
+        return;
+    };
+    for (name, v) in [("main", main), ("redirector", redirector)] {
+        if let Some(l) = v.filter(|&l| l != cpu) {
+            e.push(
+                format!("lcores.{name}"),
+                format!(
+                    "{l}: role \"compare\" runs one thread, pinned to lcores.compare ({cpu}); remove lcores.{name} or set it to {cpu}"
+                ),
+            );
+        }
+    }
 }
 
 fn check_in_set(map: &LcoreMap, main_explicit: bool, set: &BTreeSet<u32>, e: &mut Errs) {
@@ -1080,7 +1118,27 @@ fn build_mgmt(role: Role, raw: RawMgmt, e: &mut Errs) -> MgmtConfig {
             context_packets: c.context_packets,
         }
     });
+    let metrics = raw
+        .metrics
+        .and_then(|m| match m.listen.parse::<SocketAddr>() {
+            Ok(a) if a.port() == 0 => {
+                e.push(
+                    "mgmt.metrics.listen",
+                    "port 0 is not a fixed address for Prometheus to scrape",
+                );
+                None
+            }
+            Ok(a) => Some(a),
+            Err(_) => {
+                e.push(
+                    "mgmt.metrics.listen",
+                    format!("{:?} is not IP:PORT (e.g. 127.0.0.1:9464)", m.listen),
+                );
+                None
+            }
+        });
     MgmtConfig {
+        metrics,
         control_socket,
         control_socket_mode: raw.control_socket_mode,
         control_socket_group,

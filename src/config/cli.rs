@@ -54,6 +54,45 @@ fn bypass(r: &BypassRule) -> String {
     format!("{proto}, {ports}, {prefix}")
 }
 
+/// What the drop-in (role compare) does with the config, and what it does not use.
+fn dropin_summary(cfg: &Config, s: &mut String) {
+    let cpu = cfg
+        .lcores
+        .compare
+        .first()
+        .map_or("any CPU".to_string(), |c| format!("CPU {c}"));
+    let idle = if cfg.idle.backoff {
+        format!(
+            "blocks in poll(2) after {} empty polls until a socket is ready, at most 100 ms (idle.max_sleep_us not used)",
+            cfg.idle.spin_loops
+        )
+    } else {
+        "busy polling".to_string()
+    };
+    let _ = writeln!(
+        s,
+        "drop-in: one thread (socket reader + compare engine) pinned to {cpu} (lcores.compare); idle: {idle}"
+    );
+    let m = &cfg.mgmt;
+    let mut unused = vec![
+        "eal (no EAL runs)",
+        "rings",
+        "mempool",
+        "rewriter",
+        "mgmt.control_socket/control_tcp (no control socket: counters in the final report and [mgmt.metrics])",
+    ];
+    if m.xen_notify.is_some() {
+        unused.push("mgmt.xen_notify (use compare_sockets.notify_dev)");
+    }
+    if m.qmp.is_some() {
+        unused.push("mgmt.qmp");
+    }
+    if m.capture.is_some() {
+        unused.push("mgmt.capture");
+    }
+    let _ = writeln!(s, "drop-in: not used in this role: {}", unused.join(", "));
+}
+
 /// Human summary of a validated config and its final EAL argument list.
 pub fn summary(cfg: &Config, eal_args: &[String]) -> String {
     let mut s = String::new();
@@ -243,6 +282,23 @@ pub fn summary(cfg: &Config, eal_args: &[String]) -> String {
             c.max_file_bytes,
             c.max_files,
             c.context_packets
+        );
+    }
+    if cfg.role == super::Role::Compare {
+        dropin_summary(cfg, &mut s);
+    }
+    if let Some(a) = &m.metrics {
+        let _ = writeln!(
+            s,
+            "metrics: http://{a}/metrics (Prometheus, OpenMetrics text)"
+        );
+    }
+    let c = &cfg.compare;
+    if c.ipv6 == super::PassMode::Pass || c.vlan == super::PassMode::Pass {
+        let _ = writeln!(
+            s,
+            "compare: ipv6 {:?}, vlan {:?} (\"pass\" releases those primaries uncompared)",
+            c.ipv6, c.vlan
         );
     }
     if let Ok(Some(set)) = super::eal::lcore_set(eal_args) {

@@ -294,6 +294,22 @@ pub struct CompareConfig {
     pub idle_timeout_ms: u64,
     /// Traffic that is released without comparison.
     pub bypass: Vec<BypassRule>,
+    /// IPv6 frames: compared, or passed uncompared (`compare.ipv6`; QEMU secondaries).
+    pub ipv6: PassMode,
+    /// 802.1Q-tagged frames: compared, or passed uncompared (`compare.vlan`).
+    pub vlan: PassMode,
+}
+
+/// `compare.ipv6` / `compare.vlan`: what the compare stage does with such frames.
+#[derive(Deserialize, serde::Serialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PassMode {
+    /// Compared like everything else (the default).
+    #[default]
+    Compare,
+    /// Operator opt-in: primaries released uncompared (counted as passed), secondaries freed.
+    /// For a QEMU secondary, whose filter-rewriter translates IPv4 TCP only.
+    Pass,
 }
 
 /// `[rewriter]`.
@@ -518,6 +534,8 @@ pub struct MgmtConfig {
     pub qmp: Option<QmpConfig>,
     /// Divergence capture.
     pub capture: Option<CaptureConfig>,
+    /// Prometheus endpoint (`[mgmt.metrics]`), opt-in.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A validated configuration. Construct with [`Config::from_toml_str`] or [`Config::load`].

@@ -170,6 +170,8 @@ pub(super) struct RawCompare {
     pub table_capacity: u32,
     pub idle_timeout_ms: u64,
     pub bypass: Vec<RawBypass>,
+    pub ipv6: super::PassMode,
+    pub vlan: super::PassMode,
 }
 
 /// `[mempool]`; `mbufs` absent = derived from the pipeline's size.
@@ -229,6 +231,8 @@ impl Default for RawCompare {
             table_capacity: 65536,
             idle_timeout_ms: 120_000,
             bypass: Vec::new(),
+            ipv6: super::PassMode::Compare,
+            vlan: super::PassMode::Compare,
         }
     }
 }
@@ -258,6 +262,19 @@ pub(super) struct RawMgmt {
     pub xen_notify: Option<RawXenNotify>,
     pub qmp: Option<RawQmp>,
     pub capture: Option<RawCapture>,
+    pub metrics: Option<RawMetrics>,
+}
+
+/// `[mgmt.metrics]`: the Prometheus endpoint.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetrics {
+    #[serde(default = "metrics_listen")]
+    pub listen: String,
+}
+
+fn metrics_listen() -> String {
+    "127.0.0.1:9464".into()
 }
 
 impl Default for RawMgmt {
@@ -272,6 +289,7 @@ impl Default for RawMgmt {
             xen_notify: None,
             qmp: None,
             capture: None,
+            metrics: None,
         }
     }
 }

@@ -117,7 +117,7 @@ impl Drop for Eal {
         unsafe { ffi::rte_eal_mp_wait_lcore() };
         let live = LIVE.load(Ordering::Acquire);
         if live != 0 {
-            eprintln!("colo-proxy: {live} DPDK objects still alive; skipping rte_eal_cleanup");
+            log::warn!("{live} DPDK objects still alive; skipping rte_eal_cleanup");
             return;
         }
         UP.store(false, Ordering::Release);

@@ -34,8 +34,8 @@ impl Drop for Inner {
         // SAFETY: raw is a live pool created by rte_pktmbuf_pool_create.
         let in_use = unsafe { ffi::shim_rte_mempool_in_use_count(self.raw.as_ptr()) };
         if in_use != 0 {
-            eprintln!(
-                "colo-proxy: mempool {} dropped with {in_use} mbufs out; leaking it",
+            log::warn!(
+                "mempool {} dropped with {in_use} mbufs out; leaking it",
                 self.name
             );
             return;

@@ -45,11 +45,43 @@ use crate::control::xen::{XenIn, XenOut};
 use super::framing::{FrameConfig, MAX_VNET_HDR_LEN};
 use super::socket::{FramedSocket, LinkAddr, Role, SendError, SocketConfig, SocketStats};
 
-/// Empty polls before an idle drop-in blocks in `poll(2)` (a short spin catches back-to-back
-/// batches without a wake-up).
-const SPIN_POLLS: u32 = 4;
-/// Longest block when idle: bounds timer (compare timeout, scan, resend) and reconnect delay.
-const IDLE_WAIT: Duration = Duration::from_millis(1);
+/// Longest block when idle: bounds how late a timer (compare timeout scan, checkpoint resend)
+/// or a client reconnect is handled. 100 ms: at most ~10 wake-ups a second when nothing
+/// happens (a socket that becomes readable wakes it at once).
+pub const IDLE_WAIT: Duration = Duration::from_millis(100);
+
+/// How the drop-in's one thread runs (`[lcores] compare` and `[idle]` of a role-compare
+/// config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DropInThread {
+    /// CPU the thread is pinned to (`lcores.compare`; QEMU's `iothread=`).
+    pub cpu: Option<usize>,
+    /// `idle.backoff`: block in `poll(2)` when idle; `false` busy-polls.
+    pub backoff: bool,
+    /// `idle.spin_loops`: empty polls before blocking.
+    pub spin_loops: u32,
+}
+
+impl DropInThread {
+    /// From a validated config of role `compare`: `lcores.compare` and `[idle]`.
+    pub fn from_config(cfg: &Config) -> DropInThread {
+        DropInThread {
+            cpu: cfg.lcores.compare.first().map(|&c| c as usize),
+            backoff: cfg.idle.backoff,
+            spin_loops: cfg.idle.spin_loops,
+        }
+    }
+}
+
+impl Default for DropInThread {
+    fn default() -> Self {
+        DropInThread {
+            cpu: None,
+            backoff: true,
+            spin_loops: 4,
+        }
+    }
+}
 
 /// Busy poll rounds between reads of outdev (which only detect its peer closing).
 const OUTDEV_READ_EVERY: u64 = 64;
@@ -122,11 +154,28 @@ impl DropInConfig {
                 table_capacity: c.table_capacity as usize,
                 idle_timeout_ns: c.idle_timeout_ms.saturating_mul(ms),
                 bypass: c.bypass.clone(),
+                pass_ipv6: c.ipv6 == crate::config::PassMode::Pass,
+                pass_vlan: c.vlan == crate::config::PassMode::Pass,
                 ..CompareConfig::default()
             },
         })
     }
 }
+
+/// The socket counters the metrics endpoint exports, by name.
+type SocketField = (&'static str, fn(&SocketStats) -> u64);
+const SOCKET_FIELDS: &[SocketField] = &[
+    ("frames_in", |s| s.frames_in),
+    ("frames_out", |s| s.frames_out),
+    ("bytes_in", |s| s.bytes_in),
+    ("bytes_out", |s| s.bytes_out),
+    ("connects", |s| s.connects),
+    ("disconnects", |s| s.disconnects),
+    ("decode_resets", |s| s.decode_resets),
+    ("oversize", |s| s.oversize),
+    ("bad_vnet", |s| s.bad_vnet),
+    ("truncated", |s| s.truncated),
+];
 
 /// Most packet buffers kept for reuse (bounds the memory a burst leaves behind).
 pub const SPARE_MAX: usize = 4096;
@@ -273,6 +322,8 @@ pub struct DropInStats {
     pub proxy_inits: u64,
     /// Notify messages not understood (QEMU: "unsupported instruction").
     pub notify_unsupported: u64,
+    /// Idle blocks in `poll(2)` (each is one wake-up of an idle drop-in).
+    pub idle_waits: u64,
 }
 
 /// The engine's verdict sink: released primaries go to outdev (or the hold queue).
@@ -357,6 +408,8 @@ pub struct DropIn {
     outstanding: Option<u64>,
     accept_unsolicited: bool,
     stats: DropInStats,
+    /// Prometheus endpoint (`[mgmt.metrics]`), polled by [`DropIn::run_until`].
+    metrics: Option<crate::mgmt::metrics::MetricsServer>,
 }
 
 impl DropIn {
@@ -374,6 +427,7 @@ impl DropIn {
             outstanding: None,
             accept_unsolicited: cfg.accept_unsolicited,
             stats: DropInStats::default(),
+            metrics: None,
         })
     }
 
@@ -419,6 +473,7 @@ impl DropIn {
             accept_unsolicited,
             stats,
             polls,
+            ..
         } = self;
         let timeout = engine.config().timeout_ns;
         let mut work = 0usize;
@@ -614,6 +669,12 @@ impl DropIn {
             s.secondary_bad_vnet,
             c.queued_secondary
         );
+        if c.rel_pass_ipv6 + c.rel_pass_vlan + c.sec_passed > 0 {
+            r += &format!(
+                "passed        uncompared by compare.ipv6/vlan = \"pass\": primaries ipv6 {} vlan {}, secondaries {} (within the bypass counts)\n",
+                c.rel_pass_ipv6, c.rel_pass_vlan, c.sec_passed
+            );
+        }
         r += &format!(
             "released      {} to outdev, held for backpressure {} (max {}), unsent at exit {}\n",
             s.released,
@@ -635,18 +696,119 @@ impl DropIn {
         r
     }
 
-    /// Poll until `quit` is set, sleeping briefly when idle (then call [`DropIn::shutdown`]).
-    pub fn run_until(&mut self, quit: &AtomicBool) {
+    /// Serve Prometheus metrics from this drop-in's loop (`[mgmt.metrics]`).
+    pub fn set_metrics(&mut self, m: crate::mgmt::metrics::MetricsServer) {
+        self.metrics = Some(m);
+    }
+
+    /// The metrics endpoint's address, when set.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().and_then(|m| m.local_addr().ok())
+    }
+
+    /// The exposition: socket counters per socket, drop-in and compare engine counters (the
+    /// same numbers as the final report), and the endpoint's own counters.
+    pub fn metrics_text(&self, endpoint: crate::mgmt::metrics::MetricsStats) -> String {
+        let mut x = crate::mgmt::metrics::Exposition::default();
+        x.gauge(
+            "colo_proxy_build_info",
+            "Version and role of this colo-proxy (always 1).",
+            &[("version", env!("CARGO_PKG_VERSION")), ("role", "compare")],
+            1.0,
+        );
+        let s = self.stats();
+        let mut socks = vec![
+            ("primary_in", s.primary, self.primary.is_connected()),
+            ("secondary_in", s.secondary, self.secondary.is_connected()),
+            ("outdev", s.outdev, self.outdev.is_connected()),
+        ];
+        if let Some(n) = &self.notify {
+            socks.push(("notify_dev", s.notify, n.is_connected()));
+        }
+        for (name, _, up) in &socks {
+            x.gauge(
+                "colo_proxy_dropin_socket_connected",
+                "1 while a drop-in socket has its peer.",
+                &[("socket", name)],
+                f64::from(u8::from(*up)),
+            );
+        }
+        for (field, get) in SOCKET_FIELDS {
+            for (name, st, _) in &socks {
+                x.counter_int(
+                    &format!("colo_proxy_dropin_socket_{field}"),
+                    "Drop-in socket counter (final report, per socket).",
+                    &[("socket", name)],
+                    get(st),
+                );
+            }
+        }
+        for (field, v) in [
+            ("released", s.released),
+            ("primary_bad_vnet", s.primary_bad_vnet),
+            ("secondary_bad_vnet", s.secondary_bad_vnet),
+            ("held", s.held),
+            ("divergences", s.divergences),
+            ("do_checkpoint_sent", s.do_checkpoint_sent),
+            ("requests_coalesced", s.requests_coalesced),
+            ("requests_unsent", s.requests_unsent),
+            ("checkpoints_done", s.checkpoints_done),
+            ("proxy_inits", s.proxy_inits),
+            ("notify_unsupported", s.notify_unsupported),
+            ("idle_waits", s.idle_waits),
+        ] {
+            x.counter_int(
+                &format!("colo_proxy_dropin_{field}"),
+                "Drop-in counter (final report).",
+                &[],
+                v,
+            );
+        }
+        x.gauge(
+            "colo_proxy_dropin_held_max",
+            "Largest hold queue seen (outdev back-pressure).",
+            &[],
+            s.held_max as f64,
+        );
+        if let Ok(serde_json::Value::Object(c)) = serde_json::to_value(self.compare_counters()) {
+            for (k, v) in c {
+                if let Some(v) = v.as_u64() {
+                    x.counter_int(
+                        &format!("colo_proxy_compare_{k}"),
+                        "Compare engine counter (the drop-in's engine).",
+                        &[],
+                        v,
+                    );
+                }
+            }
+        }
+        endpoint.families(&mut x);
+        x.encode()
+    }
+
+    /// Poll until `quit` is set (then call [`DropIn::shutdown`]). Idle, as `thread` says:
+    /// busy polling (`backoff = false`), or after `spin_loops` empty polls a block in
+    /// `poll(2)` until a socket is ready, at most [`IDLE_WAIT`]. Counts its idle waits.
+    pub fn run_until(&mut self, quit: &AtomicBool, thread: DropInThread) {
         let t0 = Instant::now();
         let mut idle = 0u32;
         while !quit.load(Ordering::Relaxed) {
             let now = t0.elapsed().as_nanos() as u64;
-            if self.poll(now) > 0 {
+            let mut work = self.poll(now);
+            // Not every busy round: an accept(2) per round would be a syscall for nothing.
+            if work == 0 || self.polls.is_multiple_of(OUTDEV_READ_EVERY) {
+                if let Some(mut m) = self.metrics.take() {
+                    work += m.poll(&mut |st| self.metrics_text(st));
+                    self.metrics = Some(m);
+                }
+            }
+            if work > 0 {
                 idle = 0;
             } else {
                 idle = idle.saturating_add(1);
-                if idle > SPIN_POLLS {
+                if thread.backoff && idle > thread.spin_loops {
                     self.wait(IDLE_WAIT);
+                    self.stats.idle_waits += 1;
                 }
             }
         }
@@ -672,6 +834,11 @@ impl DropIn {
                 fds.push(PollFd::from_borrowed_fd(fd, flags));
             }
         }
+        // The metrics listener and its clients wake the loop too.
+        for (fd, out) in self.metrics.iter().flat_map(|m| m.fds()) {
+            let flags = if out { PollFlags::OUT } else { PollFlags::IN };
+            fds.push(PollFd::from_borrowed_fd(fd, flags));
+        }
         let ts = Timespec {
             tv_sec: timeout.as_secs() as _,
             tv_nsec: timeout.subsec_nanos() as _,
@@ -689,19 +856,35 @@ pub fn run(cfg: &Config) -> ExitCode {
     let dc = match DropInConfig::from_config(cfg) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            log::error!("{e}");
             return ExitCode::from(2);
         }
     };
-    eprintln!(
-        "colo-proxy compare drop-in: primary_in {} secondary_in {} outdev {}{}",
+    let thread = DropInThread::from_config(cfg);
+    if let Some(cpu) = thread.cpu {
+        // QEMU's iothread=: the one thread runs on the CPU lcores.compare names.
+        let known =
+            core_affinity::get_core_ids().is_some_and(|ids| ids.iter().any(|c| c.id == cpu));
+        if !known || !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+            log::error!("lcores.compare: cannot pin the drop-in thread to CPU {cpu} (not available to this process)");
+            return ExitCode::FAILURE;
+        }
+    }
+    log::info!(
+        "compare drop-in: primary_in {} secondary_in {} outdev {}{}, cpu {}, idle {}",
         dc.primary_in.addr,
         dc.secondary_in.addr,
         dc.outdev.addr,
         dc.notify_dev
             .as_ref()
             .map(|n| format!(" notify_dev {}", n.addr))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        thread.cpu.map_or("any".to_string(), |c| c.to_string()),
+        if thread.backoff {
+            format!("blocks after {} empty polls", thread.spin_loops)
+        } else {
+            "busy polling".to_string()
+        }
     );
     // SIGINT/SIGTERM stop the loop; a second one while shutting down exits at once (1).
     // Installed before the sockets exist, so a peer that sees them can already stop us.
@@ -710,24 +893,39 @@ pub fn run(cfg: &Config) -> ExitCode {
         let r = signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&quit))
             .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&quit)));
         if let Err(e) = r {
-            eprintln!("error: cannot install the signal handler: {e}");
+            log::error!("cannot install the signal handler: {e}");
             return ExitCode::FAILURE;
         }
     }
     let mut d = match DropIn::new(dc) {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("error: cannot open drop-in sockets: {e}");
+            log::error!("cannot open drop-in sockets: {e}");
             return ExitCode::FAILURE;
         }
     };
-    d.run_until(&quit);
-    eprintln!("colo-proxy compare drop-in: stopping (inputs closed, releasing queued primaries)");
+    if let Some(a) = cfg.mgmt.metrics {
+        match crate::mgmt::metrics::MetricsServer::bind(a) {
+            Ok(m) => {
+                log::info!("metrics: http://{a}/metrics");
+                d.set_metrics(m);
+            }
+            Err(e) => {
+                log::error!("metrics endpoint (mgmt.metrics.listen) {a}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    // Servers listen and clients are connecting: ready for systemd (Type=notify).
+    crate::mgmt::service::ready("compare drop-in running");
+    d.run_until(&quit, thread);
+    crate::mgmt::service::stopping();
+    log::info!("compare drop-in: stopping (inputs closed, releasing queued primaries)");
     let unsent = d.shutdown(SHUTDOWN_GRACE);
     print!("{}", d.report());
     if unsent > 0 {
-        eprintln!(
-            "warning: {unsent} released primaries could not be written to outdev within {} ms (peer not reading)",
+        log::warn!(
+            "{unsent} released primaries could not be written to outdev within {} ms (peer not reading)",
             SHUTDOWN_GRACE.as_millis()
         );
     }

@@ -53,6 +53,8 @@ pub struct CheckpointCoordinator {
     /// Resend an outstanding request after this long (`None`: never).
     resend_after_ns: Option<u64>,
     stats: CoordinatorStats,
+    /// Request → completion latencies (the metrics endpoint's histogram).
+    latency: super::metrics::Buckets,
 }
 
 impl CheckpointCoordinator {
@@ -61,6 +63,7 @@ impl CheckpointCoordinator {
         CheckpointCoordinator {
             resend_after_ns,
             next_id: 1,
+            latency: super::metrics::Buckets::latency(),
             ..Default::default()
         }
     }
@@ -115,6 +118,7 @@ impl CheckpointCoordinator {
             Some(r) => {
                 let lat = now_ns.saturating_sub(r.since_ns);
                 self.stats.max_latency_ns = self.stats.max_latency_ns.max(lat);
+                self.latency.observe_ns(lat, 1);
                 Some(r.id)
             }
             None => {
@@ -127,6 +131,11 @@ impl CheckpointCoordinator {
     /// A completion answering no request was ignored (see [`CoordinatorStats::unsolicited_ignored`]).
     pub fn unsolicited_ignored(&mut self) {
         self.stats.unsolicited_ignored += 1;
+    }
+
+    /// Request → completion latencies so far.
+    pub fn latency(&self) -> &super::metrics::Buckets {
+        &self.latency
     }
 
     /// The data plane could not apply a completion; the request stays outstanding.

@@ -10,8 +10,10 @@
 pub mod capture;
 pub mod coordinator;
 pub mod ctl;
+pub mod metrics;
 pub mod qmp;
 pub mod server;
+pub mod service;
 pub mod sink;
 pub mod status;
 pub mod telemetry;
@@ -54,6 +56,10 @@ pub struct MgmtConfig {
     pub failover_on_link_loss: bool,
     /// `failover.on_colo_exit`: QEMU's `COLO_EXIT` (QMP sink) fails this proxy over too.
     pub failover_on_colo_exit: bool,
+    /// Prometheus endpoint (`[mgmt.metrics] listen`).
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Role label of `colo_proxy_build_info`.
+    pub role: String,
 }
 
 impl MgmtConfig {
@@ -124,6 +130,8 @@ impl MgmtConfig {
             event_queue: 0,
             failover_on_link_loss: cfg.failover.on_link_loss == crate::config::LinkLossAction::Auto,
             failover_on_colo_exit: cfg.failover.on_colo_exit,
+            metrics: m.metrics,
+            role: cfg.role.to_string(),
         }
     }
 }
@@ -140,6 +148,9 @@ pub enum MgmtError {
     /// Capture directory.
     #[error("capture directory: {0}")]
     Capture(std::io::Error),
+    /// Metrics endpoint.
+    #[error("metrics endpoint (mgmt.metrics.listen): {0}")]
+    Metrics(std::io::Error),
 }
 
 /// What the data plane sends to management.
@@ -290,6 +301,9 @@ pub struct Management {
     scratch: Vec<SinkEvent>,
     shared: Arc<Mutex<MgmtStats>>,
     shared_at: Option<u64>,
+    metrics: Option<metrics::MetricsServer>,
+    histograms: Vec<metrics::HistogramSource>,
+    role: String,
 }
 
 impl Management {
@@ -316,6 +330,10 @@ impl Management {
             None => None,
         };
         let server = ControlServer::bind(cfg.server.clone())?;
+        let metrics = match cfg.metrics {
+            Some(a) => Some(metrics::MetricsServer::bind(a).map_err(MgmtError::Metrics)?),
+            None => None,
+        };
         let cap = if cfg.event_queue == 0 {
             4096
         } else {
@@ -351,7 +369,37 @@ impl Management {
             scratch: Vec::new(),
             shared: Arc::new(Mutex::new(MgmtStats::default())),
             shared_at: None,
+            metrics,
+            histograms: Vec::new(),
+            role: cfg.role.clone(),
         })
+    }
+
+    /// Export a latency histogram on the metrics endpoint (read at scrape time).
+    pub fn add_histogram(&mut self, h: metrics::HistogramSource) {
+        self.histograms.push(h);
+    }
+
+    /// The metrics endpoint's address, when configured.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().and_then(|m| m.local_addr().ok())
+    }
+
+    /// The metrics text a scrape gets now: `ctl stats` as families, plus the histograms.
+    pub fn metrics_text(&self, endpoint: metrics::MetricsStats) -> String {
+        let stats = serde_json::json!({
+            "dataplane": self.core.dp.stats(),
+            "mgmt": self.stats(),
+        });
+        let mut hs: Vec<(&str, &str, metrics::Buckets)> = vec![(
+            "colo_proxy_checkpoint_latency_seconds",
+            "Checkpoint request to completion (every stage applied it).",
+            self.core.coord.latency().clone(),
+        )];
+        for h in &self.histograms {
+            hs.push((h.name, h.help, (h.read)()));
+        }
+        metrics::families(&stats, &hs, &endpoint, &self.role).encode()
     }
 
     /// A handle for the data plane (or any thread) to report events.
@@ -439,6 +487,11 @@ impl Management {
         self.core.server_stats = self.server.stats();
         work += self.server.poll(now_ns, &mut self.core);
         self.flush_outbox();
+        if let Some(mut m) = self.metrics.take() {
+            // Taken out for the call so that rendering can read the rest of `self`.
+            work += m.poll(&mut |st| self.metrics_text(st));
+            self.metrics = Some(m);
+        }
         if self
             .shared_at
             .is_none_or(|t| now_ns.saturating_sub(t) >= SNAPSHOT_PERIOD_NS)

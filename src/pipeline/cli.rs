@@ -36,6 +36,9 @@ pub struct DemoArgs {
     /// Also write the final report as JSON to this file (for scripts and tests).
     #[arg(long, value_name = "FILE")]
     pub report_json: Option<std::path::PathBuf>,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464; GET /metrics).
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Write every divergence's packets to pcapng files in this directory.
     #[arg(long, value_name = "DIR")]
     pub capture_dir: Option<std::path::PathBuf>,

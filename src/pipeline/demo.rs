@@ -282,6 +282,8 @@ pub fn demo(args: &DemoArgs) -> Result<DemoSummary, String> {
     let control = Arc::new(PipelineControl::new(Vec::new(), stop.clone()));
     let mut mcfg = MgmtConfig::default();
     mcfg.server.unix_path = args.control_socket.clone();
+    mcfg.metrics = args.metrics_listen;
+    mcfg.role = "demo".into();
     if let Some(dir) = &args.capture_dir {
         mcfg.capture = Some(CaptureConfig {
             dir: dir.clone(),
@@ -292,7 +294,7 @@ pub fn demo(args: &DemoArgs) -> Result<DemoSummary, String> {
         mcfg.capture_on_start = true;
     }
     let frame = SimulatedFrame::new(Duration::from_millis(args.checkpoint_ms));
-    let mgmt = Management::with_sinks(mcfg, control.clone(), vec![Box::new(frame)])
+    let mut mgmt = Management::with_sinks(mcfg, control.clone(), vec![Box::new(frame)])
         .map_err(|e| format!("management: {e}"))?;
 
     let shards = args.shards.max(1);
@@ -303,6 +305,7 @@ pub fn demo(args: &DemoArgs) -> Result<DemoSummary, String> {
     let (svm_rx, svm_tx) = ports.queues(svm_p).map_err(e)?;
 
     let hold = SharedHistogram::default();
+    mgmt.add_histogram(hold.metrics_source());
     let stages: Vec<Box<dyn Stage>> = if args.baseline_forward {
         // Benchmark baseline: the same wires and lcores, plain forwarding instead of the proxy.
         drop((linkp_rx, linkp_tx, links_rx, links_tx, svm_rx, svm_tx));

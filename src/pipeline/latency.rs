@@ -32,6 +32,16 @@ impl SharedHistogram {
         }
     }
 
+    /// This histogram as the metrics endpoint's `colo_proxy_compare_hold_seconds`.
+    pub fn metrics_source(&self) -> crate::mgmt::metrics::HistogramSource {
+        let h = self.clone();
+        crate::mgmt::metrics::HistogramSource {
+            name: "colo_proxy_compare_hold_seconds",
+            help: "Time released primaries were held by a compare shard (added latency).",
+            read: Box::new(move || crate::mgmt::metrics::Buckets::from_hdr(&h.snapshot())),
+        }
+    }
+
     /// Merge `other` in.
     pub fn merge(&self, other: &Histogram<u64>) {
         let mut h = match self.0.lock() {

@@ -56,8 +56,15 @@ pub fn serve(
     let running = runtime::launch(plans, idle).map_err(|e| e.to_string())?;
     control.attach(running.control.clone());
     if let Err(e) = crate::mgmt::telemetry::register(control.clone(), Some(mgmt.stats_handle())) {
-        eprintln!("warning: telemetry commands not registered: {e}");
+        log::warn!("telemetry commands not registered: {e}");
     }
+    // Ports are started, sockets bound (servers listening, clients connecting) and the lcores
+    // launched: ready for systemd (Type=notify).
+    let mut status = format!("running: {} lcores", running.control.lcores.len());
+    if let Some(a) = mgmt.metrics_addr() {
+        status.push_str(&format!(", metrics on {a}"));
+    }
+    crate::mgmt::service::ready(&status);
     let result = Arc::new(Mutex::new(None));
     let r2 = result.clone();
     let dp = control.clone();
@@ -109,7 +116,7 @@ pub fn run(
     if mgmt.capture_on() {
         // Capture configured on from the start: the shards must know.
         if let Err(e) = ctl.broadcast(Command::Capture(true), Duration::from_secs(2)) {
-            eprintln!("warning: capture not started: {e}");
+            log::warn!("capture not started: {e}");
         }
     }
     let start = Instant::now();
@@ -169,6 +176,7 @@ pub fn run(
             std::thread::sleep(Duration::from_millis(1));
         }
     }
+    crate::mgmt::service::stopping();
     if o.quiesce_sources && fault.is_none() {
         // Sources first, then let what they sent settle and an outstanding checkpoint finish,
         // so the report reflects a quiet system.

@@ -70,7 +70,7 @@ fn run_pipeline(cfg: &Config, eal_overrides: &[String]) -> Result<bool, String> 
         Vec::new()
     };
     let control = Arc::new(PipelineControl::new(bypass, stop.clone()));
-    let mgmt = Management::new(MgmtConfig::from_config(cfg), control.clone())
+    let mut mgmt = Management::new(MgmtConfig::from_config(cfg), control.clone())
         .map_err(|e| format!("management: {e}"))?;
     let Topology {
         plans,
@@ -81,6 +81,7 @@ fn run_pipeline(cfg: &Config, eal_overrides: &[String]) -> Result<bool, String> 
         link_sockets,
     } = topology::build(cfg, &pool, &mgmt.sender(), mgmt.capture_on())?;
     control.set_link_sockets(link_sockets);
+    mgmt.add_histogram(hold.metrics_source());
     if let Some(b) = backlog {
         control.set_backlog(b);
     }
@@ -98,7 +99,7 @@ fn run_pipeline(cfg: &Config, eal_overrides: &[String]) -> Result<bool, String> 
     );
     // After the ports exist, so `dpdk-dumpcap` can capture on them.
     if let Err(e) = crate::dpdk::telemetry::pdump_init() {
-        eprintln!("warning: pdump not available (dpdk-dumpcap cannot attach): {e}");
+        log::warn!("pdump not available (dpdk-dumpcap cannot attach): {e}");
     }
     let stages: Vec<String> = plans
         .iter()
@@ -120,6 +121,9 @@ fn run_pipeline(cfg: &Config, eal_overrides: &[String]) -> Result<bool, String> 
     }
     if let Some(p) = mgmt.server().unix_path() {
         println!("control socket: {}", p.display());
+    }
+    if let Some(a) = mgmt.metrics_addr() {
+        log::info!("metrics: http://{a}/metrics");
     }
     let status_every = Duration::from_millis(cfg.mgmt.stats_interval_ms.max(100));
     let quiet =

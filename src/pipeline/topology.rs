@@ -57,6 +57,8 @@ pub fn compare_config(cfg: &Config) -> compare::CompareConfig {
         table_capacity: c.table_capacity as usize,
         idle_timeout_ns: c.idle_timeout_ms * 1_000_000,
         bypass: c.bypass.clone(),
+        pass_ipv6: c.ipv6 == crate::config::PassMode::Pass,
+        pass_vlan: c.vlan == crate::config::PassMode::Pass,
         ..compare::CompareConfig::default()
     }
 }
@@ -172,8 +174,8 @@ use crate::config::sizing::devarg;
 /// out on it.
 fn check_link_mtu(name: &str, spec: &PortSpec, p: &mut Port) {
     let fix = |iface: &str, mtu: u32| {
-        eprintln!(
-            "warning: ports.{name}: link MTU {mtu} < {LINK_MTU}: VM frames over {} bytes cannot \
+        log::warn!(
+            "ports.{name}: link MTU {mtu} < {LINK_MTU}: VM frames over {} bytes cannot \
              cross the encapsulated link; raise it on both link ends ({iface})",
             mtu.saturating_sub(OVERHEAD as u32) + 14
         );
@@ -201,7 +203,7 @@ fn check_link_mtu(name: &str, spec: &PortSpec, p: &mut Port) {
         return;
     }
     if let Err(e) = p.set_mtu(LINK_MTU) {
-        eprintln!("warning: ports.{name}: {e}");
+        log::warn!("ports.{name}: {e}");
         fix("the NIC and the switch in between", u32::from(current));
     }
 }
