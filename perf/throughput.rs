@@ -359,10 +359,7 @@ fn proxy_step(
     secs: f64,
 ) -> Result<Step, String> {
     let topology::Topology {
-        plans,
-        ports,
-        idle,
-        ..
+        plans, ports, idle, ..
     } = topo;
     let running = runtime::launch(plans, idle).map_err(|e| e.to_string())?;
     let out = Arc::new(Mutex::new(None));

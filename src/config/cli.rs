@@ -61,7 +61,7 @@ fn dropin_summary(cfg: &Config, s: &mut String) {
         .compare
         .first()
         .map_or("any CPU".to_string(), |c| format!("CPU {c}"));
-    let idle = if cfg.idle.backoff {
+    let idle = if cfg.idle.mode != Some(super::IdleMode::Poll) {
         format!(
             "blocks in poll(2) after {} empty polls until a socket is ready, at most 100 ms (idle.max_sleep_us not used)",
             cfg.idle.spin_loops

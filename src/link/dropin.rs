@@ -67,7 +67,7 @@ impl DropInThread {
     pub fn from_config(cfg: &Config) -> DropInThread {
         DropInThread {
             cpu: cfg.lcores.compare.first().map(|&c| c as usize),
-            backoff: cfg.idle.backoff,
+            backoff: cfg.idle.mode != Some(crate::config::IdleMode::Poll),
             spin_loops: cfg.idle.spin_loops,
         }
     }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::dpdk::{self, DpdkError};
 
 use super::counters::{Counter, Snapshot};
-use super::idle::{Wake, WaitSet};
+use super::idle::{WaitSet, Wake};
 use super::lcore::{run_loop, ControlPlane, IdlePolicy, LcoreShared, LoopCtx, Phase, Stage};
 
 /// The stages one lcore runs.
