@@ -210,6 +210,9 @@ fn a_closing_peer_is_read_to_its_end_before_the_next_takes_over() {
     drop(old);
     let mut new = TcpStream::connect(a).unwrap();
     new.write_all(&framed(b"new peer")).unwrap();
+    // A connected server looks for new peers at most every ACCEPT_PERIOD: let one pass, so
+    // the next poll sees the new peer while the old one's data is still unread (the wait).
+    std::thread::sleep(colo_proxy::link::socket::ACCEPT_PERIOD + Duration::from_millis(2));
     poll_until(&mut s, &mut got, Duration::from_secs(5), |_, g| {
         g.len() == 21
     });
