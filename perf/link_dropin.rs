@@ -1,4 +1,4 @@
-//! colo-compare drop-in (`link::dropin`) against QEMU 7.2's colo-compare, same generator,
+//! colo-compare drop-in (`dropin`) against QEMU 7.2's colo-compare, same generator,
 //! same run: 16 TCP flows, identical primary and secondary streams (every packet matches),
 //! 64/512/1500-byte frames. Both compares run as a separate process pinned to CPU 1 (`taskset`);
 //! the generator runs on CPU 0. Reports released packets/s, compare-process CPU per packet
@@ -20,7 +20,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use colo_proxy::compare::CompareConfig;
-use colo_proxy::link::dropin::{DropIn, DropInConfig};
+use colo_proxy::dropin::{DropIn, DropInConfig};
 use colo_proxy::link::framing::FrameConfig;
 use colo_proxy::link::socket::{FramedSocket, Role, SendError, SocketConfig};
 use hdrhistogram::Histogram;
@@ -46,7 +46,7 @@ fn child(dir: &Path) {
     };
     let mut d = DropIn::new(cfg).unwrap();
     let quit = AtomicBool::new(false);
-    d.run_until(&quit, colo_proxy::link::dropin::DropInThread::default());
+    d.run_until(&quit, colo_proxy::dropin::DropInThread::default());
 }
 
 struct Proc {

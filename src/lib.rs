@@ -13,6 +13,7 @@ pub mod compare;
 pub mod config;
 pub mod control;
 pub mod dpdk;
+pub mod dropin;
 pub mod flow;
 pub mod link;
 pub mod mgmt;

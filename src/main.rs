@@ -117,7 +117,7 @@ fn main() -> ExitCode {
         Command::Run { config, eal } => match colo_proxy::config::Config::load(&config) {
             // The colo-compare drop-in needs no EAL; the pipeline reports config errors itself.
             Ok(cfg) if cfg.role == colo_proxy::config::Role::Compare => {
-                colo_proxy::link::dropin::run(&cfg)
+                colo_proxy::dropin::run(&cfg)
             }
             _ => colo_proxy::pipeline::cli::run(&config, &eal),
         },

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use colo_proxy::compare::CompareConfig;
 use colo_proxy::control::xen::{CHECKPOINT_DONE, DO_CHECKPOINT};
-use colo_proxy::link::dropin::{DropIn, DropInConfig};
+use colo_proxy::dropin::{DropIn, DropInConfig};
 use colo_proxy::link::framing::FrameConfig;
 use colo_proxy::link::socket::{FramedSocket, Role, SocketConfig};
 

@@ -1,5 +1,5 @@
 //! Differential test: the same frame sequences fed to QEMU 7.2's colo-compare and to our
-//! drop-in (`link::dropin`), both in Xen notify mode so checkpoint requests are visible as
+//! drop-in (`dropin`), both in Xen notify mode so checkpoint requests are visible as
 //! `DO_CHECKPOINT` frames. Equal released frames (bytes, vnet_hdr_len, order) and checkpoint
 //! requests are required, except where QEMU has a documented defect or behaviour we
 //! deliberately do not copy; those cases assert the documented difference exactly.

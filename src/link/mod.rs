@@ -5,14 +5,12 @@
 //! - [`framing`]: QEMU chardev framing (pure codec, zero-copy streaming decoder).
 //! - [`socket`]: non-blocking QEMU-framed TCP/UNIX sockets with batched I/O and reconnect.
 //! - [`endpoint`]: the two COLO streams (mirror, secondary output) paired as one endpoint.
-//! - [`dropin`]: colo-compare drop-in runtime (config role `compare`).
 //! - [`encap`]: pure DPDK-port encapsulation (outer Ethernet + sequence numbers) with loss
 //!   and reorder detection.
 //!
 //! The wire contract with QEMU is in docs/QEMU-INTEROP.md.
 
 pub mod access;
-pub mod dropin;
 pub mod encap;
 pub mod endpoint;
 pub mod framing;

@@ -29,7 +29,7 @@ pub fn run(config_path: &Path, eal_overrides: &[String]) -> ExitCode {
         }
     };
     if cfg.role == Role::Compare {
-        return crate::link::dropin::run(&cfg);
+        return crate::dropin::run(&cfg);
     }
     for w in cfg.warnings() {
         eprintln!("warning: {}: {w}", config_path.display());

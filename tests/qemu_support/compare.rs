@@ -1,10 +1,10 @@
-//! A colo-compare test rig: QEMU's `colo-compare` or our drop-in (`link::dropin`) behind the
+//! A colo-compare test rig: QEMU's `colo-compare` or our drop-in (`dropin`) behind the
 //! same four UNIX sockets, driven by the same client sockets.
 
 use std::time::{Duration, Instant};
 
 use colo_proxy::compare::CompareConfig;
-use colo_proxy::link::dropin::{DropIn, DropInConfig};
+use colo_proxy::dropin::{DropIn, DropInConfig};
 use colo_proxy::link::framing::FrameConfig;
 use colo_proxy::link::socket::{FramedSocket, Role, SocketConfig};
 

@@ -42,8 +42,8 @@ use crate::compare::{
 use crate::config::{Config, Endpoint, SockAddr, SocketMode};
 use crate::control::xen::{XenIn, XenOut};
 
-use super::framing::{FrameConfig, MAX_VNET_HDR_LEN};
-use super::socket::{FramedSocket, LinkAddr, Role, SendError, SocketConfig, SocketStats};
+use crate::link::framing::{FrameConfig, MAX_VNET_HDR_LEN};
+use crate::link::socket::{FramedSocket, LinkAddr, Role, SendError, SocketConfig, SocketStats};
 
 /// Longest block when idle: bounds how late a timer (compare timeout scan, checkpoint resend)
 /// or a client reconnect is handled. 100 ms: at most ~10 wake-ups a second when nothing
