@@ -127,8 +127,8 @@ fn config_parses_compare_ipv6_and_vlan_and_rejects_other_values() {
     assert!(e.contains("compare") && e.contains("pass"), "{e}");
     // The pipeline maps it into the engine.
     let t = colo_proxy::pipeline::topology::compare_config(&with("ipv6 = \"pass\"").unwrap());
-    let d = colo_proxy::dropin::DropInConfig::from_config(&with("vlan = \"pass\"").unwrap())
-        .unwrap();
+    let d =
+        colo_proxy::dropin::DropInConfig::from_config(&with("vlan = \"pass\"").unwrap()).unwrap();
     assert!(d.compare.pass_vlan && !d.compare.pass_ipv6);
     assert!(t.pass_ipv6 && !t.pass_vlan);
 }

@@ -294,8 +294,7 @@ fn dropin_is_pinned_blocks_when_idle_serves_metrics_and_logs_with_journal_priori
     p.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert!(
         err.lines().any(
-            |l| l.starts_with("<6>colo_proxy::dropin: compare drop-in:")
-                && l.contains("cpu 0")
+            |l| l.starts_with("<6>colo_proxy::dropin: compare drop-in:") && l.contains("cpu 0")
         ),
         "{err}"
     );
