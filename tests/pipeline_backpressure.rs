@@ -22,7 +22,7 @@ mod child {
     use colo_proxy::pipeline::counters::{Counter, LcoreCounters};
     use colo_proxy::pipeline::io::{RingOut, TxBuf, BURST};
     use colo_proxy::pipeline::lcore::{LoopCtx, Phase, Stage};
-    use colo_proxy::pipeline::link::{LinkRx, LinkTx};
+    use colo_proxy::pipeline::linkio::{LinkRx, LinkTx};
     use colo_proxy::pipeline::stages::{MirrorStage, RedirectorStage, RewriterStage};
     use colo_proxy::rewrite::{Rewriter, RewriterConfig};
     use std::collections::hash_map::{Entry, HashMap};

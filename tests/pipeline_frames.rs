@@ -21,7 +21,7 @@ mod child {
     use colo_proxy::pipeline::counters::{Counter, LcoreCounters};
     use colo_proxy::pipeline::io::{RingOut, TxBuf, BURST};
     use colo_proxy::pipeline::lcore::{LoopCtx, Phase, Stage};
-    use colo_proxy::pipeline::link::{LinkRx, LinkTx};
+    use colo_proxy::pipeline::linkio::{LinkRx, LinkTx};
     use colo_proxy::pipeline::stages::{MirrorStage, RedirectorStage};
 
     /// A UDP frame of `len` bytes (10.0.0.2:5000 → 10.0.0.1:7000), payload bytes = `mark`.

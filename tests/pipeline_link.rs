@@ -10,7 +10,7 @@ use colo_proxy::link::encap::{
     encap, EncapConfig, EncapRx, ETHERTYPE_EXPERIMENTAL, STREAM_MIRROR, STREAM_SECONDARY,
 };
 use colo_proxy::mgmt::{EventSender, Input};
-use colo_proxy::pipeline::link::SeqReporter;
+use colo_proxy::pipeline::linkio::SeqReporter;
 use crossbeam::channel::Receiver;
 use dpdk_common::{eal_args, in_child, result, spawn};
 
@@ -143,7 +143,7 @@ fn link_rx_counts_and_reports_loss_and_reordering() {
         use colo_proxy::pipeline::counters::{Counter, LcoreCounters};
         use colo_proxy::pipeline::io::BURST;
         use colo_proxy::pipeline::lcore::{LoopCtx, Phase};
-        use colo_proxy::pipeline::link::LinkRx;
+        use colo_proxy::pipeline::linkio::LinkRx;
 
         let _eal = Eal::init(&eal_args(&[])).expect("EAL");
         let pool = Mempool::new("lk", 1023).expect("pool");

@@ -10,7 +10,7 @@ use super::{PortDevice, PortSpec, Role};
 
 /// Frames per burst on every port and ring (`pipeline::io::BURST`; a test keeps them equal).
 pub const BURST: u32 = 32;
-/// Decoded frames a socket link receiver keeps (`pipeline::link::SOCKET_RX_BACKLOG`).
+/// Decoded frames a socket link receiver keeps (`pipeline::linkio::SOCKET_RX_BACKLOG`).
 pub const SOCKET_RX_BACKLOG: u32 = 4096;
 /// Largest untagged Ethernet frame the byte watermarks assume for frames in flight.
 pub const MAX_FRAME: u64 = 1518;

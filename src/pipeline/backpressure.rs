@@ -378,7 +378,7 @@ mod tests {
         );
         assert_eq!(
             crate::config::sizing::SOCKET_RX_BACKLOG as usize,
-            super::super::link::SOCKET_RX_BACKLOG
+            crate::pipeline::linkio::SOCKET_RX_BACKLOG
         );
     }
 

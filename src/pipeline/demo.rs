@@ -31,7 +31,7 @@ use super::idle::IdleInputs;
 use super::io::{RingIn, RingOut, TxBuf, BURST};
 use super::latency::{percentiles_us, LatencyRecorder, SharedHistogram};
 use super::lcore::{Command, IdlePolicy, LoopCtx, Phase, Stage};
-use super::link::{LinkRx, LinkTx, SeqReporter};
+use super::linkio::{LinkRx, LinkTx, SeqReporter};
 use super::manage::{self, LoopOptions, SimulatedFrame};
 use super::runtime::LcorePlan;
 use super::sim::{Addresses, ClientConfig, ClientSim, ClientStats, FrameAlloc, VmConfig, VmSim};

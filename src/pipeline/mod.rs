@@ -8,7 +8,7 @@ pub mod idle;
 pub mod io;
 pub mod latency;
 pub mod lcore;
-pub mod link;
+pub mod linkio;
 pub mod manage;
 pub mod run;
 pub mod runtime;

@@ -20,7 +20,7 @@ use super::idle::{IdleInputs, IdleMode, PortWake, Wake};
 use super::io::{RingIn, RingOut, RxSet, TxBuf};
 use super::latency::{LatencyRecorder, SharedHistogram};
 use super::lcore::{IdlePolicy, Stage};
-use super::link::{LinkRx, LinkTx, SeqReporter};
+use super::linkio::{LinkRx, LinkTx, SeqReporter};
 use super::runtime::LcorePlan;
 use super::stages::{CompareStage, FailoverOpts, MirrorStage, RedirectorStage, RewriterStage};
 use crate::mgmt::EventSender;

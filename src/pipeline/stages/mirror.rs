@@ -7,7 +7,7 @@ use crate::pipeline::counters::{Counter, LcoreCounters};
 use crate::pipeline::idle::{IdleInputs, WaitSet};
 use crate::pipeline::io::{whole_frames, RxSet, TxBuf, BURST};
 use crate::pipeline::lcore::{Command, LoopCtx, Phase, Stage};
-use crate::pipeline::link::LinkTx;
+use crate::pipeline::linkio::LinkTx;
 
 /// Primary: client frames from the NIC go to the PVM, and a zero-copy clone to the secondary.
 pub struct MirrorStage {

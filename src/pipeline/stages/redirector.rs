@@ -11,7 +11,7 @@ use crate::pipeline::counters::Counter;
 use crate::pipeline::idle::{IdleInputs, WaitSet};
 use crate::pipeline::io::{whole_frames, RingOut, RxSet, BURST};
 use crate::pipeline::lcore::{LoopCtx, Phase, Stage};
-use crate::pipeline::link::LinkRx;
+use crate::pipeline::linkio::LinkRx;
 
 /// The compare shard owning a frame's flow (the one hash); unparsable frames go to shard 0,
 /// whose engine counts them as malformed.

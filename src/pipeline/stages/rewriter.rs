@@ -12,7 +12,7 @@ use crate::pipeline::counters::{Counter, LcoreCounters};
 use crate::pipeline::idle::{IdleInputs, WaitSet};
 use crate::pipeline::io::{unshare, whole_frames, RxSet, TxBuf, BURST};
 use crate::pipeline::lcore::{Command, LoopCtx, Phase, Stage};
-use crate::pipeline::link::{LinkRx, LinkTx};
+use crate::pipeline::linkio::{LinkRx, LinkTx};
 
 /// Divergence reason of a mirrored frame the SVM port could not take.
 pub const SVM_INPUT_LOST: &str = "svm_input_lost";
