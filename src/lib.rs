@@ -9,9 +9,11 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod buf;
+pub mod cli;
 pub mod compare;
 pub mod config;
 pub mod control;
+pub mod demo;
 pub mod dpdk;
 pub mod dropin;
 pub mod flow;

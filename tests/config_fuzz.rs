@@ -120,7 +120,7 @@ proptest! {
             // A config that loads must also build EAL args and a summary.
             let args = c.eal_args_with_probe(&[], || false);
             prop_assert_eq!(args[0].as_str(), "colo-proxy");
-            let _ = colo_proxy::config::cli::summary(&c, &args);
+            let _ = colo_proxy::cli::check_config::summary(&c, &args);
         }
     }
 }

@@ -274,7 +274,7 @@ fn ring_ports_forward_byte_identical() {
         pb.start().expect("start b");
         let (mut ta, mut rb) = (pa.tx_queue(0).expect("txq"), pb.rx_queue(0).expect("rxq"));
         let frames: Vec<Vec<u8>> = (0..32)
-            .map(colo_proxy::dpdk::selfcheck::test_frame)
+            .map(colo_proxy::cli::selfcheck::test_frame)
             .collect();
         let mut b: MbufBurst<32> = Burst::new();
         for f in &frames {

@@ -255,8 +255,8 @@ fn management_captures_only_while_on() {
     let ask = |w: &str| {
         let words: Vec<String> = w.split_whitespace().map(String::from).collect();
         let req = colo_proxy::control::Request::from_words(&words, None).unwrap();
-        colo_proxy::mgmt::ctl::request(
-            &colo_proxy::mgmt::ctl::Target::Unix(sock.clone()),
+        colo_proxy::cli::ctl::request(
+            &colo_proxy::cli::ctl::Target::Unix(sock.clone()),
             &req,
             Duration::from_secs(5),
         )

@@ -12,9 +12,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use colo_proxy::cli::ctl::{self, Target};
 use colo_proxy::control::proto::Request;
 use colo_proxy::control::{Event, Side};
-use colo_proxy::mgmt::ctl::{self, Target};
 use colo_proxy::mgmt::server::{ControlServer, ServerConfig, ServerError};
 use colo_proxy::mgmt::Input;
 use mgmt_common::*;

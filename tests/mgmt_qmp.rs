@@ -125,11 +125,11 @@ fn forced_checkpoint_is_accepted_by_qemu() {
     });
     // QEMU answered our command with `return` ...
     let sock = dir.path().join("run/ctl.sock");
-    let ctl = colo_proxy::mgmt::ctl::Target::Unix(sock);
+    let ctl = colo_proxy::cli::ctl::Target::Unix(sock);
     let req = colo_proxy::control::Request::from_words(&["stats".into()], None).unwrap();
     assert!(
         wait_for(20, || {
-            let r = colo_proxy::mgmt::ctl::request(&ctl, &req, Duration::from_secs(5)).unwrap();
+            let r = colo_proxy::cli::ctl::request(&ctl, &req, Duration::from_secs(5)).unwrap();
             r.result.unwrap()["mgmt"]["sinks"]["qmp"]["accepted"] == 1
         }),
         "QEMU did not accept migrate-set-parameters"

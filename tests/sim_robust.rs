@@ -2,7 +2,7 @@
 //! frames are counted and ignored (never a panic); TCP edge cases answer like a real stack.
 
 use colo_proxy::buf::{PacketBuf, VecBuf};
-use colo_proxy::pipeline::sim::{Addresses, ClientConfig, ClientSim, VecAlloc, VmConfig, VmSim};
+use colo_proxy::demo::sim::{Addresses, ClientConfig, ClientSim, VecAlloc, VmConfig, VmSim};
 use colo_proxy::wire::{self, packet::tcp_flags};
 use etherparse::{PacketBuilder, TcpOptionElement};
 use proptest::prelude::*;

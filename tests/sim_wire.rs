@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use colo_proxy::buf::{PacketBuf, VecBuf};
-use colo_proxy::pipeline::sim::{
+use colo_proxy::demo::sim::{
     Addresses, ClientConfig, ClientSim, FrameAlloc, VecAlloc, VmConfig, VmSim,
 };
 use colo_proxy::wire::{self, checksum, packet::tcp_flags, PacketInfo};

@@ -840,7 +840,7 @@ pub(super) fn check_lcores_in_set(map: &LcoreMap, args: &[String], errs: &mut Ve
 }
 
 /// `0-3,5` form of a set.
-pub(super) fn fmt_set(set: &BTreeSet<u32>) -> String {
+pub(crate) fn fmt_set(set: &BTreeSet<u32>) -> String {
     let mut out: Vec<String> = Vec::new();
     let mut it = set.iter().copied().peekable();
     while let Some(a) = it.next() {

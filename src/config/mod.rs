@@ -7,9 +7,8 @@
 //! Pure Rust: no DPDK, no I/O except [`Config::load`] and the hugepage probe.
 //! The schema is documented in `docs/CONFIG.md`.
 
-mod build;
+pub(crate) mod build;
 pub mod bypass;
-pub mod cli;
 pub mod eal;
 pub mod idle;
 mod raw;

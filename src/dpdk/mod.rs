@@ -15,7 +15,6 @@ mod mbuf;
 mod mempool;
 mod port;
 mod ring;
-pub mod selfcheck;
 pub mod telemetry;
 mod tsc;
 

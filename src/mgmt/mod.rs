@@ -9,7 +9,6 @@
 
 pub mod capture;
 pub mod coordinator;
-pub mod ctl;
 pub mod metrics;
 pub mod qmp;
 pub mod server;

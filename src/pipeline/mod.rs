@@ -1,9 +1,7 @@
 //! The runtime: lcore poll loops running stages, rings between them, counters, topology.
 pub mod backpressure;
-pub mod cli;
 pub mod control;
 pub mod counters;
-pub mod demo;
 pub mod idle;
 pub mod io;
 pub mod latency;
@@ -12,6 +10,5 @@ pub mod linkio;
 pub mod manage;
 pub mod run;
 pub mod runtime;
-pub mod sim;
 pub mod stages;
 pub mod topology;

@@ -1,9 +1,7 @@
-//! `colo-proxy run --config FILE`: EAL up, pipeline built from the config, stages launched,
+//! Running a primary or secondary from its config: EAL up, pipeline built from the config, stages launched,
 //! management loop until SIGINT/SIGTERM (or a `shutdown` command), then the orderly stop and
 //! the final report.
 
-use std::path::Path;
-use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,34 +15,10 @@ use super::latency::percentiles_us;
 use super::manage::{self, LoopOptions};
 use super::topology::{self, Topology};
 
-/// `colo-proxy run`.
-pub fn run(config_path: &Path, eal_overrides: &[String]) -> ExitCode {
-    let cfg = match Config::load(config_path) {
-        Ok(c) => c,
-        Err(e) => {
-            for m in e.messages() {
-                eprintln!("error: {}: {m}", config_path.display());
-            }
-            return ExitCode::from(2);
-        }
-    };
-    if cfg.role == Role::Compare {
-        return crate::dropin::run(&cfg);
-    }
-    for w in cfg.warnings() {
-        eprintln!("warning: {}: {w}", config_path.display());
-    }
-    match run_pipeline(&cfg, eal_overrides) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn run_pipeline(cfg: &Config, eal_overrides: &[String]) -> Result<bool, String> {
+/// Run the pipeline of `cfg` (role primary or secondary) until stopped; prints the final
+/// report. `Ok(false)`: it ran, but an lcore failed, the accounting does not balance or the
+/// stop was not clean.
+pub fn run_pipeline(cfg: &Config, eal_overrides: &[String]) -> Result<bool, String> {
     let args = cfg.eal_args(eal_overrides);
     cfg.check_lcores(&args)
         .map_err(|e| e.messages().join("; "))?;

@@ -5,15 +5,15 @@ use std::fmt::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use super::{build::fmt_set, BypassRule, Config, LinkSpec, PortDevice, SocketMode};
+use crate::config::{build::fmt_set, BypassRule, Config, LinkSpec, PortDevice, SocketMode};
 
-/// `colo-proxy check-config FILE`; `more` adds lines the layers above config know (memory).
-pub fn check_config(file: &Path, more: &dyn Fn(&Config) -> String) -> ExitCode {
+/// `colo-proxy check-config FILE`: the summary, then the memory the config will take.
+pub fn check_config(file: &Path) -> ExitCode {
     match Config::load(file) {
         Ok(cfg) => {
             let eal = cfg.eal_args(&[]);
             print!("{}", summary(&cfg, &eal));
-            print!("{}", more(&cfg));
+            print!("{}", crate::pipeline::topology::memory_summary(&cfg));
             for w in cfg.warnings() {
                 eprintln!("warning: {}: {w}", file.display());
             }
@@ -38,7 +38,7 @@ fn mode(m: SocketMode) -> &'static str {
 fn bypass(r: &BypassRule) -> String {
     let proto = match r.proto {
         None => "any".to_string(),
-        Some(p) => super::bypass::proto_name(p),
+        Some(p) => crate::config::bypass::proto_name(p),
     };
     let ports = if *r.ports.start() == 0 && *r.ports.end() == u16::MAX {
         "any port".to_string()
@@ -61,7 +61,7 @@ fn dropin_summary(cfg: &Config, s: &mut String) {
         .compare
         .first()
         .map_or("any CPU".to_string(), |c| format!("CPU {c}"));
-    let idle = if cfg.idle.mode != Some(super::IdleMode::Poll) {
+    let idle = if cfg.idle.mode != Some(crate::config::IdleMode::Poll) {
         format!(
             "blocks in poll(2) after {} empty polls until a socket is ready, at most 100 ms (idle.max_sleep_us not used)",
             cfg.idle.spin_loops
@@ -149,7 +149,7 @@ pub fn summary(cfg: &Config, eal_args: &[String]) -> String {
     }
     if let Some(cs) = &cfg.compare_sockets {
         let _ = writeln!(s, "compare sockets (colo-compare drop-in):");
-        let mut ep = |name: &str, e: &super::Endpoint| {
+        let mut ep = |name: &str, e: &crate::config::Endpoint| {
             let _ = writeln!(s, "  {name:<12} {} ({})", e.addr, mode(e.mode));
         };
         ep("primary_in", &cs.primary_in);
@@ -207,7 +207,7 @@ pub fn summary(cfg: &Config, eal_args: &[String]) -> String {
         cfg.mempool.cache,
         cfg.mempool.data_room
     );
-    if cfg.role == super::Role::Primary {
+    if cfg.role == crate::config::Role::Primary {
         let b = &cfg.backpressure;
         let _ = writeln!(
             s,
@@ -231,7 +231,7 @@ pub fn summary(cfg: &Config, eal_args: &[String]) -> String {
         i.spin_loops,
         i.max_sleep_us
     );
-    for l in super::idle::plan(cfg) {
+    for l in crate::config::idle::plan(cfg) {
         let _ = writeln!(
             s,
             "  lcore {} ({}): {} ({})",
@@ -284,7 +284,7 @@ pub fn summary(cfg: &Config, eal_args: &[String]) -> String {
             c.context_packets
         );
     }
-    if cfg.role == super::Role::Compare {
+    if cfg.role == crate::config::Role::Compare {
         dropin_summary(cfg, &mut s);
     }
     if let Some(a) = &m.metrics {
@@ -294,14 +294,14 @@ pub fn summary(cfg: &Config, eal_args: &[String]) -> String {
         );
     }
     let c = &cfg.compare;
-    if c.ipv6 == super::PassMode::Pass || c.vlan == super::PassMode::Pass {
+    if c.ipv6 == crate::config::PassMode::Pass || c.vlan == crate::config::PassMode::Pass {
         let _ = writeln!(
             s,
             "compare: ipv6 {:?}, vlan {:?} (\"pass\" releases those primaries uncompared)",
             c.ipv6, c.vlan
         );
     }
-    if let Ok(Some(set)) = super::eal::lcore_set(eal_args) {
+    if let Ok(Some(set)) = crate::config::eal::lcore_set(eal_args) {
         let _ = writeln!(s, "eal lcore set: {}", fmt_set(&set));
     }
     let _ = writeln!(s, "eal args: {}", eal_args.join(" "));

@@ -286,7 +286,7 @@ pub fn is_echo(info: &PacketInfo, want_reply: bool) -> bool {
 mod tests {
     use super::*;
     use crate::buf::VecBuf;
-    use crate::pipeline::sim::VecAlloc;
+    use crate::demo::sim::VecAlloc;
 
     fn hdr4() -> Hdr {
         Hdr {

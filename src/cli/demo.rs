@@ -1,5 +1,4 @@
-//! `run` and `demo` subcommands.
-use std::path::Path;
+//! `colo-proxy demo`: its options and exit status (the demo itself is [`crate::demo`]).
 use std::process::ExitCode;
 
 /// Options of `colo-proxy demo`.
@@ -47,11 +46,6 @@ pub struct DemoArgs {
     pub eal: Vec<String>,
 }
 
-/// `colo-proxy run`.
-pub fn run(config: &Path, eal: &[String]) -> ExitCode {
-    super::run::run(config, eal)
-}
-
 /// `colo-proxy demo`.
 pub fn demo(args: &DemoArgs) -> ExitCode {
     if !(0.0..=1.0).contains(&args.divergence_rate) {
@@ -62,16 +56,16 @@ pub fn demo(args: &DemoArgs) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    match super::demo::demo(args) {
+    match crate::demo::demo(args) {
         Ok(summary) => {
             if let Some(path) = &args.report_json {
-                let text = super::demo::report_json(&summary).to_string();
+                let text = crate::demo::report_json(&summary).to_string();
                 if let Err(e) = std::fs::write(path, text) {
                     eprintln!("error: {}: {e}", path.display());
                     return ExitCode::FAILURE;
                 }
             }
-            if super::demo::report(&summary) {
+            if crate::demo::report(&summary) {
                 ExitCode::SUCCESS
             } else {
                 eprintln!("error: an invariant failed (see the report)");

@@ -12,6 +12,9 @@
 //! Lcores (2 cores): lcore 1 runs every proxy stage, lcore 2 (sharing core 0 with the main
 //! lcore) runs the simulators, and the main lcore runs management.
 
+pub mod frame;
+pub mod sim;
+
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,20 +26,23 @@ use crate::mgmt::capture::CaptureConfig;
 use crate::mgmt::{Management, MgmtConfig, MgmtStats};
 use crate::rewrite::{Rewriter, RewriterConfig};
 
-use super::backpressure::BacklogBoard;
-use super::cli::DemoArgs;
-use super::control::PipelineControl;
-use super::counters::{Counter, Snapshot};
-use super::idle::IdleInputs;
-use super::io::{RingIn, RingOut, TxBuf, BURST};
-use super::latency::{percentiles_us, LatencyRecorder, SharedHistogram};
-use super::lcore::{Command, IdlePolicy, LoopCtx, Phase, Stage};
-use super::linkio::{LinkRx, LinkTx, SeqReporter};
-use super::manage::{self, LoopOptions, SimulatedFrame};
-use super::runtime::LcorePlan;
-use super::sim::{Addresses, ClientConfig, ClientSim, ClientStats, FrameAlloc, VmConfig, VmSim};
-use super::stages::{CompareStage, ForwardStage, MirrorStage, RedirectorStage, RewriterStage};
-use super::topology::{STREAM_MIRROR, STREAM_SECONDARY};
+use self::frame::SimulatedFrame;
+use self::sim::{Addresses, ClientConfig, ClientSim, ClientStats, FrameAlloc, VmConfig, VmSim};
+use crate::cli::demo::DemoArgs;
+use crate::pipeline::backpressure::BacklogBoard;
+use crate::pipeline::control::PipelineControl;
+use crate::pipeline::counters::{Counter, Snapshot};
+use crate::pipeline::idle::IdleInputs;
+use crate::pipeline::io::{RingIn, RingOut, TxBuf, BURST};
+use crate::pipeline::latency::{percentiles_us, LatencyRecorder, SharedHistogram};
+use crate::pipeline::lcore::{Command, IdlePolicy, LoopCtx, Phase, Stage};
+use crate::pipeline::linkio::{LinkRx, LinkTx, SeqReporter};
+use crate::pipeline::manage::{self, LoopOptions};
+use crate::pipeline::runtime::LcorePlan;
+use crate::pipeline::stages::{
+    CompareStage, ForwardStage, MirrorStage, RedirectorStage, RewriterStage,
+};
+use crate::pipeline::topology::{STREAM_MIRROR, STREAM_SECONDARY};
 
 /// The link's outer EtherType in the demo (the config's default).
 const LINK_ETHERTYPE: u16 = crate::config::DEFAULT_ETHER_TYPE;
@@ -461,7 +467,7 @@ pub fn demo(args: &DemoArgs) -> Result<DemoSummary, String> {
     ];
     let o = LoopOptions {
         stop,
-        run_for: super::cli::run_for(args.seconds)?,
+        run_for: crate::cli::demo::run_for(args.seconds)?,
         status_every: (!args.quiet).then_some(Duration::from_secs(1)),
         quiesce_sources: true,
     };
@@ -606,7 +612,7 @@ pub fn report(s: &DemoSummary) -> bool {
     println!("drops                      {}", t.drops_list());
     println!(
         "accounting                 {acc}{}",
-        super::run::lost_note(&acc, &s.failures)
+        crate::pipeline::run::lost_note(&acc, &s.failures)
     );
     println!(
         "mbufs in use after stop    {} (frames left in virtual cables: {})",

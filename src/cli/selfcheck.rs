@@ -5,11 +5,11 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use super::{
+use crate::buf::PacketBuf;
+use crate::dpdk::{
     launch_on, version, worker_lcores, DpdkError, Eal, Mbuf, MbufBurst, Mempool, Port, PortConfig,
     Result,
 };
-use crate::buf::PacketBuf;
 
 /// Frames sent by the self-check.
 pub const BURST: usize = 32;
@@ -20,7 +20,7 @@ pub fn default_eal_args() -> Vec<String> {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    a.extend(super::default_mem_args());
+    a.extend(crate::dpdk::default_mem_args());
     a.extend(
         ["--vdev", "net_ring0", "--vdev", "net_ring1"]
             .iter()
