@@ -106,6 +106,7 @@ pub fn summary(cfg: &Config, eal_args: &[String]) -> String {
         let dev = match &p.device {
             PortDevice::Pci(a) => format!("pci {a}"),
             PortDevice::Vdev(d) => format!("vdev {d}"),
+            PortDevice::Wire(w) => format!("wire {w} (in-process)"),
         };
         let _ = writeln!(
             s,

@@ -470,16 +470,38 @@ fn build_ports(
             e.push(&f, why);
             continue;
         }
-        let device = match (p.pci, p.vdev) {
-            (Some(_), Some(_)) => {
-                e.push(&f, "both pci and vdev given (exactly one is needed)");
+        let device = match (p.pci, p.vdev, p.wire) {
+            (None, None, Some(wire)) => {
+                if wire.is_empty() || !wire.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    e.push(
+                        format!("{f}.wire"),
+                        format!("{wire:?} is not a wire name (letters, digits, _)"),
+                    );
+                }
+                PortDevice::Wire(wire)
+            }
+            (Some(_), Some(_), _) => {
+                e.push(
+                    &f,
+                    "both pci and vdev given (exactly one of pci, vdev, wire is needed)",
+                );
                 continue;
             }
-            (None, None) => {
-                e.push(&f, "neither pci nor vdev given (exactly one is needed)");
+            (Some(_), None, Some(_)) | (None, Some(_), Some(_)) => {
+                e.push(
+                    &f,
+                    "wire and a device given (exactly one of pci, vdev, wire is needed)",
+                );
                 continue;
             }
-            (Some(pci), None) => {
+            (None, None, None) => {
+                e.push(
+                    &f,
+                    "neither pci nor vdev given (nor wire; exactly one is needed)",
+                );
+                continue;
+            }
+            (Some(pci), None, None) => {
                 if !valid_pci(&pci) {
                     e.push(
                         format!("{f}.pci"),
@@ -490,7 +512,7 @@ fn build_ports(
                 }
                 PortDevice::Pci(pci)
             }
-            (None, Some(vdev)) => {
+            (None, Some(vdev), None) => {
                 if vdev.is_empty() || vdev.contains(char::is_whitespace) {
                     e.push(
                         format!("{f}.vdev"),
@@ -506,6 +528,7 @@ fn build_ports(
         let dev_name = match &device {
             PortDevice::Pci(p) => p.to_ascii_lowercase(),
             PortDevice::Vdev(v) => v.split(',').next().unwrap_or(v).to_string(),
+            PortDevice::Wire(w) => format!("wire {w}"),
         };
         if let Some(other) = devices.insert(dev_name.clone(), name.clone()) {
             e.push(&f, format!("device {dev_name:?} is also ports.{other}"));

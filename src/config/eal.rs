@@ -180,7 +180,7 @@ pub(super) fn build_args(
             PortDevice::Pci(p) if !blocklist && !allowed(p) => {
                 base.extend(["-a".to_string(), p.clone()])
             }
-            PortDevice::Pci(_) => {}
+            PortDevice::Pci(_) | PortDevice::Wire(_) => {}
         }
     }
     let mut out = vec![PROGRAM.to_string()];

@@ -29,6 +29,12 @@ pub fn port_wake(spec: &PortSpec) -> (PortWake, &'static str) {
             "PCI NIC: rx interrupts (checked at start; backoff if the driver has none)",
         );
     }
+    if matches!(spec.device, super::PortDevice::Wire(_)) {
+        return (
+            PortWake::None,
+            "in-process wire: no wake-up event (backoff)",
+        );
+    }
     let n = spec.device_name();
     let has = |p: &[&str]| p.iter().any(|p| n.starts_with(p));
     if has(&["net_af_packet", "eth_af_packet"]) {

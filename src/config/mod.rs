@@ -83,6 +83,10 @@ pub enum PortDevice {
     Pci(String),
     /// vdev devargs, e.g. `net_vhost0,iface=/tmp/pvm.sock`.
     Vdev(String),
+    /// An in-process wire: one end of a pair of in-memory rings, created when the pipeline is
+    /// built. The other end is a port of the same name in another pipeline of the same process
+    /// or a built-in endpoint (the demo's simulated client and VMs).
+    Wire(String),
 }
 
 /// `[ports.<name>]`, validated.

@@ -73,6 +73,7 @@ fn max_sleep_us() -> u32 {
 pub(super) struct RawPort {
     pub pci: Option<String>,
     pub vdev: Option<String>,
+    pub wire: Option<String>,
     #[serde(default = "one")]
     pub rx_queues: u16,
     #[serde(default = "one")]

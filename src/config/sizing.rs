@@ -82,6 +82,7 @@ impl PortSpec {
         match &self.device {
             PortDevice::Pci(addr) => addr,
             PortDevice::Vdev(args) => args.split(',').next().unwrap_or(args),
+            PortDevice::Wire(name) => name,
         }
     }
 

@@ -2,50 +2,46 @@
 //! devices, with a built-in client and simulated PVM/SVM guests, and a simulated COLO frame
 //! that checkpoints (copies the PVM's state into the SVM) whenever the proxy asks for it.
 //!
-//! Wiring (each `⇄` is a pair of in-memory ring ports, a virtual cable):
+//! The proxies are the production ones: the demo writes a primary and a secondary config
+//! whose ports are in-process wires (`[ports.X] wire = "..."`, pairs of in-memory rings) and
+//! builds both with [`topology::build_in`], as `colo-proxy run` builds one. The simulators
+//! hold the wires' other ends:
 //!
 //! ```text
-//! client-sim ⇄ [nic] mirror ──► [pvm] ⇄ PVM-sim ──► [pvm] redirector ─► compare ─► [nic] ⇄ client-sim
-//!                      └─► [link-p] ⇄ [link-s] rewriter ─► [svm] ⇄ SVM-sim ─► [svm] rewriter ─► [link-s] ⇄ [link-p] redirector
+//! client-sim ⇄ wire client ⇄ [nic] mirror ──► [pvm] ⇄ wire pvm ⇄ PVM-sim ──► [pvm] redirector ─► compare ─► [nic]
+//!                                   └─► [link] ⇄ wire link ⇄ [link] rewriter ⇄ [svm] ⇄ wire svm ⇄ SVM-sim
 //! ```
 //!
-//! Lcores (2 cores): lcore 1 runs every proxy stage, lcore 2 (sharing core 0 with the main
-//! lcore) runs the simulators, and the main lcore runs management.
+//! Lcores (2 cores): the first worker runs every proxy stage of both pipelines, the second
+//! (sharing core 0 with the main lcore) runs the simulators, and the main lcore runs
+//! management. The simulators stand outside the proxies, like real guests and clients: they
+//! count in their own statistics, not in the pipeline's accounting.
 
 pub mod frame;
 pub mod sim;
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::compare::{Comparator, CompareConfig};
-use crate::dpdk::{self, Eal, Mbuf, MbufBurst, Mempool, Port, PortConfig, RxQueue};
-use crate::link::encap::{EncapConfig, EncapTx};
+use crate::cli::demo::DemoArgs;
+use crate::config::Config;
+use crate::dpdk::{self, Eal, Mbuf, MbufBurst, Mempool, Port, PortConfig};
 use crate::mgmt::capture::CaptureConfig;
 use crate::mgmt::{Management, MgmtConfig, MgmtStats};
-use crate::rewrite::{Rewriter, RewriterConfig};
+use crate::pipeline::control::PipelineControl;
+use crate::pipeline::counters::{Counter, LcoreCounters, Snapshot};
+use crate::pipeline::idle::IdleInputs;
+use crate::pipeline::io::{RxSet, TxBuf, BURST};
+use crate::pipeline::latency::percentiles_us;
+use crate::pipeline::lcore::{Command, LoopCtx, Phase, Stage};
+use crate::pipeline::manage::{self, LoopOptions};
+use crate::pipeline::runtime::LcorePlan;
+use crate::pipeline::stages::ForwardStage;
+use crate::pipeline::topology::{self, InProcess, Topology};
 
 use self::frame::SimulatedFrame;
 use self::sim::{Addresses, ClientConfig, ClientSim, ClientStats, FrameAlloc, VmConfig, VmSim};
-use crate::cli::demo::DemoArgs;
-use crate::pipeline::backpressure::BacklogBoard;
-use crate::pipeline::control::PipelineControl;
-use crate::pipeline::counters::{Counter, Snapshot};
-use crate::pipeline::idle::IdleInputs;
-use crate::pipeline::io::{RingIn, RingOut, TxBuf, BURST};
-use crate::pipeline::latency::{percentiles_us, LatencyRecorder, SharedHistogram};
-use crate::pipeline::lcore::{Command, IdlePolicy, LoopCtx, Phase, Stage};
-use crate::pipeline::linkio::{LinkRx, LinkTx, SeqReporter};
-use crate::pipeline::manage::{self, LoopOptions};
-use crate::pipeline::runtime::LcorePlan;
-use crate::pipeline::stages::{
-    CompareStage, ForwardStage, MirrorStage, RedirectorStage, RewriterStage,
-};
-use crate::pipeline::topology::{STREAM_MIRROR, STREAM_SECONDARY};
-
-/// The link's outer EtherType in the demo (the config's default).
-const LINK_ETHERTYPE: u16 = crate::config::DEFAULT_ETHER_TYPE;
 
 /// Allocates demo frames from the mempool.
 struct PoolAlloc<'a>(&'a Mempool);
@@ -65,14 +61,17 @@ pub struct SimReport {
 
 /// The client on the outside network.
 struct ClientStage {
-    rx: RxQueue,
+    rx: RxSet,
     tx: TxBuf,
     sim: ClientSim,
     pool: Mempool,
     burst: MbufBurst<BURST>,
-    generating: bool,
+    /// Cleared when the run ends (the traffic stops before the pipeline does).
+    generating: Arc<AtomicBool>,
     report: Arc<Mutex<SimReport>>,
     last_publish: u64,
+    /// Outside the proxy: its sends and drops are not the pipeline's.
+    counters: LcoreCounters,
 }
 
 impl Stage for ClientStage {
@@ -81,21 +80,16 @@ impl Stage for ClientStage {
     }
 
     fn poll(&mut self, cx: &LoopCtx) -> usize {
-        let c = cx.counters;
+        let c = &self.counters;
         let n = self.rx.rx_burst(&mut self.burst);
-        c.add(Counter::Rx, n as u64);
         let mut alloc = PoolAlloc(&self.pool);
         let tx = &mut self.tx;
-        let mut out = |f: Mbuf| {
-            c.inc(Counter::Generated);
-            tx.push(f, c);
-        };
+        let mut out = |f: Mbuf| tx.push(f, c);
         for m in self.burst.drain() {
             self.sim.on_rx(&m, cx.now_ns, &mut alloc, &mut out);
-            c.inc(Counter::Consumed);
         }
         let mut work = n;
-        if self.generating && cx.phase == Phase::Run {
+        if self.generating.load(Ordering::Relaxed) && cx.phase == Phase::Run {
             work += self.sim.generate(cx.now_ns, &mut alloc, BURST, &mut out);
         }
         self.tx.flush(c);
@@ -109,14 +103,8 @@ impl Stage for ClientStage {
         }
     }
 
-    fn command(&mut self, cmd: &Command, _cx: &LoopCtx) {
-        if let Command::Quiesce = cmd {
-            self.generating = false;
-        }
-    }
-
-    fn flush(&mut self, cx: &LoopCtx) {
-        self.tx.flush(cx.counters);
+    fn flush(&mut self, _cx: &LoopCtx) {
+        self.tx.flush(&self.counters);
         self.publish();
     }
 }
@@ -131,34 +119,30 @@ impl ClientStage {
 
 /// The two guests: the PVM and the SVM, each behind its own port.
 struct VmStage {
-    pvm: (RxQueue, TxBuf),
-    svm: (RxQueue, TxBuf),
+    pvm: (RxSet, TxBuf),
+    svm: (RxSet, TxBuf),
     pvm_sim: VmSim,
     svm_sim: VmSim,
     pool: Mempool,
     burst: MbufBurst<BURST>,
-    active: bool,
+    active: Arc<AtomicBool>,
+    counters: LcoreCounters,
 }
 
 fn serve(
     sim: &mut VmSim,
-    port: &mut (RxQueue, TxBuf),
+    port: &mut (RxSet, TxBuf),
     burst: &mut MbufBurst<BURST>,
     pool: &Mempool,
-    cx: &LoopCtx,
+    c: &LcoreCounters,
+    now_ns: u64,
 ) -> usize {
-    let c = cx.counters;
     let n = port.0.rx_burst(burst);
-    c.add(Counter::Rx, n as u64);
     let mut alloc = PoolAlloc(pool);
     let tx = &mut port.1;
-    let mut out = |f: Mbuf| {
-        c.inc(Counter::Generated);
-        tx.push(f, c);
-    };
+    let mut out = |f: Mbuf| tx.push(f, c);
     for m in burst.drain() {
-        sim.on_rx(&m, cx.now_ns, &mut alloc, &mut out);
-        c.inc(Counter::Consumed);
+        sim.on_rx(&m, now_ns, &mut alloc, &mut out);
     }
     port.1.flush(c);
     n
@@ -170,47 +154,45 @@ impl Stage for VmStage {
     }
 
     fn poll(&mut self, cx: &LoopCtx) -> usize {
+        let (c, now) = (&self.counters, cx.now_ns);
         serve(
             &mut self.pvm_sim,
             &mut self.pvm,
             &mut self.burst,
             &self.pool,
-            cx,
+            c,
+            now,
         ) + serve(
             &mut self.svm_sim,
             &mut self.svm,
             &mut self.burst,
             &self.pool,
-            cx,
+            c,
+            now,
         )
     }
 
     fn housekeeping(&mut self, cx: &LoopCtx) {
-        if !self.active {
+        if !self.active.load(Ordering::Relaxed) {
             return;
         }
-        let c = cx.counters;
+        let c = &self.counters;
         for (sim, port) in [
             (&mut self.pvm_sim, &mut self.pvm),
             (&mut self.svm_sim, &mut self.svm),
         ] {
             let mut alloc = PoolAlloc(&self.pool);
             let tx = &mut port.1;
-            let mut out = |f: Mbuf| {
-                c.inc(Counter::Generated);
-                tx.push(f, c);
-            };
+            let mut out = |f: Mbuf| tx.push(f, c);
             sim.tick(cx.now_ns, &mut alloc, &mut out);
             port.1.flush(c);
         }
     }
 
     fn command(&mut self, cmd: &Command, _cx: &LoopCtx) {
-        match cmd {
-            // The COLO checkpoint: the SVM's state becomes a copy of the PVM's.
-            Command::CheckpointDone => self.svm_sim.restore_from(&self.pvm_sim),
-            Command::Quiesce => self.active = false,
-            _ => {}
+        // The COLO checkpoint: the SVM's state becomes a copy of the PVM's.
+        if let Command::CheckpointDone = cmd {
+            self.svm_sim.restore_from(&self.pvm_sim);
         }
     }
 }
@@ -232,36 +214,98 @@ pub fn default_eal_args() -> Vec<String> {
     a
 }
 
-struct DemoPorts {
-    ports: Vec<Port>,
+/// The two configs the demo runs: every port an in-process wire, every proxy stage on
+/// `lcore`, `shards` compare shards; the rest is the production defaults, except that the
+/// PVM port is not paused under back-pressure (the simulated guest does not retransmit what
+/// its wire refuses; the lag is still measured and shown).
+pub fn configs(lcore: u32, shards: usize) -> Result<(Config, Config), String> {
+    let eal = format!("args = [\"--lcores\", \"0@0,{lcore}@1\"]");
+    let compare = vec![lcore.to_string(); shards].join(", ");
+    let primary = format!(
+        r#"role = "primary"
+[eal]
+{eal}
+[ports.nic]
+wire = "client"
+tx_queues = {shards}
+[ports.pvm]
+wire = "pvm"
+[ports.link]
+wire = "link"
+[link]
+kind = "port"
+[lcores]
+main = 0
+mirror = {lcore}
+redirector = {lcore}
+compare = [{compare}]
+[compare]
+shards = {shards}
+[backpressure]
+enabled = false
+"#
+    );
+    let secondary = format!(
+        r#"role = "secondary"
+[eal]
+{eal}
+[ports.svm]
+wire = "svm"
+[ports.link]
+wire = "link"
+[link]
+kind = "port"
+[lcores]
+main = 0
+rewriter = {lcore}
+"#
+    );
+    let load = |what: &str, text: &str| {
+        Config::from_toml_str(text)
+            .map_err(|e| format!("demo {what} config: {}", e.messages().join("; ")))
+    };
+    Ok((load("primary", &primary)?, load("secondary", &secondary)?))
 }
 
-impl DemoPorts {
-    fn wire(
-        &mut self,
-        a: &str,
-        b: &str,
-        pool: &Mempool,
-    ) -> Result<(usize, usize), dpdk::DpdkError> {
-        let (pa, pb) = Port::ring_pair(a, b)?;
-        let cfg = PortConfig {
-            rx_desc: 1024,
-            tx_desc: 1024,
-            ..PortConfig::default()
-        };
-        let mut ia = Port::open(pa, &cfg, pool)?;
-        let mut ib = Port::open(pb, &cfg, pool)?;
-        ia.start()?;
-        ib.start()?;
-        self.ports.push(ia);
-        self.ports.push(ib);
-        Ok((self.ports.len() - 2, self.ports.len() - 1))
-    }
+/// Open a wire's far end (a simulator's side) with `queues` rx queues.
+fn far_end(
+    shared: &mut InProcess,
+    wire: &str,
+    queues: u16,
+    pool: &Mempool,
+) -> Result<(Port, RxSet, TxBuf), String> {
+    let id = shared
+        .take_far_end(wire)
+        .ok_or_else(|| format!("demo: wire {wire} has no free end"))?;
+    open_end(id, queues, pool).map_err(|e| format!("demo: wire {wire}: {e}"))
+}
 
-    fn queues(&mut self, i: usize) -> Result<(RxQueue, TxBuf), dpdk::DpdkError> {
-        let p = &mut self.ports[i];
-        Ok((p.rx_queue(0)?, TxBuf::new(p.tx_queue(0)?)))
+fn open_end(id: u16, queues: u16, pool: &Mempool) -> Result<(Port, RxSet, TxBuf), dpdk::DpdkError> {
+    let cfg = PortConfig {
+        rx_queues: queues,
+        rx_desc: 1024,
+        tx_desc: 1024,
+        ..PortConfig::default()
+    };
+    let mut p = Port::open(id, &cfg, pool)?;
+    p.start()?;
+    let rx = (0..queues)
+        .map(|q| p.rx_queue(q))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tx = TxBuf::new(p.tx_queue(0)?);
+    Ok((p, RxSet::new(rx), tx))
+}
+
+/// Merge plans that name the same lcore (the two pipelines share it).
+fn merge_plans(plans: impl IntoIterator<Item = LcorePlan>) -> Vec<LcorePlan> {
+    let mut out: Vec<LcorePlan> = Vec::new();
+    for p in plans {
+        match out.iter_mut().find(|o| o.lcore == p.lcore) {
+            Some(o) => o.stages.extend(p.stages),
+            None => out.push(p),
+        }
     }
+    out
 }
 
 /// `colo-proxy demo`.
@@ -270,12 +314,16 @@ pub fn demo(args: &DemoArgs) -> Result<DemoSummary, String> {
     eal_args.extend(args.eal.iter().cloned());
     let eal = Eal::init(&eal_args).map_err(|e| format!("EAL: {e}"))?;
     let pool = Mempool::new("demo_pool", 32767).map_err(|e| e.to_string())?;
-    let e = |e: dpdk::DpdkError| e.to_string();
-    let mut ports = DemoPorts { ports: Vec::new() };
-    let (client_p, nic_p) = ports.wire("client", "nic", &pool).map_err(e)?;
-    let (pvm_p, pvm_vm_p) = ports.wire("pvm", "pvm_guest", &pool).map_err(e)?;
-    let (link_p, link_s) = ports.wire("link_p", "link_s", &pool).map_err(e)?;
-    let (svm_p, svm_vm_p) = ports.wire("svm", "svm_guest", &pool).map_err(e)?;
+
+    let workers: Vec<u32> = dpdk::worker_lcores().collect();
+    let (proxy_lcore, sim_lcore) = match workers.as_slice() {
+        [a, b, ..] => (*a, *b),
+        [a] => (*a, dpdk::main_lcore()),
+        [] => {
+            return Err("demo needs at least one worker lcore (e.g. --lcores 0@0,1@1,2@0)".into())
+        }
+    };
+    let shards = args.shards.max(1);
 
     // Management first: the compare shards report to it.
     let stop = Arc::new(AtomicBool::new(false));
@@ -303,109 +351,72 @@ pub fn demo(args: &DemoArgs) -> Result<DemoSummary, String> {
     let mut mgmt = Management::with_sinks(mcfg, control.clone(), vec![Box::new(frame)])
         .map_err(|e| format!("management: {e}"))?;
 
-    let shards = args.shards.max(1);
-    let (nic_rx, nic_tx) = ports.queues(nic_p).map_err(e)?;
-    let (pvm_rx, pvm_tx) = ports.queues(pvm_p).map_err(e)?;
-    let (linkp_rx, linkp_tx) = ports.queues(link_p).map_err(e)?;
-    let (links_rx, links_tx) = ports.queues(link_s).map_err(e)?;
-    let (svm_rx, svm_tx) = ports.queues(svm_p).map_err(e)?;
-
-    let hold = SharedHistogram::default();
-    mgmt.add_histogram(hold.metrics_source());
-    let stages: Vec<Box<dyn Stage>> = if args.baseline_forward {
+    let mut shared = InProcess::default();
+    let mut ports: Vec<(String, Port)> = Vec::new();
+    let (proxy_plans, hold, idle) = if args.baseline_forward {
         // Benchmark baseline: the same wires and lcores, plain forwarding instead of the proxy.
-        drop((linkp_rx, linkp_tx, links_rx, links_tx, svm_rx, svm_tx));
-        vec![Box::new(ForwardStage::new(
-            vec![(nic_rx.into(), pvm_tx), (pvm_rx.into(), nic_tx)],
+        let e = |e: dpdk::DpdkError| e.to_string();
+        let (nic, pvm) = (shared.wire("client", 1)?, shared.wire("pvm", 1)?);
+        let (nic_near, nic_rx, nic_tx) = open_end(nic, 1, &pool).map_err(e)?;
+        let (pvm_near, pvm_rx, pvm_tx) = open_end(pvm, 1, &pool).map_err(e)?;
+        // No secondary: the SVM simulator's wire ends in a port nobody polls.
+        shared.wire("svm", 1)?;
+        ports.push(("nic".into(), nic_near));
+        ports.push(("pvm".into(), pvm_near));
+        let fwd = ForwardStage::new(
+            vec![(nic_rx, pvm_tx), (pvm_rx, nic_tx)],
             IdleInputs::unknown(),
-        ))]
+        );
+        let hold = crate::pipeline::latency::SharedHistogram::default();
+        (
+            vec![LcorePlan::new(proxy_lcore, vec![Box::new(fwd)])],
+            hold,
+            Default::default(),
+        )
     } else {
-        // One ring per producer→consumer pair: redirector → shard k, one per side.
-        let mut to_p = Vec::new();
-        let mut to_s = Vec::new();
-        let mut proxy: Vec<Box<dyn Stage>> = Vec::new();
-        let mut nic_tx = Some(nic_tx);
-        // Lag visibility only: the simulated VMs' ring ports would drop under back-pressure.
-        let board = BacklogBoard::new(shards);
-        control.set_backlog(board.clone());
-        for k in 0..shards {
-            let (pp, pc) =
-                dpdk::ring::<Mbuf>(&format!("to_cmp_p{k}"), 4096, Default::default()).map_err(e)?;
-            let (sp, sc) =
-                dpdk::ring::<Mbuf>(&format!("to_cmp_s{k}"), 4096, Default::default()).map_err(e)?;
-            to_p.push(RingOut::new(pp));
-            to_s.push(RingOut::new(sp));
-            // A ring port has one tx queue; more shards need a multi-queue nic (see `run`).
-            let Some(tx) = nic_tx.take() else {
-                return Err(
-                    "demo: more than one shard needs a multi-queue nic port; use `run`".into(),
-                );
-            };
-            proxy.push(Box::new(
-                CompareStage::new(
-                    k,
-                    RingIn::new(pc),
-                    RingIn::new(sc),
-                    tx,
-                    Comparator::new(CompareConfig::default()),
-                    mgmt.sender(),
-                    LatencyRecorder::new(hold.clone()),
-                )
-                .with_capture(mgmt.capture_on())
-                .with_backlog(board.clone()),
-            ));
+        let (pcfg, scfg) = configs(proxy_lcore, shards)?;
+        let capture = mgmt.capture_on();
+        let build = |cfg: &Config, shared: &mut InProcess| {
+            topology::build_in(cfg, &pool, &mgmt.sender(), capture, shared)
+        };
+        let p: Topology = build(&pcfg, &mut shared)?;
+        let s: Topology = build(&scfg, &mut shared)?;
+        mgmt.add_histogram(p.hold.metrics_source());
+        if let Some(b) = p.backlog {
+            control.set_backlog(b);
         }
-        // The link carries the encapsulation (stream id + sequence numbers), as on a real NIC.
-        let mac = |i: usize| ports.ports[i].mac().unwrap_or([0x02, 0, 0, 0, 0, i as u8]);
-        let (mac_p, mac_s) = (mac(link_p), mac(link_s));
-        let encap_tx = |tx: TxBuf, src, dst, stream| LinkTx::EncapPort {
-            tx,
-            encap: EncapTx::new(
-                EncapConfig {
-                    dst,
-                    src,
-                    ethertype: LINK_ETHERTYPE,
-                },
-                stream,
-            ),
-            pool: pool.clone(),
-            hb: Default::default(),
-        };
-        let encap_rx = |rx: RxQueue, name| {
-            LinkRx::encap_port(
-                rx,
-                LINK_ETHERTYPE,
-                Some(SeqReporter::new(mgmt.sender(), name)),
-            )
-        };
-        let mirror = MirrorStage::new(
-            nic_rx,
-            pvm_tx,
-            encap_tx(linkp_tx, mac_p, mac_s, STREAM_MIRROR),
+        ports.extend(
+            p.ports
+                .into_iter()
+                .map(|(n, port)| (format!("primary.{n}"), port)),
         );
-        let redirector =
-            RedirectorStage::new(pvm_rx, encap_rx(linkp_rx, "secondary-out"), to_p, to_s);
-        let rewriter = RewriterStage::new(
-            encap_rx(links_rx, "mirror"),
-            svm_tx,
-            svm_rx,
-            encap_tx(links_tx, mac_s, mac_p, STREAM_SECONDARY),
-            None,
-            Rewriter::new(RewriterConfig::default()),
-            pool.clone(),
+        ports.extend(
+            s.ports
+                .into_iter()
+                .map(|(n, port)| (format!("secondary.{n}"), port)),
         );
-        let mut stages: Vec<Box<dyn Stage>> = vec![Box::new(mirror), Box::new(redirector)];
-        stages.append(&mut proxy);
-        stages.push(Box::new(rewriter));
-        stages
+        (
+            merge_plans(p.plans.into_iter().chain(s.plans)),
+            p.hold,
+            p.idle,
+        )
     };
+
+    let (client_end, client_rx, client_tx) = far_end(&mut shared, "client", shards as u16, &pool)?;
+    let (pvm_end, pvm_rx, pvm_tx) = far_end(&mut shared, "pvm", 1, &pool)?;
+    let svm = far_end(&mut shared, "svm", 1, &pool)?;
+    if let Some(w) = shared.unclaimed().first() {
+        return Err(format!("demo: wire {w} has an end nobody uses"));
+    }
+    let (svm_end, svm_rx, svm_tx) = svm;
+    let mut sim_ports = vec![client_end, pvm_end, svm_end];
 
     let addrs = Addresses::default();
     let sims = Arc::new(Mutex::new(SimReport::default()));
-    let (c_rx, c_tx) = ports.queues(client_p).map_err(e)?;
+    let generating = Arc::new(AtomicBool::new(true));
     let client = ClientStage {
-        rx: c_rx,
-        tx: c_tx,
+        rx: client_rx,
+        tx: client_tx,
         sim: ClientSim::new(
             addrs,
             // A mix: mostly TCP transactions, some UDP and ICMP, a quarter over IPv6.
@@ -420,9 +431,10 @@ pub fn demo(args: &DemoArgs) -> Result<DemoSummary, String> {
         ),
         pool: pool.clone(),
         burst: MbufBurst::new(),
-        generating: true,
+        generating: generating.clone(),
         report: sims.clone(),
         last_publish: 0,
+        counters: LcoreCounters::default(),
     };
     // Same service on both guests, different TCP ISNs (like two real kernels).
     let pvm_sim = VmSim::new(
@@ -444,44 +456,39 @@ pub fn demo(args: &DemoArgs) -> Result<DemoSummary, String> {
         },
     );
     let vms = VmStage {
-        pvm: ports.queues(pvm_vm_p).map_err(e)?,
-        svm: ports.queues(svm_vm_p).map_err(e)?,
+        pvm: (pvm_rx, pvm_tx),
+        svm: (svm_rx, svm_tx),
         pvm_sim,
         svm_sim,
         pool: pool.clone(),
         burst: MbufBurst::new(),
-        active: true,
+        active: generating.clone(),
+        counters: LcoreCounters::default(),
     };
 
-    let workers: Vec<u32> = dpdk::worker_lcores().collect();
-    let (proxy_lcore, sim_lcore) = match workers.as_slice() {
-        [a, b, ..] => (*a, *b),
-        [a] => (*a, dpdk::main_lcore()),
-        [] => {
-            return Err("demo needs at least one worker lcore (e.g. --lcores 0@0,1@1,2@0)".into())
-        }
-    };
-    let plans = vec![
-        LcorePlan::new(proxy_lcore, stages),
-        LcorePlan::new(sim_lcore, vec![Box::new(client), Box::new(vms)]),
-    ];
+    let mut plans = proxy_plans;
+    plans.push(LcorePlan::new(
+        sim_lcore,
+        vec![Box::new(client), Box::new(vms)],
+    ));
+    let plans = merge_plans(plans);
     let o = LoopOptions {
         stop,
         run_for: crate::cli::demo::run_for(args.seconds)?,
         status_every: (!args.quiet).then_some(Duration::from_secs(1)),
-        quiesce_sources: true,
+        before_stop: Some(Box::new(move || generating.store(false, Ordering::Relaxed))),
     };
     control.set_ports(
         ports
-            .ports
             .iter()
-            .map(|p| (p.name(), p.id(), false))
+            .map(|(n, p)| (n.clone(), p.id(), false))
             .collect(),
     );
     let started = Instant::now();
-    let (out, failures) = manage::serve(plans, IdlePolicy::default(), &control, mgmt, o)?;
+    let (out, failures) = manage::serve(plans, idle, &control, mgmt, o)?;
     let seconds = started.elapsed().as_secs_f64();
-    let leftover: usize = ports.ports.iter_mut().map(|p| p.drain_rx()).sum();
+    let leftover: usize = ports.iter_mut().map(|(_, p)| p.drain_rx()).sum::<usize>()
+        + sim_ports.iter_mut().map(|p| p.drain_rx()).sum::<usize>();
     let client = sims.lock().ok().and_then(|r| r.client.clone());
     let summary = DemoSummary {
         totals: out.totals,
@@ -498,6 +505,7 @@ pub fn demo(args: &DemoArgs) -> Result<DemoSummary, String> {
         mempool_in_use: pool.in_use(),
         seconds,
     };
+    drop(sim_ports);
     drop(ports);
     drop(pool);
     drop(eal);

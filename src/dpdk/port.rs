@@ -148,8 +148,17 @@ impl Port {
     /// their port ids (device names get DPDK's `net_ring_` prefix). The rings live for the
     /// process.
     pub fn ring_pair(a: &str, b: &str) -> Result<(u16, u16)> {
+        Self::ring_pair_with(a, b, 1)
+    }
+
+    /// [`Port::ring_pair`] with `queues` rx and tx queues on each end (queue k of one end is
+    /// queue k of the other).
+    pub fn ring_pair_with(a: &str, b: &str, queues: u16) -> Result<(u16, u16)> {
         let what = |s: &str| format!("creating ring port pair {a:?}/{b:?}: {s}");
         eal::ensure_up(&what("start"))?;
+        if queues == 0 {
+            return Err(DpdkError::new(libc::EINVAL, what("no queues")));
+        }
         let mk = |n: &str| -> Result<*mut ffi::rte_ring> {
             let c = CString::new(format!("rp_{n}"))
                 .map_err(|_| DpdkError::new(libc::EINVAL, what("NUL in name")))?;
@@ -169,24 +178,37 @@ impl Port {
                 Ok(r)
             }
         };
-        let a_to_b = mk(a)?;
-        let b_to_a = mk(b)?;
-        let mk_port = |n: &str, rx: *mut ffi::rte_ring, tx: *mut ffi::rte_ring| -> Result<u16> {
-            let c =
-                CString::new(n).map_err(|_| DpdkError::new(libc::EINVAL, what("NUL in name")))?;
-            let rxs = [rx];
-            let txs = [tx];
-            // SAFETY: EAL is up; the ring arrays live across the call; the rings are never
-            // freed, so the ports never see dangling rings.
-            let r =
-                unsafe { ffi::rte_eth_from_rings(c.as_ptr(), rxs.as_ptr(), 1, txs.as_ptr(), 1, 0) };
-            if r < 0 {
-                Err(DpdkError::last(what(&format!("ethdev {n}"))))
+        // Queue 0 keeps the one-queue names (`rp_<end>`).
+        let ring_name = |n: &str, k: u16| {
+            if k == 0 {
+                n.to_string()
             } else {
-                Ok(r as u16)
+                format!("{n}_{k}")
             }
         };
-        Ok((mk_port(a, b_to_a, a_to_b)?, mk_port(b, a_to_b, b_to_a)?))
+        let a_to_b = (0..queues)
+            .map(|k| mk(&ring_name(a, k)))
+            .collect::<Result<Vec<_>>>()?;
+        let b_to_a = (0..queues)
+            .map(|k| mk(&ring_name(b, k)))
+            .collect::<Result<Vec<_>>>()?;
+        let mk_port =
+            |n: &str, rxs: &[*mut ffi::rte_ring], txs: &[*mut ffi::rte_ring]| -> Result<u16> {
+                let c = CString::new(n)
+                    .map_err(|_| DpdkError::new(libc::EINVAL, what("NUL in name")))?;
+                let nq = u32::from(queues);
+                // SAFETY: EAL is up; the ring arrays (`queues` entries each) live across the call;
+                // the rings are never freed, so the ports never see dangling rings.
+                let r = unsafe {
+                    ffi::rte_eth_from_rings(c.as_ptr(), rxs.as_ptr(), nq, txs.as_ptr(), nq, 0)
+                };
+                if r < 0 {
+                    Err(DpdkError::last(what(&format!("ethdev {n}"))))
+                } else {
+                    Ok(r as u16)
+                }
+            };
+        Ok((mk_port(a, &b_to_a, &a_to_b)?, mk_port(b, &a_to_b, &b_to_a)?))
     }
 
     /// Configure port `id` with `cfg`, its rx queues drawing mbufs from `pool`. Not started.

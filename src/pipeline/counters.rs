@@ -38,13 +38,11 @@ counters! {
     Rx = "rx",
     /// Zero-copy clones made by the mirror (each is a new packet for accounting).
     Cloned = "cloned",
-    /// Frames created by a built-in simulator (demo).
+    /// Frames a stage created: link heartbeats, failover announcements (gratuitous ARP, NA).
     Generated = "generated",
     // --- terminal ---
     /// Frames handed to a port's transmit queue.
     Tx = "tx",
-    /// Frames consumed by a built-in simulator (demo).
-    Consumed = "consumed",
     /// Secondary frames freed after comparison: payload matched, a duplicate of compared
     /// bytes, a control segment (its ack and flags were used), or bypassed.
     SecondaryMatched = "secondary_matched",
@@ -165,10 +163,10 @@ counters! {
     WakeControl = "wake_control",
     /// Interrupt-mode waits that ended by their timeout (housekeeping still runs).
     WakeTimeout = "wake_timeout",
-    /// TSC cycles spent in loops that did work.
-    BusyCycles = "busy_cycles",
-    /// TSC cycles spent in loops that found nothing to do.
-    IdleCycles = "idle_cycles",
+    /// Nanoseconds spent in loops that did work (or handled a command).
+    BusyNs = "busy_ns",
+    /// Nanoseconds spent in loops that found nothing to do (spinning or asleep).
+    IdleNs = "idle_ns",
 }
 
 impl Counter {
@@ -307,7 +305,6 @@ impl Snapshot {
         let entered = self.get(Rx) + self.get(Cloned) + self.get(Generated);
         let terminal = [
             Tx,
-            Consumed,
             HeartbeatsIn,
             SecondaryMatched,
             SecondaryFlushed,

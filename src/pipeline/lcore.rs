@@ -48,8 +48,6 @@ pub enum Command {
     Failover,
     /// Turn divergence capture on or off.
     Capture(bool),
-    /// Stop generating traffic (built-in simulators), ahead of a stop.
-    Quiesce,
     /// Replace the compare shards' bypass rules.
     Bypass(Arc<Vec<crate::config::BypassRule>>),
     /// Compare shards append their busiest flows to the request (for `ctl flows`).
@@ -362,7 +360,7 @@ pub fn run_loop(
         let elapsed = now_ns.saturating_sub(last_ns);
         last_ns = now_ns;
         if work > 0 || commands {
-            counters.add(Counter::BusyCycles, elapsed);
+            counters.add(Counter::BusyNs, elapsed);
             idle_loops = 0;
             backoff.reset();
             if armed {
@@ -371,7 +369,7 @@ pub fn run_loop(
             }
             continue;
         }
-        counters.add(Counter::IdleCycles, elapsed);
+        counters.add(Counter::IdleNs, elapsed);
         idle_loops = idle_loops.saturating_add(1);
         if policy.mode == IdleMode::Poll || idle_loops <= policy.spin_loops {
             std::hint::spin_loop();
@@ -522,6 +520,6 @@ mod tests {
         t.join().unwrap();
         assert!(shared.exited.load(Ordering::Relaxed));
         assert!(shared.counters.snapshot().accounting().balanced());
-        assert!(shared.counters.get(Counter::IdleCycles) > 0);
+        assert!(shared.counters.get(Counter::IdleNs) > 0);
     }
 }

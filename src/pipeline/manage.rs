@@ -23,8 +23,11 @@ pub struct LoopOptions {
     pub run_for: Option<Duration>,
     /// Print a status line this often (`None`: quiet).
     pub status_every: Option<Duration>,
-    /// Built-in traffic sources exist: quiesce them first and let the last checkpoint finish.
-    pub quiesce_sources: bool,
+    /// Called when the run ends, before the stop phases, by an embedding that feeds the
+    /// pipeline itself (the demo's simulated client): it stops its sources, then the loop lets
+    /// in-flight traffic settle and an outstanding checkpoint finish, so the report shows a
+    /// quiet system. Not called after an lcore failure.
+    pub before_stop: Option<Box<dyn Fn() + Send>>,
 }
 
 /// What the run ended with.
@@ -175,10 +178,9 @@ pub fn run(
         }
     }
     crate::mgmt::service::stopping();
-    if o.quiesce_sources && fault.is_none() {
-        // Sources first, then let what they sent settle and an outstanding checkpoint finish,
-        // so the report reflects a quiet system.
-        let _ = ctl.broadcast(Command::Quiesce, Duration::from_secs(2));
+    if let (Some(stop_sources), None) = (&o.before_stop, &fault) {
+        // Sources first, then let what they sent settle and an outstanding checkpoint finish.
+        stop_sources();
         settle(ctl, mgmt, Duration::from_millis(200));
         let deadline = Instant::now() + Duration::from_secs(2);
         while mgmt.stats().checkpoint.outstanding && Instant::now() < deadline {
@@ -292,8 +294,8 @@ pub fn status_line(d: &Snapshot, dt: Duration) -> String {
         + d.get(Counter::ReleasedBypass)
         + d.get(Counter::ReleasedCheckpoint)
         + d.get(Counter::ReleasedUncompared);
-    let busy = d.get(Counter::BusyCycles) as f64;
-    let idle = d.get(Counter::IdleCycles) as f64;
+    let busy = d.get(Counter::BusyNs) as f64;
+    let idle = d.get(Counter::IdleNs) as f64;
     format!(
         "rx {} tx {} mirrored {} released {} matched-sec {} rewritten {} drops {} busy {:.0}%",
         si(rate(d.get(Counter::Rx))),

@@ -106,7 +106,7 @@ pub fn run_pipeline(cfg: &Config, eal_overrides: &[String]) -> Result<bool, Stri
         stop,
         run_for: None,
         status_every: (!quiet).then_some(status_every),
-        quiesce_sources: false,
+        before_stop: None,
     };
     let (out, failures) = manage::serve(plans, idle, &control, mgmt, o)?;
     let leftover: usize = ports.iter_mut().map(|(_, p)| p.drain_rx()).sum();

@@ -315,12 +315,7 @@ pub fn stop(control: &ControlPlane, settle: Duration) -> bool {
 
 /// Wait until no packet counter moved for `quiet` (at most 5 s).
 pub fn wait_still(control: &ControlPlane, quiet: Duration) {
-    let moving = |s: &Snapshot| {
-        s.get(Counter::Rx)
-            + s.get(Counter::Tx)
-            + s.get(Counter::Consumed)
-            + s.get(Counter::Generated)
-    };
+    let moving = |s: &Snapshot| s.get(Counter::Rx) + s.get(Counter::Tx) + s.get(Counter::Generated);
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut last = moving(&totals(control));
     let mut since = Instant::now();

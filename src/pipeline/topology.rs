@@ -46,6 +46,44 @@ pub struct Topology {
     pub link_sockets: Vec<NamedPeerCounters>,
 }
 
+/// What the pipelines built in one process share: the wires whose other end nobody has
+/// claimed yet, and one doorbell per lcore (so the plans of two pipelines on one lcore can
+/// be merged: a producer of either rings the lcore's one doorbell).
+#[derive(Default)]
+pub struct InProcess {
+    far_ends: BTreeMap<String, u16>,
+    doorbells: BTreeMap<u32, Arc<Wake>>,
+}
+
+impl InProcess {
+    /// The port id of wire `name`'s end for a port with `queues` queues: the waiting far
+    /// end when another pipeline created the wire, else a new wire (its far end then waits
+    /// here for [`InProcess::take_far_end`] or the next pipeline).
+    pub fn wire(&mut self, name: &str, queues: u16) -> Result<u16, String> {
+        if let Some(id) = self.far_ends.remove(name) {
+            return Ok(id);
+        }
+        let (near, far) = Port::ring_pair_with(&format!("{name}_a"), &format!("{name}_b"), queues)
+            .map_err(|e| format!("wire {name}: {e}"))?;
+        self.far_ends.insert(name.to_string(), far);
+        Ok(near)
+    }
+
+    /// The unclaimed far end of wire `name` (a built-in endpoint takes it).
+    pub fn take_far_end(&mut self, name: &str) -> Option<u16> {
+        self.far_ends.remove(name)
+    }
+
+    /// Wires whose far end nobody took.
+    pub fn unclaimed(&self) -> Vec<&str> {
+        self.far_ends.keys().map(String::as_str).collect()
+    }
+
+    fn doorbell(&mut self, lcore: u32) -> Arc<Wake> {
+        self.doorbells.entry(lcore).or_default().clone()
+    }
+}
+
 /// The compare engine's configuration from the file's `[compare]`.
 pub fn compare_config(cfg: &Config) -> compare::CompareConfig {
     let c = &cfg.compare;
@@ -86,6 +124,7 @@ fn device_name(d: &PortDevice) -> &str {
     match d {
         PortDevice::Pci(addr) => addr,
         PortDevice::Vdev(args) => args.split(',').next().unwrap_or(args),
+        PortDevice::Wire(name) => name,
     }
 }
 
@@ -232,11 +271,35 @@ fn socket(ep: &Endpoint, vnet: bool, reconnect_ms: u64) -> Result<FramedSocket, 
 
 /// Build the pipeline for `cfg` (role primary or secondary); compare shards report divergences
 /// to `events` (with their packets from the start when `capture` is on). EAL must be up.
+/// Wire ports ([`PortDevice::Wire`]) are refused: nothing in this process holds their other
+/// end (see [`build_in`]).
 pub fn build(
     cfg: &Config,
     pool: &Mempool,
     events: &EventSender,
     capture: bool,
+) -> Result<Topology, String> {
+    if let Some(p) = cfg
+        .ports
+        .values()
+        .find(|p| matches!(p.device, PortDevice::Wire(_)))
+    {
+        return Err(format!(
+            "ports.{}: a wire port connects pipelines inside one process (the demo); \
+             use a pci or vdev device",
+            p.name
+        ));
+    }
+    build_in(cfg, pool, events, capture, &mut InProcess::default())
+}
+
+/// [`build`], sharing wires and lcore doorbells with the other pipelines of this process.
+pub fn build_in(
+    cfg: &Config,
+    pool: &Mempool,
+    events: &EventSender,
+    capture: bool,
+    shared: &mut InProcess,
 ) -> Result<Topology, String> {
     let shards = cfg.compare.shards.max(1) as usize;
     let ring_size = cfg.rings.size;
@@ -274,7 +337,12 @@ pub fn build(
     let mut ports: BTreeMap<String, Port> = BTreeMap::new();
     let mut wakes: BTreeMap<String, PortWake> = BTreeMap::new();
     for (name, spec) in &cfg.ports {
-        let id = Port::id_by_name(device_name(&spec.device)).map_err(|e| {
+        let wire_queues = spec
+            .effective_rx_queues()
+            .max(spec.tx_queues.max(need_tx(name)));
+        let id = match &spec.device {
+            PortDevice::Wire(w) => shared.wire(w, wire_queues),
+            _ => Port::id_by_name(device_name(&spec.device)).map_err(|e| {
             // The device failed to probe; EAL logged why above. One cause is not obvious.
             let hint = if device_name(&spec.device).starts_with("net_af_packet") {
                 " (the driver's message is above; \"could not set PACKET_FANOUT\" means another \
@@ -285,7 +353,8 @@ pub fn build(
                 " (the driver's message is above)"
             };
             format!("ports.{name}: {e}{hint}")
-        })?;
+            }),
+        }?;
         let pc = PortConfig {
             rx_queues: spec.effective_rx_queues(),
             tx_queues: spec.tx_queues.max(need_tx(name)),
@@ -329,8 +398,7 @@ pub fn build(
             .fold(IdleInputs::none(), |acc, (n, w)| acc.with(n, w))
     };
     // One doorbell per lcore, shared by the ring producers that feed it.
-    let mut doorbells: BTreeMap<u32, Arc<Wake>> = BTreeMap::new();
-    let mut doorbell = |lcore: u32| doorbells.entry(lcore).or_default().clone();
+    let mut doorbell = |lcore: u32| shared.doorbell(lcore);
     fn port<'a>(ports: &'a mut BTreeMap<String, Port>, name: &str) -> Result<&'a mut Port, String> {
         ports
             .get_mut(name)
@@ -588,7 +656,7 @@ fn port_wake(name: &str, spec: &PortSpec, p: &Port, rx_intr: bool) -> PortWake {
                 PortDevice::Vdev(args) => devarg(args, "iface")
                     .map(crate::dpdk::af_packet_fds)
                     .unwrap_or_default(),
-                PortDevice::Pci(_) => Vec::new(),
+                PortDevice::Pci(_) | PortDevice::Wire(_) => Vec::new(),
             };
             if fds.is_empty() {
                 eprintln!(

@@ -398,7 +398,6 @@ impl Stage for CompareStage {
                     .unwrap_or_else(|p| p.into_inner())
                     .extend(mine);
             }
-            Command::Quiesce => {}
         }
         self.nic_tx.flush(cx.counters);
         self.publish(cx.now_ns);

@@ -316,7 +316,7 @@ impl Stage for RewriterStage {
                     self.announce(cx);
                 }
             }
-            Command::Capture(_) | Command::Quiesce | Command::Bypass(_) | Command::Flows(_) => {}
+            Command::Capture(_) | Command::Bypass(_) | Command::Flows(_) => {}
         }
     }
 
