@@ -19,6 +19,7 @@ pub mod dropin;
 pub mod flow;
 pub mod link;
 pub mod mgmt;
+pub mod net;
 pub mod pipeline;
 pub mod rewrite;
 pub mod wire;

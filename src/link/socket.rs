@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use super::access::{self, Current, Keepalive, PeerPolicy, RefusalLog, Verdict};
 use super::framing::{Decoded, Decoder, DecoderStats, FrameConfig, FrameError};
+use crate::net::{Listener, Stream};
 
 /// How often a connected server checks for a replacing peer.
 pub const ACCEPT_PERIOD: Duration = Duration::from_millis(5);
@@ -225,39 +226,10 @@ pub struct SocketStats {
     pub write_calls: u64,
 }
 
-enum Stream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.read(buf),
-            Stream::Unix(s) => s.read(buf),
-        }
-    }
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.write(buf),
-            Stream::Unix(s) => s.write(buf),
-        }
-    }
-    fn prepare(&self) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => {
-                s.set_nonblocking(true)?;
-                s.set_nodelay(true)
-            }
-            Stream::Unix(s) => s.set_nonblocking(true),
-        }
-    }
-    fn fd(&self) -> BorrowedFd<'_> {
-        match self {
-            Stream::Tcp(s) => s.as_fd(),
-            Stream::Unix(s) => s.as_fd(),
-        }
-    }
+/// Nonblocking, no Nagle: the link's stream setup.
+fn prepare(s: &Stream) -> io::Result<()> {
+    s.set_nonblocking(true)?;
+    s.set_nodelay()
 }
 
 /// An error that means the peer is gone without an orderly close.
@@ -386,29 +358,6 @@ impl PeerSnapshot {
     }
 }
 
-enum Listener {
-    Tcp(TcpListener),
-    Unix(UnixListener, PathBuf),
-}
-
-impl Listener {
-    /// The stream and, for TCP, the peer's address.
-    fn accept(&self) -> io::Result<(Stream, Option<SocketAddr>)> {
-        match self {
-            Listener::Tcp(l) => l.accept().map(|(s, a)| (Stream::Tcp(s), Some(a))),
-            Listener::Unix(l, _) => l.accept().map(|(s, _)| (Stream::Unix(s), None)),
-        }
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        if let Listener::Unix(_, p) = self {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
 /// One framed, non-blocking stream link (see the module docs).
 pub struct FramedSocket {
     cfg: SocketConfig,
@@ -512,7 +461,7 @@ impl FramedSocket {
     /// The bound address of a TCP server (useful with port 0).
     pub fn local_tcp_addr(&self) -> Option<SocketAddr> {
         match &self.listener {
-            Some(Listener::Tcp(l)) => l.local_addr().ok(),
+            Some(l @ Listener::Tcp(_)) => l.tcp_addr(),
             _ => None,
         }
     }
@@ -536,8 +485,7 @@ impl FramedSocket {
     /// else a server's listener; `None` for a client between connection attempts.
     pub fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
         match (&self.conn, &self.listener) {
-            (Some(Stream::Tcp(s)), _) => Some(s.as_fd()),
-            (Some(Stream::Unix(s)), _) => Some(s.as_fd()),
+            (Some(s), _) => Some(s.as_fd()),
             (None, Some(Listener::Tcp(l))) => Some(l.as_fd()),
             (None, Some(Listener::Unix(l, _))) => Some(l.as_fd()),
             (None, None) => None,
@@ -607,7 +555,7 @@ impl FramedSocket {
     fn consider(&mut self, s: Stream, peer: Option<SocketAddr>) {
         let mut current = match &self.conn {
             None => Current::None,
-            Some(c) => access::probe(c.fd(), self.reads),
+            Some(c) => access::probe(c.as_fd(), self.reads),
         };
         if current == Current::Gone {
             // Ended without us noticing (keepalive, reset, or a closed peer nobody reads):
@@ -640,7 +588,7 @@ impl FramedSocket {
                 );
             }
             Verdict::Wait => {
-                if s.prepare().is_ok() {
+                if prepare(&s).is_ok() {
                     self.stats.waited += 1;
                     self.waiting = Some(s);
                 } else {
@@ -648,7 +596,7 @@ impl FramedSocket {
                 }
             }
             Verdict::Admit | Verdict::Replace => {
-                if s.prepare().is_err() {
+                if prepare(&s).is_err() {
                     self.stats.connect_failures += 1;
                     return;
                 }
@@ -669,7 +617,7 @@ impl FramedSocket {
                 Ok(Ok(s)) => {
                     self.connecting = None;
                     let s = Stream::Tcp(s);
-                    if s.prepare().is_ok() {
+                    if prepare(&s).is_ok() {
                         self.install(s);
                     } else {
                         self.connect_failed(now);
@@ -690,7 +638,7 @@ impl FramedSocket {
             LinkAddr::Unix(p) => match UnixStream::connect(p) {
                 Ok(s) => {
                     let s = Stream::Unix(s);
-                    if s.prepare().is_ok() {
+                    if prepare(&s).is_ok() {
                         self.install(s);
                     } else {
                         self.connect_failed(now);

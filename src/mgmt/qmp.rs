@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::coordinator::CheckpointRequest;
-use super::sink::{Backoff, CheckpointSink, Conn, ReadOutcome, SinkEvent};
+use super::sink::{Backoff, CheckpointSink, SinkEvent};
+use crate::net::{ReadOutcome, Stream};
 
 /// Longest QMP line accepted (QEMU's replies to our commands are small).
 const MAX_QMP_LINE: usize = 1024 * 1024;
@@ -67,7 +68,7 @@ enum Phase {
 /// The QMP sink.
 pub struct QmpSink {
     cfg: QmpConfig,
-    conn: Option<Conn>,
+    conn: Option<Stream>,
     phase: Phase,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
@@ -256,8 +257,8 @@ impl CheckpointSink for QmpSink {
                 return;
             }
             // A UNIX connect completes or fails at once; it does not wait on the peer.
-            match UnixStream::connect(&self.cfg.socket).map(Conn::Unix) {
-                Ok(c) if c.set_nonblocking().is_ok() => {
+            match UnixStream::connect(&self.cfg.socket).map(Stream::Unix) {
+                Ok(c) if c.set_nonblocking(true).is_ok() => {
                     self.conn = Some(c);
                     self.phase = Phase::Greeting;
                 }

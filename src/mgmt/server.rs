@@ -12,12 +12,13 @@
 //! the local operator.
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use crate::link::access::{self, UidPolicy};
+use crate::net::Stream;
 
 use serde::Serialize;
 
@@ -130,32 +131,6 @@ pub struct ServerStats {
     pub clients: u64,
     /// Currently subscribed clients.
     pub subscribers: u64,
-}
-
-enum Stream {
-    Unix(UnixStream),
-    Tcp(TcpStream),
-}
-
-impl Stream {
-    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Unix(s) => s.read(b),
-            Stream::Tcp(s) => s.read(b),
-        }
-    }
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Unix(s) => s.write(b),
-            Stream::Tcp(s) => s.write(b),
-        }
-    }
-    fn shutdown(&self) {
-        let _ = match self {
-            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Both),
-            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
-        };
-    }
 }
 
 struct Client {
@@ -351,10 +326,7 @@ impl ControlServer {
             }
         }
         for (stream, needs_token) in fresh {
-            let ok = match &stream {
-                Stream::Unix(s) => s.set_nonblocking(true),
-                Stream::Tcp(s) => s.set_nonblocking(true),
-            };
+            let ok = stream.set_nonblocking(true);
             // A UNIX peer is who the kernel says it is.
             let cred = match &stream {
                 Stream::Unix(s) => rustix::net::sockopt::socket_peercred(s)

@@ -1,10 +1,6 @@
 //! Checkpoint request sinks: where a checkpoint request goes (Xen notify, QMP, ...). A sink never
 //! blocks: [`CheckpointSink::request`] queues, [`CheckpointSink::poll`] does bounded I/O.
 
-use std::io::{self, ErrorKind, Read, Write};
-use std::net::TcpStream;
-use std::os::unix::net::UnixStream;
-
 use super::coordinator::CheckpointRequest;
 
 /// Something a sink learned while polling.
@@ -35,81 +31,6 @@ pub trait CheckpointSink: Send {
     /// (it releases every held primary). Sinks whose peer cannot be trusted that far say no.
     fn accepts_unsolicited(&self) -> bool {
         true
-    }
-}
-
-/// A non-blocking byte stream over TCP or UNIX.
-pub(crate) enum Conn {
-    Unix(UnixStream),
-    Tcp(TcpStream),
-}
-
-/// What a non-blocking read produced.
-pub(crate) enum ReadOutcome {
-    /// Bytes appended (maybe zero: nothing available).
-    Data,
-    /// The peer closed or the socket failed.
-    Closed(String),
-}
-
-impl Conn {
-    pub(crate) fn set_nonblocking(&self) -> io::Result<()> {
-        match self {
-            Conn::Unix(s) => s.set_nonblocking(true),
-            Conn::Tcp(s) => s.set_nonblocking(true),
-        }
-    }
-
-    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Conn::Unix(s) => s.read(b),
-            Conn::Tcp(s) => s.read(b),
-        }
-    }
-
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        match self {
-            Conn::Unix(s) => s.write(b),
-            Conn::Tcp(s) => s.write(b),
-        }
-    }
-
-    /// Read what is available (at most `budget` bytes) into `buf`.
-    pub(crate) fn read_into(&mut self, buf: &mut Vec<u8>, budget: usize) -> ReadOutcome {
-        let mut tmp = [0u8; 4096];
-        let mut total = 0;
-        while total < budget {
-            match self.read(&mut tmp) {
-                Ok(0) => return ReadOutcome::Closed("peer closed".into()),
-                Ok(n) => {
-                    buf.extend_from_slice(&tmp[..n]);
-                    total += n;
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) => return ReadOutcome::Closed(e.to_string()),
-            }
-        }
-        ReadOutcome::Data
-    }
-
-    /// Write as much of `buf` as the socket takes; drains what was written.
-    pub(crate) fn flush_from(&mut self, buf: &mut Vec<u8>) -> Result<(), String> {
-        let mut off = 0;
-        while off < buf.len() {
-            match self.write(&buf[off..]) {
-                Ok(0) => return Err("peer closed".into()),
-                Ok(n) => off += n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    buf.drain(..off);
-                    return Err(e.to_string());
-                }
-            }
-        }
-        buf.drain(..off);
-        Ok(())
     }
 }
 

@@ -18,7 +18,7 @@
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,8 @@ use crate::link::access::{self, Allowlist, Current, Keepalive, PeerPolicy, Refus
 use serde::Serialize;
 
 use super::coordinator::CheckpointRequest;
-use super::sink::{Backoff, CheckpointSink, Conn, ReadOutcome, SinkEvent};
+use super::sink::{Backoff, CheckpointSink, SinkEvent};
+use crate::net::{Listener, ReadOutcome, Stream};
 
 pub use crate::control::xen::{XenIn, XenOut};
 
@@ -156,17 +157,12 @@ pub struct XenStats {
     pub connected: bool,
 }
 
-enum Listener {
-    Unix(UnixListener),
-    Tcp(TcpListener),
-}
-
 /// The Xen notify sink.
 pub struct XenSink {
     cfg: XenConfig,
     codec: Box<dyn NotifyCodec>,
     listener: Option<Listener>,
-    conn: Option<Conn>,
+    conn: Option<Stream>,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
     /// A request arrived while disconnected.
@@ -208,7 +204,7 @@ impl XenSink {
                 // Whoever can connect can release held packets: owner only, from the start.
                 let l = access::bind_unix(p, 0o600, None)?;
                 l.set_nonblocking(true)?;
-                Some(Listener::Unix(l))
+                Some(Listener::Unix(l, p.clone()))
             }
             NotifyEndpoint::ListenTcp(a) => {
                 let l = TcpListener::bind(a)?;
@@ -234,10 +230,7 @@ impl XenSink {
 
     /// Bound TCP address in listen mode.
     pub fn local_tcp_addr(&self) -> Option<SocketAddr> {
-        match &self.listener {
-            Some(Listener::Tcp(l)) => l.local_addr().ok(),
-            _ => None,
-        }
+        self.listener.as_ref().and_then(Listener::tcp_addr)
     }
 
     /// Counters.
@@ -258,11 +251,11 @@ impl XenSink {
         self.backoff.failed(now_ns);
     }
 
-    fn adopt(&mut self, conn: Conn, out: &mut Vec<SinkEvent>) {
-        if conn.set_nonblocking().is_err() {
+    fn adopt(&mut self, conn: Stream, out: &mut Vec<SinkEvent>) {
+        if conn.set_nonblocking(true).is_err() {
             return;
         }
-        if let (Some(k), Conn::Tcp(s)) = (&self.cfg.keepalive, &conn) {
+        if let (Some(k), Stream::Tcp(s)) = (&self.cfg.keepalive, &conn) {
             if let Err(e) = k.apply(s) {
                 eprintln!("warning: xen notify: cannot set TCP keepalive ({e})");
             }
@@ -287,15 +280,14 @@ impl XenSink {
     fn current(&self) -> Current {
         match &self.conn {
             None => Current::None,
-            Some(Conn::Unix(s)) => access::probe(s.as_fd(), true),
-            Some(Conn::Tcp(s)) => access::probe(s.as_fd(), true),
+            Some(s) => access::probe(s.as_fd(), true),
         }
     }
 
     /// Apply the peer policy to an accepted connection.
     fn consider(
         &mut self,
-        c: Conn,
+        c: Stream,
         peer: Option<SocketAddr>,
         now_ns: u64,
         out: &mut Vec<SinkEvent>,
@@ -335,11 +327,8 @@ impl XenSink {
     fn connect_or_accept(&mut self, now_ns: u64, out: &mut Vec<SinkEvent>) {
         // A bounded number of knocks per poll, so a flood cannot stall management.
         for _ in 0..8 {
-            let fresh = match &self.listener {
-                Some(Listener::Unix(l)) => l.accept().ok().map(|(s, _)| (Conn::Unix(s), None)),
-                Some(Listener::Tcp(l)) => l.accept().ok().map(|(s, a)| (Conn::Tcp(s), Some(a))),
-                None => break,
-            };
+            let Some(l) = &self.listener else { break };
+            let fresh = l.accept().ok();
             match fresh {
                 Some((c, peer)) => self.consider(c, peer, now_ns, out),
                 None => break,
@@ -349,25 +338,15 @@ impl XenSink {
             return;
         }
         let r = match &self.cfg.endpoint {
-            NotifyEndpoint::ConnectUnix(p) => UnixStream::connect(p).map(Conn::Unix),
+            NotifyEndpoint::ConnectUnix(p) => UnixStream::connect(p).map(Stream::Unix),
             NotifyEndpoint::ConnectTcp(a) => {
-                TcpStream::connect_timeout(a, Duration::from_millis(100)).map(Conn::Tcp)
+                TcpStream::connect_timeout(a, Duration::from_millis(100)).map(Stream::Tcp)
             }
             _ => return,
         };
         match r {
             Ok(c) => self.adopt(c, out),
             Err(_) => self.backoff.failed(now_ns),
-        }
-    }
-}
-
-impl Drop for XenSink {
-    fn drop(&mut self) {
-        if let (Some(Listener::Unix(_)), NotifyEndpoint::ListenUnix(p)) =
-            (&self.listener, &self.cfg.endpoint)
-        {
-            let _ = std::fs::remove_file(p);
         }
     }
 }
