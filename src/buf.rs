@@ -90,6 +90,34 @@ impl VecBuf {
         }
     }
 
+    /// A buffer over `storage` (cleared and refilled: no allocation once it is large enough)
+    /// holding `bytes`, its data starting at `start`: the bytes before are headroom.
+    pub fn reusing(mut storage: Vec<u8>, bytes: &[u8], start: usize) -> Self {
+        storage.clear();
+        storage.extend_from_slice(bytes);
+        VecBuf {
+            start: start.min(bytes.len()),
+            end: bytes.len(),
+            storage,
+            csum_partial: false,
+        }
+    }
+
+    /// Bytes in front of the data.
+    pub fn headroom(&self) -> usize {
+        self.start
+    }
+
+    /// Headroom and data, from the start of the storage.
+    pub fn with_headroom(&self) -> &[u8] {
+        &self.storage[..self.end]
+    }
+
+    /// The storage, for reuse ([`VecBuf::reusing`]).
+    pub fn into_storage(self) -> Vec<u8> {
+        self.storage
+    }
+
     /// Mark the L4 checksum as a device-completed partial sum (see [`PacketBuf::l4_csum_partial`]).
     pub fn set_l4_csum_partial(&mut self, partial: bool) {
         self.csum_partial = partial;

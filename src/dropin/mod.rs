@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
-use crate::buf::{BufError, PacketBuf};
+use crate::buf::{BufError, PacketBuf, VecBuf};
 use crate::compare::{
     self, Comparator, CompareConfig, DivergenceEvent, Output, PrimaryDrop, Release, SecondaryFree,
     Side,
@@ -196,13 +196,11 @@ impl Spare {
 }
 
 /// A packet as the drop-in holds it: the vnet header it arrived with (restored on output)
-/// followed by the Ethernet frame the engine sees, in one reusable buffer.
+/// in the headroom of a [`VecBuf`] whose data is the Ethernet frame the engine sees, one
+/// reusable buffer. The vnet header is not headroom the engine may prepend into.
 pub struct DropBuf {
-    /// `[vnet header][frame]`, the frame at `start..end`.
-    storage: Vec<u8>,
+    buf: VecBuf,
     vnet_len: usize,
-    start: usize,
-    end: usize,
     /// The vnet_hdr_len field as received (written back on output).
     field: u32,
 }
@@ -226,61 +224,47 @@ impl DropBuf {
         Self::filled(0, vnet_hdr_len, frame, storage)
     }
 
-    fn filled(vnet_len: usize, field: u32, frame: &[u8], mut storage: Vec<u8>) -> DropBuf {
+    fn filled(vnet_len: usize, field: u32, frame: &[u8], storage: Vec<u8>) -> DropBuf {
         // No zeroing and, with reused storage, no allocation: one copy of the frame.
-        storage.clear();
-        storage.extend_from_slice(frame);
         DropBuf {
-            storage,
+            buf: VecBuf::reusing(storage, frame, vnet_len),
             vnet_len,
-            start: vnet_len,
-            end: frame.len(),
             field,
         }
     }
 
     /// The vnet header bytes.
     pub fn vnet(&self) -> &[u8] {
-        &self.storage[..self.vnet_len]
+        &self.buf.with_headroom()[..self.vnet_len]
+    }
+
+    fn into_storage(self) -> Vec<u8> {
+        self.buf.into_storage()
     }
 }
 
 impl PacketBuf for DropBuf {
     fn data(&self) -> &[u8] {
-        &self.storage[self.start..self.end]
+        self.buf.data()
     }
     fn data_mut(&mut self) -> &mut [u8] {
-        &mut self.storage[self.start..self.end]
+        self.buf.data_mut()
     }
     fn trim(&mut self, n: usize) -> Result<(), BufError> {
-        if n > self.end - self.start {
-            return Err(BufError::TooShort);
-        }
-        self.end -= n;
-        Ok(())
+        self.buf.trim(n)
     }
     fn adj(&mut self, n: usize) -> Result<(), BufError> {
-        if n > self.end - self.start {
-            return Err(BufError::TooShort);
-        }
-        self.start += n;
-        Ok(())
+        self.buf.adj(n)
     }
     fn prepend(&mut self, n: usize) -> Result<&mut [u8], BufError> {
         // Only bytes previously removed with `adj`: the vnet header is not headroom.
-        if n > self.start - self.vnet_len {
+        if n > self.buf.headroom() - self.vnet_len {
             return Err(BufError::NoHeadroom);
         }
-        self.start -= n;
-        Ok(&mut self.storage[self.start..self.start + n])
+        self.buf.prepend(n)
     }
     fn append(&mut self, n: usize) -> Result<&mut [u8], BufError> {
-        let old = self.end;
-        if self.storage.len() - self.end < n {
-            self.storage.resize(self.end + n, 0);
-        }
-        self.end += n;
-        Ok(&mut self.storage[old..self.end])
+        self.buf.append(n)
     }
 }
 
@@ -346,7 +330,7 @@ impl Sink<'_> {
             Err(SendError::Backpressure) => self.hold(pkt),
             // A frame error cannot happen for frames that came in through the same framing;
             // counted by the socket (`send_errors`).
-            Ok(()) | Err(SendError::Frame(_)) => self.spare.put(pkt.storage),
+            Ok(()) | Err(SendError::Frame(_)) => self.spare.put(pkt.into_storage()),
         }
     }
 
@@ -364,10 +348,10 @@ impl Output<DropBuf> for Sink<'_> {
     }
     fn drop_primary(&mut self, pkt: DropBuf, _why: PrimaryDrop) {
         // Counted by the engine, per reason.
-        self.spare.put(pkt.storage);
+        self.spare.put(pkt.into_storage());
     }
     fn free_secondary(&mut self, pkt: DropBuf, _how: SecondaryFree) {
-        self.spare.put(pkt.storage);
+        self.spare.put(pkt.into_storage());
     }
     fn event(&mut self, _ev: DivergenceEvent) {
         self.stats.divergences += 1;
@@ -383,7 +367,7 @@ fn drain_held(outdev: &mut FramedSocket, held: &mut VecDeque<DropBuf>, spare: &m
             // A frame the framing refuses is counted by the socket (`send_errors`).
             Ok(()) | Err(SendError::Frame(_)) => {
                 if let Some(p) = held.pop_front() {
-                    spare.put(p.storage);
+                    spare.put(p.into_storage());
                 }
                 n += 1;
             }
@@ -962,10 +946,14 @@ mod tests {
     fn spare_storage_is_reused_without_reallocation() {
         let mut spare = Spare::default();
         let b = DropBuf::split_in(0, &[5u8; 1500], spare.take()).unwrap();
-        let ptr = b.storage.as_ptr();
-        spare.put(b.storage);
+        let ptr = b.buf.with_headroom().as_ptr();
+        spare.put(b.into_storage());
         let b = DropBuf::split_in(0, &[6u8; 1000], spare.take()).unwrap();
-        assert_eq!(b.storage.as_ptr(), ptr, "same allocation reused");
+        assert_eq!(
+            b.buf.with_headroom().as_ptr(),
+            ptr,
+            "same allocation reused"
+        );
         assert_eq!(b.data(), &[6u8; 1000][..]);
         let raw = DropBuf::raw(40, &[1, 2, 3], spare.take());
         assert_eq!(
