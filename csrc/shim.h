@@ -17,22 +17,14 @@ uint16_t shim_rte_eth_tx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **
 struct rte_mbuf *shim_rte_pktmbuf_alloc(struct rte_mempool *mp);
 int shim_rte_pktmbuf_alloc_bulk(struct rte_mempool *mp, struct rte_mbuf **mbufs, unsigned n);
 void shim_rte_pktmbuf_free(struct rte_mbuf *m);
-void *shim_rte_pktmbuf_mtod(struct rte_mbuf *m);
-uint32_t shim_rte_pktmbuf_pkt_len(const struct rte_mbuf *m);
-uint16_t shim_rte_pktmbuf_data_len(const struct rte_mbuf *m);
 char *shim_rte_pktmbuf_append(struct rte_mbuf *m, uint16_t len);
 char *shim_rte_pktmbuf_prepend(struct rte_mbuf *m, uint16_t len);
 char *shim_rte_pktmbuf_adj(struct rte_mbuf *m, uint16_t len);
 int shim_rte_pktmbuf_trim(struct rte_mbuf *m, uint16_t len);
-uint16_t shim_rte_pktmbuf_headroom(const struct rte_mbuf *m);
 uint16_t shim_rte_pktmbuf_tailroom(const struct rte_mbuf *m);
 uint16_t shim_rte_mbuf_refcnt_update(struct rte_mbuf *m, int16_t value);
-void shim_rte_mbuf_refcnt_set(struct rte_mbuf *m, uint16_t value);
 int shim_rte_pktmbuf_chain(struct rte_mbuf *head, struct rte_mbuf *tail);
 int shim_rte_pktmbuf_linearize(struct rte_mbuf *m);
-int shim_rte_pktmbuf_is_contiguous(const struct rte_mbuf *m);
-uint16_t shim_rte_pktmbuf_priv_size(struct rte_mempool *mp);
-void shim_rte_pktmbuf_reset(struct rte_mbuf *m);
 
 /* mempool */
 unsigned shim_rte_mempool_avail_count(const struct rte_mempool *mp);
@@ -43,10 +35,6 @@ unsigned shim_rte_ring_sp_enqueue_burst(struct rte_ring *r, void *const *objs, u
                                         unsigned *free_space);
 unsigned shim_rte_ring_sc_dequeue_burst(struct rte_ring *r, void **objs, unsigned n,
                                         unsigned *available);
-unsigned shim_rte_ring_enqueue_burst(struct rte_ring *r, void *const *objs, unsigned n,
-                                     unsigned *free_space);
-unsigned shim_rte_ring_dequeue_burst(struct rte_ring *r, void **objs, unsigned n,
-                                     unsigned *available);
 unsigned shim_rte_ring_count(const struct rte_ring *r);
 unsigned shim_rte_ring_free_count(const struct rte_ring *r);
 unsigned shim_rte_ring_get_capacity(const struct rte_ring *r);
@@ -54,9 +42,7 @@ unsigned shim_rte_ring_get_capacity(const struct rte_ring *r);
 /* lcore, errno, time */
 unsigned shim_rte_lcore_id(void);
 int shim_rte_errno(void);
-void shim_rte_errno_set(int v);
 uint64_t shim_rte_rdtsc(void);
-uint64_t shim_rte_get_timer_hz(void);
 uint64_t shim_rte_get_tsc_hz(void);
 void shim_rte_pause(void);
 

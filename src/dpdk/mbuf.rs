@@ -191,12 +191,6 @@ impl Mbuf {
         self.raw().port
     }
 
-    /// Set the port field.
-    #[inline]
-    pub fn set_port(&mut self, port: u16) {
-        self.raw_mut().port = port;
-    }
-
     /// Offload flags (`RTE_MBUF_F_*`).
     #[inline]
     pub fn ol_flags(&self) -> u64 {

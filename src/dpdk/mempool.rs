@@ -3,7 +3,7 @@
 //! The pool is freed when the last handle drops, and only if no mbuf is out; otherwise it is
 //! leaked (with a warning) so an outstanding [`Mbuf`] never points into freed memory.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
@@ -155,15 +155,6 @@ impl Mempool {
         self.inner.raw.as_ptr()
     }
 
-    /// The name DPDK holds for this pool (for diagnostics).
-    pub fn dpdk_name(&self) -> String {
-        // SAFETY: raw is a live pool; `name` is a NUL-terminated array inside it.
-        unsafe {
-            CStr::from_ptr((*self.inner.raw.as_ptr()).name.as_ptr())
-                .to_string_lossy()
-                .into_owned()
-        }
-    }
 }
 
 impl std::fmt::Debug for Mempool {

@@ -130,19 +130,6 @@ impl Port {
         Ok(id)
     }
 
-    /// Hot-plug a virtual device (`devargs` like `net_null5` or `net_pcap0,rx_pcap=x.pcap`) and
-    /// return its port id.
-    pub fn attach_vdev(devargs: &str) -> Result<u16> {
-        let what = || format!("attaching vdev {devargs:?}");
-        eal::ensure_up(&what())?;
-        let c = CString::new(devargs).map_err(|_| DpdkError::new(libc::EINVAL, what()))?;
-        // SAFETY: EAL is up; valid C string.
-        let r = unsafe { ffi::rte_dev_probe(c.as_ptr()) };
-        check(r, what)?;
-        let name = devargs.split(',').next().unwrap_or(devargs);
-        Self::id_by_name(name)
-    }
-
     /// Create two ethdevs `a` and `b` wired back to back over two new rings (what `a` sends,
     /// `b` receives and vice versa; [`RING_PAIR_DEPTH`] frames in flight each way) and return
     /// their port ids (device names get DPDK's `net_ring_` prefix). The rings live for the
@@ -344,11 +331,6 @@ impl Port {
         Ok(())
     }
 
-    /// True after a successful [`start`](Self::start).
-    pub fn is_started(&self) -> bool {
-        self.started
-    }
-
     /// Enable or disable promiscuous mode.
     pub fn set_promiscuous(&mut self, on: bool) -> Result<()> {
         // SAFETY: configured port.
@@ -389,13 +371,6 @@ impl Port {
             oerrors: s.oerrors,
             rx_nombuf: s.rx_nombuf,
         })
-    }
-
-    /// Reset the counters.
-    pub fn reset_stats(&mut self) -> Result<()> {
-        // SAFETY: valid port.
-        let r = unsafe { ffi::rte_eth_stats_reset(self.id()) };
-        check(r, || format!("port {}: stats reset", self.id()))
     }
 
     /// Link state, without waiting.

@@ -732,11 +732,6 @@ impl MetricsServer {
         })
     }
 
-    /// Close connections this long after accepting them (tests use a short one).
-    pub fn set_deadline(&mut self, d: Duration) {
-        self.deadline = d;
-    }
-
     /// The bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()

@@ -221,10 +221,6 @@ impl Hysteresis {
         self.above
     }
 
-    /// The current state.
-    pub fn is_high(&self) -> bool {
-        self.above
-    }
 }
 
 /// What one [`PvmGate::update`] decided.
