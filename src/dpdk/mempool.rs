@@ -154,7 +154,6 @@ impl Mempool {
     pub(crate) fn as_ptr(&self) -> *mut ffi::rte_mempool {
         self.inner.raw.as_ptr()
     }
-
 }
 
 impl std::fmt::Debug for Mempool {

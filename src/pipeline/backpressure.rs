@@ -220,7 +220,6 @@ impl Hysteresis {
         }
         self.above
     }
-
 }
 
 /// What one [`PvmGate::update`] decided.
