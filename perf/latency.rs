@@ -515,8 +515,10 @@ fn forwarder_table(title: &str, cases: &[Case]) {
 }
 
 /// Ping and rr through one path; (ping avg ms, rr p50 us, rr p99 us).
+type LabClient<'a> = &'a dyn Fn(&[&str], Duration) -> (bool, String);
+
 fn lab_figures(
-    client: &dyn Fn(&[&str], Duration) -> (bool, String),
+    client: LabClient<'_>,
     ping: &dyn Fn(usize) -> (bool, String),
     pings: usize,
     rr: usize,

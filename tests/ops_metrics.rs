@@ -113,7 +113,8 @@ print(json.dumps(out))
         "the OpenMetrics parser rejected the exposition: {}\n{text}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: Vec<(String, Vec<(String, String)>, f64)> = serde_json::from_slice(&out.stdout).unwrap();
+    type Parsed = Vec<(String, Vec<(String, String)>, f64)>;
+    let v: Parsed = serde_json::from_slice(&out.stdout).unwrap();
     v.into_iter().map(|(n, l, x)| ((n, l), x)).collect()
 }
 

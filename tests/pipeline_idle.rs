@@ -7,6 +7,7 @@
 //! - a ring from another lcore (the producer rings the consumer's doorbell);
 //! - back-off mode, and interrupt mode on an input with no wake-up path (net_ring), which
 //!   must fall back to timed sleeps and still forward.
+//!
 //! No test measures time: each waits for a counter, with a generous deadline.
 
 mod dpdk_common;

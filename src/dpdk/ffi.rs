@@ -9,7 +9,9 @@
     improper_ctypes,
     unsafe_op_in_unsafe_fn,
     unnecessary_transmutes,
-    clippy::all
+    clippy::all,
+    // Generated accessors (bitfields): nothing here for a person to justify.
+    clippy::undocumented_unsafe_blocks
 )]
 
 include!(concat!(env!("OUT_DIR"), "/dpdk_bindings.rs"));

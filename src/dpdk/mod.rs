@@ -1,4 +1,6 @@
-//! The DPDK layer: the only module with FFI and `unsafe`.
+//! The DPDK layer: the only module with FFI and `unsafe` (with [`poll_fds`], the one raw OS
+//! call the lcore loop needs). Every `unsafe` block says why it is sound (`// SAFETY:`, checked
+//! by clippy's `undocumented_unsafe_blocks`).
 //!
 //! Safe types over DPDK 22.11: [`Eal`] (once per process), [`Mempool`], owned [`Mbuf`] and
 //! fixed-size [`Burst`]s, [`Port`] with per-queue [`RxQueue`]/[`TxQueue`] handles, typed SP/SC
@@ -13,6 +15,7 @@ pub mod ffi;
 mod lcore;
 mod mbuf;
 mod mempool;
+mod os;
 mod port;
 mod ring;
 pub mod telemetry;
@@ -26,6 +29,7 @@ pub use lcore::{
 };
 pub use mbuf::{Mbuf, MbufBurst, OL_TX_L4_MASK};
 pub use mempool::{Mempool, DEFAULT_DATA_ROOM, MBUF_PRIV_SIZE};
+pub use os::poll_fds;
 pub use port::{
     af_packet_fds, intr_drain, intr_thread_fd, LinkStatus, Port, PortConfig, PortStats, QueueIntr,
     RxQueue, TxQueue, RING_PAIR_DEPTH,

@@ -531,8 +531,7 @@ impl FramedSocket {
 
     fn accept_pending(&mut self) {
         let mut seen = false;
-        loop {
-            let Some(l) = &self.listener else { break };
+        while let Some(l) = &self.listener {
             match l.accept() {
                 Ok((s, peer)) => {
                     seen = true;

@@ -11,7 +11,9 @@
 //! - Sleeps are bounded ([`MAX_WAIT`]), so housekeeping (timeouts, reconnects, heartbeats)
 //!   still runs on an lcore nothing wakes.
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use rustix::event::{eventfd, EventfdFlags};
 use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -30,7 +32,7 @@ const CONTROL: u64 = 1 << 32;
 
 /// A sleeping lcore's doorbell: an eventfd plus the "I sleep" flag its wakers check first.
 pub struct Wake {
-    fd: RawFd,
+    fd: Option<OwnedFd>,
     sleeping: AtomicBool,
 }
 
@@ -44,22 +46,21 @@ impl Wake {
     /// A new doorbell. Without an eventfd (the call failed) nothing can wake its lcore and
     /// interrupt mode falls back to timed sleeps ([`Wake::usable`]).
     pub fn new() -> Self {
-        // SAFETY: plain syscall; the fd is owned by this value and closed in Drop.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        let flags = EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC;
         Wake {
-            fd,
+            fd: eventfd(0, flags).ok(),
             sleeping: AtomicBool::new(false),
         }
     }
 
     /// True when the eventfd exists.
     pub fn usable(&self) -> bool {
-        self.fd >= 0
+        self.fd.is_some()
     }
 
     /// The eventfd (for the owner's wait set).
     pub fn fd(&self) -> RawFd {
-        self.fd
+        self.fd.as_ref().map_or(-1, AsRawFd::as_raw_fd)
     }
 
     /// Producer side, after its input is visible (ring enqueued): wake the consumer if it
@@ -85,10 +86,10 @@ impl Wake {
 
     #[cold]
     fn write(&self, v: u64) {
-        let b = v.to_ne_bytes();
-        // SAFETY: 8 bytes from a live buffer to our eventfd; EAGAIN (counter saturated) means
-        // the consumer is already due to wake, so the result does not matter.
-        let _ = unsafe { libc::write(self.fd, b.as_ptr().cast(), 8) };
+        // EAGAIN (counter saturated) means the consumer is already due to wake: ignored.
+        if let Some(fd) = &self.fd {
+            let _ = rustix::io::write(fd, &v.to_ne_bytes());
+        }
     }
 
     /// Consumer side: announce the sleep. Poll every input once more after this and before
@@ -111,22 +112,12 @@ impl Wake {
     /// Consumer side: read and reset the eventfd; returns (data, control) wake-ups pending.
     pub fn drain(&self) -> (u64, u64) {
         let mut b = [0u8; 8];
-        // SAFETY: reads at most 8 bytes into a live buffer; non-blocking fd.
-        let n = unsafe { libc::read(self.fd, b.as_mut_ptr().cast(), 8) };
-        if n != 8 {
-            return (0, 0);
+        match &self.fd {
+            Some(fd) if rustix::io::read(fd, &mut b).ok() == Some(8) => {}
+            _ => return (0, 0),
         }
         let v = u64::from_ne_bytes(b);
         (v & 0xffff_ffff, v >> 32)
-    }
-}
-
-impl Drop for Wake {
-    fn drop(&mut self) {
-        if self.fd >= 0 {
-            // SAFETY: our own fd, closed once.
-            unsafe { libc::close(self.fd) };
-        }
     }
 }
 
@@ -230,8 +221,7 @@ impl WaitSet {
     /// Block until a descriptor is ready or `timeout` passes.
     pub fn wait(&mut self, timeout: Duration) -> Woken {
         let ms = timeout.as_millis().clamp(0, i32::MAX as u128) as i32;
-        // SAFETY: `fds` is a live array of `len` pollfd entries; poll only writes revents.
-        let n = unsafe { libc::poll(self.fds.as_mut_ptr(), self.fds.len() as libc::nfds_t, ms) };
+        let n = crate::dpdk::poll_fds(&mut self.fds, ms);
         let mut w = Woken::default();
         if n <= 0 {
             w.timeout = true;
@@ -412,8 +402,8 @@ impl Backoff {
 
 /// Set the calling thread's timer slack (lcore threads that sleep).
 pub fn set_timer_slack(ns: u64) {
-    // SAFETY: prctl(PR_SET_TIMERSLACK) only changes the calling thread's slack.
-    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns as libc::c_ulong, 0, 0, 0) };
+    // Zero would mean "the process default" to the kernel: 1 ns is the least slack there is.
+    let _ = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(ns.max(1)));
 }
 
 #[cfg(test)]
