@@ -279,6 +279,20 @@ struct Slot {
 }
 
 impl Slot {
+    /// A pure ACK at the current sequence state (the base of every segment this slot sends).
+    fn ack_segment(&self, ctx: &Ctx<'_>) -> TcpSeg<'static> {
+        TcpSeg {
+            sport: self.port,
+            dport: ctx.cfg.tcp_port,
+            seq: self.snd_nxt,
+            ack: self.rcv_nxt,
+            flags: tcp_flags::ACK,
+            window: WINDOW,
+            mss: None,
+            payload: &[],
+        }
+    }
+
     fn free() -> Self {
         Slot {
             kind: Kind::Free,
@@ -363,24 +377,27 @@ impl Ctx<'_> {
     }
 }
 
+impl super::SendCounts for ClientStats {
+    fn sent(&mut self) {
+        self.tx_frames += 1;
+    }
+    fn alloc_failed(&mut self) {
+        self.alloc_failures += 1;
+    }
+}
+
+/// [`super::emit`], and one frame less of this poll's `budget`.
 fn emit<B: PacketBuf>(
     r: Result<B, BuildError>,
     stats: &mut ClientStats,
     budget: &mut usize,
     out: &mut impl FnMut(B),
 ) -> bool {
-    match r {
-        Ok(b) => {
-            stats.tx_frames += 1;
-            *budget = budget.saturating_sub(1);
-            out(b);
-            true
-        }
-        Err(_) => {
-            stats.alloc_failures += 1;
-            false
-        }
+    let sent = super::emit(r, stats, out);
+    if sent {
+        *budget = budget.saturating_sub(1);
     }
+    sent
 }
 
 /// Send what the TCP transaction may send now: SYN, request data within the VM's window, FIN
@@ -395,16 +412,7 @@ fn tcp_pump<B: PacketBuf>(
     out: &mut impl FnMut(B),
 ) {
     let h = ctx.hdr(s.v6);
-    let mut seg = TcpSeg {
-        sport: s.port,
-        dport: ctx.cfg.tcp_port,
-        seq: s.snd_nxt,
-        ack: s.rcv_nxt,
-        flags: tcp_flags::ACK,
-        window: WINDOW,
-        mss: None,
-        payload: &[],
-    };
+    let mut seg = s.ack_segment(ctx);
     let mut sent_any = false;
     if !s.established {
         if s.snd_nxt == s.iss && *budget > 0 {
@@ -986,16 +994,7 @@ impl ClientSim {
                 s.rto_at = 0;
                 // The handshake's own ACK, then the request (a lost ACK is covered by the
                 // request segments, which carry the same ACK).
-                let seg = TcpSeg {
-                    sport: s.port,
-                    dport: ctx.cfg.tcp_port,
-                    seq: s.snd_nxt,
-                    ack: s.rcv_nxt,
-                    flags: tcp_flags::ACK,
-                    window: WINDOW,
-                    mss: None,
-                    payload: &[],
-                };
+                let seg = s.ack_segment(&ctx);
                 emit(
                     frame::tcp(alloc, &ctx.hdr(s.v6), &seg),
                     stats,

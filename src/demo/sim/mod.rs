@@ -32,6 +32,33 @@ use crate::buf::PacketBuf;
 pub use client::{ClientConfig, ClientSim, ClientStats};
 pub use vm::{VmConfig, VmSim, VmStats};
 
+/// What a simulator counts of the frames it sends.
+pub(crate) trait SendCounts {
+    /// A frame went out.
+    fn sent(&mut self);
+    /// A frame could not be built (no buffer).
+    fn alloc_failed(&mut self);
+}
+
+/// Hand a built frame to `out`, counted as sent, or count the failure; true when sent.
+pub(crate) fn emit<B: PacketBuf>(
+    r: Result<B, frame::BuildError>,
+    counts: &mut impl SendCounts,
+    out: &mut impl FnMut(B),
+) -> bool {
+    match r {
+        Ok(b) => {
+            counts.sent();
+            out(b);
+            true
+        }
+        Err(_) => {
+            counts.alloc_failed();
+            false
+        }
+    }
+}
+
 /// A source of empty packet buffers.
 pub trait FrameAlloc<B: PacketBuf> {
     /// An empty buffer (len 0) with room to `append` a full frame, or `None` when exhausted.

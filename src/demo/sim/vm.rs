@@ -18,8 +18,8 @@ use crate::wire::packet::{
 use crate::wire::seq;
 
 use super::content::{self, mix64, RequestHash, Rng, FRAME_HDR};
-use super::frame::{self, BuildError, Hdr, Ips, TcpSeg};
-use super::{Addresses, FrameAlloc, MAX_DATAGRAM, MAX_SEGMENT, MAX_SEGMENT_V6, WINDOW};
+use super::frame::{self, Hdr, Ips, TcpSeg};
+use super::{emit, Addresses, FrameAlloc, MAX_DATAGRAM, MAX_SEGMENT, MAX_SEGMENT_V6, WINDOW};
 
 /// Configuration of one simulated VM.
 #[derive(Debug, Clone, PartialEq)]
@@ -235,21 +235,12 @@ pub struct VmSim {
     seen_alloc_failures: u64,
 }
 
-fn emit<B: PacketBuf>(
-    r: Result<B, BuildError>,
-    stats: &mut VmStats,
-    out: &mut impl FnMut(B),
-) -> bool {
-    match r {
-        Ok(b) => {
-            stats.tx_frames += 1;
-            out(b);
-            true
-        }
-        Err(_) => {
-            stats.alloc_failures += 1;
-            false
-        }
+impl super::SendCounts for VmStats {
+    fn sent(&mut self) {
+        self.tx_frames += 1;
+    }
+    fn alloc_failed(&mut self) {
+        self.alloc_failures += 1;
     }
 }
 
