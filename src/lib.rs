@@ -1,11 +1,14 @@
 //! colo-proxy: a DPDK poll-mode COLO proxy.
 //!
-//! Layers (see ARCHITECTURE.md in the docs):
+//! Layers (see ARCHITECTURE.md):
 //! - pure, never touch DPDK, tested on [`buf::VecBuf`]: [`wire`], [`flow`], [`compare`],
 //!   [`rewrite`], [`control`], [`config`];
-//! - [`dpdk`]: the only module with FFI and `unsafe`;
-//! - runtime: [`pipeline`] (lcore loops), [`link`] (inter-host transports), [`mgmt`]
-//!   (management services).
+//! - [`dpdk`]: the only module with FFI and `unsafe` (`unsafe_code` is denied everywhere else);
+//! - runtime: [`pipeline`] (lcore loops and stages), [`link`] (inter-host transports),
+//!   [`net`] (TCP/UNIX streams), [`mgmt`] (management services), [`dropin`] (the QEMU
+//!   colo-compare drop-in);
+//! - [`demo`] (the demo on the production wiring, with simulated guests) and [`cli`] (the
+//!   subcommands).
 #![deny(unsafe_code)]
 
 pub mod buf;
