@@ -144,3 +144,33 @@ fn memory_estimate_scales_with_the_tables() {
     // 16x the connections: the table dominates, so nearly 16x the memory.
     assert!(million > 12.0 * small, "{small} MiB -> {million} MiB");
 }
+
+#[test]
+fn run_refuses_wire_ports_before_eal_and_check_config_shows_them() {
+    let text = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("dpdk-config/vdev.toml"),
+    )
+    .unwrap()
+    .replace(
+        "vdev = \"net_pcap0,rx_pcap=/tmp/colo-client.pcap,tx_pcap=/tmp/colo-released.pcap\"",
+        "wire = \"client\"",
+    );
+    assert!(text.contains("wire = \"client\""), "vdev.toml changed: {text}");
+    let f = temp_file("wire.toml", &text);
+    let out = run(&f);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("wire client (in-process)"), "{stdout}");
+    let out = Command::new(env!("CARGO_BIN_EXE_colo-proxy"))
+        .args(["run", "--config"])
+        .arg(&f)
+        .output()
+        .expect("spawn colo-proxy");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("ports.nic: a wire port connects pipelines inside one process"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("EAL"), "refused before EAL: {stderr}");
+}

@@ -1017,3 +1017,30 @@ fn backpressure_and_shard_limits_validated() {
     );
     assert_eq!(c.backpressure.max_pause_ms, 500);
 }
+
+#[test]
+fn wire_ports_are_one_device_kind_with_a_checked_name() {
+    let c = load(&PRIMARY.replace("vdev = \"net_ring0\"", "wire = \"client\""));
+    assert_eq!(
+        c.ports["nic"].device,
+        colo_proxy::config::PortDevice::Wire("client".into())
+    );
+    has_field_error(
+        &PRIMARY.replace("vdev = \"net_ring0\"", "vdev = \"net_ring0\"\nwire = \"client\""),
+        "ports.nic",
+        "wire and a device given",
+    );
+    has_field_error(
+        &PRIMARY.replace("vdev = \"net_ring0\"", "wire = \"no spaces\""),
+        "ports.nic.wire",
+        "not a wire name",
+    );
+    // Two ports on one wire would be a loop, like one device named twice.
+    has_field_error(
+        &PRIMARY
+            .replace("vdev = \"net_ring0\"", "wire = \"w\"")
+            .replace("vdev = \"net_ring1\"", "wire = \"w\""),
+        "ports.pvm",
+        "also ports.nic",
+    );
+}

@@ -500,3 +500,25 @@ fn divergences_are_captured_to_pcapng_with_their_packets_and_context() {
         .unwrap_or_else(|| panic!("no secondary packet for {head}"));
     assert_ne!(p.0, s.0);
 }
+
+/// The demo runs the production wiring (`topology::build_in` on wire ports), so more than one
+/// compare shard works as in `run`: the nic wire gets one queue per shard.
+#[test]
+fn two_compare_shards_share_the_traffic_without_divergence() {
+    let _one = ONE_DEMO_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let (out, r) = demo(
+        &["--seconds", "2", "--divergence-rate", "0", "--shards", "2"],
+        &tmp("shards.json"),
+    );
+    assert_invariants(&out, &r);
+    let c = &r["counters"];
+    assert_eq!(n(c, &["divergences"]), 0, "{c}");
+    assert!(n(c, &["released_matched"]) > 0, "{c}");
+    assert_eq!(
+        n(c, &["compared_primary"]),
+        n(c, &["released_matched"]),
+        "{c}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("accounting"), "{stdout}");
+}

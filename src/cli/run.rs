@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::config::{Config, Role};
+use crate::config::{Config, PortDevice, Role};
 
 /// `colo-proxy run`.
 pub fn run(config_path: &Path, eal_overrides: &[String]) -> ExitCode {
@@ -19,6 +19,16 @@ pub fn run(config_path: &Path, eal_overrides: &[String]) -> ExitCode {
     };
     if cfg.role == Role::Compare {
         return crate::dropin::run(&cfg);
+    }
+    // Nothing in this process would hold a wire's other end (the demo builds its own).
+    if let Some(p) = cfg.ports.values().find(|p| matches!(p.device, PortDevice::Wire(_))) {
+        eprintln!(
+            "error: {}: ports.{}: a wire port connects pipelines inside one process (the \
+             demo); use a pci or vdev device",
+            config_path.display(),
+            p.name
+        );
+        return ExitCode::from(2);
     }
     for w in cfg.warnings() {
         eprintln!("warning: {}: {w}", config_path.display());
