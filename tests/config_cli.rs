@@ -155,7 +155,10 @@ fn run_refuses_wire_ports_before_eal_and_check_config_shows_them() {
         "vdev = \"net_pcap0,rx_pcap=/tmp/colo-client.pcap,tx_pcap=/tmp/colo-released.pcap\"",
         "wire = \"client\"",
     );
-    assert!(text.contains("wire = \"client\""), "vdev.toml changed: {text}");
+    assert!(
+        text.contains("wire = \"client\""),
+        "vdev.toml changed: {text}"
+    );
     let f = temp_file("wire.toml", &text);
     let out = run(&f);
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -1026,7 +1026,10 @@ fn wire_ports_are_one_device_kind_with_a_checked_name() {
         colo_proxy::config::PortDevice::Wire("client".into())
     );
     has_field_error(
-        &PRIMARY.replace("vdev = \"net_ring0\"", "vdev = \"net_ring0\"\nwire = \"client\""),
+        &PRIMARY.replace(
+            "vdev = \"net_ring0\"",
+            "vdev = \"net_ring0\"\nwire = \"client\"",
+        ),
         "ports.nic",
         "wire and a device given",
     );

@@ -21,7 +21,11 @@ pub fn run(config_path: &Path, eal_overrides: &[String]) -> ExitCode {
         return crate::dropin::run(&cfg);
     }
     // Nothing in this process would hold a wire's other end (the demo builds its own).
-    if let Some(p) = cfg.ports.values().find(|p| matches!(p.device, PortDevice::Wire(_))) {
+    if let Some(p) = cfg
+        .ports
+        .values()
+        .find(|p| matches!(p.device, PortDevice::Wire(_)))
+    {
         eprintln!(
             "error: {}: ports.{}: a wire port connects pipelines inside one process (the \
              demo); use a pci or vdev device",
