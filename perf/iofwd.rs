@@ -8,6 +8,10 @@
 //!
 //! usage: cargo bench --bench iofwd [-- --smoke]
 
+#[path = "common.rs"]
+mod common;
+use common::cpu_model;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,17 +43,6 @@ fn median(v: &mut [f64]) -> f64 {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':').map(|(_, v)| v.trim().to_string()))
-        })
-        .unwrap_or_else(|| "unknown".into())
 }
 
 /// (rx of one port, tx of the other) for both directions.

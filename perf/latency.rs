@@ -27,6 +27,10 @@ mod netns_support;
 #[path = "../tests/pipeline_support/mod.rs"]
 mod pipeline_support;
 
+#[path = "common.rs"]
+mod common;
+use common::cpu_model;
+
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -459,17 +463,6 @@ fn run_child(case: &Case) -> HashMap<String, String> {
 
 fn num(r: &HashMap<String, String>, k: &str) -> f64 {
     r.get(k).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':').map(|(_, v)| v.trim().to_string()))
-        })
-        .unwrap_or_else(|| "unknown".into())
 }
 
 fn forwarder_table(title: &str, cases: &[Case]) {

@@ -21,6 +21,10 @@
 //! shards; 1.5 s steps) or `-- --smoke` (two cases, short steps; CI). Frame sizes count the
 //! 4-byte FCS (an mbuf holds size − 4 bytes), Gbit/s counts those bytes.
 
+#[path = "common.rs"]
+mod common;
+use common::cpu_model;
+
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -504,17 +508,6 @@ fn passes(case: &Case, rate: f64, secs: f64) -> Result<bool, String> {
         eprintln!("{case:?} {rate:.0} pps: {st:?} passed={}", st.passed());
     }
     Ok(st.passed() && st.achieved_pps >= 0.99 * rate)
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':').map(|(_, v)| v.trim().to_string()))
-        })
-        .unwrap_or_else(|| "unknown".into())
 }
 
 fn main() -> ExitCode {
