@@ -124,8 +124,10 @@
 //!   as in QEMU.
 
 mod bypass;
+mod datagram;
 mod engine;
 mod pool;
+mod tcp;
 
 pub use bypass::Bypass;
 pub use engine::{Comparator, SCAN_PER_TICK};
