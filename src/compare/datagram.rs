@@ -3,7 +3,8 @@
 
 use crate::buf::PacketBuf;
 
-use super::engine::{Conn, Ctx, K_L3};
+use super::engine::{Conn, Ctx};
+use super::meta::K_L3;
 use super::pool::{Meta, NIL};
 use super::{DropReason, Output, Reason, Release, SecondaryFree, Side};
 

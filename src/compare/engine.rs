@@ -3,19 +3,15 @@
 
 use crate::buf::PacketBuf;
 use crate::flow::{FlowKey, HashedTable};
-use crate::wire::packet::{tcp_flags, L3Kind, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP};
 use crate::wire::{parse, seq, PacketInfo};
 
+use super::meta::{fast_tcp4, fast_udp4, flow_kind, meta_of};
 use super::pool::{List, Meta, Pool, DATA_OK, NIL};
 use super::tcp::{tcp_ready_but_gate, TcpState};
 use super::{
     CompareConfig, CompareCounters, DivergenceEvent, DropReason, FlowKind, FlowState, FlowSummary,
     Output, PrimaryDrop, Reason, Release, SecondaryFree, Side, Uncomparable, MAX_FRAME_LEN,
 };
-
-pub(super) const K_TCP: u8 = 0;
-pub(super) const K_DGRAM: u8 = 1;
-pub(super) const K_L3: u8 = 2;
 
 /// Hot fields first (`repr(C)`), so a segment touches as few cache lines as possible.
 #[repr(C)]
@@ -598,107 +594,6 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
     }
 }
 
-/// The common frame shape (untagged IPv4 without options, not a fragment, TCP) parsed
-/// straight into its flow key, [`FlowKey::hash64`] and compare metadata. Gives exactly what
-/// `parse` + `FlowKey::of` + `meta_of` give for such a frame (property-tested against them)
-/// without building a [`PacketInfo`]; `None` sends the frame down the general path.
-#[inline(always)]
-fn fast_tcp4(d: &[u8], now: u64, key: &mut FlowKey, m: &mut Meta) -> Option<u64> {
-    let h: &[u8; 54] = d.get(..54)?.try_into().ok()?;
-    if h[12] != 0x08 || h[13] != 0x00 || h[14] != 0x45 || h[23] != crate::wire::packet::IPPROTO_TCP
-    {
-        return None;
-    }
-    let total = usize::from(u16::from_be_bytes([h[16], h[17]]));
-    let l3_end = 14 + total;
-    // IP length covers a TCP header and lies inside the frame; not a fragment.
-    if total < 40 || l3_end > d.len() || u16::from_be_bytes([h[20], h[21]]) & 0x3fff != 0 {
-        return None;
-    }
-    let doff = usize::from(h[46] >> 4) * 4;
-    let payload_off = 34 + doff;
-    if doff < 20 || payload_off > l3_end {
-        return None;
-    }
-    let flags = h[47];
-    let (head, _) = h.split_first_chunk::<42>()?;
-    let hash = v4_ports_key(head, crate::wire::packet::IPPROTO_TCP, key);
-    let seq = u32::from_be_bytes([h[38], h[39], h[40], h[41]])
-        .wrapping_add(u32::from(flags & tcp_flags::SYN != 0));
-    let len = if flags & tcp_flags::RST != 0 {
-        0
-    } else {
-        (l3_end - payload_off) as u32
-    };
-    *m = Meta {
-        arrival: now,
-        seq,
-        end: seq.wrapping_add(len),
-        ack: u32::from_be_bytes([h[42], h[43], h[44], h[45]]),
-        cmp_off: payload_off as u32,
-        cmp_end: l3_end as u32,
-        flags,
-        kind: K_TCP,
-        ipver: 0,
-        state: 0,
-    };
-    Some(hash)
-}
-
-/// Untagged option-less IPv4 UDP, not a fragment: like [`fast_tcp4`] (same guarantee).
-#[inline(always)]
-fn fast_udp4(d: &[u8], now: u64, key: &mut FlowKey, m: &mut Meta) -> Option<u64> {
-    let h: &[u8; 42] = d.get(..42)?.try_into().ok()?;
-    if h[12] != 0x08 || h[13] != 0x00 || h[14] != 0x45 || h[23] != IPPROTO_UDP {
-        return None;
-    }
-    let total = usize::from(u16::from_be_bytes([h[16], h[17]]));
-    let l3_end = 14 + total;
-    // IP length covers a UDP header and lies inside the frame; not a fragment.
-    if total < 28 || l3_end > d.len() || u16::from_be_bytes([h[20], h[21]]) & 0x3fff != 0 {
-        return None;
-    }
-    // The UDP length must fit the IP payload (the parser rejects it otherwise).
-    let ulen = usize::from(u16::from_be_bytes([h[38], h[39]]));
-    if ulen < 8 || 34 + ulen > l3_end {
-        return None;
-    }
-    let hash = v4_ports_key(h, IPPROTO_UDP, key);
-    *m = Meta {
-        arrival: now,
-        cmp_off: 34,
-        cmp_end: l3_end as u32,
-        kind: K_DGRAM,
-        ..Meta::default()
-    };
-    Some(hash)
-}
-
-/// The key and hash of an option-less IPv4 header at 14 with ports at 34 (TCP or UDP).
-#[inline(always)]
-fn v4_ports_key(h: &[u8; 42], proto: u8, key: &mut FlowKey) -> u64 {
-    // Addresses as loaded (wire byte order in memory) and as numbers, for the key order.
-    let src = u32::from_le_bytes([h[26], h[27], h[28], h[29]]);
-    let dst = u32::from_le_bytes([h[30], h[31], h[32], h[33]]);
-    let sp = u16::from_be_bytes([h[34], h[35]]);
-    let dp = u16::from_be_bytes([h[36], h[37]]);
-    // (address, port) as one number: FlowKey::of's byte-wise order of the endpoints.
-    let a = u64::from(src.swap_bytes()) << 16 | u64::from(sp);
-    let b = u64::from(dst.swap_bytes()) << 16 | u64::from(dp);
-    let (lo, hi) = if a <= b { (src, dst) } else { (dst, src) };
-    let (plo, phi) = if a <= b { (sp, dp) } else { (dp, sp) };
-    let proto = u16::from(proto);
-    *key = FlowKey {
-        family: crate::flow::Family::V4,
-        proto_or_ethertype: proto,
-        addr_lo: u128::from(lo).to_le_bytes(),
-        addr_hi: u128::from(hi).to_le_bytes(),
-        port_lo: plo,
-        port_hi: phi,
-    };
-    FlowKey::hash64_v4(proto, lo.to_le_bytes(), hi.to_le_bytes(), plo, phi)
-}
-
 /// Start loading the frame's second cache line (bytes 64..128: most of a small segment's
 /// payload) now, so the miss overlaps the flow lookup instead of stalling the payload compare
 /// (a secondary's compare follows in this call; a primary's when its secondary arrives). A
@@ -707,66 +602,6 @@ fn v4_ports_key(h: &[u8; 42], proto: u8, key: &mut FlowKey) -> u64 {
 #[inline(always)]
 fn touch_second_line(d: &[u8]) {
     std::hint::black_box(d.get(64).copied());
-}
-
-#[inline]
-fn kind_code(k: FlowKind) -> u8 {
-    match k {
-        FlowKind::Tcp => K_TCP,
-        FlowKind::Datagram => K_DGRAM,
-        FlowKind::L3 => K_L3,
-    }
-}
-
-#[inline]
-fn flow_kind(info: &PacketInfo) -> FlowKind {
-    if info.tcp.is_some() {
-        FlowKind::Tcp
-    } else if info.is_ip()
-        && !info.fragment
-        && matches!(info.ip_proto, IPPROTO_UDP | IPPROTO_ICMP | IPPROTO_ICMPV6)
-    {
-        FlowKind::Datagram
-    } else {
-        FlowKind::L3
-    }
-}
-
-#[inline]
-fn meta_of(info: &PacketInfo, kind: FlowKind, now: u64) -> Meta {
-    let mut m = Meta {
-        arrival: now,
-        kind: kind_code(kind),
-        cmp_end: info.l3_end,
-        ..Meta::default()
-    };
-    match kind {
-        FlowKind::Tcp => {
-            let t = info.tcp.unwrap_or_default();
-            let syn = u32::from(t.flags & tcp_flags::SYN != 0);
-            m.seq = t.seq.wrapping_add(syn);
-            // An RST's payload (diagnostic text) is not part of the stream.
-            let len = if t.flags & tcp_flags::RST != 0 {
-                0
-            } else {
-                info.payload_len() as u32
-            };
-            m.end = m.seq.wrapping_add(len);
-            m.ack = t.ack;
-            m.flags = t.flags;
-            m.cmp_off = info.payload_off() as u32;
-        }
-        FlowKind::Datagram => m.cmp_off = u32::from(info.l4_off),
-        FlowKind::L3 => {
-            m.cmp_off = u32::from(info.l3_off);
-            m.ipver = match info.l3 {
-                L3Kind::Ipv4 => 4,
-                L3Kind::Ipv6 => 6,
-                _ => 0,
-            };
-        }
-    }
-    m
 }
 
 impl<B: PacketBuf> Comparator<B> {
@@ -1353,118 +1188,5 @@ impl<B: PacketBuf> Comparator<B> {
                 },
             )
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn meta_fields(m: &Meta) -> (u64, u32, u32, u32, u32, u32, u8, u8, u8, u8) {
-        (
-            m.arrival, m.seq, m.end, m.ack, m.cmp_off, m.cmp_end, m.flags, m.kind, m.ipver, m.state,
-        )
-    }
-
-    proptest::proptest! {
-        /// The fast path agrees with parse + FlowKey::of + hash64 + meta_of whenever it takes a
-        /// frame, and takes every valid untagged option-less IPv4 TCP frame.
-        #[test]
-        fn fast_tcp4_agrees_with_the_general_path(
-            src: [u8; 4], dst: [u8; 4], sp: u16, dp: u16, seq: u32, ack: u32, flags: u8,
-            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
-            opt_words in 0usize..3, pad in 0usize..8,
-            pokes in proptest::collection::vec((0usize..80, proptest::prelude::any::<u8>()), 0..3),
-        ) {
-            let mut f = Vec::new();
-            etherparse::PacketBuilder::ethernet2([1; 6], [2; 6])
-                .ipv4(src, dst, 64)
-                .tcp(sp, dp, seq, 1000)
-                .write(&mut f, &payload)
-                .unwrap();
-            f[42..46].copy_from_slice(&ack.to_be_bytes());
-            f[47] = flags;
-            // TCP options (NOPs) grow the header: patch data offset and IP length.
-            for _ in 0..opt_words * 4 {
-                f.insert(54, 1);
-            }
-            f[46] = ((5 + opt_words as u8) << 4) | (f[46] & 0x0f);
-            let total = (f.len() - 14) as u16;
-            f[16..18].copy_from_slice(&total.to_be_bytes());
-            f.extend(std::iter::repeat_n(0u8, pad)); // Ethernet padding
-            let clean = f.clone();
-            let general = |f: &[u8]| {
-                let info = parse(f).ok()?;
-                let key = FlowKey::of(&info, f);
-                let kind = flow_kind(&info);
-                (kind == FlowKind::Tcp).then(|| (key, key.hash64(), meta_of(&info, kind, 7)))
-            };
-            let fast4 = |f: &[u8]| {
-                let mut k = FlowKey::of(&PacketInfo::default(), &[]);
-                let mut m = Meta::default();
-                fast_tcp4(f, 7, &mut k, &mut m).map(|h| (k, h, m))
-            };
-            let fast = fast4(&clean);
-            proptest::prop_assert!(fast.is_some(), "valid frame not taken");
-            for (at, v) in pokes {
-                if at < f.len() {
-                    f[at] = v;
-                }
-            }
-            for frame in [&clean, &f] {
-                if let Some((k, h, m)) = fast4(frame) {
-                    let (gk, gh, gm) = general(frame).expect("fast path took a frame the parser rejects");
-                    proptest::prop_assert_eq!(k, gk);
-                    proptest::prop_assert_eq!(h, gh);
-                    proptest::prop_assert_eq!(meta_fields(&m), meta_fields(&gm));
-                }
-            }
-        }
-    }
-
-    proptest::proptest! {
-        /// Same for UDP: agrees with the general path whenever it takes a frame, and takes
-        /// every valid untagged option-less IPv4 UDP frame.
-        #[test]
-        fn fast_udp4_agrees_with_the_general_path(
-            src: [u8; 4], dst: [u8; 4], sp: u16, dp: u16,
-            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
-            pad in 0usize..8,
-            pokes in proptest::collection::vec((0usize..60, proptest::prelude::any::<u8>()), 0..3),
-        ) {
-            let mut f = Vec::new();
-            etherparse::PacketBuilder::ethernet2([1; 6], [2; 6])
-                .ipv4(src, dst, 64)
-                .udp(sp, dp)
-                .write(&mut f, &payload)
-                .unwrap();
-            f.extend(std::iter::repeat_n(0u8, pad)); // Ethernet padding
-            let clean = f.clone();
-            let general = |f: &[u8]| {
-                let info = parse(f).ok()?;
-                let key = FlowKey::of(&info, f);
-                let kind = flow_kind(&info);
-                (kind == FlowKind::Datagram).then(|| (key, key.hash64(), meta_of(&info, kind, 7)))
-            };
-            let fast4 = |f: &[u8]| {
-                let mut k = FlowKey::of(&PacketInfo::default(), &[]);
-                let mut m = Meta::default();
-                fast_udp4(f, 7, &mut k, &mut m).map(|h| (k, h, m))
-            };
-            proptest::prop_assert!(fast4(&clean).is_some(), "valid frame not taken");
-            for (at, v) in pokes {
-                if at < f.len() {
-                    f[at] = v;
-                }
-            }
-            for frame in [&clean, &f] {
-                if let Some((k, h, m)) = fast4(frame) {
-                    let (gk, gh, gm) = general(frame).expect("fast path took a frame the parser rejects");
-                    proptest::prop_assert_eq!(k, gk);
-                    proptest::prop_assert_eq!(h, gh);
-                    proptest::prop_assert_eq!(meta_fields(&m), meta_fields(&gm));
-                }
-            }
-        }
     }
 }

@@ -126,6 +126,7 @@
 mod bypass;
 mod datagram;
 mod engine;
+mod meta;
 mod pool;
 mod tcp;
 

@@ -3,7 +3,11 @@
 //! counterparts, ack gate and clamp, window clamp).
 
 use crate::buf::PacketBuf;
-use crate::wire::packet::tcp_flags;
+use crate::wire::field::{eth, ipv4, ipv6, tcp, vlan};
+use crate::wire::packet::{
+    tcp_flags, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_QINQ, ETHERTYPE_VLAN, IPPROTO_TCP,
+    MAX_VLAN_TAGS,
+};
 use crate::wire::seq;
 
 use super::engine::{Conn, Ctx};
@@ -786,28 +790,29 @@ fn ack_clamp(conn: &Conn, m: &Meta) -> Option<u32> {
 #[inline]
 fn tcp_header_at(d: &[u8], payload: usize) -> Option<usize> {
     let be16 = |at: usize| Some(u16::from_be_bytes([*d.get(at)?, *d.get(at + 1)?]));
-    let mut l3 = 14;
-    let mut ethertype = be16(12)?;
-    for _ in 0..2 {
-        if ethertype == 0x8100 || ethertype == 0x88a8 {
+    let mut l3 = eth::HLEN;
+    let mut ethertype = be16(eth::ETHERTYPE.start)?;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype == ETHERTYPE_VLAN || ethertype == ETHERTYPE_QINQ {
             ethertype = be16(l3 + 2)?;
-            l3 += 4;
+            l3 += vlan::LEN;
         }
     }
     let l4 = match ethertype {
-        0x0800 => l3 + usize::from(d.get(l3)? & 0x0f) * 4,
-        0x86dd if *d.get(l3 + 6)? == 6 => l3 + 40,
+        ETHERTYPE_IPV4 => l3 + usize::from(d.get(l3 + ipv4::VER_IHL)? & 0x0f) * 4,
+        ETHERTYPE_IPV6 if *d.get(l3 + ipv6::NEXT_HEADER)? == IPPROTO_TCP => l3 + ipv6::HLEN,
         _ => return None,
     };
-    let hdr_len = usize::from(d.get(l4 + 12)? >> 4) * 4;
-    (hdr_len >= 20 && l4 + hdr_len == payload && d.len() >= payload).then_some(l4)
+    let hdr_len = usize::from(d.get(l4 + tcp::DATA_OFF)? >> 4) * 4;
+    (hdr_len >= tcp::MIN_HLEN && l4 + hdr_len == payload && d.len() >= payload).then_some(l4)
 }
 
 /// A TCP frame's raw window field.
 #[inline]
 fn tcp_window(d: &[u8], payload: usize) -> Option<u16> {
     let l4 = tcp_header_at(d, payload)?;
-    Some(u16::from_be_bytes([d[l4 + 14], d[l4 + 15]]))
+    let w = l4 + tcp::WINDOW.start;
+    Some(u16::from_be_bytes([d[w], d[w + 1]]))
 }
 
 /// Lower a TCP frame's window field to `max` if it is larger (checksum kept valid, or left
@@ -820,15 +825,16 @@ fn clamp_window<B: PacketBuf>(pkt: &mut B, payload: usize, max: u16) -> bool {
         return false;
     };
     let partial = pkt.l4_csum_partial();
-    let h = &mut pkt.data_mut()[l4..l4 + 20];
-    let w = u16::from_be_bytes([h[14], h[15]]);
+    let h = &mut pkt.data_mut()[l4..l4 + tcp::MIN_HLEN];
+    let w = u16::from_be_bytes([h[tcp::WINDOW.start], h[tcp::WINDOW.start + 1]]);
     if w <= max {
         return false;
     }
-    h[14..16].copy_from_slice(&max.to_be_bytes());
+    h[tcp::WINDOW].copy_from_slice(&max.to_be_bytes());
     if !partial {
-        let cs = u16::from_be_bytes([h[16], h[17]]);
-        h[16..18].copy_from_slice(&crate::wire::checksum::update_u16(cs, w, max).to_be_bytes());
+        let cs = u16::from_be_bytes([h[tcp::CHECKSUM.start], h[tcp::CHECKSUM.start + 1]]);
+        h[tcp::CHECKSUM]
+            .copy_from_slice(&crate::wire::checksum::update_u16(cs, w, max).to_be_bytes());
     }
     true
 }
@@ -841,13 +847,14 @@ fn set_ack<B: PacketBuf>(pkt: &mut B, old: u32, new: u32) {
     let partial = pkt.l4_csum_partial();
     let l4 = info.l4_off as usize;
     let d = pkt.data_mut();
-    let Some(h) = d.get_mut(l4..l4 + 20) else {
+    let Some(h) = d.get_mut(l4..l4 + tcp::MIN_HLEN) else {
         return;
     };
-    h[8..12].copy_from_slice(&new.to_be_bytes());
+    h[tcp::ACK].copy_from_slice(&new.to_be_bytes());
     if !partial {
-        let cs = u16::from_be_bytes([h[16], h[17]]);
-        h[16..18].copy_from_slice(&crate::wire::checksum::update_u32(cs, old, new).to_be_bytes());
+        let cs = u16::from_be_bytes([h[tcp::CHECKSUM.start], h[tcp::CHECKSUM.start + 1]]);
+        h[tcp::CHECKSUM]
+            .copy_from_slice(&crate::wire::checksum::update_u32(cs, old, new).to_be_bytes());
     }
 }
 
