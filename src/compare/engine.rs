@@ -761,7 +761,7 @@ impl<B: PacketBuf> Comparator<B> {
                 .cfg
                 .bypass
                 .iter()
-                .any(|r| super::bypass::matches(r, info))
+                .any(|r| crate::config::bypass::matches(r, info))
         {
             self.bypass(side, pkt, out);
             return;

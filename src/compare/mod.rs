@@ -123,14 +123,15 @@
 //! - ICMP errors quote the offending IP header (with its ID), so they mismatch between VMs,
 //!   as in QEMU.
 
-mod bypass;
 mod datagram;
 mod engine;
 mod meta;
 mod pool;
 mod tcp;
 
-pub use bypass::Bypass;
+/// A bypass rule: the config's validated `[[compare.bypass]]` rule, matched by
+/// [`crate::config::bypass::matches`] (one rule type, one matcher).
+pub use crate::config::BypassRule as Bypass;
 pub use engine::{Comparator, SCAN_PER_TICK};
 
 use crate::flow::FlowKey;
