@@ -137,7 +137,9 @@ pub use engine::{Comparator, SCAN_PER_TICK};
 use crate::flow::FlowKey;
 use crate::wire::ParseError;
 
-/// Which VM produced a packet.
+/// Primary or secondary of the COLO pair: which VM produced a packet, and which host a link
+/// endpoint runs on (`link::Side` is this type). The crate's one `Side`; management events
+/// use [`crate::control::EventSide`], which adds "both".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Side {
     /// The primary VM (its packets go to the client).
