@@ -225,13 +225,6 @@ impl PrimaryDrop {
     }
 }
 
-impl Release {
-    /// True when the packet was compared and found equal (or was compared data).
-    pub fn is_compared(self) -> bool {
-        matches!(self, Release::Matched | Release::Retransmit)
-    }
-}
-
 /// Why a secondary packet was dropped rather than matched or flushed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
@@ -557,15 +550,6 @@ impl CompareCounters {
         self.rel_uncomparable + self.rel_timeout + self.rel_flush
     }
 
-    /// Primary drops for `why`.
-    pub fn drops_for(&self, why: PrimaryDrop) -> u64 {
-        match why {
-            PrimaryDrop::QueueFull => self.drop_queue_full,
-            PrimaryDrop::PoolEmpty => self.drop_pool_empty,
-            PrimaryDrop::Shutdown => self.drop_shutdown,
-        }
-    }
-
     /// Sum of secondary terminal counters.
     pub fn secondary_out(&self) -> u64 {
         self.sec_matched
@@ -586,11 +570,6 @@ impl CompareCounters {
     pub fn balanced(&self) -> bool {
         self.primary_in == self.primary_out() + self.queued_primary
             && self.secondary_in == self.secondary_out() + self.queued_secondary
-    }
-
-    /// Events raised for `r`.
-    pub fn events_for(&self, r: Reason) -> u64 {
-        self.events[r as usize]
     }
 
     /// All events raised.

@@ -190,12 +190,6 @@ impl PacketInfo {
         matches!(self.l3, L3Kind::Ipv4 | L3Kind::Ipv6)
     }
 
-    /// True when a TCP header was parsed.
-    #[inline]
-    pub fn is_tcp(&self) -> bool {
-        self.tcp.is_some()
-    }
-
     /// Offset of the transport payload.
     #[inline]
     pub fn payload_off(&self) -> usize {
