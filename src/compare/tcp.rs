@@ -313,12 +313,14 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
         restart_if_reused(conn, &m);
         let t = &mut conn.tcp;
         let f = m.flags;
-        if f & tcp_flags::ACK != 0 && f & tcp_flags::RST == 0 && f & tcp_flags::SYN == 0 {
-            if !t.s_ack_valid || !seq::lt(m.ack, t.s_ack) {
-                if let Some(w) = tcp_window(pkt.data(), m.cmp_off as usize) {
-                    t.s_win = w;
-                    t.s_win_valid = true;
-                }
+        if f & tcp_flags::ACK != 0
+            && f & tcp_flags::RST == 0
+            && f & tcp_flags::SYN == 0
+            && (!t.s_ack_valid || !seq::lt(m.ack, t.s_ack))
+        {
+            if let Some(w) = tcp_window(pkt.data(), m.cmp_off as usize) {
+                t.s_win = w;
+                t.s_win_valid = true;
             }
         }
         if f & tcp_flags::ACK != 0 && f & tcp_flags::RST == 0 {
