@@ -345,7 +345,6 @@ fn an_ageing_scan_is_spread_over_bounded_ticks_and_expires_every_connection() {
     let mut h = H::with(RewriterConfig {
         idle_timeout_ns: idle,
         table_capacity: n + 10,
-        ..RewriterConfig::default()
     });
     for i in 0..n {
         learned_at(&mut h, 1000 + i as u16, S);

@@ -3,228 +3,36 @@
 
 use crate::buf::PacketBuf;
 use crate::flow::{FlowKey, HashedTable};
-use crate::wire::packet::{tcp_flags, L3Kind, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP};
 use crate::wire::{parse, seq, PacketInfo};
 
-use super::pool::{List, Meta, Pool, DATA_OK, NIL, RETRANS};
+use super::meta::{fast_tcp4, fast_udp4, flow_kind, meta_of};
+use super::pool::{List, Meta, Pool, DATA_OK, NIL};
+use super::tcp::{tcp_ready_but_gate, TcpState};
 use super::{
     CompareConfig, CompareCounters, DivergenceEvent, DropReason, FlowKind, FlowState, FlowSummary,
     Output, PrimaryDrop, Reason, Release, SecondaryFree, Side, Uncomparable, MAX_FRAME_LEN,
 };
 
-const K_TCP: u8 = 0;
-const K_DGRAM: u8 = 1;
-const K_L3: u8 = 2;
-
-/// Out-of-order matched ranges remembered beyond the contiguous frontier.
-const AHEAD: usize = 8;
-
-/// TCP compare state of one connection. "Frontier": every primary byte before it was compared
-/// equal (or synchronised by a checkpoint); secondary bytes before it are no longer needed.
-/// Field order is cache order (`repr(C)`): what every segment reads first, the rarely used
-/// out-of-order ranges last.
-#[derive(Clone, Copy, Default)]
-#[repr(C)]
-struct TcpState {
-    frontier: u32,
-    // What the secondary has produced.
-    s_ack: u32,
-    // What the primary has produced (copied to the secondary's side by a checkpoint).
-    p_end: u32,
-    p_ack: u32,
-    // The highest ack released to the client (`c_ack_valid`): what the ack gate's clamp
-    // must move beyond.
-    c_ack: u32,
-    s_win: u16,
-    frontier_set: bool,
-    s_ack_valid: bool,
-    p_end_valid: bool,
-    p_ack_valid: bool,
-    c_ack_valid: bool,
-    // The secondary's latest receive window (raw header value) and `s_win_valid`.
-    s_win_valid: bool,
-    // The secondary repeated its ack while behind the primary's: it is missing client data.
-    s_behind: bool,
-    s_syn: bool,
-    s_synack: bool,
-    s_rst: bool,
-    p_syn: bool,
-    p_synack: bool,
-    p_rst: bool,
-    n_ahead: u8,
-    s_fin: Option<u32>,
-    p_fin: Option<u32>,
-    ahead: [(u32, u32); AHEAD],
-}
-
-impl TcpState {
-    /// Both VMs closed the connection (FIN each way from the guest, or a reset from each):
-    /// a SYN now opens a new connection on the same 4-tuple (a client reusing its port).
-    fn finished(&self) -> bool {
-        (self.p_fin.is_some() && self.s_fin.is_some()) || (self.p_rst && self.s_rst)
-    }
-
-    #[inline]
-    fn record_match(&mut self, start: u32, end: u32) {
-        if !self.frontier_set {
-            self.frontier = start;
-            self.frontier_set = true;
-        }
-        if seq::le(start, self.frontier) {
-            self.frontier = seq::max(self.frontier, end);
-            if self.n_ahead != 0 {
-                self.merge_ahead();
-            }
-        } else if self.extend_ahead(start, end) {
-            // Contiguous matches beyond one hole stay one range.
-        } else if (self.n_ahead as usize) < AHEAD {
-            self.ahead[self.n_ahead as usize] = (start, end);
-            self.n_ahead += 1;
-        } else {
-            // Full: keep the lowest ranges, they join the frontier first.
-            let (mut hi, mut hi_i) = (start, AHEAD);
-            for (i, a) in self.ahead.iter().enumerate() {
-                if seq::gt(a.0, hi) {
-                    hi = a.0;
-                    hi_i = i;
-                }
-            }
-            if hi_i < AHEAD {
-                self.ahead[hi_i] = (start, end);
-            }
-        }
-    }
-
-    /// Grow the ahead range that `[start, end)` overlaps or touches, joining any other range
-    /// the grown one now reaches. False when it touches none.
-    #[inline]
-    fn extend_ahead(&mut self, start: u32, end: u32) -> bool {
-        let n = self.n_ahead as usize;
-        let Some(i) = self.ahead[..n]
-            .iter()
-            .position(|&(s, e)| seq::le(start, e) && seq::le(s, end))
-        else {
-            return false;
-        };
-        let (s, e) = self.ahead[i];
-        self.ahead[i] = (seq::min(s, start), seq::max(e, end));
-        self.join_ahead(i);
-        true
-    }
-
-    /// Join into range `i` every other ahead range it overlaps or touches.
-    #[cold]
-    fn join_ahead(&mut self, mut i: usize) {
-        let mut j = 0;
-        while j < self.n_ahead as usize {
-            let (s, e) = self.ahead[i];
-            let (js, je) = self.ahead[j];
-            if j != i && seq::le(js, e) && seq::le(s, je) {
-                self.ahead[i] = (seq::min(s, js), seq::max(e, je));
-                self.n_ahead -= 1;
-                let last = self.n_ahead as usize;
-                self.ahead[j] = self.ahead[last];
-                if i == last {
-                    i = j;
-                }
-                j = 0;
-            } else {
-                j += 1;
-            }
-        }
-    }
-
-    /// The end of the matched range beyond the frontier that holds byte `pos`.
-    #[inline]
-    fn ahead_end(&self, pos: u32) -> Option<u32> {
-        self.ahead_range(pos).map(|r| r.1)
-    }
-
-    /// The matched range beyond the frontier that holds byte `pos`.
-    fn ahead_range(&self, pos: u32) -> Option<(u32, u32)> {
-        self.ahead[..self.n_ahead as usize]
-            .iter()
-            .copied()
-            .find(|&(s, e)| seq::le(s, pos) && seq::lt(pos, e))
-    }
-
-    /// `[start, end)` lies inside one matched range beyond the frontier.
-    #[inline]
-    fn in_ahead(&self, start: u32, end: u32) -> bool {
-        self.ahead[..self.n_ahead as usize]
-            .iter()
-            .any(|&(s, e)| seq::le(s, start) && seq::le(end, e))
-    }
-
-    #[cold]
-    fn merge_ahead(&mut self) {
-        let mut changed = true;
-        while changed {
-            changed = false;
-            let mut i = 0;
-            while i < self.n_ahead as usize {
-                let (s, e) = self.ahead[i];
-                if seq::le(s, self.frontier) {
-                    self.frontier = seq::max(self.frontier, e);
-                    self.n_ahead -= 1;
-                    self.ahead[i] = self.ahead[self.n_ahead as usize];
-                    changed = true;
-                } else {
-                    i += 1;
-                }
-            }
-        }
-    }
-
-    /// After a checkpoint the secondary is a copy of the primary: it has produced what the
-    /// primary produced, and every primary byte so far counts as compared.
-    fn sync_to_primary(&mut self) {
-        // The SVM now has the PVM's windows.
-        self.s_win_valid = false;
-        if self.p_end_valid {
-            self.frontier = if self.frontier_set {
-                seq::max(self.frontier, self.p_end)
-            } else {
-                self.p_end
-            };
-            self.frontier_set = true;
-        }
-        self.n_ahead = 0;
-        if self.p_ack_valid {
-            self.s_ack = if self.s_ack_valid {
-                seq::max(self.s_ack, self.p_ack)
-            } else {
-                self.p_ack
-            };
-            self.s_ack_valid = true;
-        }
-        self.s_syn |= self.p_syn;
-        self.s_synack |= self.p_synack;
-        self.s_rst = self.p_rst;
-        self.s_fin = self.p_fin;
-    }
-}
-
 /// Hot fields first (`repr(C)`), so a segment touches as few cache lines as possible.
 #[repr(C)]
-struct Conn {
-    kind: FlowKind,
-    diverged: bool,
+pub(super) struct Conn {
+    pub(super) kind: FlowKind,
+    pub(super) diverged: bool,
     /// First primary node not yet resolved (compared); NIL when all are.
-    cursor: u32,
-    pq: List,
-    sq: List,
-    p_pkts: u64,
-    p_bytes: u64,
-    s_pkts: u64,
-    s_bytes: u64,
-    tcp: TcpState,
-    last_event_ns: u64,
-    divergences: u32,
+    pub(super) cursor: u32,
+    pub(super) pq: List,
+    pub(super) sq: List,
+    pub(super) p_pkts: u64,
+    pub(super) p_bytes: u64,
+    pub(super) s_pkts: u64,
+    pub(super) s_bytes: u64,
+    pub(super) tcp: TcpState,
+    pub(super) last_event_ns: u64,
+    pub(super) divergences: u32,
 }
 
 impl Conn {
-    fn new(kind: FlowKind) -> Conn {
+    pub(super) fn new(kind: FlowKind) -> Conn {
         Conn {
             kind,
             pq: List::EMPTY,
@@ -241,7 +49,7 @@ impl Conn {
         }
     }
 
-    fn queued(&self) -> bool {
+    pub(super) fn queued(&self) -> bool {
         self.pq.len != 0 || self.sq.len != 0
     }
 }
@@ -323,16 +131,16 @@ struct ScanPass {
 }
 
 /// Everything a per-connection step needs besides the connection (split borrows).
-struct Ctx<'a, 'k, B, O> {
-    pool: &'a mut Pool<B>,
-    c: &'a mut CompareCounters,
-    cfg: &'a CompareConfig,
-    out: &'a mut O,
+pub(super) struct Ctx<'a, 'k, B, O> {
+    pub(super) pool: &'a mut Pool<B>,
+    pub(super) c: &'a mut CompareCounters,
+    pub(super) cfg: &'a CompareConfig,
+    pub(super) out: &'a mut O,
     /// Only read when an event is raised.
-    key: &'k FlowKey,
-    now: u64,
+    pub(super) key: &'k FlowKey,
+    pub(super) now: u64,
     /// [`Comparator::backlog`]'s oldest-primary estimate (see there).
-    since: &'a mut u64,
+    pub(super) since: &'a mut u64,
     held: &'a mut Held,
 }
 
@@ -347,7 +155,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
 
     /// A primary was queued (backlog gauges).
     #[inline(always)]
-    fn pq_added(&mut self, len: usize) {
+    pub(super) fn pq_added(&mut self, len: usize) {
         if self.c.queued_primary == 0 {
             *self.since = self.now;
         }
@@ -357,25 +165,25 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
 
     /// A primary left its queue (backlog gauges).
     #[inline(always)]
-    fn pq_removed(&mut self, len: usize) {
+    pub(super) fn pq_removed(&mut self, len: usize) {
         self.c.queued_primary -= 1;
         self.c.queued_primary_bytes -= len as u64;
     }
 
     #[inline(always)]
-    fn sq_added(&mut self, len: usize) {
+    pub(super) fn sq_added(&mut self, len: usize) {
         self.c.queued_secondary += 1;
         self.c.queued_secondary_bytes += len as u64;
     }
 
     #[inline(always)]
-    fn sq_removed(&mut self, len: usize) {
+    pub(super) fn sq_removed(&mut self, len: usize) {
         self.c.queued_secondary -= 1;
         self.c.queued_secondary_bytes -= len as u64;
     }
 
     #[inline]
-    fn release(&mut self, pkt: B, how: Release) {
+    pub(super) fn release(&mut self, pkt: B, how: Release) {
         self.c.count_release(how);
         self.out.release(pkt, how);
     }
@@ -387,28 +195,13 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
     }
 
     #[inline(always)]
-    fn free(&mut self, pkt: B, how: SecondaryFree) {
+    pub(super) fn free(&mut self, pkt: B, how: SecondaryFree) {
         self.c.count_free(how);
         self.out.free_secondary(pkt, how);
     }
 
-    /// Release a compared TCP primary: note its ack, and never let it offer the client more
-    /// window than the secondary offers (the client would send what only the PVM can take).
     #[inline]
-    fn release_tcp(&mut self, conn: &mut Conn, mut pkt: B, m: &Meta, how: Release) {
-        note_released_ack(&mut conn.tcp, m);
-        let t = &conn.tcp;
-        if t.s_win_valid
-            && m.flags & (tcp_flags::SYN | tcp_flags::RST) == 0
-            && clamp_window(&mut pkt, m.cmp_off as usize, t.s_win)
-        {
-            self.c.window_clamped += 1;
-        }
-        self.release(pkt, how);
-    }
-
-    #[inline]
-    fn release_node(&mut self, conn: &mut Conn, id: u32, how: Release) {
+    pub(super) fn release_node(&mut self, conn: &mut Conn, id: u32, how: Release) {
         if conn.cursor == id {
             conn.cursor = self.pool.next(id);
         }
@@ -419,7 +212,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
     }
 
     #[inline]
-    fn free_node(&mut self, conn: &mut Conn, id: u32, how: SecondaryFree) {
+    pub(super) fn free_node(&mut self, conn: &mut Conn, id: u32, how: SecondaryFree) {
         if let Some(p) = self.pool.remove(&mut conn.sq, id) {
             self.sq_removed(p.len());
             self.free(p, how);
@@ -474,7 +267,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
 
     /// Raise a divergence unless this connection already asked (then it is counted only).
     #[cold]
-    fn diverge(
+    pub(super) fn diverge(
         &mut self,
         conn: &mut Conn,
         side: Side,
@@ -537,7 +330,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
     /// segments may wait for secondary bytes the secondary sends only once the client has the
     /// hole (the dropped one never reached the client either; it is retransmitted).
     #[inline]
-    fn enqueue_primary(&mut self, conn: &mut Conn, pkt: B, m: Meta) -> bool {
+    pub(super) fn enqueue_primary(&mut self, conn: &mut Conn, pkt: B, m: Meta) -> bool {
         let tail = conn.pq.tail;
         let below_tail =
             conn.kind == FlowKind::Tcp && tail != NIL && seq::lt(m.seq, self.pool.meta(tail).seq);
@@ -632,7 +425,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
     }
 
     #[inline]
-    fn secondary_fits(&self, conn: &Conn) -> bool {
+    pub(super) fn secondary_fits(&self, conn: &Conn) -> bool {
         (conn.sq.len as usize) < self.cfg.queue_size && !self.pool.is_full()
     }
 
@@ -641,7 +434,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
     /// without room is dropped with no event: the primary copy of its bytes cannot have been
     /// released, as it needs them, so the client does not acknowledge them and both VMs
     /// retransmit; a primary left waiting still times out.)
-    fn secondary_room(&mut self, conn: &mut Conn, pkt: B) -> Option<B> {
+    pub(super) fn secondary_room(&mut self, conn: &mut Conn, pkt: B) -> Option<B> {
         if self.secondary_fits(conn) {
             return Some(pkt);
         }
@@ -653,504 +446,6 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
         self.diverge(conn, Side::Secondary, reason, None, NIL, NIL);
         self.free(pkt, SecondaryFree::Dropped(DropReason::Overflow));
         None
-    }
-
-    // ---------------------------------------------------------------- TCP
-
-    #[inline(always)]
-    fn tcp_primary(&mut self, conn: &mut Conn, pkt: B, m: Meta) {
-        restart_if_reused(conn, &m);
-        let t = &mut conn.tcp;
-        let f = m.flags;
-        if f & tcp_flags::SYN != 0 {
-            if f & tcp_flags::ACK != 0 {
-                t.p_synack = true;
-            } else {
-                t.p_syn = true;
-            }
-            if !t.frontier_set {
-                // Data starts right after the SYN.
-                t.frontier = m.seq;
-                t.frontier_set = true;
-            }
-        }
-        if f & tcp_flags::RST != 0 {
-            t.p_rst = true;
-        }
-        if f & tcp_flags::FIN != 0 {
-            t.p_fin = Some(m.end);
-        }
-        if m.end != m.seq {
-            t.p_end = if t.p_end_valid {
-                seq::max(t.p_end, m.end)
-            } else {
-                m.end
-            };
-            t.p_end_valid = true;
-        }
-        if f & tcp_flags::ACK != 0 && f & tcp_flags::RST == 0 {
-            t.p_ack = if t.p_ack_valid {
-                seq::max(t.p_ack, m.ack)
-            } else {
-                m.ack
-            };
-            t.p_ack_valid = true;
-        }
-        let Some(pkt) = self.primary_first(conn, pkt, m) else {
-            return;
-        };
-        if self.enqueue_primary(conn, pkt, m) {
-            self.pump_tcp(conn);
-        }
-    }
-
-    /// A primary segment on a connection with no primary queued: its fate is known at once
-    /// in the common cases, with the same outcome as enqueue + [`Self::pump_tcp`] but no queue
-    /// round trip. Gives the packet back when the general path must decide.
-    #[inline(always)]
-    fn primary_first(&mut self, conn: &mut Conn, pkt: B, m: Meta) -> Option<B> {
-        // An empty queue has no unresolved node (the cursor is NIL) and nothing to release.
-        if conn.pq.head != NIL || conn.diverged || self.cfg.queue_size == 0 {
-            return Some(pkt);
-        }
-        match precheck(&conn.tcp, &m) {
-            Pre::Compare(_) if conn.sq.head == NIL => {
-                // Its bytes have not come from the secondary yet: it waits, unresolved.
-                // A full pool is the general path's overflow rule.
-                let len = pkt.len();
-                let id = match self.pool.alloc_back(&mut conn.pq, pkt, m) {
-                    Ok(id) => id,
-                    Err(pkt) => return Some(pkt),
-                };
-                self.pq_added(len);
-                conn.cursor = id;
-                None
-            }
-            Pre::Done(bits) => {
-                let m = Meta {
-                    state: m.state | bits,
-                    ..m
-                };
-                if !tcp_ready(conn, &m) {
-                    return Some(pkt);
-                }
-                let how = if bits & RETRANS != 0 {
-                    Release::Retransmit
-                } else {
-                    Release::Matched
-                };
-                self.release_tcp(conn, pkt, &m, how);
-                None
-            }
-            _ => Some(pkt),
-        }
-    }
-
-    #[inline(always)]
-    fn tcp_secondary(&mut self, conn: &mut Conn, pkt: B, m: Meta) {
-        restart_if_reused(conn, &m);
-        let t = &mut conn.tcp;
-        let f = m.flags;
-        if f & tcp_flags::ACK != 0 && f & tcp_flags::RST == 0 && f & tcp_flags::SYN == 0 {
-            if !t.s_ack_valid || !seq::lt(m.ack, t.s_ack) {
-                if let Some(w) = tcp_window(pkt.data(), m.cmp_off as usize) {
-                    t.s_win = w;
-                    t.s_win_valid = true;
-                }
-            }
-        }
-        if f & tcp_flags::ACK != 0 && f & tcp_flags::RST == 0 {
-            let behind = t.p_ack_valid && seq::lt(m.ack, t.p_ack);
-            if t.s_ack_valid && m.ack == t.s_ack && m.seq == m.end && behind {
-                // A duplicate ACK: the SVM lost a client segment the PVM has.
-                t.s_behind = true;
-            }
-            t.s_ack = if t.s_ack_valid {
-                seq::max(t.s_ack, m.ack)
-            } else {
-                m.ack
-            };
-            t.s_ack_valid = true;
-            if t.p_ack_valid && !seq::lt(t.s_ack, t.p_ack) {
-                t.s_behind = false;
-            }
-        }
-        if f & tcp_flags::SYN != 0 {
-            if f & tcp_flags::ACK != 0 {
-                t.s_synack = true;
-            } else {
-                t.s_syn = true;
-            }
-        }
-        if f & tcp_flags::RST != 0 {
-            t.s_rst = true;
-        }
-        if f & tcp_flags::FIN != 0 {
-            t.s_fin = Some(m.end);
-        }
-        let behind = (t.frontier_set && seq::le(m.end, t.frontier))
-            || (t.n_ahead != 0 && t.in_ahead(m.seq, m.end));
-        if conn.diverged {
-            self.free(pkt, SecondaryFree::Dropped(DropReason::Diverged));
-            return;
-        }
-        let Some(pkt) = self.secondary_in_order(conn, pkt, &m) else {
-            return;
-        };
-        if m.end == m.seq {
-            self.free(pkt, SecondaryFree::Control);
-        } else if behind {
-            self.free(pkt, SecondaryFree::Duplicate);
-        } else if conn.sq.head == NIL && conn.cursor != NIL && self.resolve_direct(conn, &pkt, &m) {
-            self.free(pkt, SecondaryFree::Matched);
-        } else if !self.secondary_fits(conn) {
-            // No room: first compare it with the waiting primaries (it may free their queue,
-            // e.g. primaries beyond a hole while the secondary queue holds the hole's bytes:
-            // neither side could move until a timeout), then drop it.
-            let used = conn.cursor != NIL && self.resolve_direct(conn, &pkt, &m);
-            let how = if used {
-                SecondaryFree::Matched
-            } else {
-                SecondaryFree::Dropped(DropReason::Overflow)
-            };
-            self.free(pkt, how);
-        } else {
-            self.insert_secondary(conn, pkt, m);
-        }
-        self.pump_tcp(conn);
-    }
-
-    /// Insert a secondary data segment by sequence number. Keeps the invariant that queued
-    /// segments are sorted by start with strictly increasing ends (no segment inside another),
-    /// so the front is always the first to fall behind the frontier.
-    fn insert_secondary(&mut self, conn: &mut Conn, pkt: B, m: Meta) {
-        // Walk back from the tail over the segments starting at or after the new one.
-        let mut pred = conn.sq.tail;
-        while pred != NIL && seq::ge(self.pool.meta(pred).seq, m.seq) {
-            pred = self.pool.prev(pred);
-        }
-        let mut pos = m.seq;
-        if pred != NIL && seq::gt(self.pool.meta(pred).end, pos) {
-            pos = self.pool.meta(pred).end;
-        }
-        let first_succ = if pred == NIL {
-            conn.sq.head
-        } else {
-            self.pool.next(pred)
-        };
-        let mut s = first_succ;
-        while !seq::ge(pos, m.end) && s != NIL && seq::le(self.pool.meta(s).seq, pos) {
-            pos = seq::max(pos, self.pool.meta(s).end);
-            s = self.pool.next(s);
-        }
-        if seq::ge(pos, m.end) {
-            self.free(pkt, SecondaryFree::Duplicate);
-            return;
-        }
-        // Segments wholly inside the new one are redundant.
-        let mut s = first_succ;
-        while s != NIL && seq::le(self.pool.meta(s).end, m.end) {
-            let next = self.pool.next(s);
-            self.free_node(conn, s, SecondaryFree::Duplicate);
-            s = next;
-        }
-        let len = pkt.len();
-        match self.pool.alloc(pkt, m) {
-            Ok(id) => {
-                self.pool.insert_after(&mut conn.sq, pred, id);
-                self.sq_added(len);
-            }
-            Err(pkt) => self.free(pkt, SecondaryFree::Dropped(DropReason::Overflow)),
-        }
-    }
-
-    /// Compare what can be compared, then release the ready prefix of the primary queue.
-    #[inline]
-    fn pump_tcp(&mut self, conn: &mut Conn) {
-        if conn.diverged {
-            return;
-        }
-        while conn.cursor != NIL {
-            let id = conn.cursor;
-            match self.resolve_tcp(conn, id) {
-                Resolve::Done => conn.cursor = self.pool.next(id),
-                Resolve::Wait => break,
-                Resolve::Diverge(reason, s) => {
-                    let m = *self.pool.meta(id);
-                    self.diverge(conn, Side::Primary, reason, Some((m.seq, m.end)), id, s);
-                    return;
-                }
-            }
-        }
-        while conn.pq.head != NIL {
-            let h = conn.pq.head;
-            let mut m = *self.pool.meta(h);
-            let clamp = if tcp_ready(conn, &m) {
-                None
-            } else if let Some(ack) = ack_clamp(conn, &m) {
-                Some(ack)
-            } else {
-                break;
-            };
-            let how = if m.state & RETRANS != 0 {
-                Release::Retransmit
-            } else {
-                Release::Matched
-            };
-            if conn.cursor == h {
-                conn.cursor = self.pool.next(h);
-            }
-            if let Some(mut p) = self.pool.pop_front(&mut conn.pq) {
-                self.pq_removed(p.len());
-                if let Some(ack) = clamp {
-                    set_ack(&mut p, m.ack, ack);
-                    m.ack = ack;
-                    self.c.ack_clamped += 1;
-                }
-                self.release_tcp(conn, p, &m, how);
-            }
-        }
-    }
-
-    /// The in-order case: the secondary segment carries exactly the bytes of the only queued,
-    /// unresolved primary, which starts at the frontier (no FIN anywhere, nothing out of
-    /// order). Same outcome as `resolve_direct` + [`Self::pump_tcp`] without their loops.
-    /// Gives the packet back when the general path must decide.
-    #[inline(always)]
-    fn secondary_in_order(&mut self, conn: &mut Conn, pkt: B, m: &Meta) -> Option<B> {
-        let id = conn.cursor;
-        let t = &conn.tcp;
-        if id == NIL
-            || id != conn.pq.head
-            || conn.sq.head != NIL
-            || m.end == m.seq
-            || !t.frontier_set
-            || t.frontier != m.seq
-            || t.n_ahead != 0
-            || t.s_fin.is_some()
-        {
-            return Some(pkt);
-        }
-        let pm = self.pool.meta(id);
-        if pm.seq != m.seq
-            || pm.end != m.end
-            || pm.flags & tcp_flags::FIN != 0
-            || self.pool.next(id) != NIL
-        {
-            return Some(pkt);
-        }
-        let n = m.end.wrapping_sub(m.seq) as usize;
-        let (pa, sa) = (pm.cmp_off as usize, m.cmp_off as usize);
-        match (
-            self.pool.data(id).get(pa..pa + n),
-            pkt.data().get(sa..sa + n),
-        ) {
-            (Some(a), Some(b)) if a == b => {}
-            // A mismatch is reported by the queue path, with both packets.
-            _ => return Some(pkt),
-        }
-        // As `record_match(seq, end)` at the frontier with nothing ahead.
-        conn.tcp.frontier = m.end;
-        conn.cursor = NIL;
-        self.pool.meta_mut(id).state |= DATA_OK;
-        self.free(pkt, SecondaryFree::Matched);
-        if tcp_ready(conn, self.pool.meta(id)) {
-            let pm = *self.pool.meta(id);
-            if let Some(p) = self.pool.pop_front(&mut conn.pq) {
-                self.pq_removed(p.len());
-                self.release_tcp(conn, p, &pm, Release::Matched);
-            }
-        }
-        None
-    }
-
-    /// Fast path: compare the unresolved primaries directly against a secondary segment that
-    /// arrived while no secondary data is queued. Returns true when the segment is wholly
-    /// consumed (behind the frontier), so it never needs a queue node. Anything it cannot
-    /// settle (partial cover, mismatch) is left to the queue path, which reports it.
-    #[inline]
-    fn resolve_direct(&mut self, conn: &mut Conn, spkt: &B, sm: &Meta) -> bool {
-        let sdata = spkt.data();
-        while conn.cursor != NIL {
-            let id = conn.cursor;
-            let m = *self.pool.meta(id);
-            match precheck(&conn.tcp, &m) {
-                Pre::Done(bits) => self.pool.meta_mut(id).state |= bits,
-                Pre::Diverge(_) => break,
-                Pre::Compare(start) => {
-                    if !(seq::le(sm.seq, start) && seq::le(m.end, sm.end)) {
-                        break;
-                    }
-                    let n = m.end.wrapping_sub(start) as usize;
-                    let pa = m.cmp_off as usize + start.wrapping_sub(m.seq) as usize;
-                    let sa = sm.cmp_off as usize + start.wrapping_sub(sm.seq) as usize;
-                    match (self.pool.data(id).get(pa..pa + n), sdata.get(sa..sa + n)) {
-                        (Some(a), Some(b)) if a == b => {}
-                        _ => break,
-                    }
-                    self.pool.meta_mut(id).state |= DATA_OK;
-                    conn.tcp.record_match(start, m.end);
-                }
-            }
-            conn.cursor = self.pool.next(id);
-        }
-        conn.tcp.frontier_set && seq::le(sm.end, conn.tcp.frontier)
-    }
-
-    fn resolve_tcp(&mut self, conn: &mut Conn, id: u32) -> Resolve {
-        let m = *self.pool.meta(id);
-        if m.state & DATA_OK != 0 {
-            // Resolved before a hole filler was queued ahead of it.
-            return Resolve::Done;
-        }
-        let start = match precheck(&conn.tcp, &m) {
-            Pre::Done(bits) => {
-                self.pool.meta_mut(id).state |= bits;
-                return Resolve::Done;
-            }
-            Pre::Diverge(r) => return Resolve::Diverge(r, NIL),
-            Pre::Compare(start) => start,
-        };
-        let pdata = self.pool.data(id);
-        let mut pos = start;
-        let mut s = conn.sq.head;
-        let mut first = NIL;
-        loop {
-            if conn.tcp.n_ahead != 0 {
-                // Bytes already compared beyond a hole need no secondary copy.
-                if let Some(e) = conn.tcp.ahead_end(pos) {
-                    pos = seq::min(e, m.end);
-                }
-            }
-            if pos == m.end {
-                break;
-            }
-            while s != NIL && seq::le(self.pool.meta(s).end, pos) {
-                s = self.pool.next(s);
-            }
-            if s == NIL {
-                break;
-            }
-            let sm = self.pool.meta(s);
-            if seq::gt(sm.seq, pos) {
-                break; // a gap: the secondary has not sent these bytes yet
-            }
-            let stop = seq::min(sm.end, m.end);
-            let n = stop.wrapping_sub(pos) as usize;
-            let pa = m.cmp_off as usize + pos.wrapping_sub(m.seq) as usize;
-            let sa = sm.cmp_off as usize + pos.wrapping_sub(sm.seq) as usize;
-            let sdata = self.pool.data(s);
-            match (pdata.get(pa..pa + n), sdata.get(sa..sa + n)) {
-                (Some(a), Some(b)) if a == b => {}
-                _ => return Resolve::Diverge(Reason::PayloadMismatch, s),
-            }
-            if first == NIL {
-                first = s;
-            }
-            pos = stop;
-        }
-        if pos != m.end {
-            return Resolve::Wait;
-        }
-        self.pool.meta_mut(id).state |= DATA_OK;
-        conn.tcp.record_match(start, m.end);
-        // Secondary segments wholly behind the frontier are consumed.
-        let frontier = conn.tcp.frontier;
-        while conn.sq.head != NIL && seq::le(self.pool.meta(conn.sq.head).end, frontier) {
-            let h = conn.sq.head;
-            self.free_node(conn, h, SecondaryFree::Matched);
-        }
-        if conn.tcp.n_ahead != 0 && first != NIL {
-            self.free_inside_ahead(conn, start, first);
-        }
-        Resolve::Done
-    }
-
-    /// Free the secondary segments wholly inside the matched range beyond the frontier that
-    /// holds `at` (they are never needed again: later primaries of those bytes count as
-    /// retransmissions). `near` is a queued segment used by that match; the segments inside
-    /// are contiguous around it (the queue is sorted, ends increasing), so this costs what it
-    /// frees. Without it they would fill the secondary queue while a hole stays open.
-    #[cold]
-    fn free_inside_ahead(&mut self, conn: &mut Conn, at: u32, near: u32) {
-        let Some((lo, hi)) = conn.tcp.ahead_range(at) else {
-            return;
-        };
-        let mut x = near;
-        while self.pool.prev(x) != NIL && seq::ge(self.pool.meta(self.pool.prev(x)).seq, lo) {
-            x = self.pool.prev(x);
-        }
-        while x != NIL && seq::lt(self.pool.meta(x).seq, lo) {
-            x = self.pool.next(x);
-        }
-        while x != NIL && seq::le(self.pool.meta(x).end, hi) {
-            let next = self.pool.next(x);
-            self.free_node(conn, x, SecondaryFree::Matched);
-            x = next;
-        }
-    }
-
-    // ---------------------------------------------------------------- datagrams / L3
-
-    #[inline]
-    fn dgram_primary(&mut self, conn: &mut Conn, pkt: B, m: Meta) {
-        if self.enqueue_primary(conn, pkt, m) {
-            self.pump_dgram(conn);
-        }
-    }
-
-    #[inline]
-    fn dgram_secondary(&mut self, conn: &mut Conn, pkt: B, m: Meta) {
-        if conn.diverged {
-            self.free(pkt, SecondaryFree::Dropped(DropReason::Diverged));
-            return;
-        }
-        if conn.sq.head == NIL && conn.pq.head != NIL {
-            // Fast path: nothing queued before it, so it pairs with the oldest primary.
-            let p = conn.pq.head;
-            if dgram_equal(self.pool.meta(p), self.pool.data(p), &m, pkt.data()).is_none() {
-                self.release_node(conn, p, Release::Matched);
-                self.free(pkt, SecondaryFree::Matched);
-                return;
-            }
-            // A mismatch goes through the queue so the event can show both packets.
-        }
-        let Some(pkt) = self.secondary_room(conn, pkt) else {
-            return;
-        };
-        let len = pkt.len();
-        match self.pool.alloc(pkt, m) {
-            Ok(id) => {
-                self.pool.push_back(&mut conn.sq, id);
-                self.sq_added(len);
-            }
-            Err(pkt) => {
-                self.free(pkt, SecondaryFree::Dropped(DropReason::Overflow));
-                return;
-            }
-        }
-        self.pump_dgram(conn);
-    }
-
-    /// Strict FIFO: the oldest primary against the oldest secondary.
-    fn pump_dgram(&mut self, conn: &mut Conn) {
-        while !conn.diverged && conn.pq.head != NIL && conn.sq.head != NIL {
-            let (p, s) = (conn.pq.head, conn.sq.head);
-            match dgram_equal(
-                self.pool.meta(p),
-                self.pool.data(p),
-                self.pool.meta(s),
-                self.pool.data(s),
-            ) {
-                None => {
-                    self.release_node(conn, p, Release::Matched);
-                    self.free_node(conn, s, SecondaryFree::Matched);
-                }
-                Some(reason) => {
-                    self.diverge(conn, Side::Primary, reason, None, p, s);
-                }
-            }
-        }
     }
 
     // ---------------------------------------------------------------- timers
@@ -1299,356 +594,6 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
     }
 }
 
-enum Resolve {
-    Done,
-    Wait,
-    Diverge(Reason, u32),
-}
-
-/// What a primary segment needs before its bytes are compared.
-enum Pre {
-    /// Nothing to compare: set these state bits.
-    Done(u8),
-    /// Cannot match.
-    Diverge(Reason),
-    /// Compare from this sequence number to the segment's end.
-    Compare(u32),
-}
-
-/// A SYN on a finished, drained connection starts a new incarnation: fresh compare state.
-/// With packets still queued the old state stays (they resolve by match, timeout or checkpoint).
-#[inline]
-fn restart_if_reused(conn: &mut Conn, m: &Meta) {
-    if m.flags & tcp_flags::SYN != 0 && conn.tcp.finished() && !conn.queued() {
-        conn.tcp = TcpState::default();
-    }
-}
-
-#[inline]
-fn precheck(t: &TcpState, m: &Meta) -> Pre {
-    if m.flags & tcp_flags::FIN != 0 {
-        if let Some(sf) = t.s_fin {
-            if sf != m.end {
-                return Pre::Diverge(Reason::LengthMismatch);
-            }
-        }
-    }
-    if m.seq == m.end {
-        return Pre::Done(DATA_OK);
-    }
-    if t.frontier_set && seq::le(m.end, t.frontier) {
-        return Pre::Done(DATA_OK | RETRANS);
-    }
-    if t.n_ahead != 0 && t.in_ahead(m.seq, m.end) {
-        // Compared already, beyond a hole: a retransmission too.
-        return Pre::Done(DATA_OK | RETRANS);
-    }
-    if let Some(sf) = t.s_fin {
-        if seq::lt(sf, m.end) {
-            // The secondary closed its stream before this data.
-            return Pre::Diverge(Reason::LengthMismatch);
-        }
-    }
-    Pre::Compare(if t.frontier_set && seq::lt(m.seq, t.frontier) {
-        t.frontier
-    } else {
-        m.seq
-    })
-}
-
-/// Whether a resolved primary TCP segment may go: control counterpart and ack gate.
-#[inline]
-fn tcp_ready(conn: &Conn, m: &Meta) -> bool {
-    if m.state & DATA_OK == 0 {
-        return false;
-    }
-    if m.state & RETRANS != 0 {
-        return true;
-    }
-    control_ok(conn, m) && gate_ok(conn, m)
-}
-
-fn tcp_ready_but_gate(conn: &Conn, m: &Meta) -> bool {
-    control_ok(conn, m) && !gate_ok(conn, m)
-}
-
-#[inline]
-fn control_ok(conn: &Conn, m: &Meta) -> bool {
-    let t = &conn.tcp;
-    let f = m.flags;
-    if f & tcp_flags::RST != 0 {
-        return t.s_rst;
-    }
-    if f & tcp_flags::SYN != 0 {
-        let ok = if f & tcp_flags::ACK != 0 {
-            t.s_synack
-        } else {
-            t.s_syn
-        };
-        if !ok {
-            return false;
-        }
-    }
-    if f & tcp_flags::FIN != 0 && t.s_fin != Some(m.end) {
-        return false;
-    }
-    if f & (tcp_flags::ACK | tcp_flags::SYN | tcp_flags::FIN) == 0 && m.seq == m.end {
-        // A bare zero-payload segment: wait for anything from the secondary.
-        return conn.s_pkts > 0;
-    }
-    true
-}
-
-/// Remember the ack of a primary segment released to the client.
-#[inline]
-fn note_released_ack(t: &mut TcpState, m: &Meta) {
-    if m.flags & tcp_flags::ACK != 0 && m.flags & tcp_flags::RST == 0 {
-        t.c_ack = if t.c_ack_valid {
-            seq::max(t.c_ack, m.ack)
-        } else {
-            m.ack
-        };
-        t.c_ack_valid = true;
-    }
-}
-
-/// The ack a gated primary may be released with now: the secondary's highest ack, for a
-/// compared plain data/ACK segment, when the secondary is missing client data (it repeated
-/// its ack) and its ack moves the client's forward.
-#[inline]
-fn ack_clamp(conn: &Conn, m: &Meta) -> Option<u32> {
-    let t = &conn.tcp;
-    let plain = m.flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0
-        && m.flags & tcp_flags::ACK != 0;
-    (plain
-        && t.s_behind
-        && m.state & DATA_OK != 0
-        && control_ok(conn, m)
-        && t.s_ack_valid
-        && seq::lt(t.s_ack, m.ack)
-        && (!t.c_ack_valid || seq::gt(t.s_ack, t.c_ack)))
-    .then_some(t.s_ack)
-}
-
-/// Where the TCP header of a frame starts, given where its payload starts, for the common
-/// shapes (Ethernet II, up to two VLAN tags, IPv4 with options, IPv6 without extension
-/// headers); None for anything else (the window is then left alone).
-#[inline]
-fn tcp_header_at(d: &[u8], payload: usize) -> Option<usize> {
-    let be16 = |at: usize| Some(u16::from_be_bytes([*d.get(at)?, *d.get(at + 1)?]));
-    let mut l3 = 14;
-    let mut ethertype = be16(12)?;
-    for _ in 0..2 {
-        if ethertype == 0x8100 || ethertype == 0x88a8 {
-            ethertype = be16(l3 + 2)?;
-            l3 += 4;
-        }
-    }
-    let l4 = match ethertype {
-        0x0800 => l3 + usize::from(d.get(l3)? & 0x0f) * 4,
-        0x86dd if *d.get(l3 + 6)? == 6 => l3 + 40,
-        _ => return None,
-    };
-    let hdr_len = usize::from(d.get(l4 + 12)? >> 4) * 4;
-    (hdr_len >= 20 && l4 + hdr_len == payload && d.len() >= payload).then_some(l4)
-}
-
-/// A TCP frame's raw window field.
-#[inline]
-fn tcp_window(d: &[u8], payload: usize) -> Option<u16> {
-    let l4 = tcp_header_at(d, payload)?;
-    Some(u16::from_be_bytes([d[l4 + 14], d[l4 + 15]]))
-}
-
-/// Lower a TCP frame's window field to `max` if it is larger (checksum kept valid, or left
-/// alone when partial). Both VMs scale windows alike (they are replicas), so raw values
-/// compare; with the released ack never ahead of the secondary's, the client's right edge
-/// then never passes the secondary's.
-#[inline]
-fn clamp_window<B: PacketBuf>(pkt: &mut B, payload: usize, max: u16) -> bool {
-    let Some(l4) = tcp_header_at(pkt.data(), payload) else {
-        return false;
-    };
-    let partial = pkt.l4_csum_partial();
-    let h = &mut pkt.data_mut()[l4..l4 + 20];
-    let w = u16::from_be_bytes([h[14], h[15]]);
-    if w <= max {
-        return false;
-    }
-    h[14..16].copy_from_slice(&max.to_be_bytes());
-    if !partial {
-        let cs = u16::from_be_bytes([h[16], h[17]]);
-        h[16..18].copy_from_slice(&crate::wire::checksum::update_u16(cs, w, max).to_be_bytes());
-    }
-    true
-}
-
-/// Rewrite a TCP frame's ack from `old` to `new`, keeping its checksum valid (or partial).
-fn set_ack<B: PacketBuf>(pkt: &mut B, old: u32, new: u32) {
-    let Ok(info) = crate::wire::parse(pkt.data()) else {
-        return;
-    };
-    let partial = pkt.l4_csum_partial();
-    let l4 = info.l4_off as usize;
-    let d = pkt.data_mut();
-    let Some(h) = d.get_mut(l4..l4 + 20) else {
-        return;
-    };
-    h[8..12].copy_from_slice(&new.to_be_bytes());
-    if !partial {
-        let cs = u16::from_be_bytes([h[16], h[17]]);
-        h[16..18].copy_from_slice(&crate::wire::checksum::update_u32(cs, old, new).to_be_bytes());
-    }
-}
-
-/// Ack gate: a segment's ack must not be ahead of the secondary's highest ack.
-#[inline]
-fn gate_ok(conn: &Conn, m: &Meta) -> bool {
-    let f = m.flags;
-    if f & tcp_flags::ACK == 0 || f & tcp_flags::RST != 0 {
-        return true;
-    }
-    conn.tcp.s_ack_valid && seq::le(m.ack, conn.tcp.s_ack)
-}
-
-/// `None` when equal, else why not.
-#[inline]
-fn dgram_equal(pm: &Meta, pd: &[u8], sm: &Meta, sd: &[u8]) -> Option<Reason> {
-    let a = pd
-        .get(pm.cmp_off as usize..pm.cmp_end as usize)
-        .unwrap_or(&[]);
-    let b = sd
-        .get(sm.cmp_off as usize..sm.cmp_end as usize)
-        .unwrap_or(&[]);
-    if pm.kind != sm.kind || a.len() != b.len() {
-        return Some(Reason::LengthMismatch);
-    }
-    let eq = if pm.kind == K_L3 && pm.ipver == sm.ipver {
-        l3_equal(a, b, pm.ipver)
-    } else {
-        a == b
-    };
-    if eq {
-        None
-    } else {
-        Some(Reason::PayloadMismatch)
-    }
-}
-
-/// Compare two L3 packets of equal length, ignoring the IP fields that legitimately differ
-/// between two VMs: IPv4 ID, TTL and header checksum; IPv6 traffic class, flow label and hop
-/// limit.
-fn l3_equal(a: &[u8], b: &[u8], ipver: u8) -> bool {
-    match ipver {
-        4 if a.len() >= 20 => {
-            a[0..4] == b[0..4] && a[6..8] == b[6..8] && a[9] == b[9] && a[12..] == b[12..]
-        }
-        6 if a.len() >= 40 => a[0] >> 4 == b[0] >> 4 && a[4..7] == b[4..7] && a[8..] == b[8..],
-        _ => a == b,
-    }
-}
-
-/// The common frame shape (untagged IPv4 without options, not a fragment, TCP) parsed
-/// straight into its flow key, [`FlowKey::hash64`] and compare metadata. Gives exactly what
-/// `parse` + `FlowKey::of` + `meta_of` give for such a frame (property-tested against them)
-/// without building a [`PacketInfo`]; `None` sends the frame down the general path.
-#[inline(always)]
-fn fast_tcp4(d: &[u8], now: u64, key: &mut FlowKey, m: &mut Meta) -> Option<u64> {
-    let h: &[u8; 54] = d.get(..54)?.try_into().ok()?;
-    if h[12] != 0x08 || h[13] != 0x00 || h[14] != 0x45 || h[23] != crate::wire::packet::IPPROTO_TCP
-    {
-        return None;
-    }
-    let total = usize::from(u16::from_be_bytes([h[16], h[17]]));
-    let l3_end = 14 + total;
-    // IP length covers a TCP header and lies inside the frame; not a fragment.
-    if total < 40 || l3_end > d.len() || u16::from_be_bytes([h[20], h[21]]) & 0x3fff != 0 {
-        return None;
-    }
-    let doff = usize::from(h[46] >> 4) * 4;
-    let payload_off = 34 + doff;
-    if doff < 20 || payload_off > l3_end {
-        return None;
-    }
-    let flags = h[47];
-    let (head, _) = h.split_first_chunk::<42>()?;
-    let hash = v4_ports_key(head, crate::wire::packet::IPPROTO_TCP, key);
-    let seq = u32::from_be_bytes([h[38], h[39], h[40], h[41]])
-        .wrapping_add(u32::from(flags & tcp_flags::SYN != 0));
-    let len = if flags & tcp_flags::RST != 0 {
-        0
-    } else {
-        (l3_end - payload_off) as u32
-    };
-    *m = Meta {
-        arrival: now,
-        seq,
-        end: seq.wrapping_add(len),
-        ack: u32::from_be_bytes([h[42], h[43], h[44], h[45]]),
-        cmp_off: payload_off as u32,
-        cmp_end: l3_end as u32,
-        flags,
-        kind: K_TCP,
-        ipver: 0,
-        state: 0,
-    };
-    Some(hash)
-}
-
-/// Untagged option-less IPv4 UDP, not a fragment: like [`fast_tcp4`] (same guarantee).
-#[inline(always)]
-fn fast_udp4(d: &[u8], now: u64, key: &mut FlowKey, m: &mut Meta) -> Option<u64> {
-    let h: &[u8; 42] = d.get(..42)?.try_into().ok()?;
-    if h[12] != 0x08 || h[13] != 0x00 || h[14] != 0x45 || h[23] != IPPROTO_UDP {
-        return None;
-    }
-    let total = usize::from(u16::from_be_bytes([h[16], h[17]]));
-    let l3_end = 14 + total;
-    // IP length covers a UDP header and lies inside the frame; not a fragment.
-    if total < 28 || l3_end > d.len() || u16::from_be_bytes([h[20], h[21]]) & 0x3fff != 0 {
-        return None;
-    }
-    // The UDP length must fit the IP payload (the parser rejects it otherwise).
-    let ulen = usize::from(u16::from_be_bytes([h[38], h[39]]));
-    if ulen < 8 || 34 + ulen > l3_end {
-        return None;
-    }
-    let hash = v4_ports_key(h, IPPROTO_UDP, key);
-    *m = Meta {
-        arrival: now,
-        cmp_off: 34,
-        cmp_end: l3_end as u32,
-        kind: K_DGRAM,
-        ..Meta::default()
-    };
-    Some(hash)
-}
-
-/// The key and hash of an option-less IPv4 header at 14 with ports at 34 (TCP or UDP).
-#[inline(always)]
-fn v4_ports_key(h: &[u8; 42], proto: u8, key: &mut FlowKey) -> u64 {
-    // Addresses as loaded (wire byte order in memory) and as numbers, for the key order.
-    let src = u32::from_le_bytes([h[26], h[27], h[28], h[29]]);
-    let dst = u32::from_le_bytes([h[30], h[31], h[32], h[33]]);
-    let sp = u16::from_be_bytes([h[34], h[35]]);
-    let dp = u16::from_be_bytes([h[36], h[37]]);
-    // (address, port) as one number: FlowKey::of's byte-wise order of the endpoints.
-    let a = u64::from(src.swap_bytes()) << 16 | u64::from(sp);
-    let b = u64::from(dst.swap_bytes()) << 16 | u64::from(dp);
-    let (lo, hi) = if a <= b { (src, dst) } else { (dst, src) };
-    let (plo, phi) = if a <= b { (sp, dp) } else { (dp, sp) };
-    let proto = u16::from(proto);
-    *key = FlowKey {
-        family: crate::flow::Family::V4,
-        proto_or_ethertype: proto,
-        addr_lo: u128::from(lo).to_le_bytes(),
-        addr_hi: u128::from(hi).to_le_bytes(),
-        port_lo: plo,
-        port_hi: phi,
-    };
-    FlowKey::hash64_v4(proto, lo.to_le_bytes(), hi.to_le_bytes(), plo, phi)
-}
-
 /// Start loading the frame's second cache line (bytes 64..128: most of a small segment's
 /// payload) now, so the miss overlaps the flow lookup instead of stalling the payload compare
 /// (a secondary's compare follows in this call; a primary's when its secondary arrives). A
@@ -1657,66 +602,6 @@ fn v4_ports_key(h: &[u8; 42], proto: u8, key: &mut FlowKey) -> u64 {
 #[inline(always)]
 fn touch_second_line(d: &[u8]) {
     std::hint::black_box(d.get(64).copied());
-}
-
-#[inline]
-fn kind_code(k: FlowKind) -> u8 {
-    match k {
-        FlowKind::Tcp => K_TCP,
-        FlowKind::Datagram => K_DGRAM,
-        FlowKind::L3 => K_L3,
-    }
-}
-
-#[inline]
-fn flow_kind(info: &PacketInfo) -> FlowKind {
-    if info.tcp.is_some() {
-        FlowKind::Tcp
-    } else if info.is_ip()
-        && !info.fragment
-        && matches!(info.ip_proto, IPPROTO_UDP | IPPROTO_ICMP | IPPROTO_ICMPV6)
-    {
-        FlowKind::Datagram
-    } else {
-        FlowKind::L3
-    }
-}
-
-#[inline]
-fn meta_of(info: &PacketInfo, kind: FlowKind, now: u64) -> Meta {
-    let mut m = Meta {
-        arrival: now,
-        kind: kind_code(kind),
-        cmp_end: info.l3_end,
-        ..Meta::default()
-    };
-    match kind {
-        FlowKind::Tcp => {
-            let t = info.tcp.unwrap_or_default();
-            let syn = u32::from(t.flags & tcp_flags::SYN != 0);
-            m.seq = t.seq.wrapping_add(syn);
-            // An RST's payload (diagnostic text) is not part of the stream.
-            let len = if t.flags & tcp_flags::RST != 0 {
-                0
-            } else {
-                info.payload_len() as u32
-            };
-            m.end = m.seq.wrapping_add(len);
-            m.ack = t.ack;
-            m.flags = t.flags;
-            m.cmp_off = info.payload_off() as u32;
-        }
-        FlowKind::Datagram => m.cmp_off = u32::from(info.l4_off),
-        FlowKind::L3 => {
-            m.cmp_off = u32::from(info.l3_off);
-            m.ipver = match info.l3 {
-                L3Kind::Ipv4 => 4,
-                L3Kind::Ipv6 => 6,
-                _ => 0,
-            };
-        }
-    }
-    m
 }
 
 impl<B: PacketBuf> Comparator<B> {
@@ -1876,7 +761,7 @@ impl<B: PacketBuf> Comparator<B> {
                 .cfg
                 .bypass
                 .iter()
-                .any(|r| super::bypass::matches(r, info))
+                .any(|r| crate::config::bypass::matches(r, info))
         {
             self.bypass(side, pkt, out);
             return;
@@ -2303,212 +1188,5 @@ impl<B: PacketBuf> Comparator<B> {
                 },
             )
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frontier_merges_out_of_order_matches_with_wraparound() {
-        let mut t = TcpState::default();
-        let b = u32::MAX - 10;
-        t.record_match(b, b.wrapping_add(5));
-        assert_eq!(t.frontier, b.wrapping_add(5));
-        t.record_match(b.wrapping_add(20), b.wrapping_add(30)); // ahead, across 2^32
-        t.record_match(b.wrapping_add(10), b.wrapping_add(20)); // ahead, adjacent: joined
-        assert_eq!(t.frontier, b.wrapping_add(5));
-        assert_eq!(t.n_ahead, 1);
-        assert_eq!(t.ahead[0], (b.wrapping_add(10), b.wrapping_add(30)));
-        assert!(t.in_ahead(b.wrapping_add(12), b.wrapping_add(30)));
-        assert!(!t.in_ahead(b.wrapping_add(9), b.wrapping_add(12)));
-        t.record_match(b.wrapping_add(5), b.wrapping_add(10)); // fills the gap
-        assert_eq!(t.frontier, b.wrapping_add(30));
-        assert_eq!(t.n_ahead, 0);
-    }
-
-    #[test]
-    fn ahead_ranges_merge_when_a_match_bridges_them() {
-        let mut t = TcpState::default();
-        t.record_match(0, 10);
-        t.record_match(20, 30);
-        t.record_match(40, 50);
-        t.record_match(60, 70);
-        assert_eq!(t.n_ahead, 3);
-        t.record_match(25, 45); // overlaps two ranges: one remains
-        assert_eq!(t.n_ahead, 2);
-        assert_eq!(t.ahead_range(44), Some((20, 50)));
-        assert_eq!(t.ahead_end(20), Some(50));
-        assert_eq!(t.ahead_range(50), None, "end is exclusive");
-        t.record_match(50, 60); // adjoins both sides
-        assert_eq!((t.n_ahead, t.ahead_range(20)), (1, Some((20, 70))));
-        t.record_match(10, 20);
-        assert_eq!((t.frontier, t.n_ahead), (70, 0));
-    }
-
-    #[test]
-    fn frontier_keeps_lowest_ahead_ranges_when_full() {
-        let mut t = TcpState::default();
-        t.record_match(0, 1);
-        for i in 0..AHEAD as u32 + 2 {
-            t.record_match(100 - 10 * i, 101 - 10 * i);
-        }
-        assert_eq!(t.n_ahead as usize, AHEAD);
-        assert!(t.ahead.iter().all(|a| a.0 <= 80), "{:?}", t.ahead);
-    }
-
-    #[test]
-    fn l3_equal_ignores_only_volatile_ip_fields() {
-        let mut a = vec![0x45, 0, 0, 24, 0, 1, 0x40, 0, 64, 47, 0x11, 0x22];
-        a.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 9]);
-        let mut b = a.clone();
-        b[4] = 0xff; // ID
-        b[8] = 1; // TTL
-        b[10] = 0; // checksum
-        assert!(l3_equal(&a, &b, 4));
-        b[9] = 6; // protocol is not volatile
-        assert!(!l3_equal(&a, &b, 4));
-        let mut c = a.clone();
-        c[20] = 0;
-        assert!(!l3_equal(&a, &c, 4));
-        assert!(!l3_equal(&a, &b, 0), "non-IP compares every byte");
-    }
-
-    fn meta_fields(m: &Meta) -> (u64, u32, u32, u32, u32, u32, u8, u8, u8, u8) {
-        (
-            m.arrival, m.seq, m.end, m.ack, m.cmp_off, m.cmp_end, m.flags, m.kind, m.ipver, m.state,
-        )
-    }
-
-    proptest::proptest! {
-        /// The fast path agrees with parse + FlowKey::of + hash64 + meta_of whenever it takes a
-        /// frame, and takes every valid untagged option-less IPv4 TCP frame.
-        #[test]
-        fn fast_tcp4_agrees_with_the_general_path(
-            src: [u8; 4], dst: [u8; 4], sp: u16, dp: u16, seq: u32, ack: u32, flags: u8,
-            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
-            opt_words in 0usize..3, pad in 0usize..8,
-            pokes in proptest::collection::vec((0usize..80, proptest::prelude::any::<u8>()), 0..3),
-        ) {
-            let mut f = Vec::new();
-            etherparse::PacketBuilder::ethernet2([1; 6], [2; 6])
-                .ipv4(src, dst, 64)
-                .tcp(sp, dp, seq, 1000)
-                .write(&mut f, &payload)
-                .unwrap();
-            f[42..46].copy_from_slice(&ack.to_be_bytes());
-            f[47] = flags;
-            // TCP options (NOPs) grow the header: patch data offset and IP length.
-            for _ in 0..opt_words * 4 {
-                f.insert(54, 1);
-            }
-            f[46] = ((5 + opt_words as u8) << 4) | (f[46] & 0x0f);
-            let total = (f.len() - 14) as u16;
-            f[16..18].copy_from_slice(&total.to_be_bytes());
-            f.extend(std::iter::repeat_n(0u8, pad)); // Ethernet padding
-            let clean = f.clone();
-            let general = |f: &[u8]| {
-                let info = parse(f).ok()?;
-                let key = FlowKey::of(&info, f);
-                let kind = flow_kind(&info);
-                (kind == FlowKind::Tcp).then(|| (key, key.hash64(), meta_of(&info, kind, 7)))
-            };
-            let fast4 = |f: &[u8]| {
-                let mut k = FlowKey::of(&PacketInfo::default(), &[]);
-                let mut m = Meta::default();
-                fast_tcp4(f, 7, &mut k, &mut m).map(|h| (k, h, m))
-            };
-            let fast = fast4(&clean);
-            proptest::prop_assert!(fast.is_some(), "valid frame not taken");
-            for (at, v) in pokes {
-                if at < f.len() {
-                    f[at] = v;
-                }
-            }
-            for frame in [&clean, &f] {
-                if let Some((k, h, m)) = fast4(frame) {
-                    let (gk, gh, gm) = general(frame).expect("fast path took a frame the parser rejects");
-                    proptest::prop_assert_eq!(k, gk);
-                    proptest::prop_assert_eq!(h, gh);
-                    proptest::prop_assert_eq!(meta_fields(&m), meta_fields(&gm));
-                }
-            }
-        }
-    }
-
-    proptest::proptest! {
-        /// Same for UDP: agrees with the general path whenever it takes a frame, and takes
-        /// every valid untagged option-less IPv4 UDP frame.
-        #[test]
-        fn fast_udp4_agrees_with_the_general_path(
-            src: [u8; 4], dst: [u8; 4], sp: u16, dp: u16,
-            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
-            pad in 0usize..8,
-            pokes in proptest::collection::vec((0usize..60, proptest::prelude::any::<u8>()), 0..3),
-        ) {
-            let mut f = Vec::new();
-            etherparse::PacketBuilder::ethernet2([1; 6], [2; 6])
-                .ipv4(src, dst, 64)
-                .udp(sp, dp)
-                .write(&mut f, &payload)
-                .unwrap();
-            f.extend(std::iter::repeat_n(0u8, pad)); // Ethernet padding
-            let clean = f.clone();
-            let general = |f: &[u8]| {
-                let info = parse(f).ok()?;
-                let key = FlowKey::of(&info, f);
-                let kind = flow_kind(&info);
-                (kind == FlowKind::Datagram).then(|| (key, key.hash64(), meta_of(&info, kind, 7)))
-            };
-            let fast4 = |f: &[u8]| {
-                let mut k = FlowKey::of(&PacketInfo::default(), &[]);
-                let mut m = Meta::default();
-                fast_udp4(f, 7, &mut k, &mut m).map(|h| (k, h, m))
-            };
-            proptest::prop_assert!(fast4(&clean).is_some(), "valid frame not taken");
-            for (at, v) in pokes {
-                if at < f.len() {
-                    f[at] = v;
-                }
-            }
-            for frame in [&clean, &f] {
-                if let Some((k, h, m)) = fast4(frame) {
-                    let (gk, gh, gm) = general(frame).expect("fast path took a frame the parser rejects");
-                    proptest::prop_assert_eq!(k, gk);
-                    proptest::prop_assert_eq!(h, gh);
-                    proptest::prop_assert_eq!(meta_fields(&m), meta_fields(&gm));
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn gate_and_control_rules() {
-        let mut c = Conn::new(FlowKind::Tcp);
-        let m = Meta {
-            seq: 10,
-            end: 10,
-            ack: 50,
-            flags: tcp_flags::ACK,
-            state: DATA_OK,
-            ..Meta::default()
-        };
-        assert!(!tcp_ready(&c, &m), "no secondary ack yet");
-        c.tcp.s_ack = 49;
-        c.tcp.s_ack_valid = true;
-        assert!(!tcp_ready(&c, &m));
-        c.tcp.s_ack = 50;
-        assert!(tcp_ready(&c, &m));
-        let rst = Meta {
-            flags: tcp_flags::RST | tcp_flags::ACK,
-            ack: 9999,
-            ..m
-        };
-        assert!(!tcp_ready(&c, &rst));
-        c.tcp.s_rst = true;
-        assert!(tcp_ready(&c, &rst), "an RST ignores the ack gate");
-        let undecided = Meta { state: 0, ..m };
-        assert!(!tcp_ready(&c, &undecided));
     }
 }

@@ -123,17 +123,23 @@
 //! - ICMP errors quote the offending IP header (with its ID), so they mismatch between VMs,
 //!   as in QEMU.
 
-mod bypass;
+mod datagram;
 mod engine;
+mod meta;
 mod pool;
+mod tcp;
 
-pub use bypass::Bypass;
+/// A bypass rule: the config's validated `[[compare.bypass]]` rule, matched by
+/// [`crate::config::bypass::matches`] (one rule type, one matcher).
+pub use crate::config::BypassRule as Bypass;
 pub use engine::{Comparator, SCAN_PER_TICK};
 
 use crate::flow::FlowKey;
 use crate::wire::ParseError;
 
-/// Which VM produced a packet.
+/// Primary or secondary of the COLO pair: which VM produced a packet, and which host a link
+/// endpoint runs on (`link::Side` is this type). The crate's one `Side`; management events
+/// use [`crate::control::EventSide`], which adds "both".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Side {
     /// The primary VM (its packets go to the client).
@@ -216,13 +222,6 @@ impl PrimaryDrop {
             PrimaryDrop::PoolEmpty => "pool_empty",
             PrimaryDrop::Shutdown => "shutdown",
         }
-    }
-}
-
-impl Release {
-    /// True when the packet was compared and found equal (or was compared data).
-    pub fn is_compared(self) -> bool {
-        matches!(self, Release::Matched | Release::Retransmit)
     }
 }
 
@@ -551,15 +550,6 @@ impl CompareCounters {
         self.rel_uncomparable + self.rel_timeout + self.rel_flush
     }
 
-    /// Primary drops for `why`.
-    pub fn drops_for(&self, why: PrimaryDrop) -> u64 {
-        match why {
-            PrimaryDrop::QueueFull => self.drop_queue_full,
-            PrimaryDrop::PoolEmpty => self.drop_pool_empty,
-            PrimaryDrop::Shutdown => self.drop_shutdown,
-        }
-    }
-
     /// Sum of secondary terminal counters.
     pub fn secondary_out(&self) -> u64 {
         self.sec_matched
@@ -580,11 +570,6 @@ impl CompareCounters {
     pub fn balanced(&self) -> bool {
         self.primary_in == self.primary_out() + self.queued_primary
             && self.secondary_in == self.secondary_out() + self.queued_secondary
-    }
-
-    /// Events raised for `r`.
-    pub fn events_for(&self, r: Reason) -> u64 {
-        self.events[r as usize]
     }
 
     /// All events raised.

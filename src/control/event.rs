@@ -7,10 +7,12 @@ use serde::{Deserialize, Serialize};
 /// its totals ten times a second rather than once per lost frame.
 pub const LINK_SEQUENCE_PERIOD_NS: u64 = 100_000_000;
 
-/// Which VM's output a divergence concerns.
+/// Which packets an event concerns: one VM's ([`crate::compare::Side`]) or both (a content
+/// mismatch). Not a [`crate::compare::Side`]: it has a third value and is part of the JSON
+/// event format.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "kebab-case")]
-pub enum Side {
+pub enum EventSide {
     /// The primary VM's packet.
     Primary,
     /// The secondary VM's packet.
@@ -30,7 +32,7 @@ pub enum Event {
         /// Why (compare's reason name, e.g. `payload`, `timeout`, `queue-full`).
         reason: String,
         /// Which side's packet(s) it concerns.
-        side: Side,
+        side: EventSide,
         /// TCP sequence range `[start, end)` concerned, when known.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         seq_range: Option<(u32, u32)>,
@@ -166,11 +168,11 @@ pub enum Event {
     },
 }
 
-impl From<crate::compare::Side> for Side {
-    fn from(s: crate::compare::Side) -> Side {
+impl From<crate::compare::Side> for EventSide {
+    fn from(s: crate::compare::Side) -> EventSide {
         match s {
-            crate::compare::Side::Primary => Side::Primary,
-            crate::compare::Side::Secondary => Side::Secondary,
+            crate::compare::Side::Primary => EventSide::Primary,
+            crate::compare::Side::Secondary => EventSide::Secondary,
         }
     }
 }
@@ -222,7 +224,7 @@ mod tests {
         let e = Event::Divergence {
             flow: "tcp 10.0.0.1:80 <-> 10.0.0.2:5000".into(),
             reason: "payload".into(),
-            side: Side::Both,
+            side: EventSide::Both,
             seq_range: Some((100, 200)),
             time_ns: 7,
         };
@@ -281,7 +283,7 @@ mod compare_tests {
             Event::Divergence {
                 flow: key.to_string(),
                 reason: "payload_mismatch".into(),
-                side: Side::Secondary,
+                side: EventSide::Secondary,
                 seq_range: Some((5, 10)),
                 time_ns: 99,
             }

@@ -6,6 +6,7 @@
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use crate::wire::fast::V4Ports;
 use crate::wire::packet::{
     L3Kind, PacketInfo, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
 };
@@ -130,6 +131,31 @@ impl FlowKey {
             u64::from(u32::from_le_bytes(hi)),
             0,
         )
+    }
+
+    /// Write the key of an IPv4 TCP/UDP flow given by the fast parser's parts into `self`
+    /// and return its [`Self::hash64`]: the same as [`FlowKey::of`] + `hash64` of that frame.
+    #[inline(always)]
+    pub fn set_v4_ports(&mut self, proto: u8, p: &V4Ports) -> u64 {
+        // Addresses as loaded (wire byte order in memory) and as numbers, for the key order.
+        let src = u32::from_le_bytes(p.src);
+        let dst = u32::from_le_bytes(p.dst);
+        let (sp, dp) = (p.src_port, p.dst_port);
+        // (address, port) as one number: FlowKey::of's byte-wise order of the endpoints.
+        let a = u64::from(src.swap_bytes()) << 16 | u64::from(sp);
+        let b = u64::from(dst.swap_bytes()) << 16 | u64::from(dp);
+        let (lo, hi) = if a <= b { (src, dst) } else { (dst, src) };
+        let (plo, phi) = if a <= b { (sp, dp) } else { (dp, sp) };
+        let proto = u16::from(proto);
+        *self = FlowKey {
+            family: Family::V4,
+            proto_or_ethertype: proto,
+            addr_lo: u128::from(lo).to_le_bytes(),
+            addr_hi: u128::from(hi).to_le_bytes(),
+            port_lo: plo,
+            port_hi: phi,
+        };
+        FlowKey::hash64_v4(proto, lo.to_le_bytes(), hi.to_le_bytes(), plo, phi)
     }
 
     #[inline]

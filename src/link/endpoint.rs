@@ -9,14 +9,9 @@ use std::io;
 
 use super::socket::{FramedSocket, SendError, SocketConfig, SocketStats};
 
-/// Which host this endpoint runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// Sends the mirror stream, receives the secondary output.
-    Primary,
-    /// Receives the mirror stream, sends the secondary output.
-    Secondary,
-}
+/// Which host this endpoint runs on: the primary's (sends the mirror stream, receives the
+/// secondary output) or the secondary's (the reverse). The COLO pair's one `Side`.
+pub use crate::compare::Side;
 
 /// Configuration of both streams.
 #[derive(Debug, Clone)]

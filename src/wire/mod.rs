@@ -5,6 +5,8 @@
 //! out of bounds.
 
 pub mod checksum;
+pub mod fast;
+pub mod field;
 pub mod packet;
 pub mod runt;
 pub mod seq;

@@ -10,8 +10,10 @@
 
 use std::fmt;
 
+use super::field::{arp, at, eth, icmp, ipv4, ipv6, tcp, udp, vlan};
+
 /// Ethernet header length without tags.
-pub const ETH_HLEN: usize = 14;
+pub const ETH_HLEN: usize = eth::HLEN;
 /// EtherType of IPv4.
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
 /// EtherType of IPv6.
@@ -188,12 +190,6 @@ impl PacketInfo {
         matches!(self.l3, L3Kind::Ipv4 | L3Kind::Ipv6)
     }
 
-    /// True when a TCP header was parsed.
-    #[inline]
-    pub fn is_tcp(&self) -> bool {
-        self.tcp.is_some()
-    }
-
     /// Offset of the transport payload.
     #[inline]
     pub fn payload_off(&self) -> usize {
@@ -249,13 +245,13 @@ pub fn parse(frame: &[u8]) -> Result<PacketInfo, ParseError> {
     if frame.len() < ETH_HLEN {
         return Err(ParseError::Truncated(Layer::Ethernet));
     }
-    let mut off = 12;
+    let mut off = eth::ETHERTYPE.start;
     let mut ethertype = be16(frame, off);
     while ethertype == ETHERTYPE_VLAN || ethertype == ETHERTYPE_QINQ {
         if info.vlan_tags == MAX_VLAN_TAGS {
             return Err(ParseError::TooManyVlanTags);
         }
-        off += 4;
+        off += vlan::LEN;
         if frame.len() < off + 2 {
             return Err(ParseError::Truncated(Layer::Ethernet));
         }
@@ -275,8 +271,8 @@ pub fn parse(frame: &[u8]) -> Result<PacketInfo, ParseError> {
             if frame.len() < l3_off + 8 {
                 return Err(ParseError::Truncated(Layer::Arp));
             }
-            let hlen = frame[l3_off + 4] as usize;
-            let plen = frame[l3_off + 5] as usize;
+            let hlen = frame[l3_off + arp::HLEN] as usize;
+            let plen = frame[l3_off + arp::PLEN] as usize;
             let arp_len = 8 + 2 * (hlen + plen);
             if frame.len() < l3_off + arp_len {
                 return Err(ParseError::Truncated(Layer::Arp));
@@ -292,28 +288,28 @@ pub fn parse(frame: &[u8]) -> Result<PacketInfo, ParseError> {
 #[inline]
 fn parse_ipv4(frame: &[u8], l3: usize, info: &mut PacketInfo) -> Result<(), ParseError> {
     info.l3 = L3Kind::Ipv4;
-    if frame.len() < l3 + 20 {
+    if frame.len() < l3 + ipv4::MIN_HLEN {
         return Err(ParseError::Truncated(Layer::Ipv4));
     }
-    let ver_ihl = frame[l3];
+    let ver_ihl = frame[l3 + ipv4::VER_IHL];
     let ihl = usize::from(ver_ihl & 0x0f) * 4;
-    if ver_ihl >> 4 != 4 || ihl < 20 {
+    if ver_ihl >> 4 != 4 || ihl < ipv4::MIN_HLEN {
         return Err(ParseError::BadIpHeader(Layer::Ipv4));
     }
     if frame.len() < l3 + ihl {
         return Err(ParseError::Truncated(Layer::Ipv4));
     }
-    let total = usize::from(be16(frame, l3 + 2));
+    let total = usize::from(be16(frame, l3 + ipv4::LENGTH.start));
     if total < ihl || l3 + total > frame.len() {
         return Err(ParseError::BadIpLength(Layer::Ipv4));
     }
     info.l3_hdr_len = ihl as u16;
     info.l3_end = (l3 + total) as u32;
-    info.ip_proto = frame[l3 + 9];
-    info.src_ip[..4].copy_from_slice(&frame[l3 + 12..l3 + 16]);
-    info.dst_ip[..4].copy_from_slice(&frame[l3 + 16..l3 + 20]);
-    let frag = be16(frame, l3 + 6);
-    info.fragment = frag & 0x3fff != 0; // MF set or non-zero offset
+    info.ip_proto = frame[l3 + ipv4::PROTOCOL];
+    info.src_ip[..4].copy_from_slice(&frame[at(l3, ipv4::SRC_ADDR)]);
+    info.dst_ip[..4].copy_from_slice(&frame[at(l3, ipv4::DST_ADDR)]);
+    let frag = be16(frame, l3 + ipv4::FLG_OFF.start);
+    info.fragment = frag & ipv4::FRAGMENT_MASK != 0; // MF set or non-zero offset
     info.l4_off = (l3 + ihl) as u16;
     if info.fragment {
         return Ok(());
@@ -323,22 +319,22 @@ fn parse_ipv4(frame: &[u8], l3: usize, info: &mut PacketInfo) -> Result<(), Pars
 
 fn parse_ipv6(frame: &[u8], l3: usize, info: &mut PacketInfo) -> Result<(), ParseError> {
     info.l3 = L3Kind::Ipv6;
-    if frame.len() < l3 + 40 {
+    if frame.len() < l3 + ipv6::HLEN {
         return Err(ParseError::Truncated(Layer::Ipv6));
     }
-    if frame[l3] >> 4 != 6 {
+    if frame[l3 + ipv6::VER_TC_FLOW.start] >> 4 != 6 {
         return Err(ParseError::BadIpHeader(Layer::Ipv6));
     }
-    let payload_len = usize::from(be16(frame, l3 + 4));
-    let end = l3 + 40 + payload_len;
+    let payload_len = usize::from(be16(frame, l3 + ipv6::PAYLOAD_LEN.start));
+    let end = l3 + ipv6::HLEN + payload_len;
     if end > frame.len() {
         return Err(ParseError::BadIpLength(Layer::Ipv6));
     }
     info.l3_end = end as u32;
-    info.src_ip.copy_from_slice(&frame[l3 + 8..l3 + 24]);
-    info.dst_ip.copy_from_slice(&frame[l3 + 24..l3 + 40]);
-    let mut next = frame[l3 + 6];
-    let mut off = l3 + 40;
+    info.src_ip.copy_from_slice(&frame[at(l3, ipv6::SRC_ADDR)]);
+    info.dst_ip.copy_from_slice(&frame[at(l3, ipv6::DST_ADDR)]);
+    let mut next = frame[l3 + ipv6::NEXT_HEADER];
+    let mut off = l3 + ipv6::HLEN;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next {
             // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
@@ -395,42 +391,42 @@ fn parse_l4(frame: &[u8], info: &mut PacketInfo) -> Result<(), ParseError> {
     let end = info.l3_end as usize;
     match info.ip_proto {
         IPPROTO_TCP => {
-            if l4 + 20 > end {
+            if l4 + tcp::MIN_HLEN > end {
                 return Err(ParseError::Truncated(Layer::Tcp));
             }
-            let doff = usize::from(frame[l4 + 12] >> 4) * 4;
-            if doff < 20 || l4 + doff > end {
+            let doff = usize::from(frame[l4 + tcp::DATA_OFF] >> 4) * 4;
+            if doff < tcp::MIN_HLEN || l4 + doff > end {
                 return Err(ParseError::BadTcpDataOffset);
             }
             info.l4_hdr_len = doff as u16;
-            info.src_port = be16(frame, l4);
-            info.dst_port = be16(frame, l4 + 2);
+            info.src_port = be16(frame, l4 + tcp::SRC_PORT.start);
+            info.dst_port = be16(frame, l4 + tcp::DST_PORT.start);
             info.tcp = Some(TcpInfo {
-                seq: be32(frame, l4 + 4),
-                ack: be32(frame, l4 + 8),
-                flags: frame[l4 + 13],
-                window: be16(frame, l4 + 14),
+                seq: be32(frame, l4 + tcp::SEQ.start),
+                ack: be32(frame, l4 + tcp::ACK.start),
+                flags: frame[l4 + tcp::FLAGS],
+                window: be16(frame, l4 + tcp::WINDOW.start),
             });
         }
         IPPROTO_UDP => {
-            if l4 + 8 > end {
+            if l4 + udp::HLEN > end {
                 return Err(ParseError::Truncated(Layer::Udp));
             }
-            let ulen = usize::from(be16(frame, l4 + 4));
+            let ulen = usize::from(be16(frame, l4 + udp::LENGTH.start));
             // A UDP length longer than the IP payload, or shorter than its header, is a lie.
-            if ulen < 8 || l4 + ulen > end {
+            if ulen < udp::HLEN || l4 + ulen > end {
                 return Err(ParseError::BadUdpLength);
             }
-            info.l4_hdr_len = 8;
-            info.src_port = be16(frame, l4);
-            info.dst_port = be16(frame, l4 + 2);
+            info.l4_hdr_len = udp::HLEN as u16;
+            info.src_port = be16(frame, l4 + udp::SRC_PORT.start);
+            info.dst_port = be16(frame, l4 + udp::DST_PORT.start);
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             if l4 + 4 > end {
                 return Err(ParseError::Truncated(Layer::Icmp));
             }
-            info.icmp_type = frame[l4];
-            info.icmp_code = frame[l4 + 1];
+            info.icmp_type = frame[l4 + icmp::TYPE];
+            info.icmp_code = frame[l4 + icmp::CODE];
             let echo = if info.ip_proto == IPPROTO_ICMP {
                 matches!(info.icmp_type, 0 | 8)
             } else {
@@ -440,7 +436,7 @@ fn parse_l4(frame: &[u8], info: &mut PacketInfo) -> Result<(), ParseError> {
                 if l4 + 8 > end {
                     return Err(ParseError::Truncated(Layer::Icmp));
                 }
-                info.icmp_echo_id = be16(frame, l4 + 4);
+                info.icmp_echo_id = be16(frame, l4 + icmp::ECHO_ID.start);
                 info.l4_hdr_len = 8;
             } else {
                 info.l4_hdr_len = 4;
