@@ -219,46 +219,28 @@ pub fn default_eal_args() -> Vec<String> {
 /// PVM port is not paused under back-pressure (the simulated guest does not retransmit what
 /// its wire refuses; the lag is still measured and shown).
 pub fn configs(lcore: u32, shards: usize) -> Result<(Config, Config), String> {
-    let eal = format!("args = [\"--lcores\", \"0@0,{lcore}@1\"]");
+    // Both: EAL as the demo started it, the link a wire between the two, lcore 0 main.
+    let config = |role: &str, ports: &str, rest: &str| {
+        format!(
+            "role = \"{role}\"\n[eal]\nargs = [\"--lcores\", \"0@0,{lcore}@1\"]\n{ports}\
+             [ports.link]\nwire = \"link\"\n[link]\nkind = \"port\"\n[lcores]\nmain = 0\n{rest}"
+        )
+    };
     let compare = vec![lcore.to_string(); shards].join(", ");
-    let primary = format!(
-        r#"role = "primary"
-[eal]
-{eal}
-[ports.nic]
-wire = "client"
-tx_queues = {shards}
-[ports.pvm]
-wire = "pvm"
-[ports.link]
-wire = "link"
-[link]
-kind = "port"
-[lcores]
-main = 0
-mirror = {lcore}
-redirector = {lcore}
-compare = [{compare}]
-[compare]
-shards = {shards}
-[backpressure]
-enabled = false
-"#
+    let primary = config(
+        "primary",
+        &format!(
+            "[ports.nic]\nwire = \"client\"\ntx_queues = {shards}\n[ports.pvm]\nwire = \"pvm\"\n"
+        ),
+        &format!(
+            "mirror = {lcore}\nredirector = {lcore}\ncompare = [{compare}]\n\
+             [compare]\nshards = {shards}\n[backpressure]\nenabled = false\n"
+        ),
     );
-    let secondary = format!(
-        r#"role = "secondary"
-[eal]
-{eal}
-[ports.svm]
-wire = "svm"
-[ports.link]
-wire = "link"
-[link]
-kind = "port"
-[lcores]
-main = 0
-rewriter = {lcore}
-"#
+    let secondary = config(
+        "secondary",
+        "[ports.svm]\nwire = \"svm\"\n",
+        &format!("rewriter = {lcore}\n"),
     );
     let load = |what: &str, text: &str| {
         Config::from_toml_str(text)

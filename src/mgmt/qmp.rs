@@ -283,10 +283,7 @@ impl CheckpointSink for QmpSink {
             self.lost(why, now_ns, out);
             return;
         }
-        let Some(conn) = self.conn.as_mut() else {
-            return;
-        };
-        if let Err(e) = conn.flush_from(&mut self.wbuf) {
+        if let Some(Err(e)) = self.conn.as_mut().map(|c| c.flush_from(&mut self.wbuf)) {
             self.lost(e, now_ns, out);
         }
     }

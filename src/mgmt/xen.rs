@@ -371,10 +371,7 @@ impl CheckpointSink for XenSink {
         // looked at.
         self.read_current(now_ns, out);
         self.connect_or_accept(now_ns, out);
-        let Some(conn) = self.conn.as_mut() else {
-            return;
-        };
-        if let Err(e) = conn.flush_from(&mut self.wbuf) {
+        if let Some(Err(e)) = self.conn.as_mut().map(|c| c.flush_from(&mut self.wbuf)) {
             self.drop_conn(e, out, now_ns);
         }
     }
