@@ -754,18 +754,11 @@ impl DropIn {
             &[],
             s.held_max as f64,
         );
-        if let Ok(serde_json::Value::Object(c)) = serde_json::to_value(self.compare_counters()) {
-            for (k, v) in c {
-                if let Some(v) = v.as_u64() {
-                    x.counter_int(
-                        &format!("colo_proxy_compare_{k}"),
-                        "Compare engine counter (the drop-in's engine).",
-                        &[],
-                        v,
-                    );
-                }
-            }
-        }
+        x.counters_of(
+            &serde_json::to_value(self.compare_counters()).unwrap_or_default(),
+            "colo_proxy_compare_",
+            "Compare engine counter (the drop-in's engine).",
+        );
         endpoint.families(&mut x);
         x.encode()
     }

@@ -179,6 +179,25 @@ impl Exposition {
         );
     }
 
+    /// One integral counter per numeric member of `obj`, named `{prefix}{member}` (no labels).
+    pub fn counters_of(&mut self, obj: &Value, prefix: &str, help: &str) {
+        for (k, v) in obj.as_object().into_iter().flatten() {
+            if let Some(v) = v.as_u64() {
+                self.counter_int(&format!("{prefix}{k}"), help, &[], v);
+            }
+        }
+    }
+
+    /// The integral counters `table` names: `(member of obj, metric name, help)`; members that
+    /// are missing or not numbers are left out.
+    pub fn counters_named(&mut self, obj: &Value, table: &[(&str, &str, &str)]) {
+        for &(field, name, help) in table {
+            if let Some(v) = obj[field].as_u64() {
+                self.counter_int(name, help, &[], v);
+            }
+        }
+    }
+
     /// A gauge sample.
     pub fn gauge(&mut self, name: &str, help: &str, labels: Labels, v: f64) {
         self.push(name, help, MetricType::Gauge, labels, Sample::Gauge(v));
@@ -440,47 +459,46 @@ fn mgmt_families(x: &mut Exposition, m: &Value) {
         );
     }
     let c = &m["checkpoint"];
-    for (field, name, help) in [
-        (
-            "requested",
-            "colo_proxy_checkpoint_requests",
-            "Checkpoint requests (divergences, manual requests).",
-        ),
-        (
-            "coalesced",
-            "colo_proxy_checkpoint_requests_coalesced",
-            "Requests merged into the outstanding one.",
-        ),
-        (
-            "issued",
-            "colo_proxy_checkpoint_requests_issued",
-            "Requests handed to the sinks (first sends).",
-        ),
-        (
-            "resent",
-            "colo_proxy_checkpoint_requests_resent",
-            "Outstanding requests sent again.",
-        ),
-        (
-            "completed",
-            "colo_proxy_checkpoints_completed",
-            "Checkpoints completed (every stage applied it).",
-        ),
-        (
-            "completed_unrequested",
-            "colo_proxy_checkpoints_completed_unrequested",
-            "Completions with nothing outstanding (periodic checkpoints).",
-        ),
-        (
-            "complete_failed",
-            "colo_proxy_checkpoint_complete_failures",
-            "Completions the data plane failed to apply.",
-        ),
-    ] {
-        if let Some(v) = c[field].as_u64() {
-            x.counter_int(name, help, &[], v);
-        }
-    }
+    x.counters_named(
+        &c,
+        &[
+            (
+                "requested",
+                "colo_proxy_checkpoint_requests",
+                "Checkpoint requests (divergences, manual requests).",
+            ),
+            (
+                "coalesced",
+                "colo_proxy_checkpoint_requests_coalesced",
+                "Requests merged into the outstanding one.",
+            ),
+            (
+                "issued",
+                "colo_proxy_checkpoint_requests_issued",
+                "Requests handed to the sinks (first sends).",
+            ),
+            (
+                "resent",
+                "colo_proxy_checkpoint_requests_resent",
+                "Outstanding requests sent again.",
+            ),
+            (
+                "completed",
+                "colo_proxy_checkpoints_completed",
+                "Checkpoints completed (every stage applied it).",
+            ),
+            (
+                "completed_unrequested",
+                "colo_proxy_checkpoints_completed_unrequested",
+                "Completions with nothing outstanding (periodic checkpoints).",
+            ),
+            (
+                "complete_failed",
+                "colo_proxy_checkpoint_complete_failures",
+                "Completions the data plane failed to apply.",
+            ),
+        ],
+    );
     if let Some(b) = c["outstanding"].as_bool() {
         x.gauge(
             "colo_proxy_checkpoint_outstanding",
@@ -545,18 +563,11 @@ fn mgmt_families(x: &mut Exposition, m: &Value) {
             }
         }
     }
-    if let Some(o) = m["capture"].as_object() {
-        for (k, v) in o {
-            if let Some(v) = v.as_u64() {
-                x.counter_int(
-                    &format!("colo_proxy_capture_{k}"),
-                    "Divergence capture counter (ctl stats mgmt.capture).",
-                    &[],
-                    v,
-                );
-            }
-        }
-    }
+    x.counters_of(
+        &m["capture"],
+        "colo_proxy_capture_",
+        "Divergence capture counter (ctl stats mgmt.capture).",
+    );
     if let Some(b) = m["capture_on"].as_bool() {
         x.gauge(
             "colo_proxy_capture_enabled",
@@ -565,28 +576,27 @@ fn mgmt_families(x: &mut Exposition, m: &Value) {
             f64::from(u8::from(b)),
         );
     }
-    for (field, name, help) in [
-        ("failovers", "colo_proxy_failovers", "Failovers performed."),
-        (
-            "link_silent",
-            "colo_proxy_link_silent",
-            "Times the link peer went silent (heartbeat timeout).",
-        ),
-        (
-            "inputs",
-            "colo_proxy_mgmt_inputs",
-            "Events from the data plane processed by management.",
-        ),
-        (
-            "inputs_dropped",
-            "colo_proxy_mgmt_inputs_dropped",
-            "Events from the data plane lost because management's queue was full.",
-        ),
-    ] {
-        if let Some(v) = m[field].as_u64() {
-            x.counter_int(name, help, &[], v);
-        }
-    }
+    x.counters_named(
+        &m,
+        &[
+            ("failovers", "colo_proxy_failovers", "Failovers performed."),
+            (
+                "link_silent",
+                "colo_proxy_link_silent",
+                "Times the link peer went silent (heartbeat timeout).",
+            ),
+            (
+                "inputs",
+                "colo_proxy_mgmt_inputs",
+                "Events from the data plane processed by management.",
+            ),
+            (
+                "inputs_dropped",
+                "colo_proxy_mgmt_inputs_dropped",
+                "Events from the data plane lost because management's queue was full.",
+            ),
+        ],
+    );
     if let Some(v) = num(&m["failover"]["gap_ns"]) {
         x.gauge(
             "colo_proxy_failover_gap_seconds",
