@@ -2,6 +2,7 @@
 //! See the module docs of [`crate::compare`] for what is compared and ignored.
 
 use crate::buf::PacketBuf;
+use crate::wire::field::{ipv4, ipv6};
 
 use super::engine::{Conn, Ctx};
 use super::meta::K_L3;
@@ -100,10 +101,21 @@ fn dgram_equal(pm: &Meta, pd: &[u8], sm: &Meta, sd: &[u8]) -> Option<Reason> {
 /// limit.
 fn l3_equal(a: &[u8], b: &[u8], ipver: u8) -> bool {
     match ipver {
-        4 if a.len() >= 20 => {
-            a[0..4] == b[0..4] && a[6..8] == b[6..8] && a[9] == b[9] && a[12..] == b[12..]
+        // Skipped: IDENT, TTL, CHECKSUM.
+        4 if a.len() >= ipv4::MIN_HLEN => {
+            a[..ipv4::IDENT.start] == b[..ipv4::IDENT.start]
+                && a[ipv4::FLG_OFF] == b[ipv4::FLG_OFF]
+                && a[ipv4::PROTOCOL] == b[ipv4::PROTOCOL]
+                && a[ipv4::SRC_ADDR.start..] == b[ipv4::SRC_ADDR.start..]
         }
-        6 if a.len() >= 40 => a[0] >> 4 == b[0] >> 4 && a[4..7] == b[4..7] && a[8..] == b[8..],
+        // Skipped: traffic class and flow label (after the version nibble), HOP_LIMIT.
+        6 if a.len() >= ipv6::HLEN => {
+            let v = ipv6::VER_TC_FLOW.start;
+            a[v] >> 4 == b[v] >> 4
+                && a[ipv6::PAYLOAD_LEN.start..ipv6::HOP_LIMIT]
+                    == b[ipv6::PAYLOAD_LEN.start..ipv6::HOP_LIMIT]
+                && a[ipv6::SRC_ADDR.start..] == b[ipv6::SRC_ADDR.start..]
+        }
         _ => a == b,
     }
 }

@@ -2,7 +2,14 @@
 //! secondary VM produced the same output, and releases, holds, or asks for a checkpoint.
 //!
 //! Pure (no DPDK, no locks, no clock reads, no allocation after [`Comparator::new`]). One
-//! [`Comparator`] per compare shard owns that shard's connection table outright.
+//! [`Comparator`] per compare shard owns that shard's connection table outright. Depends only
+//! on the pure layers: `wire` (parsing), `flow` (key, table), `config` (the bypass rule and
+//! its matcher, [`Bypass`]) and `buf`.
+//!
+//! Layout: `engine` (the [`Comparator`] API, connection table, queues, timers and scan),
+//! `tcp` (TCP stream state and the TCP rules below), `datagram` (datagram and other-L3
+//! compare), `meta` (frame to compare metadata, general and fast path), `pool` (the packet
+//! pool).
 //!
 //! Guarantees (each is tested in `tests/compare_*.rs`):
 //! - **Output commit**: a primary packet reaches [`Output::release`] only when the secondary

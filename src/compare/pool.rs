@@ -29,7 +29,7 @@ pub(crate) struct Meta {
     pub cmp_end: u32,
     /// TCP flags.
     pub flags: u8,
-    /// [`super::engine`]'s packet kind code.
+    /// [`super::meta`]'s packet kind code (`K_TCP`, `K_DGRAM`, `K_L3`).
     pub kind: u8,
     /// For L3 compares: 4, 6, or 0 (which IP fields to ignore).
     pub ipver: u8,

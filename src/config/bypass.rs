@@ -1,6 +1,6 @@
 //! Bypass rules: traffic released (primary) or freed (secondary) without comparison. The one
 //! rule type ([`BypassRule`], parsed and validated from `[[compare.bypass]]` and `ctl bypass
-//! add`) and the one matcher: [`matches`] on the compare hot path (allocation-free, reads only
+//! add`) and the one matcher: [`matches()`] on the compare hot path (allocation-free, reads only
 //! the parsed header fields) and [`BypassRule::matches`] for callers holding addresses.
 //!
 //! Every given condition must hold; the port range and the prefix each match when either
@@ -39,7 +39,7 @@ pub struct BypassRule {
 
 impl BypassRule {
     /// Whether a packet with these header fields is bypassed (ports 0 for portless protocols).
-    /// The same matcher as [`matches`], for a caller holding addresses, not a parsed frame.
+    /// The same matcher as [`matches()`], for a caller holding addresses, not a parsed frame.
     pub fn matches(
         &self,
         proto: u8,

@@ -7,6 +7,9 @@
 //! - [`plane`]: the [`plane::DataPlane`] trait the pipeline implements so management can query and
 //!   command the stages without knowing how they run.
 //! - [`xen`]: the Xen `notify_dev` codec.
+//!
+//! An event names the packets it concerns with [`EventSide`] (primary, secondary or both);
+//! the crate's one primary/secondary type is [`crate::compare::Side`].
 
 pub mod event;
 pub mod plane;

@@ -2,7 +2,7 @@
 //! [`HashedTable`] (indexed by the caller's [`FlowKey::hash64`]; the compare shards and the
 //! rewriter).
 //!
-//! Pure: no DPDK, no locks, no allocation after construction.
+//! Pure: no DPDK, no locks, no allocation after construction. Depends only on `wire`.
 
 pub mod hashed;
 pub mod key;
