@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use colo_proxy::control::{Event, Side};
+use colo_proxy::control::{Event, EventSide as Side};
 use colo_proxy::mgmt::capture::{CaptureConfig, CaptureWriter, CapturedPacket, DivergenceCapture};
 use colo_proxy::mgmt::Input;
 use mgmt_common::*;

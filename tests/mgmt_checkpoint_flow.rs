@@ -78,8 +78,8 @@ impl Output<VecBuf> for Out {
             flow: ev.flow.to_string(),
             reason: ev.reason.as_str().into(),
             seq_range: ev.seq_range,
-            primary: p.map(|b| pk(colo_proxy::control::Side::Primary, b)),
-            secondary: s.map(|b| pk(colo_proxy::control::Side::Secondary, b)),
+            primary: p.map(|b| pk(colo_proxy::control::EventSide::Primary, b)),
+            secondary: s.map(|b| pk(colo_proxy::control::EventSide::Secondary, b)),
             context: Vec::new(),
         });
     }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use colo_proxy::cli::ctl::{self, Target};
 use colo_proxy::control::proto::Request;
-use colo_proxy::control::{Event, Side};
+use colo_proxy::control::{Event, EventSide as Side};
 use colo_proxy::mgmt::server::{ControlServer, ServerConfig, ServerError};
 use colo_proxy::mgmt::Input;
 use mgmt_common::*;

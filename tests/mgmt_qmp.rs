@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use colo_proxy::control::{Event, Side};
+use colo_proxy::control::{Event, EventSide as Side};
 use colo_proxy::mgmt::coordinator::CheckpointRequest;
 use colo_proxy::mgmt::qmp::{QmpConfig, QmpSink};
 use colo_proxy::mgmt::sink::{CheckpointSink, SinkEvent};

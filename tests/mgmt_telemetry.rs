@@ -75,7 +75,7 @@ fn telemetry_child() {
     let ev = |reason: &str| colo_proxy::control::Event::Divergence {
         flow: "f".into(),
         reason: reason.into(),
-        side: colo_proxy::control::Side::Primary,
+        side: colo_proxy::control::EventSide::Primary,
         seq_range: None,
         time_ns: 1,
     };

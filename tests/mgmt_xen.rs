@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use colo_proxy::link::access::{Allowlist, Keepalive, PeerPolicy};
 
-use colo_proxy::control::{Event, Side};
+use colo_proxy::control::{Event, EventSide as Side};
 use colo_proxy::mgmt::xen::{NotifyEndpoint, XenConfig};
 use mgmt_common::*;
 

@@ -16,9 +16,6 @@ pub mod plane;
 pub mod proto;
 pub mod xen;
 
-/// The name [`EventSide`] had before the one [`crate::compare::Side`]; kept so its callers
-/// (mgmt, pipeline, tests) need no edit while they move.
-pub use event::EventSide as Side;
 pub use event::{Event, EventSide};
 pub use plane::{BypassOp, BypassSpec, DataPlane};
 pub use proto::{Command, Reply, Request};

@@ -18,7 +18,7 @@ use pcap_file::pcapng::PcapNgWriter;
 use pcap_file::DataLink;
 use serde::Serialize;
 
-use crate::control::Side;
+use crate::control::EventSide as Side;
 
 /// File name prefix; files are `colo-divergence-<unix secs>-<seq>.pcapng`.
 pub const FILE_PREFIX: &str = "colo-divergence-";

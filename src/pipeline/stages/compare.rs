@@ -36,7 +36,7 @@ impl Drop for ShardOutput<'_> {
     }
 }
 
-fn captured(side: crate::control::Side, m: &Mbuf, now_ns: u64) -> CapturedPacket {
+fn captured(side: crate::control::EventSide, m: &Mbuf, now_ns: u64) -> CapturedPacket {
     let d = m.data();
     CapturedPacket {
         side,
@@ -99,8 +99,8 @@ impl compare::Output<Mbuf> for ShardOutput<'_> {
             flow: ev.flow.to_string(),
             reason: ev.reason.as_str().to_string(),
             seq_range: ev.seq_range,
-            primary: primary.map(|m| captured(crate::control::Side::Primary, m, now)),
-            secondary: secondary.map(|m| captured(crate::control::Side::Secondary, m, now)),
+            primary: primary.map(|m| captured(crate::control::EventSide::Primary, m, now)),
+            secondary: secondary.map(|m| captured(crate::control::EventSide::Secondary, m, now)),
             context: self.context.of_flow(ev.flow.hash64()),
         }));
     }

@@ -116,7 +116,7 @@ impl RewriterStage {
         let ev = crate::control::Event::Divergence {
             flow: format!("svm port ({} frames)", self.svm_lost),
             reason: SVM_INPUT_LOST.to_string(),
-            side: crate::control::Side::Secondary,
+            side: crate::control::EventSide::Secondary,
             seq_range: None,
             time_ns: cx.now_ns,
         };
