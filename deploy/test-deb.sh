@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the Debian package from the existing release build (no second LTO build), install it
 # with dpkg -i, and check the installed result: --version, check-config on every installed
-# example, man pages, completions, systemd units (systemd-analyze verify). Purges it after.
+# example, man pages, completions, systemd units (systemd-analyze verify, then started and
+# stopped under a real systemd in a container: deploy/test-systemd.sh). Purges it after.
 # Run as root (CI); test.sh runs it when cargo-deb is installed (.ci/setup installs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +46,8 @@ test -s /usr/share/colo-proxy/grafana/colo-proxy.json || fail "grafana dashboard
 # The installed units, as the system would load them (instance = an installed config).
 systemd-analyze verify --man=no colo-proxy-hugepages.service 'colo-proxy@primary.service' \
     || fail "systemd-analyze verify"
+# ... and as a real systemd runs them: colo-proxy@ started (READY=1), queried, stopped.
+bash deploy/test-systemd.sh || fail "deploy/test-systemd.sh"
 
 dpkg --purge colo-proxy >/dev/null
 trap - EXIT
