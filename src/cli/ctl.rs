@@ -94,25 +94,18 @@ pub enum Target {
     Tcp(SocketAddr),
 }
 
-enum Conn {
-    Unix(UnixStream),
-    Tcp(TcpStream),
-}
-
 fn connect(
     t: &Target,
     timeout: Option<Duration>,
 ) -> io::Result<(Box<dyn BufRead>, Box<dyn Write>)> {
-    let c = match t {
-        Target::Unix(p) => Conn::Unix(UnixStream::connect(p)?),
-        Target::Tcp(a) => Conn::Tcp(TcpStream::connect_timeout(a, Duration::from_secs(5))?),
-    };
-    Ok(match c {
-        Conn::Unix(s) => {
+    Ok(match t {
+        Target::Unix(p) => {
+            let s = UnixStream::connect(p)?;
             s.set_read_timeout(timeout)?;
             (Box::new(BufReader::new(s.try_clone()?)), Box::new(s))
         }
-        Conn::Tcp(s) => {
+        Target::Tcp(a) => {
+            let s = TcpStream::connect_timeout(a, Duration::from_secs(5))?;
             s.set_read_timeout(timeout)?;
             (Box::new(BufReader::new(s.try_clone()?)), Box::new(s))
         }
@@ -131,9 +124,14 @@ fn read_line(r: &mut dyn BufRead) -> Result<String, String> {
 /// Send one request and wait for its reply.
 pub fn request(t: &Target, req: &Request, timeout: Duration) -> Result<Reply, String> {
     let (mut r, mut w) = connect(t, Some(timeout)).map_err(|e| format!("connect {t:?}: {e}"))?;
-    writeln!(w, "{}", req.to_json_line()).map_err(|e| format!("send: {e}"))?;
-    w.flush().map_err(|e| format!("send: {e}"))?;
-    let line = read_line(&mut *r)?;
+    let sent = writeln!(w, "{}", req.to_json_line()).and_then(|()| w.flush());
+    // A server that refuses a peer (its uid, the pre-auth limit) answers and closes at once,
+    // maybe before the request was written: its answer is still there to read.
+    let line = match (sent, read_line(&mut *r)) {
+        (_, Ok(line)) => line,
+        (Err(e), Err(_)) => return Err(format!("send: {e}")),
+        (Ok(()), Err(e)) => return Err(e),
+    };
     serde_json::from_str(&line).map_err(|e| format!("bad reply {line:?}: {e}"))
 }
 
