@@ -1,8 +1,10 @@
 //! The test suite's own helpers: the prerequisite policy (a missing prerequisite skips on a
 //! developer machine and fails in CI) and the QMP reply reader QEMU tests wait with.
 
-mod prereq;
 mod qemu_support;
+
+// The one copy of tests/prereq in this crate is qemu_support's.
+use qemu_support::prereq;
 
 use std::io::Cursor;
 

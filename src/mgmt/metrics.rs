@@ -460,7 +460,7 @@ fn mgmt_families(x: &mut Exposition, m: &Value) {
     }
     let c = &m["checkpoint"];
     x.counters_named(
-        &c,
+        c,
         &[
             (
                 "requested",
@@ -577,7 +577,7 @@ fn mgmt_families(x: &mut Exposition, m: &Value) {
         );
     }
     x.counters_named(
-        &m,
+        m,
         &[
             ("failovers", "colo_proxy_failovers", "Failovers performed."),
             (
