@@ -138,3 +138,39 @@ fn qemu_colo_exit_is_only_counted_when_not_followed() {
     assert!(!calls.iter().any(|c| c == "failover"), "{calls:?}");
     assert_eq!(failovers, 0);
 }
+
+fn link_sequence(lost: u64, t: u64) -> Event {
+    Event::LinkSequence {
+        link: "secondary-out".into(),
+        stream: 1,
+        received: 1000,
+        lost,
+        gaps: lost,
+        reordered: 0,
+        duplicates: 0,
+        resyncs: 0,
+        new_gaps: 1,
+        new_reordered: 0,
+        new_duplicates: 0,
+        new_resyncs: 0,
+        time_ns: t,
+    }
+}
+
+/// A frame lost on the encapsulated link only ends with a checkpoint (its connection's compare
+/// would wait for the timeout): management asks at once, once per new loss.
+#[test]
+fn frames_lost_on_the_link_request_a_checkpoint_at_once() {
+    let dir = TempDir::new("link-loss");
+    let mut m = mgmt_with(dir.path(), Arc::new(FakePlane::default()), |_| {});
+    assert!(m.sender().event(link_sequence(2, 1_000)));
+    m.poll(now_ns());
+    assert_eq!(m.stats().checkpoint.requested, 1, "{:?}", m.stats().checkpoint);
+    // The same total again (a reordering report): nothing new was lost.
+    assert!(m.sender().event(link_sequence(2, 2_000)));
+    m.poll(now_ns());
+    assert_eq!(m.stats().checkpoint.requested, 1);
+    assert!(m.sender().event(link_sequence(5, 3_000)));
+    m.poll(now_ns());
+    assert_eq!(m.stats().checkpoint.requested, 2);
+}

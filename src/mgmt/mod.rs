@@ -278,6 +278,8 @@ struct Core {
     failovers: u64,
     failover: FailoverStats,
     link_silent: u64,
+    /// Frames lost so far per encapsulated link stream, as last reported.
+    link_lost: BTreeMap<(String, u8), u64>,
     lcore_failures: u64,
     auto_failover: bool,
     follow_colo_exit: bool,
@@ -353,6 +355,7 @@ impl Management {
                 failovers: 0,
                 failover: FailoverStats::default(),
                 link_silent: 0,
+                link_lost: BTreeMap::new(),
                 lcore_failures: 0,
                 auto_failover: cfg.failover_on_link_loss,
                 follow_colo_exit: cfg.failover_on_colo_exit,
@@ -614,6 +617,21 @@ impl Core {
             Event::LcoreFailed { .. } => {
                 self.lcore_failures += 1;
                 self.outbox.push(ev);
+            }
+            Event::LinkSequence {
+                link, stream, lost, ..
+            } => {
+                // A frame lost on the link is a secondary segment that will never be compared
+                // (its connection waits for the compare timeout, seconds) or a client frame the
+                // SVM never got (a divergence to come): either way only a checkpoint ends it, so
+                // ask now instead of when the timeout fires.
+                let seen = self.link_lost.entry((link.clone(), *stream)).or_default();
+                let grew = *lost > *seen;
+                *seen = (*seen).max(*lost);
+                self.outbox.push(ev);
+                if grew {
+                    self.request_checkpoint("link_loss", None, now_ns);
+                }
             }
             Event::LinkSilent { .. } => {
                 self.link_silent += 1;

@@ -132,7 +132,14 @@ impl Qemu {
         let mut r = BufReader::new(s);
         let log = self.log.clone();
         let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
-        let greeting = qmp_read_line(&mut r).unwrap_or_else(|e| panic!("qmp: {e}: {}", log_text()));
+        // The greeting comes first, but an event (RESUME as the guest-less VM starts) was
+        // seen in front of it once: events are skipped here too.
+        let greeting = loop {
+            let l = qmp_read_line(&mut r).unwrap_or_else(|e| panic!("qmp: {e}: {}", log_text()));
+            if l.get("event").is_none() {
+                break l;
+            }
+        };
         assert!(
             greeting.get("QMP").is_some(),
             "expected the QMP greeting: {greeting}"
