@@ -165,7 +165,12 @@ fn frames_lost_on_the_link_request_a_checkpoint_at_once() {
     let mut m = mgmt_with(dir.path(), Arc::new(FakePlane::default()), |_| {});
     assert!(m.sender().event(link_sequence(2, 1_000)));
     m.poll(now_ns());
-    assert_eq!(m.stats().checkpoint.requested, 1, "{:?}", m.stats().checkpoint);
+    assert_eq!(
+        m.stats().checkpoint.requested,
+        1,
+        "{:?}",
+        m.stats().checkpoint
+    );
     // The same total again (a reordering report): nothing new was lost.
     assert!(m.sender().event(link_sequence(2, 2_000)));
     m.poll(now_ns());
