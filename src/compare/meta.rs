@@ -133,6 +133,46 @@ mod tests {
         )
     }
 
+    type FastPath = fn(&[u8], u64, &mut FlowKey, &mut Meta) -> Option<u64>;
+
+    /// `fast_path` takes the valid frame `clean`, and agrees with parse + FlowKey::of + hash64 +
+    /// meta_of (the frame of `kind`) on it and on `clean` with `pokes` applied, whenever it
+    /// takes one.
+    fn agrees_with_the_general_path(
+        fast_path: FastPath,
+        kind: FlowKind,
+        clean: &[u8],
+        pokes: Vec<(usize, u8)>,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        let general = |f: &[u8]| {
+            let info = parse(f).ok()?;
+            let key = FlowKey::of(&info, f);
+            (flow_kind(&info) == kind).then(|| (key, key.hash64(), meta_of(&info, kind, 7)))
+        };
+        let fast = |f: &[u8]| {
+            let mut k = FlowKey::of(&PacketInfo::default(), &[]);
+            let mut m = Meta::default();
+            fast_path(f, 7, &mut k, &mut m).map(|h| (k, h, m))
+        };
+        proptest::prop_assert!(fast(clean).is_some(), "valid frame not taken");
+        let mut f = clean.to_vec();
+        for (at, v) in pokes {
+            if at < f.len() {
+                f[at] = v;
+            }
+        }
+        for frame in [clean, &f] {
+            if let Some((k, h, m)) = fast(frame) {
+                let (gk, gh, gm) =
+                    general(frame).expect("fast path took a frame the parser rejects");
+                proptest::prop_assert_eq!(k, gk);
+                proptest::prop_assert_eq!(h, gh);
+                proptest::prop_assert_eq!(meta_fields(&m), meta_fields(&gm));
+            }
+        }
+        Ok(())
+    }
+
     proptest::proptest! {
         /// The fast path agrees with parse + FlowKey::of + hash64 + meta_of whenever it takes a
         /// frame, and takes every valid untagged option-less IPv4 TCP frame.
@@ -159,33 +199,7 @@ mod tests {
             let total = (f.len() - 14) as u16;
             f[16..18].copy_from_slice(&total.to_be_bytes());
             f.extend(std::iter::repeat_n(0u8, pad)); // Ethernet padding
-            let clean = f.clone();
-            let general = |f: &[u8]| {
-                let info = parse(f).ok()?;
-                let key = FlowKey::of(&info, f);
-                let kind = flow_kind(&info);
-                (kind == FlowKind::Tcp).then(|| (key, key.hash64(), meta_of(&info, kind, 7)))
-            };
-            let fast4 = |f: &[u8]| {
-                let mut k = FlowKey::of(&PacketInfo::default(), &[]);
-                let mut m = Meta::default();
-                fast_tcp4(f, 7, &mut k, &mut m).map(|h| (k, h, m))
-            };
-            let fast = fast4(&clean);
-            proptest::prop_assert!(fast.is_some(), "valid frame not taken");
-            for (at, v) in pokes {
-                if at < f.len() {
-                    f[at] = v;
-                }
-            }
-            for frame in [&clean, &f] {
-                if let Some((k, h, m)) = fast4(frame) {
-                    let (gk, gh, gm) = general(frame).expect("fast path took a frame the parser rejects");
-                    proptest::prop_assert_eq!(k, gk);
-                    proptest::prop_assert_eq!(h, gh);
-                    proptest::prop_assert_eq!(meta_fields(&m), meta_fields(&gm));
-                }
-            }
+            agrees_with_the_general_path(fast_tcp4, FlowKind::Tcp, &f, pokes)?;
         }
     }
 
@@ -206,32 +220,7 @@ mod tests {
                 .write(&mut f, &payload)
                 .unwrap();
             f.extend(std::iter::repeat_n(0u8, pad)); // Ethernet padding
-            let clean = f.clone();
-            let general = |f: &[u8]| {
-                let info = parse(f).ok()?;
-                let key = FlowKey::of(&info, f);
-                let kind = flow_kind(&info);
-                (kind == FlowKind::Datagram).then(|| (key, key.hash64(), meta_of(&info, kind, 7)))
-            };
-            let fast4 = |f: &[u8]| {
-                let mut k = FlowKey::of(&PacketInfo::default(), &[]);
-                let mut m = Meta::default();
-                fast_udp4(f, 7, &mut k, &mut m).map(|h| (k, h, m))
-            };
-            proptest::prop_assert!(fast4(&clean).is_some(), "valid frame not taken");
-            for (at, v) in pokes {
-                if at < f.len() {
-                    f[at] = v;
-                }
-            }
-            for frame in [&clean, &f] {
-                if let Some((k, h, m)) = fast4(frame) {
-                    let (gk, gh, gm) = general(frame).expect("fast path took a frame the parser rejects");
-                    proptest::prop_assert_eq!(k, gk);
-                    proptest::prop_assert_eq!(h, gh);
-                    proptest::prop_assert_eq!(meta_fields(&m), meta_fields(&gm));
-                }
-            }
+            agrees_with_the_general_path(fast_udp4, FlowKind::Datagram, &f, pokes)?;
         }
     }
 }
