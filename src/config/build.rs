@@ -942,61 +942,24 @@ fn build_backpressure(
     e: &mut Errs,
 ) -> BackpressureConfig {
     let limit = compare.queue_size.min(compare.shard_packets).max(1);
-    let (dh, dl) = sizing::default_packet_watermarks(limit, rings.size);
-    let high_packets = raw.high_packets.unwrap_or(dh);
-    let low_packets = raw.low_packets.unwrap_or(if raw.high_packets.is_some() {
-        high_packets / 2
-    } else {
-        dl
-    });
-    let (dhb, dlb) = sizing::default_byte_watermarks(compare.shard_bytes.max(1), rings.size);
-    let high_bytes = raw.high_bytes.unwrap_or(dhb);
-    let low_bytes = raw.low_bytes.unwrap_or(if raw.high_bytes.is_some() {
-        high_bytes / 2
-    } else {
-        dlb
-    });
-    if high_packets == 0 {
-        e.push(
-            "backpressure.high_packets",
-            "must be positive (0 is rejected)",
-        );
-    } else if high_packets > compare.shard_packets {
-        e.push(
-            "backpressure.high_packets",
-            format!(
-                "{high_packets} is above compare.shard_packets = {} (the shard would overflow \
-                 before the PVM port pauses)",
-                compare.shard_packets
-            ),
-        );
-    }
-    if low_packets >= high_packets {
-        e.push(
-            "backpressure.low_packets",
-            format!("{low_packets} must be below backpressure.high_packets = {high_packets}"),
-        );
-    }
-    if high_bytes == 0 {
-        e.push(
-            "backpressure.high_bytes",
-            "must be positive (0 is rejected)",
-        );
-    } else if high_bytes > compare.shard_bytes {
-        e.push(
-            "backpressure.high_bytes",
-            format!(
-                "{high_bytes} is above compare.shard_bytes = {}",
-                compare.shard_bytes
-            ),
-        );
-    }
-    if low_bytes >= high_bytes {
-        e.push(
-            "backpressure.low_bytes",
-            format!("{low_bytes} must be below backpressure.high_bytes = {high_bytes}"),
-        );
-    }
+    let (high_packets, low_packets) = watermarks(
+        raw.high_packets,
+        raw.low_packets,
+        sizing::default_packet_watermarks(limit, rings.size),
+    );
+    let (high_bytes, low_bytes) = watermarks(
+        raw.high_bytes,
+        raw.low_bytes,
+        sizing::default_byte_watermarks(compare.shard_bytes.max(1), rings.size),
+    );
+    check_watermarks(
+        e,
+        "packets",
+        (high_packets.into(), low_packets.into()),
+        compare.shard_packets.into(),
+        " (the shard would overflow before the PVM port pauses)",
+    );
+    check_watermarks(e, "bytes", (high_bytes, low_bytes), compare.shard_bytes, "");
     let max_pause_ms = raw.max_pause_ms.unwrap_or(compare.timeout_ms);
     e.range("backpressure.max_pause_ms", max_pause_ms, 0, 3_600_000);
     BackpressureConfig {
@@ -1006,6 +969,43 @@ fn build_backpressure(
         high_bytes,
         low_bytes,
         max_pause_ms,
+    }
+}
+
+/// A pair of back-pressure watermarks as configured: the derived `defaults` (high, low) where
+/// absent, except that a configured high one alone puts the low one at its half.
+fn watermarks<T>(high: Option<T>, low: Option<T>, defaults: (T, T)) -> (T, T)
+where
+    T: Copy + std::ops::Div<Output = T> + From<u8>,
+{
+    let h = high.unwrap_or(defaults.0);
+    let l = low.unwrap_or(if high.is_some() {
+        h / T::from(2)
+    } else {
+        defaults.1
+    });
+    (h, l)
+}
+
+/// `backpressure.high_<unit>` positive and at most `compare.shard_<unit>` = `cap` (`why`:
+/// what a higher one would do), `backpressure.low_<unit>` below it.
+fn check_watermarks(e: &mut Errs, unit: &str, (high, low): (u64, u64), cap: u64, why: &str) {
+    if high == 0 {
+        e.push(
+            format!("backpressure.high_{unit}"),
+            "must be positive (0 is rejected)",
+        );
+    } else if high > cap {
+        e.push(
+            format!("backpressure.high_{unit}"),
+            format!("{high} is above compare.shard_{unit} = {cap}{why}"),
+        );
+    }
+    if low >= high {
+        e.push(
+            format!("backpressure.low_{unit}"),
+            format!("{low} must be below backpressure.high_{unit} = {high}"),
+        );
     }
 }
 
