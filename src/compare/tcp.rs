@@ -14,6 +14,13 @@ use super::engine::{Conn, Ctx};
 use super::pool::{Meta, DATA_OK, NIL, RETRANS};
 use super::{DropReason, Output, Reason, Release, SecondaryFree, Side};
 
+/// Advance the sequence mark `mark` (set when `set`) to `to` if `to` is later, or set it to `to`.
+#[inline(always)]
+fn advance(mark: &mut u32, set: &mut bool, to: u32) {
+    *mark = if *set { seq::max(*mark, to) } else { to };
+    *set = true;
+}
+
 /// Out-of-order matched ranges remembered beyond the contiguous frontier.
 const AHEAD: usize = 8;
 
@@ -180,21 +187,11 @@ impl TcpState {
         // The SVM now has the PVM's windows.
         self.s_win_valid = false;
         if self.p_end_valid {
-            self.frontier = if self.frontier_set {
-                seq::max(self.frontier, self.p_end)
-            } else {
-                self.p_end
-            };
-            self.frontier_set = true;
+            advance(&mut self.frontier, &mut self.frontier_set, self.p_end);
         }
         self.n_ahead = 0;
         if self.p_ack_valid {
-            self.s_ack = if self.s_ack_valid {
-                seq::max(self.s_ack, self.p_ack)
-            } else {
-                self.p_ack
-            };
-            self.s_ack_valid = true;
+            advance(&mut self.s_ack, &mut self.s_ack_valid, self.p_ack);
         }
         self.s_syn |= self.p_syn;
         self.s_synack |= self.p_synack;
@@ -243,20 +240,10 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
             t.p_fin = Some(m.end);
         }
         if m.end != m.seq {
-            t.p_end = if t.p_end_valid {
-                seq::max(t.p_end, m.end)
-            } else {
-                m.end
-            };
-            t.p_end_valid = true;
+            advance(&mut t.p_end, &mut t.p_end_valid, m.end);
         }
         if f & tcp_flags::ACK != 0 && f & tcp_flags::RST == 0 {
-            t.p_ack = if t.p_ack_valid {
-                seq::max(t.p_ack, m.ack)
-            } else {
-                m.ack
-            };
-            t.p_ack_valid = true;
+            advance(&mut t.p_ack, &mut t.p_ack_valid, m.ack);
         }
         let Some(pkt) = self.primary_first(conn, pkt, m) else {
             return;
@@ -329,12 +316,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
                 // A duplicate ACK: the SVM lost a client segment the PVM has.
                 t.s_behind = true;
             }
-            t.s_ack = if t.s_ack_valid {
-                seq::max(t.s_ack, m.ack)
-            } else {
-                m.ack
-            };
-            t.s_ack_valid = true;
+            advance(&mut t.s_ack, &mut t.s_ack_valid, m.ack);
             if t.p_ack_valid && !seq::lt(t.s_ack, t.p_ack) {
                 t.s_behind = false;
             }
@@ -759,12 +741,7 @@ fn control_ok(conn: &Conn, m: &Meta) -> bool {
 #[inline]
 fn note_released_ack(t: &mut TcpState, m: &Meta) {
     if m.flags & tcp_flags::ACK != 0 && m.flags & tcp_flags::RST == 0 {
-        t.c_ack = if t.c_ack_valid {
-            seq::max(t.c_ack, m.ack)
-        } else {
-            m.ack
-        };
-        t.c_ack_valid = true;
+        advance(&mut t.c_ack, &mut t.c_ack_valid, m.ack);
     }
 }
 
