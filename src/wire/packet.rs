@@ -337,12 +337,17 @@ fn parse_ipv6(frame: &[u8], l3: usize, info: &mut PacketInfo) -> Result<(), Pars
     let mut off = l3 + ipv6::HLEN;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next {
-            // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
-            0 | 43 | 60 => {
+            // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes; authentication
+            // header: (len + 2) * 4 bytes.
+            0 | 43 | 51 | 60 => {
                 if off + 8 > end {
                     return Err(ParseError::Truncated(Layer::Ipv6));
                 }
-                let len = (usize::from(frame[off + 1]) + 1) * 8;
+                let len = if next == 51 {
+                    (usize::from(frame[off + 1]) + 2) * 4
+                } else {
+                    (usize::from(frame[off + 1]) + 1) * 8
+                };
                 if off + len > end {
                     return Err(ParseError::Truncated(Layer::Ipv6));
                 }
@@ -358,18 +363,6 @@ fn parse_ipv6(frame: &[u8], l3: usize, info: &mut PacketInfo) -> Result<(), Pars
                 next = frame[off];
                 info.fragment = true;
                 off += 8;
-            }
-            // Authentication header: (len + 2) * 4 bytes.
-            51 => {
-                if off + 8 > end {
-                    return Err(ParseError::Truncated(Layer::Ipv6));
-                }
-                let len = (usize::from(frame[off + 1]) + 2) * 4;
-                if off + len > end {
-                    return Err(ParseError::Truncated(Layer::Ipv6));
-                }
-                next = frame[off];
-                off += len;
             }
             _ => {
                 info.ip_proto = next;
