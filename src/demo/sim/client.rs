@@ -146,6 +146,25 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("constant histogram bounds are valid")
 }
 
+impl ClientStats {
+    /// A transaction of `kind` got its whole response: right (its latency since `start_ns` into
+    /// the kind's histogram) or wrong.
+    fn response(&mut self, kind: Kind, right: bool, start_ns: u64, now: u64) {
+        if !right {
+            self.responses_wrong += 1;
+            return;
+        }
+        self.responses_verified += 1;
+        let lat = match kind {
+            Kind::Tcp => &mut self.lat_tcp,
+            Kind::Udp => &mut self.lat_udp,
+            Kind::Icmp => &mut self.lat_icmp,
+            Kind::Free => return, // no transaction
+        };
+        lat.saturating_record(now.saturating_sub(start_ns).max(1));
+    }
+}
+
 impl Default for ClientStats {
     fn default() -> Self {
         ClientStats {
@@ -1055,14 +1074,8 @@ impl ClientSim {
             let complete = s.resp_len != 0 && s.resp_got >= s.resp_len;
             if complete || s.peer_fin {
                 s.resp_done = true;
-                if complete && s.resp_ok && s.resp_got == s.resp_len {
-                    stats.responses_verified += 1;
-                    stats
-                        .lat_tcp
-                        .saturating_record(now.saturating_sub(s.start_ns).max(1));
-                } else {
-                    stats.responses_wrong += 1;
-                }
+                let right = complete && s.resp_ok && s.resp_got == s.resp_len;
+                stats.response(Kind::Tcp, right, s.start_ns, now);
             }
         }
         tcp_pump(s, &ctx, stats, now, &mut budget, alloc, out);
@@ -1086,14 +1099,8 @@ impl ClientSim {
         content::udp_transform(&mut want[..len]);
         self.stats.udp_answered += 1;
         self.stats.bytes_received += payload.len() as u64;
-        if payload == &want[..len] {
-            self.stats.responses_verified += 1;
-            self.stats
-                .lat_udp
-                .saturating_record(now.saturating_sub(s.start_ns).max(1));
-        } else {
-            self.stats.responses_wrong += 1;
-        }
+        self.stats
+            .response(Kind::Udp, payload == &want[..len], s.start_ns, now);
         self.release(idx, now);
     }
 
@@ -1106,14 +1113,8 @@ impl ClientSim {
         let mut want = [0u8; ICMP_PAYLOAD];
         content::fill_datagram(self.cfg.seed, s.txn, &mut want);
         self.stats.icmp_answered += 1;
-        if payload == want {
-            self.stats.responses_verified += 1;
-            self.stats
-                .lat_icmp
-                .saturating_record(now.saturating_sub(s.start_ns).max(1));
-        } else {
-            self.stats.responses_wrong += 1;
-        }
+        self.stats
+            .response(Kind::Icmp, payload == want, s.start_ns, now);
         self.release(idx, now);
     }
 }
