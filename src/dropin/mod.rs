@@ -311,16 +311,16 @@ pub struct DropInStats {
 }
 
 /// The engine's verdict sink: released primaries go to outdev (or the hold queue).
-struct Sink<'a> {
-    outdev: &'a mut FramedSocket,
-    held: &'a mut VecDeque<DropBuf>,
-    spare: &'a mut Spare,
-    stats: &'a mut DropInStats,
+struct Sink {
+    outdev: FramedSocket,
+    held: VecDeque<DropBuf>,
+    spare: Spare,
+    stats: DropInStats,
     /// Divergence events in this poll round.
-    want_checkpoint: &'a mut u64,
+    want_checkpoint: u64,
 }
 
-impl Sink<'_> {
+impl Sink {
     fn emit(&mut self, pkt: DropBuf) {
         if !self.held.is_empty() {
             self.hold(pkt);
@@ -339,9 +339,27 @@ impl Sink<'_> {
         self.stats.held += 1;
         self.stats.held_max = self.stats.held_max.max(self.held.len() as u64);
     }
+
+    /// Write held packets to outdev in order until it pushes back; returns how many went.
+    fn drain_held(&mut self) -> usize {
+        let mut n = 0;
+        while let Some(p) = self.held.front() {
+            match self.outdev.send_parts(p.field, &[p.vnet(), p.data()]) {
+                // A frame the framing refuses is counted by the socket (`send_errors`).
+                Ok(()) | Err(SendError::Frame(_)) => {
+                    if let Some(p) = self.held.pop_front() {
+                        self.spare.put(p.into_storage());
+                    }
+                    n += 1;
+                }
+                Err(SendError::Backpressure) => break,
+            }
+        }
+        n
+    }
 }
 
-impl Output<DropBuf> for Sink<'_> {
+impl Output<DropBuf> for Sink {
     fn release(&mut self, pkt: DropBuf, _how: Release) {
         self.stats.released += 1;
         self.emit(pkt);
@@ -355,43 +373,23 @@ impl Output<DropBuf> for Sink<'_> {
     }
     fn event(&mut self, _ev: DivergenceEvent) {
         self.stats.divergences += 1;
-        *self.want_checkpoint += 1;
+        self.want_checkpoint += 1;
     }
-}
-
-/// Write held packets to outdev in order until it pushes back; returns how many went.
-fn drain_held(outdev: &mut FramedSocket, held: &mut VecDeque<DropBuf>, spare: &mut Spare) -> usize {
-    let mut n = 0;
-    while let Some(p) = held.front() {
-        match outdev.send_parts(p.field, &[p.vnet(), p.data()]) {
-            // A frame the framing refuses is counted by the socket (`send_errors`).
-            Ok(()) | Err(SendError::Frame(_)) => {
-                if let Some(p) = held.pop_front() {
-                    spare.put(p.into_storage());
-                }
-                n += 1;
-            }
-            Err(SendError::Backpressure) => break,
-        }
-    }
-    n
 }
 
 /// The drop-in runtime: sockets + one compare engine, driven by [`DropIn::poll`].
 pub struct DropIn {
     primary: FramedSocket,
     secondary: FramedSocket,
-    outdev: FramedSocket,
     notify: Option<FramedSocket>,
     engine: Comparator<DropBuf>,
-    held: VecDeque<DropBuf>,
-    spare: Spare,
+    /// outdev, and the hold queue in front of it.
+    sink: Sink,
     /// Poll rounds so far.
     polls: u64,
     /// `now` of the outstanding `DO_CHECKPOINT`, if any.
     outstanding: Option<u64>,
     accept_unsolicited: bool,
-    stats: DropInStats,
     /// Prometheus endpoint (`[mgmt.metrics]`), polled by [`DropIn::run_until`].
     metrics: Option<crate::mgmt::metrics::MetricsServer>,
 }
@@ -402,15 +400,18 @@ impl DropIn {
         Ok(DropIn {
             primary: FramedSocket::new(cfg.primary_in)?,
             secondary: FramedSocket::new(cfg.secondary_in)?,
-            outdev: FramedSocket::new(cfg.outdev)?,
             notify: cfg.notify_dev.map(FramedSocket::new).transpose()?,
-            held: VecDeque::with_capacity(cfg.compare.pool_size.min(65_536)),
+            sink: Sink {
+                outdev: FramedSocket::new(cfg.outdev)?,
+                held: VecDeque::with_capacity(cfg.compare.pool_size.min(65_536)),
+                spare: Spare::default(),
+                stats: DropInStats::default(),
+                want_checkpoint: 0,
+            },
             engine: Comparator::new(cfg.compare),
-            spare: Spare::default(),
             polls: 0,
             outstanding: None,
             accept_unsolicited: cfg.accept_unsolicited,
-            stats: DropInStats::default(),
             metrics: None,
         })
     }
@@ -419,16 +420,16 @@ impl DropIn {
     pub fn connected(&self) -> bool {
         self.primary.is_connected()
             && self.secondary.is_connected()
-            && self.outdev.is_connected()
+            && self.sink.outdev.is_connected()
             && self.notify.as_ref().is_none_or(FramedSocket::is_connected)
     }
 
     /// Counters, socket counters included.
     pub fn stats(&self) -> DropInStats {
-        let mut s = self.stats;
+        let mut s = self.sink.stats;
         s.primary = self.primary.stats();
         s.secondary = self.secondary.stats();
-        s.outdev = self.outdev.stats();
+        s.outdev = self.sink.outdev.stats();
         s.notify = self
             .notify
             .as_ref()
@@ -448,14 +449,11 @@ impl DropIn {
         let DropIn {
             primary,
             secondary,
-            outdev,
             notify,
             engine,
-            held,
-            spare,
+            sink,
             outstanding,
             accept_unsolicited,
-            stats,
             polls,
             ..
         } = self;
@@ -463,15 +461,8 @@ impl DropIn {
         let mut work = 0usize;
 
         // Released packets waiting for outdev go first, in order.
-        work += drain_held(outdev, held, spare);
-        let mut want = 0u64;
-        let mut sink = Sink {
-            outdev,
-            held,
-            spare,
-            stats,
-            want_checkpoint: &mut want,
-        };
+        work += sink.drain_held();
+        sink.want_checkpoint = 0;
 
         if let Some(n) = notify.as_mut() {
             let (mut inits, mut dones, mut bad) = (0u64, 0u64, 0u64);
@@ -494,7 +485,7 @@ impl DropIn {
                 }
                 sink.stats.checkpoints_done += 1;
                 *outstanding = None;
-                engine.checkpoint_done(now, &mut sink);
+                engine.checkpoint_done(now, sink);
             }
         }
 
@@ -502,7 +493,7 @@ impl DropIn {
         if sink.held.is_empty() {
             work += primary.poll_recv(|v, f| {
                 match DropBuf::split_in(v, f, sink.spare.take()) {
-                    Some(b) => engine.process(Side::Primary, b, now, &mut sink),
+                    Some(b) => engine.process(Side::Primary, b, now, sink),
                     None => {
                         // Not comparable; QEMU forwards unparsable primaries too.
                         sink.stats.primary_bad_vnet += 1;
@@ -512,36 +503,37 @@ impl DropIn {
                 }
             });
             work += secondary.poll_recv(|v, f| match DropBuf::split_in(v, f, sink.spare.take()) {
-                Some(b) => engine.process(Side::Secondary, b, now, &mut sink),
+                Some(b) => engine.process(Side::Secondary, b, now, sink),
                 None => sink.stats.secondary_bad_vnet += 1,
             });
         }
-        engine.tick(now, &mut sink);
+        engine.tick(now, sink);
 
+        let want = sink.want_checkpoint;
         if want > 0 {
             match notify.as_mut() {
                 Some(n) => {
                     let due = outstanding.is_none_or(|t| now.saturating_sub(t) >= timeout);
                     if due && n.send(0, XenOut::DoCheckpoint.text()).is_ok() {
                         *outstanding = Some(now);
-                        stats.do_checkpoint_sent += 1;
-                        stats.requests_coalesced += want - 1;
+                        sink.stats.do_checkpoint_sent += 1;
+                        sink.stats.requests_coalesced += want - 1;
                     } else {
-                        stats.requests_coalesced += want;
+                        sink.stats.requests_coalesced += want;
                     }
                 }
-                None => stats.requests_unsent += want,
+                None => sink.stats.requests_unsent += want,
             }
         }
         if let Some(n) = notify.as_mut() {
             n.flush();
         }
-        outdev.flush();
+        sink.outdev.flush();
         // outdev's peer never sends; reading detects its close (and accepts a server's first
         // peer). Not every busy round: that is a syscall for nothing.
         *polls = polls.wrapping_add(1);
-        if work == 0 || polls.is_multiple_of(OUTDEV_READ_EVERY) || !outdev.is_connected() {
-            outdev.poll_recv(|_, _| {});
+        if work == 0 || polls.is_multiple_of(OUTDEV_READ_EVERY) || !sink.outdev.is_connected() {
+            sink.outdev.poll_recv(|_, _| {});
         }
         work
     }
@@ -552,31 +544,20 @@ impl DropIn {
     /// (0 normally); they are also in [`DropIn::unsent`].
     pub fn shutdown(&mut self, grace: Duration) -> u64 {
         let DropIn {
-            outdev,
             notify,
             engine,
-            held,
-            spare,
-            stats,
+            sink,
             ..
         } = self;
-        let mut want = 0u64;
-        let mut sink = Sink {
-            outdev,
-            held,
-            spare,
-            stats,
-            want_checkpoint: &mut want,
-        };
-        engine.drop_all(&mut sink);
+        engine.drop_all(sink);
         let deadline = Instant::now() + grace;
         loop {
-            drain_held(outdev, held, spare);
-            outdev.flush();
+            sink.drain_held();
+            sink.outdev.flush();
             if let Some(n) = notify.as_mut() {
                 n.flush();
             }
-            if held.is_empty() && outdev.pending_out() == 0 {
+            if sink.held.is_empty() && sink.outdev.pending_out() == 0 {
                 break;
             }
             if Instant::now() >= deadline {
@@ -590,7 +571,7 @@ impl DropIn {
     /// Released primaries not yet handed to the kernel: held for outdev backpressure plus
     /// whole frames in outdev's output buffer.
     pub fn unsent(&self) -> u64 {
-        self.held.len() as u64 + self.outdev.pending_frames()
+        self.sink.held.len() as u64 + self.sink.outdev.pending_frames()
     }
 
     /// The final report printed when `run` stops: socket, engine and checkpoint counters.
@@ -704,7 +685,7 @@ impl DropIn {
         let mut socks = vec![
             ("primary_in", s.primary, self.primary.is_connected()),
             ("secondary_in", s.secondary, self.secondary.is_connected()),
-            ("outdev", s.outdev, self.outdev.is_connected()),
+            ("outdev", s.outdev, self.sink.outdev.is_connected()),
         ];
         if let Some(n) = &self.notify {
             socks.push(("notify_dev", s.notify, n.is_connected()));
@@ -785,7 +766,7 @@ impl DropIn {
                 idle = idle.saturating_add(1);
                 if thread.backoff && idle > thread.spin_loops {
                     self.wait(IDLE_WAIT);
-                    self.stats.idle_waits += 1;
+                    self.sink.stats.idle_waits += 1;
                 }
             }
         }
@@ -794,12 +775,12 @@ impl DropIn {
     /// Block until a socket is readable (or outdev writable while output waits), or `timeout`
     /// passes (timers, reconnects, a client between attempts). Idle path only.
     pub fn wait(&self, timeout: Duration) {
-        let out_waiting = !self.held.is_empty() || self.outdev.pending_out() > 0;
+        let out_waiting = !self.sink.held.is_empty() || self.sink.outdev.pending_out() > 0;
         let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(4);
         for (sock, out) in [
             (Some(&self.primary), false),
             (Some(&self.secondary), false),
-            (Some(&self.outdev), out_waiting),
+            (Some(&self.sink.outdev), out_waiting),
             (self.notify.as_ref(), false),
         ] {
             if let Some(fd) = sock.and_then(FramedSocket::wait_fd) {
