@@ -103,16 +103,44 @@ impl Held {
 
 /// The compare engine of one shard. See [`crate::compare`].
 pub struct Comparator<B: PacketBuf> {
-    cfg: CompareConfig,
     table: HashedTable<Conn>,
+    shared: Shared<B>,
+    next_scan: u64,
+    /// The timeout scan in progress (it runs over several [`Comparator::tick`] calls).
+    pass: Option<ScanPass>,
+}
+
+/// The engine's state that every per-connection step borrows ([`Shared::ctx`]): all but the
+/// connection table, so a step can run while the table lends out one of its connections.
+struct Shared<B> {
+    cfg: CompareConfig,
     pool: Pool<B>,
     c: CompareCounters,
-    next_scan: u64,
     /// Lower bound of the oldest queued primary's arrival (exact after each scan).
     since: u64,
     held: Held,
-    /// The timeout scan in progress (it runs over several [`Comparator::tick`] calls).
-    pass: Option<ScanPass>,
+}
+
+impl<B> Shared<B> {
+    /// The step context for the connection of `key`, at `now`, with output `out`.
+    #[inline(always)]
+    fn ctx<'a, 'k, O>(
+        &'a mut self,
+        out: &'a mut O,
+        key: &'k FlowKey,
+        now: u64,
+    ) -> Ctx<'a, 'k, B, O> {
+        Ctx {
+            pool: &mut self.pool,
+            c: &mut self.c,
+            cfg: &self.cfg,
+            out,
+            key,
+            now,
+            since: &mut self.since,
+            held: &mut self.held,
+        }
+    }
 }
 
 /// Connections one [`Comparator::tick`] visits at most: a scan of a large table is spread
@@ -621,25 +649,27 @@ impl<B: PacketBuf> Comparator<B> {
         let table = HashedTable::with_capacity(cfg.table_capacity);
         let pool = Pool::with_capacity(cfg.pool_size);
         Comparator {
-            cfg,
             table,
-            pool,
-            c: CompareCounters::default(),
+            shared: Shared {
+                cfg,
+                pool,
+                c: CompareCounters::default(),
+                since: 0,
+                held: Held::new(),
+            },
             next_scan: 0,
-            since: 0,
-            held: Held::new(),
             pass: None,
         }
     }
 
     /// The configuration in use.
     pub fn config(&self) -> &CompareConfig {
-        &self.cfg
+        &self.shared.cfg
     }
 
     /// Replace the bypass rules (control command `bypass add|del`); applies to new packets.
     pub fn set_bypass(&mut self, rules: Vec<super::Bypass>) {
-        self.cfg.bypass = rules;
+        self.shared.cfg.bypass = rules;
     }
 
     /// Connections tracked now.
@@ -649,7 +679,7 @@ impl<B: PacketBuf> Comparator<B> {
 
     /// Counters (single writer: this shard).
     pub fn counters(&self) -> &CompareCounters {
-        &self.c
+        &self.shared.c
     }
 
     /// Take one packet from `side`. Every packet leaves through `out` exactly once, now or
@@ -658,7 +688,7 @@ impl<B: PacketBuf> Comparator<B> {
         let d = pkt.data();
         let len = d.len();
         touch_second_line(d);
-        if self.cfg.bypass.is_empty() && len <= MAX_FRAME_LEN {
+        if self.shared.cfg.bypass.is_empty() && len <= MAX_FRAME_LEN {
             let mut key = FlowKey {
                 family: crate::flow::Family::L2,
                 proto_or_ethertype: 0,
@@ -707,12 +737,12 @@ impl<B: PacketBuf> Comparator<B> {
     fn count_in(&mut self, side: Side, len: usize) {
         match side {
             Side::Primary => {
-                self.c.primary_in += 1;
-                self.c.primary_bytes += len as u64;
+                self.shared.c.primary_in += 1;
+                self.shared.c.primary_bytes += len as u64;
             }
             Side::Secondary => {
-                self.c.secondary_in += 1;
-                self.c.secondary_bytes += len as u64;
+                self.shared.c.secondary_in += 1;
+                self.shared.c.secondary_bytes += len as u64;
             }
         }
     }
@@ -752,12 +782,13 @@ impl<B: PacketBuf> Comparator<B> {
         let len = pkt.len();
         touch_second_line(pkt.data());
         self.count_in(side, len);
-        if (self.cfg.pass_vlan || self.cfg.pass_ipv6) && self.passed(side, info) {
+        if (self.shared.cfg.pass_vlan || self.shared.cfg.pass_ipv6) && self.passed(side, info) {
             self.bypass(side, pkt, out);
             return;
         }
-        if !self.cfg.bypass.is_empty()
+        if !self.shared.cfg.bypass.is_empty()
             && self
+                .shared
                 .cfg
                 .bypass
                 .iter()
@@ -790,25 +821,8 @@ impl<B: PacketBuf> Comparator<B> {
             Some(id) => id,
             None => self.create(hash, key, kind, now, out),
         };
-        let Comparator {
-            cfg,
-            table,
-            pool,
-            c,
-            since,
-            held,
-            ..
-        } = self;
-        let mut ctx = Ctx {
-            pool,
-            c,
-            cfg,
-            out,
-            key,
-            now,
-            since,
-            held,
-        };
+        let Comparator { table, shared, .. } = self;
+        let mut ctx = shared.ctx(out, key, now);
         let Some(conn) = table.touch(id, now) else {
             // Unreachable (a found or created entry is live), but never lose the packet.
             ctx.uncomparable_kind(side, pkt);
@@ -843,15 +857,15 @@ impl<B: PacketBuf> Comparator<B> {
     /// `pass_vlan` / `pass_ipv6` take this frame: count it (the caller bypasses it).
     #[cold]
     fn passed(&mut self, side: Side, info: &PacketInfo) -> bool {
-        let vlan = self.cfg.pass_vlan && info.vlan_tags > 0;
-        let ipv6 = self.cfg.pass_ipv6 && info.l3 == crate::wire::packet::L3Kind::Ipv6;
+        let vlan = self.shared.cfg.pass_vlan && info.vlan_tags > 0;
+        let ipv6 = self.shared.cfg.pass_ipv6 && info.l3 == crate::wire::packet::L3Kind::Ipv6;
         if !(vlan || ipv6) {
             return false;
         }
         match side {
-            Side::Primary if vlan => self.c.rel_pass_vlan += 1,
-            Side::Primary => self.c.rel_pass_ipv6 += 1,
-            Side::Secondary => self.c.sec_passed += 1,
+            Side::Primary if vlan => self.shared.c.rel_pass_vlan += 1,
+            Side::Primary => self.shared.c.rel_pass_ipv6 += 1,
+            Side::Secondary => self.shared.c.sec_passed += 1,
         }
         true
     }
@@ -860,11 +874,11 @@ impl<B: PacketBuf> Comparator<B> {
     fn bypass(&mut self, side: Side, pkt: B, out: &mut impl Output<B>) {
         match side {
             Side::Primary => {
-                self.c.rel_bypass += 1;
+                self.shared.c.rel_bypass += 1;
                 out.release(pkt, Release::Bypass);
             }
             Side::Secondary => {
-                self.c.sec_bypass += 1;
+                self.shared.c.sec_bypass += 1;
                 out.free_secondary(pkt, SecondaryFree::Bypass);
             }
         }
@@ -883,7 +897,7 @@ impl<B: PacketBuf> Comparator<B> {
     ) -> u32 {
         // A flow with held packets: its new packets wait behind them (order), for the checkpoint
         // already requested.
-        let behind_held = self.held.contains(hash);
+        let behind_held = self.shared.held.contains(hash);
         let ins = self.table.insert(hash, *key, now, || {
             let mut c = Conn::new(kind);
             if behind_held {
@@ -892,20 +906,10 @@ impl<B: PacketBuf> Comparator<B> {
             }
             c
         });
-        self.c.conns_created += 1;
+        self.shared.c.conns_created += 1;
         if let Some((ekey, mut econn)) = ins.evicted {
-            self.c.conns_evicted += 1;
-            let mut ctx = Ctx {
-                pool: &mut self.pool,
-                c: &mut self.c,
-                cfg: &self.cfg,
-                out,
-                key: &ekey,
-                now,
-                since: &mut self.since,
-                held: &mut self.held,
-            };
-            ctx.retire(
+            self.shared.c.conns_evicted += 1;
+            self.shared.ctx(out, &ekey, now).retire(
                 &mut econn,
                 ekey.hash64(),
                 Reason::TableOverflow,
@@ -942,13 +946,13 @@ impl<B: PacketBuf> Comparator<B> {
                 };
                 out.capture(&ev, Some(&pkt), None);
                 out.event(ev);
-                self.c.events[Reason::Malformed as usize] += 1;
-                self.c.rel_uncomparable += 1;
+                self.shared.c.events[Reason::Malformed as usize] += 1;
+                self.shared.c.rel_uncomparable += 1;
                 out.release(pkt, Release::Uncomparable(why));
             }
             Side::Secondary => {
                 // The primary's version of it will time out if it mattered.
-                self.c.sec_drop_malformed += 1;
+                self.shared.c.sec_drop_malformed += 1;
                 out.free_secondary(pkt, SecondaryFree::Dropped(DropReason::Malformed));
             }
         }
@@ -963,52 +967,25 @@ impl<B: PacketBuf> Comparator<B> {
             Some(p) => p,
             None if now < self.next_scan => return,
             None => {
-                self.next_scan = now.saturating_add(self.cfg.scan_period_ns.max(1));
+                self.next_scan = now.saturating_add(self.shared.cfg.scan_period_ns.max(1));
                 // The held list first, once per scan: its packets are older than any of the
                 // same flow in the table.
-                let hk = self.held.key;
-                Ctx {
-                    pool: &mut self.pool,
-                    c: &mut self.c,
-                    cfg: &self.cfg,
-                    out: &mut *out,
-                    key: &hk,
-                    now,
-                    since: &mut self.since,
-                    held: &mut self.held,
-                }
-                .scan_held();
+                let hk = self.shared.held.key;
+                self.shared.ctx(out, &hk, now).scan_held();
                 ScanPass {
                     start: now,
                     oldest: u64::MAX,
-                    primary_in: self.c.primary_in,
+                    primary_in: self.shared.c.primary_in,
                 }
             }
         };
-        let Comparator {
-            cfg,
-            table,
-            pool,
-            c,
-            since,
-            held,
-            ..
-        } = self;
-        let idle = cfg.idle_timeout_ns;
+        let Comparator { table, shared, .. } = self;
+        let idle = shared.cfg.idle_timeout_ns;
         // The scan visits every connection: it refreshes the backlog's oldest arrival.
         let mut oldest = pass.oldest;
         // One visit: timeouts of the connection, then ageing if it is idle.
         let (_, done) = table.sweep_mut(SCAN_PER_TICK, |k, conn, last_used| {
-            let mut ctx = Ctx {
-                pool: &mut *pool,
-                c: &mut *c,
-                cfg,
-                out: &mut *out,
-                key: k,
-                now,
-                since: &mut *since,
-                held: &mut *held,
-            };
+            let mut ctx = shared.ctx(out, k, now);
             ctx.scan(conn);
             if conn.pq.head != NIL {
                 oldest = oldest.min(ctx.pool.meta(conn.pq.head).arrival);
@@ -1026,14 +1003,14 @@ impl<B: PacketBuf> Comparator<B> {
         }
         self.pass = None;
         // A primary queued after its connection was visited arrived after the scan began.
-        if self.c.primary_in != pass.primary_in && self.c.queued_primary != 0 {
+        if self.shared.c.primary_in != pass.primary_in && self.shared.c.queued_primary != 0 {
             oldest = oldest.min(pass.start);
         }
-        if self.held.list.head != NIL {
-            oldest = oldest.min(self.held.oldest);
+        if self.shared.held.list.head != NIL {
+            oldest = oldest.min(self.shared.held.oldest);
         }
         if oldest != u64::MAX {
-            self.since = oldest;
+            self.shared.since = oldest;
         }
     }
 
@@ -1047,32 +1024,23 @@ impl<B: PacketBuf> Comparator<B> {
     /// leaves between scans. `None` when no primary is queued.
     pub fn backlog(&self) -> super::Backlog {
         super::Backlog {
-            primary_packets: self.c.queued_primary,
-            primary_bytes: self.c.queued_primary_bytes,
-            secondary_packets: self.c.queued_secondary,
-            secondary_bytes: self.c.queued_secondary_bytes,
-            oldest_primary_ns: (self.c.queued_primary != 0).then_some(self.since),
+            primary_packets: self.shared.c.queued_primary,
+            primary_bytes: self.shared.c.queued_primary_bytes,
+            secondary_packets: self.shared.c.queued_secondary,
+            secondary_bytes: self.shared.c.queued_secondary_bytes,
+            oldest_primary_ns: (self.shared.c.queued_primary != 0).then_some(self.shared.since),
         }
     }
 
     /// The held list (evicted / aged-out connections' primaries) in order, released by `how`
     /// or dropped at shutdown (`how` = `None`).
     fn empty_held(&mut self, now: u64, how: Option<Release>, out: &mut impl Output<B>) {
-        if self.held.list.head == NIL {
-            self.held.forget();
+        if self.shared.held.list.head == NIL {
+            self.shared.held.forget();
             return;
         }
-        let hk = self.held.key;
-        let mut ctx = Ctx {
-            pool: &mut self.pool,
-            c: &mut self.c,
-            cfg: &self.cfg,
-            out,
-            key: &hk,
-            now,
-            since: &mut self.since,
-            held: &mut self.held,
-        };
+        let hk = self.shared.held.key;
+        let mut ctx = self.shared.ctx(out, &hk, now);
         match how {
             Some(how) => ctx.release_held(how),
             None => ctx.drop_held(),
@@ -1083,29 +1051,15 @@ impl<B: PacketBuf> Comparator<B> {
     /// (the held list first: its packets are older than any of the same flow in the table),
     /// free every queued secondary, and restart comparison from the synchronised state.
     pub fn checkpoint_done(&mut self, now: u64, out: &mut impl Output<B>) {
-        self.c.checkpoints += 1;
+        self.shared.c.checkpoints += 1;
         self.empty_held(now, Some(Release::Checkpoint), out);
-        let Comparator {
-            cfg,
-            table,
-            pool,
-            c,
-            since,
-            held,
-            ..
-        } = self;
+        let Comparator { table, shared, .. } = self;
         table.for_each_mut(|k, conn| {
-            let mut ctx = Ctx {
-                pool: &mut *pool,
-                c: &mut *c,
-                cfg,
-                out: &mut *out,
-                key: k,
-                now,
-                since: &mut *since,
-                held: &mut *held,
-            };
-            ctx.empty_conn(conn, Release::Checkpoint, SecondaryFree::Checkpoint);
+            shared.ctx(out, k, now).empty_conn(
+                conn,
+                Release::Checkpoint,
+                SecondaryFree::Checkpoint,
+            );
             conn.diverged = false;
             conn.tcp.sync_to_primary();
         });
@@ -1129,26 +1083,9 @@ impl<B: PacketBuf> Comparator<B> {
     /// (shutdown) when `None`; secondaries freed; connections forgotten.
     fn empty_all(&mut self, how: Option<Release>, out: &mut impl Output<B>) {
         self.empty_held(0, how, out);
-        let Comparator {
-            cfg,
-            table,
-            pool,
-            c,
-            since,
-            held,
-            ..
-        } = self;
+        let Comparator { table, shared, .. } = self;
         table.drain(|k, conn| {
-            let mut ctx = Ctx {
-                pool: &mut *pool,
-                c: &mut *c,
-                cfg,
-                out: &mut *out,
-                key: k,
-                now: 0,
-                since: &mut *since,
-                held: &mut *held,
-            };
+            let mut ctx = shared.ctx(out, k, 0);
             match how {
                 Some(rel) => ctx.empty_conn(conn, rel, SecondaryFree::Dropped(DropReason::Flush)),
                 None => ctx.drop_conn(conn),
