@@ -52,6 +52,18 @@ impl Conn {
     pub(super) fn queued(&self) -> bool {
         self.pq.len != 0 || self.sq.len != 0
     }
+
+    /// The queue heads (primary, secondary) and the side an event about them names: the
+    /// primary when it has one queued.
+    fn heads(&self) -> (Side, u32, u32) {
+        let (p, s) = (self.pq.head, self.sq.head);
+        let side = if p != NIL {
+            Side::Primary
+        } else {
+            Side::Secondary
+        };
+        (side, p, s)
+    }
 }
 
 /// Flows remembered by [`Held`]; more set `all`.
@@ -502,16 +514,10 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
             }
             // Repeat the request in case it was lost.
             if self.now.saturating_sub(conn.last_event_ns) >= timeout {
-                let (p, s) = (conn.pq.head, conn.sq.head);
-                let side = if p != NIL {
-                    Side::Primary
-                } else {
-                    Side::Secondary
-                };
-                let reason = if p != NIL {
-                    Reason::PrimaryTimeout
-                } else {
-                    Reason::SecondaryTimeout
+                let (side, p, s) = conn.heads();
+                let reason = match side {
+                    Side::Primary => Reason::PrimaryTimeout,
+                    Side::Secondary => Reason::SecondaryTimeout,
                 };
                 self.emit(conn, side, reason, None, p, s);
             }
@@ -562,12 +568,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
     /// request, unless the connection already asked). Its secondaries are dropped.
     fn retire(&mut self, conn: &mut Conn, hash: u64, reason: Reason, drop: DropReason) {
         if conn.queued() {
-            let (p, s) = (conn.pq.head, conn.sq.head);
-            let side = if p != NIL {
-                Side::Primary
-            } else {
-                Side::Secondary
-            };
+            let (side, p, s) = conn.heads();
             self.diverge(conn, side, reason, None, p, s);
         }
         if conn.pq.head != NIL {
