@@ -40,7 +40,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
         match self.pool.alloc(pkt, m) {
             Ok(id) => {
                 self.pool.push_back(&mut conn.sq, id);
-                self.sq_added(len);
+                self.count_queued(Side::Secondary, len);
             }
             Err(pkt) => {
                 self.free(pkt, SecondaryFree::Dropped(DropReason::Overflow));
@@ -65,7 +65,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
                     self.free_node(conn, s, SecondaryFree::Matched);
                 }
                 Some(reason) => {
-                    self.diverge(conn, Side::Primary, reason, None, p, s);
+                    self.diverge(conn, self.event(Side::Primary, reason, None), p, s);
                 }
             }
         }

@@ -64,6 +64,17 @@ impl Conn {
         };
         (side, p, s)
     }
+
+    /// Count a packet of `side` in this connection's totals.
+    #[inline(always)]
+    fn count(&mut self, side: Side, len: usize) {
+        let (pkts, bytes) = match side {
+            Side::Primary => (&mut self.p_pkts, &mut self.p_bytes),
+            Side::Secondary => (&mut self.s_pkts, &mut self.s_bytes),
+        };
+        *pkts += 1;
+        *bytes += len as u64;
+    }
 }
 
 /// Flows remembered by [`Held`]; more set `all`.
@@ -193,33 +204,34 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
         }
     }
 
-    /// A primary was queued (backlog gauges).
+    /// One side's backlog gauges: queued packets and their bytes.
     #[inline(always)]
-    pub(super) fn pq_added(&mut self, len: usize) {
-        if self.c.queued_primary == 0 {
+    fn gauges(&mut self, side: Side) -> (&mut u64, &mut u64) {
+        let c = &mut *self.c;
+        match side {
+            Side::Primary => (&mut c.queued_primary, &mut c.queued_primary_bytes),
+            Side::Secondary => (&mut c.queued_secondary, &mut c.queued_secondary_bytes),
+        }
+    }
+
+    /// A packet of `side` was queued (backlog gauges; the first queued primary starts
+    /// [`Comparator::backlog`]'s oldest-primary estimate).
+    #[inline(always)]
+    pub(super) fn count_queued(&mut self, side: Side, len: usize) {
+        if side == Side::Primary && self.c.queued_primary == 0 {
             *self.since = self.now;
         }
-        self.c.queued_primary += 1;
-        self.c.queued_primary_bytes += len as u64;
+        let (n, bytes) = self.gauges(side);
+        *n += 1;
+        *bytes += len as u64;
     }
 
-    /// A primary left its queue (backlog gauges).
+    /// A packet of `side` left its queue (backlog gauges).
     #[inline(always)]
-    pub(super) fn pq_removed(&mut self, len: usize) {
-        self.c.queued_primary -= 1;
-        self.c.queued_primary_bytes -= len as u64;
-    }
-
-    #[inline(always)]
-    pub(super) fn sq_added(&mut self, len: usize) {
-        self.c.queued_secondary += 1;
-        self.c.queued_secondary_bytes += len as u64;
-    }
-
-    #[inline(always)]
-    pub(super) fn sq_removed(&mut self, len: usize) {
-        self.c.queued_secondary -= 1;
-        self.c.queued_secondary_bytes -= len as u64;
+    pub(super) fn count_dequeued(&mut self, side: Side, len: usize) {
+        let (n, bytes) = self.gauges(side);
+        *n -= 1;
+        *bytes -= len as u64;
     }
 
     #[inline]
@@ -246,7 +258,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
             conn.cursor = self.pool.next(id);
         }
         if let Some(p) = self.pool.remove(&mut conn.pq, id) {
-            self.pq_removed(p.len());
+            self.count_dequeued(Side::Primary, p.len());
             self.release(p, how);
         }
     }
@@ -254,7 +266,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
     #[inline]
     pub(super) fn free_node(&mut self, conn: &mut Conn, id: u32, how: SecondaryFree) {
         if let Some(p) = self.pool.remove(&mut conn.sq, id) {
-            self.sq_removed(p.len());
+            self.count_dequeued(Side::Secondary, p.len());
             self.free(p, how);
         }
     }
@@ -275,7 +287,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
     /// Shutdown: drop every queued primary (never released unverified), free every secondary.
     fn drop_conn(&mut self, conn: &mut Conn) {
         while let Some(p) = self.pool.pop_front(&mut conn.pq) {
-            self.pq_removed(p.len());
+            self.count_dequeued(Side::Primary, p.len());
             self.drop_primary(p, PrimaryDrop::Shutdown);
         }
         while conn.sq.head != NIL {
@@ -288,7 +300,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
     /// Release the held list in order (checkpoint, failover, or the opt-in timeout).
     fn release_held(&mut self, how: Release) {
         while let Some(p) = self.pool.pop_front(&mut self.held.list) {
-            self.pq_removed(p.len());
+            self.count_dequeued(Side::Primary, p.len());
             self.c.held_primary -= 1;
             self.release(p, how);
         }
@@ -298,70 +310,56 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
     /// Shutdown: drop the held list.
     fn drop_held(&mut self) {
         while let Some(p) = self.pool.pop_front(&mut self.held.list) {
-            self.pq_removed(p.len());
+            self.count_dequeued(Side::Primary, p.len());
             self.c.held_primary -= 1;
             self.drop_primary(p, PrimaryDrop::Shutdown);
         }
         self.held.forget();
     }
 
-    /// Raise a divergence unless this connection already asked (then it is counted only).
+    /// The event for a divergence of this connection now.
     #[cold]
-    pub(super) fn diverge(
-        &mut self,
-        conn: &mut Conn,
+    pub(super) fn event(
+        &self,
         side: Side,
         reason: Reason,
         range: Option<(u32, u32)>,
-        p: u32,
-        s: u32,
-    ) {
+    ) -> DivergenceEvent {
+        DivergenceEvent {
+            flow: *self.key,
+            side,
+            reason,
+            seq_range: range,
+            time_ns: self.now,
+        }
+    }
+
+    /// Raise a divergence unless this connection already asked (then it is counted only).
+    #[cold]
+    pub(super) fn diverge(&mut self, conn: &mut Conn, ev: DivergenceEvent, p: u32, s: u32) {
         if conn.diverged {
             self.c.events_suppressed += 1;
             return;
         }
         conn.diverged = true;
-        self.emit(conn, side, reason, range, p, s);
+        self.emit(conn, ev, p, s);
     }
 
     #[cold]
-    fn emit(
-        &mut self,
-        conn: &mut Conn,
-        side: Side,
-        reason: Reason,
-        range: Option<(u32, u32)>,
-        p: u32,
-        s: u32,
-    ) {
+    fn emit(&mut self, conn: &mut Conn, ev: DivergenceEvent, p: u32, s: u32) {
         conn.last_event_ns = self.now;
         conn.divergences = conn.divergences.saturating_add(1);
-        self.raise(*self.key, side, reason, range, p, s);
+        self.raise(ev, p, s);
     }
 
-    /// Capture, then one checkpoint request.
+    /// Capture (primary `p`, secondary `s`; `NIL`: none), then one checkpoint request.
     #[cold]
-    fn raise(
-        &mut self,
-        flow: FlowKey,
-        side: Side,
-        reason: Reason,
-        range: Option<(u32, u32)>,
-        p: u32,
-        s: u32,
-    ) {
-        let ev = DivergenceEvent {
-            flow,
-            side,
-            reason,
-            seq_range: range,
-            time_ns: self.now,
-        };
+    fn raise(&mut self, ev: DivergenceEvent, p: u32, s: u32) {
         let pp = if p == NIL { None } else { self.pool.pkt(p) };
         let sp = if s == NIL { None } else { self.pool.pkt(s) };
         self.out.capture(&ev, pp, sp);
         self.out.event(ev);
-        self.c.events[reason as usize] += 1;
+        self.c.events[ev.reason as usize] += 1;
     }
 
     /// Queue a primary; with no room the new packet is dropped ([`Self::overflow_primary`]),
@@ -390,7 +388,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
         let len = pkt.len();
         match self.pool.alloc_back(&mut conn.pq, pkt, m) {
             Ok(id) => {
-                self.pq_added(len);
+                self.count_queued(Side::Primary, len);
                 if conn.cursor == NIL {
                     conn.cursor = id;
                 }
@@ -425,7 +423,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
             pred = self.pool.prev(pred);
         }
         self.pool.insert_after(&mut conn.pq, pred, id);
-        self.pq_added(len);
+        self.count_queued(Side::Primary, len);
         if before_cursor {
             // Everything between it and the old cursor is resolved already.
             conn.cursor = id;
@@ -442,7 +440,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
             conn.cursor = NIL;
         }
         if let Some(p) = self.pool.remove(&mut conn.pq, t) {
-            self.pq_removed(p.len());
+            self.count_dequeued(Side::Primary, p.len());
             self.drop_primary(p, why);
         }
     }
@@ -459,7 +457,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
                 _ => Reason::PoolExhausted,
             };
             let (p, s) = (conn.pq.head, conn.sq.head);
-            self.diverge(conn, Side::Primary, reason, None, p, s);
+            self.diverge(conn, self.event(Side::Primary, reason, None), p, s);
         }
         self.drop_primary(pkt, why);
     }
@@ -483,7 +481,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
         } else {
             Reason::PoolExhausted
         };
-        self.diverge(conn, Side::Secondary, reason, None, NIL, NIL);
+        self.diverge(conn, self.event(Side::Secondary, reason, None), NIL, NIL);
         self.free(pkt, SecondaryFree::Dropped(DropReason::Overflow));
         None
     }
@@ -519,7 +517,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
                     Side::Primary => Reason::PrimaryTimeout,
                     Side::Secondary => Reason::SecondaryTimeout,
                 };
-                self.emit(conn, side, reason, None, p, s);
+                self.emit(conn, self.event(side, reason, None), p, s);
             }
             return;
         }
@@ -534,7 +532,8 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
                     Reason::PrimaryTimeout
                 };
                 let range = tcp.then_some((m.seq, m.end));
-                self.diverge(conn, Side::Primary, reason, range, h, conn.sq.head);
+                let ev = self.event(Side::Primary, reason, range);
+                self.diverge(conn, ev, h, conn.sq.head);
                 return;
             }
         }
@@ -551,14 +550,8 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
             let m = *self.pool.meta(oldest);
             if self.now.saturating_sub(m.arrival) >= timeout {
                 let range = (conn.kind == FlowKind::Tcp).then_some((m.seq, m.end));
-                self.diverge(
-                    conn,
-                    Side::Secondary,
-                    Reason::SecondaryTimeout,
-                    range,
-                    NIL,
-                    oldest,
-                );
+                let ev = self.event(Side::Secondary, Reason::SecondaryTimeout, range);
+                self.diverge(conn, ev, NIL, oldest);
             }
         }
     }
@@ -569,7 +562,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
     fn retire(&mut self, conn: &mut Conn, hash: u64, reason: Reason, drop: DropReason) {
         if conn.queued() {
             let (side, p, s) = conn.heads();
-            self.diverge(conn, side, reason, None, p, s);
+            self.diverge(conn, self.event(side, reason, None), p, s);
         }
         if conn.pq.head != NIL {
             let n = u64::from(conn.pq.len);
@@ -617,8 +610,11 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
         }
         if self.now.saturating_sub(self.held.last_event_ns) >= self.cfg.timeout_ns {
             self.held.last_event_ns = self.now;
-            let (k, r, p) = (self.held.key, self.held.reason, self.held.list.head);
-            self.raise(k, Side::Primary, r, None, p, NIL);
+            let ev = DivergenceEvent {
+                flow: self.held.key,
+                ..self.event(Side::Primary, self.held.reason, None)
+            };
+            self.raise(ev, self.held.list.head, NIL);
         }
     }
 }
@@ -835,23 +831,12 @@ impl<B: PacketBuf> Comparator<B> {
             ctx.uncomparable_kind(side, pkt);
             return;
         }
-        match side {
-            Side::Primary => {
-                conn.p_pkts += 1;
-                conn.p_bytes += len as u64;
-                match kind {
-                    FlowKind::Tcp => ctx.tcp_primary(conn, pkt, m),
-                    _ => ctx.dgram_primary(conn, pkt, m),
-                }
-            }
-            Side::Secondary => {
-                conn.s_pkts += 1;
-                conn.s_bytes += len as u64;
-                match kind {
-                    FlowKind::Tcp => ctx.tcp_secondary(conn, pkt, m),
-                    _ => ctx.dgram_secondary(conn, pkt, m),
-                }
-            }
+        conn.count(side, len);
+        match (side, kind) {
+            (Side::Primary, FlowKind::Tcp) => ctx.tcp_primary(conn, pkt, m),
+            (Side::Primary, _) => ctx.dgram_primary(conn, pkt, m),
+            (Side::Secondary, FlowKind::Tcp) => ctx.tcp_secondary(conn, pkt, m),
+            (Side::Secondary, _) => ctx.dgram_secondary(conn, pkt, m),
         }
     }
 

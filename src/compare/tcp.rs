@@ -271,7 +271,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
                     Ok(id) => id,
                     Err(pkt) => return Some(pkt),
                 };
-                self.pq_added(len);
+                self.count_queued(Side::Primary, len);
                 conn.cursor = id;
                 None
             }
@@ -404,7 +404,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
         match self.pool.alloc(pkt, m) {
             Ok(id) => {
                 self.pool.insert_after(&mut conn.sq, pred, id);
-                self.sq_added(len);
+                self.count_queued(Side::Secondary, len);
             }
             Err(pkt) => self.free(pkt, SecondaryFree::Dropped(DropReason::Overflow)),
         }
@@ -423,7 +423,8 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
                 Resolve::Wait => break,
                 Resolve::Diverge(reason, s) => {
                     let m = *self.pool.meta(id);
-                    self.diverge(conn, Side::Primary, reason, Some((m.seq, m.end)), id, s);
+                    let ev = self.event(Side::Primary, reason, Some((m.seq, m.end)));
+                    self.diverge(conn, ev, id, s);
                     return;
                 }
             }
@@ -447,7 +448,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
                 conn.cursor = self.pool.next(h);
             }
             if let Some(mut p) = self.pool.pop_front(&mut conn.pq) {
-                self.pq_removed(p.len());
+                self.count_dequeued(Side::Primary, p.len());
                 if let Some(ack) = clamp {
                     set_ack(&mut p, m.ack, ack);
                     m.ack = ack;
@@ -503,7 +504,7 @@ impl<B: PacketBuf, O: Output<B>> Ctx<'_, '_, B, O> {
         if tcp_ready(conn, self.pool.meta(id)) {
             let pm = *self.pool.meta(id);
             if let Some(p) = self.pool.pop_front(&mut conn.pq) {
-                self.pq_removed(p.len());
+                self.count_dequeued(Side::Primary, p.len());
                 self.release_tcp(conn, p, &pm, Release::Matched);
             }
         }
