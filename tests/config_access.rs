@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use colo_proxy::config::{Config, LinkSpec};
+use colo_proxy::config::{Config, LinkSpec, SocketLink};
 use colo_proxy::link::access::Allowlist;
 use colo_proxy::mgmt::MgmtConfig;
 
@@ -65,11 +65,11 @@ fn has_error(text: &str, want: &str) {
 
 fn link(cfg: &Config) -> (&colo_proxy::config::Endpoint, &colo_proxy::config::Endpoint) {
     match &cfg.link {
-        Some(LinkSpec::Socket {
+        Some(LinkSpec::Socket(SocketLink {
             mirror,
             secondary_out,
             ..
-        }) => (mirror, secondary_out),
+        })) => (mirror, secondary_out),
         other => panic!("{other:?}"),
     }
 }

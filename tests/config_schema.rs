@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use colo_proxy::config::{
-    Config, ConfigError, LinkSpec, Memory, PortDevice, Role, SockAddr, SocketMode,
+    Config, ConfigError, LinkSpec, Memory, PortDevice, Role, SockAddr, SocketLink, SocketMode,
 };
 
 const PRIMARY: &str = r#"
@@ -107,12 +107,12 @@ fn defaults_are_filled_in() {
     assert_eq!((nic.rx_queues, nic.tx_queues), (1, 1));
     assert_eq!((nic.rx_desc, nic.tx_desc), (1024, 1024));
     match c.link.as_ref().unwrap() {
-        LinkSpec::Socket {
+        LinkSpec::Socket(SocketLink {
             mirror,
             secondary_out,
             vnet_hdr_support,
             reconnect_ms,
-        } => {
+        }) => {
             assert_eq!(
                 mirror.addr,
                 SockAddr::Tcp("127.0.0.1:9003".parse().unwrap())
@@ -186,7 +186,7 @@ fn secondary_and_compare_roles_defaults() {
         s.mgmt.control_socket,
         PathBuf::from("/run/colo-proxy/secondary.sock")
     );
-    let LinkSpec::Socket { mirror, .. } = s.link.unwrap() else {
+    let LinkSpec::Socket(SocketLink { mirror, .. }) = s.link.unwrap() else {
         panic!("socket link expected")
     };
     assert_eq!(mirror.addr, SockAddr::Unix("/tmp/m.sock".into()));

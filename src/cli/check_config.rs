@@ -132,19 +132,16 @@ pub fn summary(cfg: &Config, eal_args: &[String]) -> String {
                 "link: port {port}, ether_type {ether_type:#06x}, peer {mac}"
             );
         }
-        Some(LinkSpec::Socket {
-            mirror,
-            secondary_out,
-            vnet_hdr_support,
-            reconnect_ms,
-        }) => {
+        Some(LinkSpec::Socket(l)) => {
             let _ = writeln!(
                 s,
-                "link: sockets, mirror {} ({}), secondary_out {} ({}), vnet_hdr {vnet_hdr_support}, reconnect {reconnect_ms} ms",
-                mirror.addr,
-                mode(mirror.mode),
-                secondary_out.addr,
-                mode(secondary_out.mode)
+                "link: sockets, mirror {} ({}), secondary_out {} ({}), vnet_hdr {}, reconnect {} ms",
+                l.mirror.addr,
+                mode(l.mirror.mode),
+                l.secondary_out.addr,
+                mode(l.secondary_out.mode),
+                l.vnet_hdr_support,
+                l.reconnect_ms
             );
         }
     }

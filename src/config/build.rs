@@ -13,8 +13,8 @@ use super::sizing::{self, BudgetInputs};
 use super::{
     eal, BackpressureConfig, BypassRule, CaptureConfig, CompareConfig, CompareSockets, Config,
     ConfigError, Endpoint, FieldError, IdleConfig, IdleMode, LcoreMap, LinkSpec, MempoolConfig,
-    MgmtConfig, PortDevice, PortSpec, QmpConfig, RingsConfig, Role, SockAddr, SocketMode,
-    XenNotify,
+    MgmtConfig, PortDevice, PortSpec, QmpConfig, RingsConfig, Role, SockAddr, SocketLink,
+    SocketMode, XenNotify,
 };
 
 /// Most compare shards (one flow-table per shard; 64 is far above any sane lcore count).
@@ -126,7 +126,7 @@ pub(super) fn build(raw: RawConfig) -> Result<Config, ConfigError> {
         shard_packets: compare.shard_packets,
         lcores: lcores.used().len() as u32,
         cache: raw.mempool.cache,
-        socket_link: matches!(link, Some(LinkSpec::Socket { .. })),
+        socket_link: matches!(link, Some(LinkSpec::Socket(_))),
     });
     let mempool = build_mempool(raw.mempool, budget, &mut e);
     let backpressure = build_backpressure(raw.backpressure, &compare, rings, &mut e);
@@ -379,12 +379,12 @@ fn build_link(role: Role, raw: Option<RawLink>, e: &mut Errs) -> Option<LinkSpec
             );
             let reconnect_ms = raw.reconnect_ms.unwrap_or(1000);
             e.positive("link.reconnect_ms", reconnect_ms);
-            Some(LinkSpec::Socket {
+            Some(LinkSpec::Socket(SocketLink {
                 mirror: mirror?,
                 secondary_out: out?,
                 vnet_hdr_support: raw.vnet_hdr_support.unwrap_or(false),
                 reconnect_ms,
-            })
+            }))
         }
     }
 }

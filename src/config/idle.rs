@@ -94,7 +94,7 @@ fn inputs(cfg: &Config, stage: &str) -> Vec<(String, Result<&'static str, &'stat
     let link = || -> Option<(String, Result<&'static str, &'static str>)> {
         match cfg.link.as_ref()? {
             LinkSpec::Port { port: p, .. } => port(p),
-            LinkSpec::Socket { .. } => Some(("link socket".into(), Ok("socket fd"))),
+            LinkSpec::Socket(_) => Some(("link socket".into(), Ok("socket fd"))),
         }
     };
     let ring = |from: Option<u32>, on: Option<u32>| {

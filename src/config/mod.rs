@@ -197,16 +197,20 @@ pub enum LinkSpec {
         peer_mac: Option<[u8; 6]>,
     },
     /// QEMU chardev-framed stream sockets.
-    Socket {
-        /// Mirror stream (primary → secondary).
-        mirror: Endpoint,
-        /// Secondary-output stream (secondary → primary).
-        secondary_out: Endpoint,
-        /// Frames carry the 4-byte vnet_hdr_len field.
-        vnet_hdr_support: bool,
-        /// Client reconnect interval.
-        reconnect_ms: u64,
-    },
+    Socket(SocketLink),
+}
+
+/// `[link]` over QEMU chardev-framed stream sockets, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketLink {
+    /// Mirror stream (primary → secondary).
+    pub mirror: Endpoint,
+    /// Secondary-output stream (secondary → primary).
+    pub secondary_out: Endpoint,
+    /// Frames carry the 4-byte vnet_hdr_len field.
+    pub vnet_hdr_support: bool,
+    /// Client reconnect interval.
+    pub reconnect_ms: u64,
 }
 
 /// `[compare_sockets]` (role `compare`): QEMU colo-compare's chardevs.
@@ -640,14 +644,9 @@ impl Config {
                 ));
             }
         };
-        if let Some(LinkSpec::Socket {
-            mirror,
-            secondary_out,
-            ..
-        }) = &self.link
-        {
-            data("link.mirror", mirror);
-            data("link.secondary_out", secondary_out);
+        if let Some(LinkSpec::Socket(l)) = &self.link {
+            data("link.mirror", &l.mirror);
+            data("link.secondary_out", &l.secondary_out);
         }
         if let Some(cs) = &self.compare_sockets {
             data("compare_sockets.primary_in", &cs.primary_in);

@@ -464,19 +464,14 @@ pub fn build_in(
                 ),
             )
         }
-        Some(LinkSpec::Socket {
-            mirror,
-            secondary_out,
-            vnet_hdr_support,
-            reconnect_ms,
-        }) => {
+        Some(LinkSpec::Socket(l)) => {
             let (out, inn) = if cfg.role == Role::Primary {
-                (mirror, secondary_out)
+                (&l.mirror, &l.secondary_out)
             } else {
-                (secondary_out, mirror)
+                (&l.secondary_out, &l.mirror)
             };
-            let tx = socket(out, *vnet_hdr_support, *reconnect_ms)?;
-            let rx = socket(inn, *vnet_hdr_support, *reconnect_ms)?;
+            let tx = socket(out, l.vnet_hdr_support, l.reconnect_ms)?;
+            let rx = socket(inn, l.vnet_hdr_support, l.reconnect_ms)?;
             let (tx_name, rx_name) = if cfg.role == Role::Primary {
                 ("mirror", "secondary-out")
             } else {
