@@ -215,6 +215,15 @@ impl Conn {
             || (seq::lt(self.snd_nxt, self.data_end())
                 && self.snd_nxt.wrapping_sub(self.snd_una) < u32::from(self.peer_wnd))
     }
+    /// The response bytes from offset `off` into `buf`, with this connection's injected
+    /// divergence when it falls there.
+    fn response_at(&self, off: usize, buf: &mut [u8]) {
+        content::fill_response(self.resp_hash, self.resp_len as usize, off, buf);
+        let at = self.corrupt_at as usize;
+        if self.corrupt_at != u32::MAX && (off..off + buf.len()).contains(&at) {
+            buf[at - off] ^= self.corrupt_xor;
+        }
+    }
 }
 
 /// Immutable context a connection's output needs.
@@ -241,6 +250,22 @@ impl super::SendCounts for VmStats {
     }
     fn alloc_failed(&mut self) {
         self.alloc_failures += 1;
+    }
+}
+
+/// A received frame addressed to this VM, for its handlers: the bytes, their parse and the
+/// sender's MAC (replies go back to it).
+#[derive(Clone, Copy)]
+struct Rx<'a> {
+    data: &'a [u8],
+    info: &'a crate::wire::PacketInfo,
+    peer_mac: [u8; 6],
+}
+
+impl<'a> Rx<'a> {
+    /// The L4 payload.
+    fn payload(&self) -> &'a [u8] {
+        self.info.payload(self.data)
     }
 }
 
@@ -307,13 +332,8 @@ fn pump<B: PacketBuf>(
         if c.fast_rexmit && seq::lt(c.snd_una, data_end) {
             c.fast_rexmit = false;
             let n = data_end.wrapping_sub(c.snd_una).min(u32::from(c.mss)) as usize;
-            let off = c.snd_una.wrapping_sub(base) as usize;
             let payload = &mut chunk[..n];
-            content::fill_response(c.resp_hash, c.resp_len as usize, off, payload);
-            let at = c.corrupt_at as usize;
-            if c.corrupt_at != u32::MAX && (off..off + n).contains(&at) {
-                payload[at - off] ^= c.corrupt_xor;
-            }
+            c.response_at(c.snd_una.wrapping_sub(base) as usize, payload);
             let data = TcpSeg {
                 seq: c.snd_una,
                 payload,
@@ -334,13 +354,8 @@ fn pump<B: PacketBuf>(
             let n = (data_end.wrapping_sub(c.snd_nxt))
                 .min(u32::from(c.mss))
                 .min(wnd - inflight) as usize;
-            let off = c.snd_nxt.wrapping_sub(base) as usize;
             let payload = &mut chunk[..n];
-            content::fill_response(c.resp_hash, c.resp_len as usize, off, payload);
-            let at = c.corrupt_at as usize;
-            if c.corrupt_at != u32::MAX && (off..off + n).contains(&at) {
-                payload[at - off] ^= c.corrupt_xor;
-            }
+            c.response_at(c.snd_nxt.wrapping_sub(base) as usize, payload);
             let mut flags = tcp_flags::ACK;
             if c.snd_nxt.wrapping_add(n as u32) == data_end {
                 flags |= tcp_flags::PSH;
@@ -458,23 +473,28 @@ impl VmSim {
         }
         let mut peer_mac = [0u8; 6];
         peer_mac.copy_from_slice(&data[6..12]);
+        let rx = Rx {
+            data,
+            info: &info,
+            peer_mac,
+        };
         match info.ip_proto {
             IPPROTO_TCP if info.dst_port == self.cfg.tcp_port => {
                 self.stats.rx_tcp += 1;
-                self.on_tcp(data, &info, peer_mac, now_ns, alloc, out);
+                self.on_tcp(rx, now_ns, alloc, out);
             }
             IPPROTO_UDP if info.dst_port == self.cfg.udp_port => {
                 self.stats.rx_udp += 1;
-                self.on_udp(data, &info, peer_mac, alloc, out);
+                self.on_udp(rx, alloc, out);
             }
             IPPROTO_ICMP | IPPROTO_ICMPV6 if frame::is_echo(&info, false) => {
                 self.stats.rx_icmp += 1;
-                self.on_icmp(data, &info, peer_mac, alloc, out);
+                self.on_icmp(rx, alloc, out);
             }
             IPPROTO_TCP => {
                 // A real stack answers a closed port with RST.
                 self.stats.rx_tcp += 1;
-                self.send_rst(&info, peer_mac, alloc, out);
+                self.send_rst(rx, alloc, out);
             }
             _ => self.stats.rx_ignored += 1,
         }
@@ -488,28 +508,28 @@ impl VmSim {
         }
     }
 
-    fn reply_hdr(&self, info: &crate::wire::PacketInfo, peer_mac: [u8; 6]) -> Hdr {
+    fn reply_hdr(&self, rx: Rx<'_>) -> Hdr {
         conn_hdr(
             &Ctx {
                 addrs: &self.addrs,
                 cfg: &self.cfg,
             },
-            &Self::key_of(info),
-            peer_mac,
+            &Self::key_of(rx.info),
+            rx.peer_mac,
         )
     }
 
     fn send_rst<B: PacketBuf>(
         &mut self,
-        info: &crate::wire::PacketInfo,
-        peer_mac: [u8; 6],
+        rx: Rx<'_>,
         alloc: &mut impl FrameAlloc<B>,
         out: &mut impl FnMut(B),
     ) {
-        let Some(t) = info.tcp else { return };
+        let Some(t) = rx.info.tcp else { return };
         if t.flags & tcp_flags::RST != 0 {
             return;
         }
+        let info = rx.info;
         // RFC 793: answer an ACK with seq = its ack; otherwise RST|ACK acking the segment.
         let mut seg = TcpSeg {
             sport: info.dst_port,
@@ -529,19 +549,14 @@ impl VmSim {
             seg.ack = t.seq.wrapping_add(info.payload_len() as u32 + syn_fin);
             seg.flags |= tcp_flags::ACK;
         }
-        let h = self.reply_hdr(info, peer_mac);
+        let h = self.reply_hdr(rx);
         if emit(frame::tcp(alloc, &h, &seg), &mut self.stats, out) {
             self.stats.rst_sent += 1;
         }
     }
 
-    fn new_conn(
-        &self,
-        info: &crate::wire::PacketInfo,
-        data: &[u8],
-        peer_mac: [u8; 6],
-        now: u64,
-    ) -> Conn {
+    fn new_conn(&self, rx: Rx<'_>, now: u64) -> Conn {
+        let info = rx.info;
         let tuple = content::tuple_hash(&info.src_ip, info.src_port, &info.dst_ip, info.dst_port);
         let iss = mix64(self.cfg.isn_seed ^ tuple) as u32;
         let irs = info.tcp.map(|t| t.seq).unwrap_or(0);
@@ -551,11 +566,11 @@ impl VmSim {
             MAX_SEGMENT
         };
         let own = self.cfg.mss.clamp(64, cap);
-        let mss = frame::tcp_mss(data, info)
+        let mss = frame::tcp_mss(rx.data, info)
             .map(|m| usize::from(m).clamp(64, own))
             .unwrap_or(536.min(own)) as u16;
         Conn {
-            peer_mac,
+            peer_mac: rx.peer_mac,
             established: false,
             iss,
             snd_una: iss,
@@ -587,13 +602,12 @@ impl VmSim {
 
     fn on_tcp<B: PacketBuf>(
         &mut self,
-        data: &[u8],
-        info: &crate::wire::PacketInfo,
-        peer_mac: [u8; 6],
+        rx: Rx<'_>,
         now: u64,
         alloc: &mut impl FrameAlloc<B>,
         out: &mut impl FnMut(B),
     ) {
+        let info = rx.info;
         let Some(t) = info.tcp else { return };
         let key = Self::key_of(info);
         let syn_only =
@@ -601,14 +615,14 @@ impl VmSim {
         let exists = self.conns.contains_key(&key);
         if !exists {
             if !syn_only {
-                self.send_rst(info, peer_mac, alloc, out);
+                self.send_rst(rx, alloc, out);
                 return;
             }
             if self.conns.len() >= self.cfg.max_connections {
                 self.stats.table_full += 1;
                 return;
             }
-            let c = self.new_conn(info, data, peer_mac, now);
+            let c = self.new_conn(rx, now);
             self.conns.insert(key, c);
             self.stats.conns_opened += 1;
         } else if syn_only {
@@ -625,7 +639,7 @@ impl VmSim {
                 }
             } else {
                 // A new connection on a 4-tuple we still hold (its close was lost).
-                let c = self.new_conn(info, data, peer_mac, now);
+                let c = self.new_conn(rx, now);
                 self.conns.insert(key, c);
                 self.stats.conns_replaced += 1;
                 self.stats.conns_opened += 1;
@@ -649,7 +663,7 @@ impl VmSim {
                 Self::segment(
                     c,
                     info,
-                    data,
+                    rx.data,
                     t,
                     &self.cfg,
                     &mut self.rng,
@@ -770,13 +784,11 @@ impl VmSim {
 
     fn on_udp<B: PacketBuf>(
         &mut self,
-        data: &[u8],
-        info: &crate::wire::PacketInfo,
-        peer_mac: [u8; 6],
+        rx: Rx<'_>,
         alloc: &mut impl FrameAlloc<B>,
         out: &mut impl FnMut(B),
     ) {
-        let payload = info.payload(data);
+        let payload = rx.payload();
         if payload.len() > MAX_DATAGRAM {
             return; // counted in rx_udp; too big to echo
         }
@@ -790,8 +802,8 @@ impl VmSim {
             reply[at] ^= 1 + (self.rng.next_u64() % 255) as u8;
             self.stats.divergences += 1;
         }
-        let h = self.reply_hdr(info, peer_mac);
-        let r = frame::udp(alloc, &h, info.dst_port, info.src_port, reply);
+        let h = self.reply_hdr(rx);
+        let r = frame::udp(alloc, &h, rx.info.dst_port, rx.info.src_port, reply);
         if emit(r, &mut self.stats, out) {
             self.stats.udp_replies += 1;
         }
@@ -799,18 +811,16 @@ impl VmSim {
 
     fn on_icmp<B: PacketBuf>(
         &mut self,
-        data: &[u8],
-        info: &crate::wire::PacketInfo,
-        peer_mac: [u8; 6],
+        rx: Rx<'_>,
         alloc: &mut impl FrameAlloc<B>,
         out: &mut impl FnMut(B),
     ) {
-        let Some(seq) = frame::icmp_echo_seq(data, info) else {
+        let Some(seq) = frame::icmp_echo_seq(rx.data, rx.info) else {
             return; // unreachable: parse() checked the 8-byte echo header
         };
-        let payload = info.payload(data);
-        let h = self.reply_hdr(info, peer_mac);
-        let r = frame::icmp_echo(alloc, &h, true, info.icmp_echo_id, seq, payload);
+        let payload = rx.payload();
+        let h = self.reply_hdr(rx);
+        let r = frame::icmp_echo(alloc, &h, true, rx.info.icmp_echo_id, seq, payload);
         if emit(r, &mut self.stats, out) {
             self.stats.icmp_replies += 1;
         }
