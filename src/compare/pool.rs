@@ -128,6 +128,26 @@ impl<B: PacketBuf> Pool<B> {
         self.nodes[id as usize].prev
     }
 
+    /// Point the link after `prev` at `id`: `prev`'s next, or the list's head when `prev` is
+    /// `NIL`.
+    #[inline(always)]
+    fn set_next(&mut self, list: &mut List, prev: u32, id: u32) {
+        match self.nodes.get_mut(prev as usize) {
+            Some(p) => p.next = id,
+            None => list.head = id,
+        }
+    }
+
+    /// Point the link before `next` at `id`: `next`'s prev, or the list's tail when `next` is
+    /// `NIL`.
+    #[inline(always)]
+    fn set_prev(&mut self, list: &mut List, next: u32, id: u32) {
+        match self.nodes.get_mut(next as usize) {
+            Some(n) => n.prev = id,
+            None => list.tail = id,
+        }
+    }
+
     /// Take a free node for `pkt`; gives the packet back when the pool is empty.
     #[inline]
     pub fn alloc(&mut self, pkt: B, m: Meta) -> Result<u32, B> {
@@ -159,10 +179,7 @@ impl<B: PacketBuf> Pool<B> {
         n.m = m;
         n.prev = list.tail;
         n.next = NIL;
-        match self.nodes.get_mut(list.tail as usize) {
-            Some(t) => t.next = id,
-            None => list.head = id,
-        }
+        self.set_next(list, list.tail, id);
         list.tail = id;
         list.len += 1;
         Ok(id)
@@ -181,16 +198,8 @@ impl<B: PacketBuf> Pool<B> {
             n.prev = after;
             n.next = next;
         }
-        if after == NIL {
-            list.head = id;
-        } else {
-            self.nodes[after as usize].next = id;
-        }
-        if next == NIL {
-            list.tail = id;
-        } else {
-            self.nodes[next as usize].prev = id;
-        }
+        self.set_next(list, after, id);
+        self.set_prev(list, next, id);
         list.len += 1;
     }
 
@@ -212,10 +221,7 @@ impl<B: PacketBuf> Pool<B> {
         self.free = id;
         self.free_n += 1;
         list.head = next;
-        match self.nodes.get_mut(next as usize) {
-            Some(nx) => nx.prev = NIL,
-            None => list.tail = NIL,
-        }
+        self.set_prev(list, next, NIL);
         list.len -= 1;
         pkt
     }
@@ -225,10 +231,7 @@ impl<B: PacketBuf> Pool<B> {
         if src.head == NIL {
             return;
         }
-        match self.nodes.get_mut(dst.tail as usize) {
-            Some(t) => t.next = src.head,
-            None => dst.head = src.head,
-        }
+        self.set_next(dst, dst.tail, src.head);
         self.nodes[src.head as usize].prev = dst.tail;
         dst.tail = src.tail;
         dst.len += src.len;
@@ -242,16 +245,8 @@ impl<B: PacketBuf> Pool<B> {
             let n = &self.nodes[id as usize];
             (n.prev, n.next)
         };
-        if prev == NIL {
-            list.head = next;
-        } else {
-            self.nodes[prev as usize].next = next;
-        }
-        if next == NIL {
-            list.tail = prev;
-        } else {
-            self.nodes[next as usize].prev = prev;
-        }
+        self.set_next(list, prev, next);
+        self.set_prev(list, next, prev);
         list.len -= 1;
         let n = &mut self.nodes[id as usize];
         n.prev = NIL;
