@@ -203,6 +203,13 @@ impl Exposition {
         self.push(name, help, MetricType::Gauge, labels, Sample::Gauge(v));
     }
 
+    /// A 0/1 gauge for a boolean of `ctl stats`; left out when it is missing (`None`).
+    pub fn flag(&mut self, name: &str, help: &str, labels: Labels, v: Option<bool>) {
+        if let Some(b) = v {
+            self.gauge(name, help, labels, f64::from(u8::from(b)));
+        }
+    }
+
     /// A histogram sample.
     pub fn histogram(&mut self, name: &str, help: &str, labels: Labels, b: &Buckets) {
         let s = Sample::Histogram(b.clone());
@@ -499,14 +506,12 @@ fn mgmt_families(x: &mut Exposition, m: &Value) {
             ),
         ],
     );
-    if let Some(b) = c["outstanding"].as_bool() {
-        x.gauge(
-            "colo_proxy_checkpoint_outstanding",
-            "1 while a checkpoint request is outstanding.",
-            &[],
-            f64::from(u8::from(b)),
-        );
-    }
+    x.flag(
+        "colo_proxy_checkpoint_outstanding",
+        "1 while a checkpoint request is outstanding.",
+        &[],
+        c["outstanding"].as_bool(),
+    );
     if let Some(v) = num(&c["max_latency_ns"]) {
         x.gauge(
             "colo_proxy_checkpoint_max_latency_seconds",
@@ -520,14 +525,12 @@ fn mgmt_families(x: &mut Exposition, m: &Value) {
             let up = ["ready", "connected", "up"]
                 .iter()
                 .find_map(|k| s[*k].as_bool());
-            if let Some(up) = up {
-                x.gauge(
-                    "colo_proxy_checkpoint_sink_up",
-                    "1 when a checkpoint sink (xen, qmp, ...) is connected and ready.",
-                    &[("sink", sink)],
-                    f64::from(u8::from(up)),
-                );
-            }
+            x.flag(
+                "colo_proxy_checkpoint_sink_up",
+                "1 when a checkpoint sink (xen, qmp, ...) is connected and ready.",
+                &[("sink", sink)],
+                up,
+            );
             if let Some(o) = s.as_object() {
                 for (k, v) in o {
                     if let Some(v) = v.as_u64() {
@@ -568,14 +571,12 @@ fn mgmt_families(x: &mut Exposition, m: &Value) {
         "colo_proxy_capture_",
         "Divergence capture counter (ctl stats mgmt.capture).",
     );
-    if let Some(b) = m["capture_on"].as_bool() {
-        x.gauge(
-            "colo_proxy_capture_enabled",
-            "1 while divergence capture is on.",
-            &[],
-            f64::from(u8::from(b)),
-        );
-    }
+    x.flag(
+        "colo_proxy_capture_enabled",
+        "1 while divergence capture is on.",
+        &[],
+        m["capture_on"].as_bool(),
+    );
     x.counters_named(
         m,
         &[
