@@ -106,6 +106,10 @@ fn track_peak(peak: &mut Vec<ShardLag>, now: &[ShardLag]) {
     }
 }
 
+/// Longest management sleeps when nothing wakes it: bounds how late it sees a stop request,
+/// a failed lcore or a lag peak (inputs, sockets and sink deadlines wake it at once).
+pub const IDLE_WAIT: Duration = Duration::from_millis(10);
+
 /// Run management until stopped, then stop the pipeline in order; `dp` (when given) adds the
 /// SVM lag and port drops to the status line and the outcome.
 pub fn run(
@@ -174,7 +178,7 @@ pub fn run(
             }
         }
         if out.work == 0 {
-            std::thread::sleep(Duration::from_millis(1));
+            mgmt.wait(ctl.now_ns(), IDLE_WAIT);
         }
     }
     crate::mgmt::service::stopping();
