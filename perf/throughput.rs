@@ -520,9 +520,11 @@ fn step(case: &Case, rate: f64, secs: f64) -> Result<Step, String> {
 
 /// Highest rate in `[lo, hi]` pps whose step loses at most `max_loss` of the offered frames
 /// (0: nothing — RFC 2544's zero-loss rate, the NDR; [`PDR_LOSS`]: the partial drop rate),
-/// bisected geometrically `iters` times (the range spans decades). A rate the generator cannot
-/// reach (achieved < 99 % of offered) fails: the bound is then the generator's, not the
-/// proxy's. 0 if even `lo` fails.
+/// bisected geometrically `iters` times (the range spans decades). What is returned is the
+/// rate the generator achieved in the best passing step, not the one it aimed at: on a shared
+/// VM the generator is descheduled now and then and gives up a few % of its schedule. A step
+/// whose generator achieved less than 90 % of its aim fails (the bound is then the
+/// generator's, not the proxy's). 0 if even `lo` fails.
 fn search(
     case: &Case,
     lo: f64,
@@ -531,22 +533,24 @@ fn search(
     secs: f64,
     max_loss: f64,
 ) -> Result<f64, String> {
-    if !passes(case, lo, secs, max_loss)? {
+    let Some(mut best) = passes(case, lo, secs, max_loss)? else {
         return Ok(0.0);
-    }
+    };
     let (mut lo, mut hi) = (lo, hi);
     for _ in 0..iters {
         let mid = (lo * hi).sqrt();
-        if passes(case, mid, secs, max_loss)? {
+        if let Some(achieved) = passes(case, mid, secs, max_loss)? {
+            best = best.max(achieved);
             lo = mid;
         } else {
             hi = mid;
         }
     }
-    Ok(lo)
+    Ok(best)
 }
 
-fn passes(case: &Case, rate: f64, secs: f64, max_loss: f64) -> Result<bool, String> {
+/// The achieved rate of a passing step at `rate`, `None` if it failed.
+fn passes(case: &Case, rate: f64, secs: f64, max_loss: f64) -> Result<Option<f64>, String> {
     let st = step(case, rate, secs)?;
     let ok = st.within(max_loss);
     if std::env::var_os("THROUGHPUT_DEBUG").is_some() {
@@ -555,7 +559,7 @@ fn passes(case: &Case, rate: f64, secs: f64, max_loss: f64) -> Result<bool, Stri
             st.loss()
         );
     }
-    Ok(ok && st.achieved_pps >= 0.99 * rate)
+    Ok((ok && st.achieved_pps >= 0.9 * rate).then_some(st.achieved_pps))
 }
 
 /// NDR and PDR of one case.
@@ -564,6 +568,15 @@ fn rates(case: &Case, iters: usize, secs: f64) -> Result<(f64, f64), String> {
     // The PDR is at least the NDR: search above it.
     let pdr = search(case, ndr.max(LO), HI, iters, secs, PDR_LOSS)?;
     Ok((ndr, pdr.max(ndr)))
+}
+
+/// `a / b`, NaN (printed as such) when the baseline found no passing rate.
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        f64::NAN
+    }
 }
 
 fn main() -> ExitCode {
@@ -680,8 +693,8 @@ fn main() -> ExitCode {
                         gbps(pp),
                         b / 1e6,
                         bp / 1e6,
-                        p / b.max(1.0),
-                        pp / bp.max(1.0)
+                        ratio(p, b),
+                        ratio(pp, bp)
                     );
                 }
             }
