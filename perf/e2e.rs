@@ -16,7 +16,8 @@
 //! figure that load on a shared machine disturbs least.
 //!
 //! `cargo bench --bench e2e` (full: 2 rounds, 512 MiB per transfer, 1000 rr) or `-- --smoke`
-//! (1 round, 16 MiB, 50 rr). Needs root and `ip netns`.
+//! (1 round, 16 MiB, 50 rr); `E2E_MIB=N` for one round of N MiB per transfer (300 rr), to try a
+//! change quickly. Needs root and `ip netns`.
 
 #[path = "../tests/netns_support/mod.rs"]
 mod netns_support;
@@ -222,6 +223,8 @@ fn main() {
     }
     let (rounds, bytes, rr) = if smoke {
         (1, 16u64 << 20, 50)
+    } else if let Ok(mib) = std::env::var("E2E_MIB") {
+        (1, mib.parse::<u64>().unwrap() << 20, 300)
     } else {
         (2, 512u64 << 20, 1000)
     };

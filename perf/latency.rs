@@ -19,7 +19,8 @@
 //!
 //! Children: each forwarder runs in its own process (EAL once per process): this binary
 //! re-executed with `COLO_LAT_CHILD`. `cargo bench --bench latency` (full) or `-- --smoke`
-//! (seconds: af_packet at 1 k/s, tap interrupt, ring poll, the lab in interrupt mode only).
+//! (seconds: af_packet at 1 k/s, tap interrupt, ring poll, the lab in interrupt mode only);
+//! `LAT_LAB=interrupt[,backoff,poll]` runs only section 3 (300 pings, 300 rr) in those modes.
 //! Needs root (veths, taps, namespaces).
 
 #[path = "../tests/netns_support/mod.rs"]
@@ -702,6 +703,11 @@ fn main() {
         if smoke { "smoke" } else { "full" }
     );
     let t0 = Instant::now();
+    if let Ok(modes) = std::env::var("LAT_LAB") {
+        let modes: Vec<&str> = modes.split(',').collect();
+        lab_section(&modes, 300, 300, Duration::from_secs(1));
+        return;
+    }
     let case = |ports, fwd, rate: u64, secs: f64, idle_ms| Case {
         ports,
         fwd,

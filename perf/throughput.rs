@@ -1,4 +1,5 @@
-//! Open-loop throughput of the primary's data path: the zero-loss rate.
+//! Open-loop throughput of the primary's data path: the zero-loss rate (NDR) and the partial
+//! drop rate (PDR: at most 0.1 % of the offered frames not released, no divergence).
 //!
 //! What runs: the production wiring (`topology::build` from a config, the same stages and
 //! lcore loop as `colo-proxy run` as primary) with the PVM and the link on `net_ring` ports
@@ -11,7 +12,7 @@
 //!
 //! A step offers rate R for a while, then lets the pipeline drain: it passes when every
 //! offered primary was released matched, nothing was dropped anywhere (generator ring full,
-//! proxy drop counters) and no divergence was raised. The zero-loss rate is found by binary
+//! proxy drop counters) and no divergence was raised. The zero-loss rate (and the PDR) is found by binary
 //! search (RFC 2544 style), each step in a fresh child process (no state carried between
 //! steps). Baseline in the same invocation: the highest rate at which the pipeline's io-forward
 //! step (`TxBuf::forward_from`, as `demo --baseline-forward`) moves the PVM ring to the nic,
@@ -123,7 +124,28 @@ impl Step {
             && self.divergences == 0
             && self.released == self.offered
     }
+
+    /// Share of the offered frames that were not released (lost anywhere, dropped, or held).
+    fn loss(&self) -> f64 {
+        let offered = self.offered + self.gen_lost;
+        if offered == 0 {
+            return 1.0;
+        }
+        1.0 - self.released as f64 / offered as f64
+    }
+
+    /// Within `max_loss` (0: the zero-loss rule of [`Step::passed`]); a divergence always fails.
+    fn within(&self, max_loss: f64) -> bool {
+        if max_loss == 0.0 {
+            self.passed()
+        } else {
+            self.divergences == 0 && self.loss() <= max_loss
+        }
+    }
 }
+
+/// The partial drop rate's loss bound (FD.io CSIT's PDR uses 0.5 %; stricter here).
+const PDR_LOSS: f64 = 0.001;
 
 /// One flow's frame template and next sequence number.
 struct Flows {
@@ -496,31 +518,65 @@ fn step(case: &Case, rate: f64, secs: f64) -> Result<Step, String> {
     })
 }
 
-/// Highest passing rate in `[lo, hi]` pps, bisected geometrically `iters` times (the range
-/// spans decades). A rate the generator cannot reach (achieved < 99 % of offered) fails: the
-/// bound is then the generator's, not the proxy's. 0 if even `lo` fails.
-fn zero_loss(case: &Case, lo: f64, hi: f64, iters: usize, secs: f64) -> Result<f64, String> {
-    if !passes(case, lo, secs)? {
+/// Highest rate in `[lo, hi]` pps whose step loses at most `max_loss` of the offered frames
+/// (0: nothing — RFC 2544's zero-loss rate, the NDR; [`PDR_LOSS`]: the partial drop rate),
+/// bisected geometrically `iters` times (the range spans decades). What is returned is the
+/// rate the generator achieved in the best passing step, not the one it aimed at: on a shared
+/// VM the generator is descheduled now and then and gives up a few % of its schedule. A step
+/// whose generator achieved less than 90 % of its aim fails (the bound is then the
+/// generator's, not the proxy's). 0 if even `lo` fails.
+fn search(
+    case: &Case,
+    lo: f64,
+    hi: f64,
+    iters: usize,
+    secs: f64,
+    max_loss: f64,
+) -> Result<f64, String> {
+    let Some(mut best) = passes(case, lo, secs, max_loss)? else {
         return Ok(0.0);
-    }
+    };
     let (mut lo, mut hi) = (lo, hi);
     for _ in 0..iters {
         let mid = (lo * hi).sqrt();
-        if passes(case, mid, secs)? {
+        if let Some(achieved) = passes(case, mid, secs, max_loss)? {
+            best = best.max(achieved);
             lo = mid;
         } else {
             hi = mid;
         }
     }
-    Ok(lo)
+    Ok(best)
 }
 
-fn passes(case: &Case, rate: f64, secs: f64) -> Result<bool, String> {
+/// The achieved rate of a passing step at `rate`, `None` if it failed.
+fn passes(case: &Case, rate: f64, secs: f64, max_loss: f64) -> Result<Option<f64>, String> {
     let st = step(case, rate, secs)?;
+    let ok = st.within(max_loss);
     if std::env::var_os("THROUGHPUT_DEBUG").is_some() {
-        eprintln!("{case:?} {rate:.0} pps: {st:?} passed={}", st.passed());
+        eprintln!(
+            "{case:?} {rate:.0} pps: {st:?} loss={:.5} within {max_loss}: {ok}",
+            st.loss()
+        );
     }
-    Ok(st.passed() && st.achieved_pps >= 0.99 * rate)
+    Ok((ok && st.achieved_pps >= 0.9 * rate).then_some(st.achieved_pps))
+}
+
+/// NDR and PDR of one case.
+fn rates(case: &Case, iters: usize, secs: f64) -> Result<(f64, f64), String> {
+    let ndr = search(case, LO, HI, iters, secs, 0.0)?;
+    // The PDR is at least the NDR: search above it.
+    let pdr = search(case, ndr.max(LO), HI, iters, secs, PDR_LOSS)?;
+    Ok((ndr, pdr.max(ndr)))
+}
+
+/// `a / b`, NaN (printed as such) when the baseline found no passing rate.
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        f64::NAN
+    }
 }
 
 fn main() -> ExitCode {
@@ -564,13 +620,25 @@ fn main() -> ExitCode {
     let shards: &[u32] = if smoke { &[1] } else { &[1, 2] };
     let t0 = Instant::now();
     println!(
-        "throughput: zero-loss rate, open loop; {} ({} CPUs); steps of {secs} s, {iters} halvings",
+        "throughput: NDR (zero loss) and PDR (loss <= {} %), open loop; {} ({} CPUs); steps of {secs} s, {iters} halvings",
+        PDR_LOSS * 100.0,
         cpu_model(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "{:<5} {:>5} {:>8} {:>6} {:>10} {:>9} {:>10} {:>9} {:>7}",
-        "proto", "size", "flows", "shards", "proxy Mpps", "Gbit/s", "iofwd Mpps", "Gbit/s", "ratio"
+        "{:<5} {:>5} {:>8} {:>6} {:>9} {:>7} {:>9} {:>7} {:>9} {:>9} {:>7} {:>7}",
+        "proto",
+        "size",
+        "flows",
+        "shards",
+        "NDR Mpps",
+        "Gbit/s",
+        "PDR Mpps",
+        "Gbit/s",
+        "iofwd NDR",
+        "iofwd PDR",
+        "NDR/io",
+        "PDR/io"
     );
     let mut failed = false;
     for &size in sizes {
@@ -582,7 +650,7 @@ fn main() -> ExitCode {
             shards: 1,
             baseline: true,
         };
-        let b = match zero_loss(&base, LO, HI, iters, secs) {
+        let (b, bp) = match rates(&base, iters, secs) {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("{e}");
@@ -600,7 +668,7 @@ fn main() -> ExitCode {
                         shards: sh,
                         baseline: false,
                     };
-                    let p = match zero_loss(&c, LO, HI, iters, secs) {
+                    let (p, pp) = match rates(&c, iters, secs) {
                         Ok(r) => r,
                         Err(e) => {
                             eprintln!("{e}");
@@ -610,7 +678,7 @@ fn main() -> ExitCode {
                     };
                     let gbps = |pps: f64| pps * size as f64 * 8.0 / 1e9;
                     println!(
-                        "{:<5} {:>5} {:>8} {:>6} {:>10.3} {:>9.2} {:>10.3} {:>9.2} {:>7.2}",
+                        "{:<5} {:>5} {:>8} {:>6} {:>9.3} {:>7.2} {:>9.3} {:>7.2} {:>9.3} {:>9.3} {:>7.2} {:>7.2}",
                         format!("{proto:?}").to_lowercase(),
                         size,
                         nf,
@@ -621,9 +689,12 @@ fn main() -> ExitCode {
                         },
                         p / 1e6,
                         gbps(p),
+                        pp / 1e6,
+                        gbps(pp),
                         b / 1e6,
-                        gbps(b),
-                        p / b.max(1.0)
+                        bp / 1e6,
+                        ratio(p, b),
+                        ratio(pp, bp)
                     );
                 }
             }

@@ -26,4 +26,5 @@ pub mod mgmt;
 pub mod net;
 pub mod pipeline;
 pub mod rewrite;
+pub mod wake;
 pub mod wire;

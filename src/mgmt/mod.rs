@@ -19,15 +19,18 @@ pub mod telemetry;
 pub mod xen;
 
 use std::collections::BTreeMap;
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
+use rustix::event::{PollFd, PollFlags, Timespec};
 use serde::Serialize;
 
 use crate::control::proto::{CaptureOp, Command, Reply};
 pub use crate::control::{DataPlane, Event};
+use crate::wake::Wake;
 
 use capture::{CaptureConfig, CaptureStats, CaptureWriter, DivergenceCapture};
 use coordinator::{CheckpointCoordinator, CoordinatorStats};
@@ -169,6 +172,8 @@ pub enum Input {
 pub struct EventSender {
     tx: Sender<Input>,
     dropped: Arc<AtomicU64>,
+    /// Management's doorbell (rung only while it announced a sleep).
+    bell: Option<Arc<Wake>>,
 }
 
 impl EventSender {
@@ -177,7 +182,14 @@ impl EventSender {
     pub fn channel(cap: usize) -> (EventSender, Receiver<Input>) {
         let (tx, rx) = channel::bounded(cap);
         let dropped = Arc::new(AtomicU64::new(0));
-        (EventSender { tx, dropped }, rx)
+        (
+            EventSender {
+                tx,
+                dropped,
+                bell: None,
+            },
+            rx,
+        )
     }
 
     /// Inputs dropped because the queue was full.
@@ -189,7 +201,12 @@ impl EventSender {
     /// queued.
     pub fn send(&self, input: Input) -> bool {
         match self.tx.try_send(input) {
-            Ok(()) => true,
+            Ok(()) => {
+                if let Some(b) = &self.bell {
+                    b.notify();
+                }
+                true
+            }
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 false
@@ -299,6 +316,8 @@ pub struct Management {
     core: Core,
     rx: Receiver<Input>,
     sender: EventSender,
+    /// Rung by [`EventSender`]s while [`Management::wait`] sleeps.
+    bell: Arc<Wake>,
     scratch: Vec<SinkEvent>,
     shared: Arc<Mutex<MgmtStats>>,
     shared_at: Option<u64>,
@@ -340,7 +359,9 @@ impl Management {
         } else {
             cfg.event_queue
         };
-        let (sender, rx) = EventSender::channel(cap);
+        let (mut sender, rx) = EventSender::channel(cap);
+        let bell = Arc::new(Wake::new());
+        sender.bell = Some(bell.clone());
         let capture_on = cfg.capture_on_start && capture.is_some();
         Ok(Management {
             server,
@@ -368,6 +389,7 @@ impl Management {
             },
             rx,
             sender,
+            bell,
             scratch: Vec::new(),
             shared: Arc::new(Mutex::new(MgmtStats::default())),
             shared_at: None,
@@ -508,6 +530,56 @@ impl Management {
         }
     }
 
+    /// Block until there is something to poll: an input queued by an [`EventSender`], a
+    /// sink's, control client's or metrics client's descriptor ready, a sink's or client's
+    /// deadline (see [`CheckpointSink::wait_fds`]), or `max` passed. Call it after a
+    /// [`Management::poll`] that found no work; an idle proxy then wakes `1 / max` times a
+    /// second instead of polling every millisecond.
+    pub fn wait(&self, now_ns: u64, max: Duration) {
+        let mut fds: Vec<(BorrowedFd<'_>, bool)> = Vec::with_capacity(8);
+        let mut limit = max.as_nanos().min(u128::from(u64::MAX)) as u64;
+        for s in &self.core.sinks {
+            if let Some(ns) = s.wait_fds(now_ns, &mut fds) {
+                limit = limit.min(ns);
+            }
+        }
+        if let Some(ns) = self.server.wait_fds(&mut fds) {
+            limit = limit.min(ns);
+        }
+        if let Some(m) = &self.metrics {
+            fds.extend(m.fds());
+            if m.stats().clients > 0 {
+                limit = limit.min(sink::TICK_NS);
+            }
+        }
+        let mut pfds: Vec<PollFd<'_>> = Vec::with_capacity(fds.len() + 1);
+        match self.bell.as_fd() {
+            Some(fd) => pfds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN)),
+            // No eventfd: nothing could wake us for an input, so poll as often as before.
+            None => limit = limit.min(sink::TICK_NS),
+        }
+        for (fd, out) in fds {
+            let flags = if out {
+                PollFlags::IN | PollFlags::OUT
+            } else {
+                PollFlags::IN
+            };
+            pfds.push(PollFd::from_borrowed_fd(fd, flags));
+        }
+        self.bell.announce();
+        // The re-check after announcing: an input queued before it never rang the bell.
+        if self.rx.is_empty() && limit > 0 {
+            let ts = Timespec {
+                tv_sec: (limit / 1_000_000_000) as _,
+                tv_nsec: (limit % 1_000_000_000) as _,
+            };
+            // EINTR (a signal) or any error: the caller polls again, which is always safe.
+            let _ = rustix::event::poll(&mut pfds, Some(&ts));
+        }
+        self.bell.retract();
+        self.bell.drain();
+    }
+
     /// A snapshot of [`Management::stats`] refreshed by `poll` at most every 100 ms, for other
     /// threads (live status line, telemetry `/colo/mgmt`).
     pub fn stats_handle(&self) -> Arc<Mutex<MgmtStats>> {
@@ -521,8 +593,8 @@ impl Management {
         s
     }
 
-    /// Poll until `stop` is set or a `shutdown` command arrives, sleeping `idle` when a poll did
-    /// nothing. `clock` gives the data-plane clock in ns.
+    /// Poll until `stop` is set or a `shutdown` command arrives, waiting (at most `idle`, see
+    /// [`Management::wait`]) when a poll did nothing. `clock` gives the data-plane clock in ns.
     pub fn run(&mut self, stop: &AtomicBool, idle: Duration, clock: &dyn Fn() -> u64) {
         while !stop.load(Ordering::Relaxed) {
             let out = self.poll(clock());
@@ -530,7 +602,7 @@ impl Management {
                 break;
             }
             if out.work == 0 {
-                std::thread::sleep(idle);
+                self.wait(clock(), idle);
             }
         }
     }

@@ -7,6 +7,7 @@
 //! while QEMU is away are remembered (one, coalesced) and sent after reconnecting; reconnects
 //! back off exponentially.
 
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
@@ -290,5 +291,15 @@ impl CheckpointSink for QmpSink {
 
     fn stats(&self) -> serde_json::Value {
         serde_json::to_value(self.qmp_stats()).unwrap_or_default()
+    }
+
+    fn wait_fds<'a>(&'a self, now_ns: u64, fds: &mut Vec<(BorrowedFd<'a>, bool)>) -> Option<u64> {
+        match &self.conn {
+            Some(c) => {
+                fds.push((c.as_fd(), !self.wbuf.is_empty()));
+                None
+            }
+            None => Some(self.backoff.next_ns.saturating_sub(now_ns)),
+        }
     }
 }

@@ -13,6 +13,7 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -276,6 +277,23 @@ impl ControlServer {
         }
         self.reap();
         answered
+    }
+
+    /// For a caller that blocks when idle: the listeners and clients (`(fd, wants_write)`),
+    /// and how long it may go unpolled (`None`: until a descriptor is ready). With a client
+    /// connected it asks for a poll every millisecond (auth and close deadlines, answers that
+    /// wait for the data plane).
+    pub fn wait_fds<'a>(&'a self, fds: &mut Vec<(BorrowedFd<'a>, bool)>) -> Option<u64> {
+        if let Some(l) = &self.unix {
+            fds.push((l.as_fd(), false));
+        }
+        if let Some(l) = &self.tcp {
+            fds.push((l.as_fd(), false));
+        }
+        for c in &self.clients {
+            fds.push((c.stream.as_fd(), !c.wbuf.is_empty()));
+        }
+        (!self.clients.is_empty()).then_some(super::sink::TICK_NS)
     }
 
     /// Queue an event line to every subscriber; a subscriber whose backlog is full loses it.

@@ -1,6 +1,8 @@
 //! Checkpoint request sinks: where a checkpoint request goes (Xen notify, QMP, ...). A sink never
 //! blocks: [`CheckpointSink::request`] queues, [`CheckpointSink::poll`] does bounded I/O.
 
+use std::os::fd::BorrowedFd;
+
 use super::coordinator::CheckpointRequest;
 
 /// Something a sink learned while polling.
@@ -32,7 +34,17 @@ pub trait CheckpointSink: Send {
     fn accepts_unsolicited(&self) -> bool {
         true
     }
+    /// For a management thread that blocks when idle: push the descriptors whose readiness
+    /// means this sink has work (`(fd, wants_write)`), and return how long (ns) it may go
+    /// unpolled at most (`None`: only when a descriptor is ready). The default, for sinks
+    /// without descriptors, asks to be polled every millisecond.
+    fn wait_fds<'a>(&'a self, _now_ns: u64, _fds: &mut Vec<(BorrowedFd<'a>, bool)>) -> Option<u64> {
+        Some(TICK_NS)
+    }
 }
+
+/// How often a sink without descriptors is polled.
+pub const TICK_NS: u64 = 1_000_000;
 
 /// Reconnect back-off: starts at `base_ns`, doubles on each failure up to `max_ns`, resets on
 /// success.

@@ -16,7 +16,7 @@
 //! ignored by management unless `accept_unsolicited` is set.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -382,6 +382,21 @@ impl CheckpointSink for XenSink {
 
     fn accepts_unsolicited(&self) -> bool {
         self.cfg.accept_unsolicited
+    }
+
+    fn wait_fds<'a>(&'a self, now_ns: u64, fds: &mut Vec<(BorrowedFd<'a>, bool)>) -> Option<u64> {
+        if let Some(l) = &self.listener {
+            fds.push((l.as_fd(), false));
+        }
+        match &self.conn {
+            Some(c) => {
+                fds.push((c.as_fd(), !self.wbuf.is_empty()));
+                None
+            }
+            // Client mode: the next connect attempt.
+            None if self.listener.is_none() => Some(self.backoff.next_ns.saturating_sub(now_ns)),
+            None => None,
+        }
     }
 }
 

@@ -163,6 +163,12 @@ pub fn failed_lcore(control: &ControlPlane) -> Option<(u32, Vec<String>, String)
     Some((l.lcore, l.stages.clone(), why))
 }
 
+/// True when every lcore has announced an interrupt-mode sleep (the data plane is idle).
+/// Lcores that poll or back off never announce one.
+pub fn all_lcores_asleep(control: &ControlPlane) -> bool {
+    control.lcores.iter().all(|l| l.wake.is_sleeping())
+}
+
 /// Test-only fault injection, compiled in and inert unless `COLO_TEST_PANIC` names a stage:
 /// `COLO_TEST_PANIC=compare0` (or `compare0:N`) makes that stage panic at its first
 /// housekeeping after it has handled N packets (default 0). Read once at launch; without the

@@ -103,8 +103,10 @@ impl Stage for MirrorStage {
             // Room for the burst was checked: pending frames are kept, never dropped here.
             self.pvm_tx.push(m, c);
         }
-        self.pvm_tx.try_flush(c);
+        // The link first: the secondary's copy is on the longer path to compare (link, SVM,
+        // link back), and the PVM's tx syscall also runs the PVM kernel's receive.
         self.link_tx.try_flush(c);
+        self.pvm_tx.try_flush(c);
         n
     }
 
