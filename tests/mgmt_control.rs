@@ -719,10 +719,14 @@ fn unix_socket_is_born_with_its_mode_and_refuses_other_uids() {
     let md = std::fs::symlink_metadata(&sock).unwrap();
     assert_eq!(md.permissions().mode() & 0o777, 0o666);
     let run = Running::start(m);
-    let bin = env!("CARGO_BIN_EXE_colo-proxy");
+    // A copy in the 0755 scratch directory: the checkout may sit under a directory nobody
+    // cannot enter (a `mktemp -d` clone is 0700).
+    let bin = dir.path().join("colo-proxy");
+    std::fs::copy(env!("CARGO_BIN_EXE_colo-proxy"), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     // nobody (65534): connects (mode 0666) and is refused by SO_PEERCRED.
     use std::os::unix::process::CommandExt;
-    let out = std::process::Command::new(bin)
+    let out = std::process::Command::new(&bin)
         .uid(65534)
         .gid(65534)
         .args(["ctl", "--socket"])
