@@ -60,7 +60,10 @@ fn modes_parse_and_default_is_per_lcore() {
     ] {
         let c = load(&primary(AFP.0, AFP.1, text)).unwrap();
         assert_eq!(c.idle.mode, want, "{text}");
-        assert_eq!((c.idle.spin_loops, c.idle.max_sleep_us), (1000, 100));
+        assert_eq!(
+            (c.idle.spin_loops, c.idle.spin_us, c.idle.max_sleep_us),
+            (1000, 20, 100)
+        );
     }
     let e = errors(&primary(AFP.0, AFP.1, "mode = \"sleepy\""));
     assert!(
@@ -83,6 +86,16 @@ fn old_backoff_switch_still_loads_and_conflicts_are_named() {
     );
     let e = errors(&primary(AFP.0, AFP.1, "max_sleep_us = 100001"));
     assert!(e.iter().any(|m| m.contains("idle.max_sleep_us")), "{e:?}");
+    let e = errors(&primary(AFP.0, AFP.1, "spin_us = 100001"));
+    assert!(e.iter().any(|m| m.contains("idle.spin_us")), "{e:?}");
+    let c = load(&primary(
+        AFP.0,
+        AFP.1,
+        "spin_us = 0
+spin_loops = 7",
+    ))
+    .unwrap();
+    assert_eq!((c.idle.spin_loops, c.idle.spin_us), (7, 0));
 }
 
 #[test]

@@ -163,7 +163,10 @@ fn defaults_are_filled_in() {
     assert_eq!(bp.low_bytes, bp.high_bytes / 2);
     assert_eq!(bp.max_pause_ms, 3000);
     assert_eq!(c.idle.mode, None);
-    assert_eq!((c.idle.spin_loops, c.idle.max_sleep_us), (1000, 100));
+    assert_eq!(
+        (c.idle.spin_loops, c.idle.spin_us, c.idle.max_sleep_us),
+        (1000, 20, 100)
+    );
     let m = &c.mgmt;
     assert_eq!(
         m.control_socket,

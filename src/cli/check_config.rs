@@ -63,8 +63,8 @@ fn dropin_summary(cfg: &Config, s: &mut String) {
         .map_or("any CPU".to_string(), |c| format!("CPU {c}"));
     let idle = if cfg.idle.mode != Some(crate::config::IdleMode::Poll) {
         format!(
-            "blocks in poll(2) after {} empty polls until a socket is ready, at most 100 ms (idle.max_sleep_us not used)",
-            cfg.idle.spin_loops
+            "blocks in poll(2) after {} empty polls or {} us until a socket is ready, at most 100 ms (idle.max_sleep_us not used)",
+            cfg.idle.spin_loops, cfg.idle.spin_us
         )
     } else {
         "busy polling".to_string()
@@ -222,11 +222,12 @@ pub fn summary(cfg: &Config, eal_args: &[String]) -> String {
     let i = &cfg.idle;
     let _ = writeln!(
         s,
-        "idle: mode {}, sleep after {} empty polls, backoff sleeps up to {} us",
+        "idle: mode {}, sleep after {} empty polls or {} us of them, backoff sleeps up to {} us",
         i.mode
             .map_or("default (interrupt where every input wakes)", |m| m
                 .as_str()),
         i.spin_loops,
+        i.spin_us,
         i.max_sleep_us
     );
     for l in crate::config::idle::plan(cfg) {

@@ -168,6 +168,7 @@ pub(super) fn build(raw: RawConfig) -> Result<Config, ConfigError> {
 /// choice), not both.
 fn build_idle(raw: &super::raw::RawIdle, e: &mut Errs) -> IdleConfig {
     e.range("idle.max_sleep_us", raw.max_sleep_us.into(), 0, 100_000);
+    e.range("idle.spin_us", raw.spin_us.into(), 0, 100_000);
     let mode = match (raw.mode, raw.backoff) {
         (Some(m), None) => Some(m),
         (None, Some(false)) => Some(IdleMode::Poll),
@@ -186,6 +187,7 @@ fn build_idle(raw: &super::raw::RawIdle, e: &mut Errs) -> IdleConfig {
     IdleConfig {
         mode,
         spin_loops: raw.spin_loops,
+        spin_us: raw.spin_us,
         max_sleep_us: raw.max_sleep_us,
     }
 }

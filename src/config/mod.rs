@@ -469,8 +469,10 @@ pub struct IdleConfig {
     /// The mode asked for; `None` = per lcore, `interrupt` where every input of the lcore can
     /// wake it, else `backoff` (see [`idle::plan`]).
     pub mode: Option<IdleMode>,
-    /// Empty polls before sleeping (backoff and interrupt).
+    /// Empty polls before sleeping (backoff and interrupt), at most.
     pub spin_loops: u32,
+    /// Longest spin after the last work (µs), whichever of the two ends first.
+    pub spin_us: u32,
     /// Longest timed sleep in backoff; 0 = only `pause`.
     pub max_sleep_us: u32,
 }
@@ -480,6 +482,7 @@ impl Default for IdleConfig {
         IdleConfig {
             mode: None,
             spin_loops: 1000,
+            spin_us: 20,
             max_sleep_us: 100,
         }
     }

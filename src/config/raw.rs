@@ -46,6 +46,8 @@ pub(super) struct RawIdle {
     pub backoff: Option<bool>,
     #[serde(default = "spin_loops")]
     pub spin_loops: u32,
+    #[serde(default = "spin_us")]
+    pub spin_us: u32,
     #[serde(default = "max_sleep_us")]
     pub max_sleep_us: u32,
 }
@@ -56,6 +58,7 @@ impl Default for RawIdle {
             mode: None,
             backoff: None,
             spin_loops: spin_loops(),
+            spin_us: spin_us(),
             max_sleep_us: max_sleep_us(),
         }
     }
@@ -63,6 +66,9 @@ impl Default for RawIdle {
 
 fn spin_loops() -> u32 {
     1000
+}
+fn spin_us() -> u32 {
+    20
 }
 fn max_sleep_us() -> u32 {
     100

@@ -58,8 +58,10 @@ pub struct DropInThread {
     pub cpu: Option<usize>,
     /// `idle.backoff`: block in `poll(2)` when idle; `false` busy-polls.
     pub backoff: bool,
-    /// `idle.spin_loops`: empty polls before blocking.
+    /// `idle.spin_loops`: empty polls before blocking, at most.
     pub spin_loops: u32,
+    /// `idle.spin_us`: longest spin after the last work (ns).
+    pub spin_ns: u64,
 }
 
 impl DropInThread {
@@ -69,6 +71,7 @@ impl DropInThread {
             cpu: cfg.lcores.compare.first().map(|&c| c as usize),
             backoff: cfg.idle.mode != Some(crate::config::IdleMode::Poll),
             spin_loops: cfg.idle.spin_loops,
+            spin_ns: u64::from(cfg.idle.spin_us) * 1000,
         }
     }
 }
@@ -79,6 +82,7 @@ impl Default for DropInThread {
             cpu: None,
             backoff: true,
             spin_loops: 4,
+            spin_ns: 20_000,
         }
     }
 }
@@ -745,11 +749,13 @@ impl DropIn {
     }
 
     /// Poll until `quit` is set (then call [`DropIn::shutdown`]). Idle, as `thread` says:
-    /// busy polling (`backoff = false`), or after `spin_loops` empty polls a block in
+    /// busy polling (`backoff = false`), or after `spin_loops` empty polls (or `spin_ns` of
+    /// them) a block in
     /// `poll(2)` until a socket is ready, at most [`IDLE_WAIT`]. Counts its idle waits.
     pub fn run_until(&mut self, quit: &AtomicBool, thread: DropInThread) {
         let t0 = Instant::now();
         let mut idle = 0u32;
+        let mut last_work = 0u64;
         while !quit.load(Ordering::Relaxed) {
             let now = t0.elapsed().as_nanos() as u64;
             let mut work = self.poll(now);
@@ -762,9 +768,12 @@ impl DropIn {
             }
             if work > 0 {
                 idle = 0;
+                last_work = now;
             } else {
                 idle = idle.saturating_add(1);
-                if thread.backoff && idle > thread.spin_loops {
+                let spun =
+                    idle > thread.spin_loops || now.saturating_sub(last_work) >= thread.spin_ns;
+                if thread.backoff && spun {
                     self.wait(IDLE_WAIT);
                     self.sink.stats.idle_waits += 1;
                 }

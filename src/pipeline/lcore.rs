@@ -119,8 +119,11 @@ pub trait Stage: Send {
 pub struct IdlePolicy {
     /// Poll, timed back-off, or sleep until woken.
     pub mode: IdleMode,
-    /// Empty loops before sleeping.
+    /// Empty loops before sleeping, at most.
     pub spin_loops: u32,
+    /// Longest spin after the last work: a loop's cost varies (a link socket's `read` is a
+    /// syscall), and on a shared core every µs spun is taken from the VMs.
+    pub spin: Duration,
     /// Longest timed sleep (back-off, and interrupt-mode rounds that cannot block).
     pub max_sleep: Duration,
     /// Why this mode (shown by `ctl stats`).
@@ -132,6 +135,7 @@ impl Default for IdlePolicy {
         IdlePolicy {
             mode: IdleMode::Backoff,
             spin_loops: 1000,
+            spin: Duration::from_micros(20),
             max_sleep: Duration::from_micros(100),
             reason: "default".into(),
         }
@@ -318,6 +322,8 @@ pub fn run_loop(
     }
     let mut phase = Phase::Run;
     let mut last_ns = control.now_ns();
+    let spin_ns = u64::try_from(policy.spin.as_nanos()).unwrap_or(u64::MAX);
+    let mut last_work_ns = last_ns;
     loop {
         let now_ns = control.now_ns();
         let cx = LoopCtx {
@@ -362,6 +368,7 @@ pub fn run_loop(
         if work > 0 || commands {
             counters.add(Counter::BusyNs, elapsed);
             idle_loops = 0;
+            last_work_ns = now_ns;
             backoff.reset();
             if armed {
                 disarm(stages, wake);
@@ -371,7 +378,9 @@ pub fn run_loop(
         }
         counters.add(Counter::IdleNs, elapsed);
         idle_loops = idle_loops.saturating_add(1);
-        if policy.mode == IdleMode::Poll || idle_loops <= policy.spin_loops {
+        let spinning =
+            idle_loops <= policy.spin_loops && now_ns.saturating_sub(last_work_ns) < spin_ns;
+        if policy.mode == IdleMode::Poll || spinning {
             std::hint::spin_loop();
             continue;
         }
@@ -521,5 +530,51 @@ mod tests {
         assert!(shared.exited.load(Ordering::Relaxed));
         assert!(shared.counters.snapshot().accounting().balanced());
         assert!(shared.counters.get(Counter::IdleNs) > 0);
+    }
+
+    /// Work once, then nothing: the spin before the first sleep ends after `spin`, however
+    /// many empty loops `spin_loops` would still allow.
+    struct OnceThenIdle {
+        polls: u64,
+    }
+
+    impl Stage for OnceThenIdle {
+        fn name(&self) -> &str {
+            "once"
+        }
+        fn poll(&mut self, _cx: &LoopCtx) -> usize {
+            self.polls += 1;
+            usize::from(self.polls == 1)
+        }
+    }
+
+    #[test]
+    fn the_spin_ends_after_its_time_bound_not_only_after_its_loop_count() {
+        let shared = Arc::new(LcoreShared::new(1, vec!["once".into()]));
+        let control = Arc::new(ControlPlane::new(vec![shared.clone()]));
+        let (s2, c2) = (shared.clone(), control.clone());
+        let policy = IdlePolicy {
+            // Billions of empty loops: seconds to minutes of spinning without the time bound.
+            spin_loops: u32::MAX,
+            spin: Duration::from_micros(200),
+            ..IdlePolicy::mode(IdleMode::Backoff)
+        };
+        let t = std::thread::spawn(move || {
+            let mut stages: Vec<Box<dyn Stage>> = vec![Box::new(OnceThenIdle { polls: 0 })];
+            run_loop(&mut stages, &s2, &c2, &policy);
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while shared.counters.get(Counter::Sleeps) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let sleeps = shared.counters.get(Counter::Sleeps);
+        assert!(control.set_phase(Phase::Exit, Duration::from_secs(5)));
+        t.join().unwrap();
+        assert!(
+            sleeps > 0,
+            "the lcore never slept: the spin has no time bound"
+        );
+        // It spun for the bound first (idle time before sleeping is counted as IdleNs).
+        assert!(shared.counters.get(Counter::IdleNs) >= 200_000);
     }
 }

@@ -608,6 +608,7 @@ pub fn build_in(
         IdlePolicy {
             mode: p.map_or(IdleMode::Backoff, |p| p.mode),
             spin_loops: idle.spin_loops,
+            spin: Duration::from_micros(u64::from(idle.spin_us)),
             max_sleep: Duration::from_micros(u64::from(idle.max_sleep_us)),
             reason: p.map_or_else(|| "no plan".to_string(), |p| p.reason.clone()),
         }
@@ -628,6 +629,7 @@ pub fn build_in(
         idle: IdlePolicy {
             mode: cfg.idle.mode.unwrap_or(IdleMode::Backoff),
             spin_loops: idle.spin_loops,
+            spin: Duration::from_micros(u64::from(idle.spin_us)),
             max_sleep: Duration::from_micros(u64::from(idle.max_sleep_us)),
             reason: "config".into(),
         },
