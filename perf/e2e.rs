@@ -17,7 +17,8 @@
 //!
 //! `cargo bench --bench e2e` (full: 2 rounds, 512 MiB per transfer, 1000 rr) or `-- --smoke`
 //! (1 round, 16 MiB, 50 rr); `E2E_MIB=N` for one round of N MiB per transfer (300 rr), to try a
-//! change quickly. Needs root and `ip netns`.
+//! change quickly; `E2E_EXTRA=TOML` is appended to both proxies' configs (e.g.
+//! `$'[idle]\nspin_us = 100'`), to A/B a setting with one binary. Needs root and `ip netns`.
 
 #[path = "../tests/netns_support/mod.rs"]
 mod netns_support;
@@ -175,13 +176,15 @@ fn measure(path: &dyn Target, bytes: u64, rr: usize, set_ts: &dyn Fn(bool)) -> F
 }
 
 fn proxy_round(round: usize, bytes: u64, rr: usize) -> Figures {
-    let mut lab = Lab::start(
+    let extra = std::env::var("E2E_EXTRA").unwrap_or_default();
+    let mut lab = Lab::start_with(
         &format!("x{round}"),
         LabOptions {
             link: Link::Socket,
             shards: 1,
             client2: false,
         },
+        &extra,
     );
     let mut f = measure(&lab, bytes, rr, &|ts| lab.timestamps(ts));
     let (p, s) = lab.stats();

@@ -20,7 +20,8 @@
 //! Children: each forwarder runs in its own process (EAL once per process): this binary
 //! re-executed with `COLO_LAT_CHILD`. `cargo bench --bench latency` (full) or `-- --smoke`
 //! (seconds: af_packet at 1 k/s, tap interrupt, ring poll, the lab in interrupt mode only);
-//! `LAT_LAB=interrupt[,backoff,poll]` runs only section 3 (300 pings, 300 rr) in those modes.
+//! `LAT_LAB=interrupt[,backoff,poll]` runs only section 3 (300 pings, 300 rr) in those modes;
+//! `LAT_IDLE=TOML` is added to the lab's `[idle]` table (e.g. `spin_us = 100`).
 //! Needs root (veths, taps, namespaces).
 
 #[path = "../tests/netns_support/mod.rs"]
@@ -634,7 +635,10 @@ fn lab_section(modes: &[&str], pings: usize, rr: usize, idle_window: Duration) {
                 shards: 1,
                 client2: false,
             },
-            &format!("[idle]\nmode = \"{mode}\"\n"),
+            &format!(
+                "[idle]\nmode = \"{mode}\"\n{}\n",
+                std::env::var("LAT_IDLE").unwrap_or_default()
+            ),
         );
         let client = |a: &[&str], limit: Duration| lab.client("client", a, limit);
         let ping = |n: usize| {
