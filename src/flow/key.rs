@@ -158,6 +158,27 @@ impl FlowKey {
         FlowKey::hash64_v4(proto, lo.to_le_bytes(), hi.to_le_bytes(), plo, phi)
     }
 
+    /// [`Self::hash64`] of a frame's flow if it has the common shape (untagged option-less
+    /// IPv4 TCP or UDP, not a fragment; `wire::fast`), without building a [`PacketInfo`]:
+    /// the same value as `FlowKey::of(&parse(frame)?, frame).hash64()`. `None`: take the
+    /// general path.
+    #[inline]
+    pub fn fast_hash64(frame: &[u8]) -> Option<u64> {
+        let (proto, ports) = match crate::wire::fast::tcp4(frame) {
+            Some(t) => (IPPROTO_TCP, t.ports),
+            None => (IPPROTO_UDP, crate::wire::fast::udp4(frame)?.ports),
+        };
+        let mut key = FlowKey {
+            family: Family::L2,
+            proto_or_ethertype: 0,
+            addr_lo: [0; 16],
+            addr_hi: [0; 16],
+            port_lo: 0,
+            port_hi: 0,
+        };
+        Some(key.set_v4_ports(proto, &ports))
+    }
+
     #[inline]
     fn meta_word(&self) -> u64 {
         meta_word(
@@ -322,6 +343,42 @@ mod tests {
 
     fn key(f: &[u8]) -> FlowKey {
         FlowKey::of(&parse(f).unwrap(), f)
+    }
+
+    #[test]
+    fn the_fast_hash_is_the_general_paths_hash_or_none() {
+        let udp = |src: [u8; 4], dst: [u8; 4]| {
+            let mut f = Vec::new();
+            PacketBuilder::ethernet2([1; 6], [2; 6])
+                .ipv4(src, dst, 64)
+                .udp(53, 4000)
+                .write(&mut f, b"q")
+                .unwrap();
+            f
+        };
+        let frames = [
+            tcp([10, 0, 0, 1], [10, 0, 0, 2], 5555, 80),
+            tcp([10, 0, 0, 2], [10, 0, 0, 1], 80, 5555),
+            tcp([192, 168, 7, 9], [10, 1, 2, 3], 443, 40000),
+            udp([10, 0, 0, 1], [10, 0, 0, 2]),
+            udp([10, 0, 0, 2], [10, 0, 0, 1]),
+        ];
+        for f in &frames {
+            assert_eq!(FlowKey::fast_hash64(f), Some(key(f).hash64()), "{f:?}");
+        }
+        // Shapes the fast parser does not take: the caller's general path decides.
+        let mut icmp = Vec::new();
+        PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .icmpv4_echo_request(7, 1)
+            .write(&mut icmp, b"p")
+            .unwrap();
+        let mut frag = tcp([10, 0, 0, 1], [10, 0, 0, 2], 5555, 80);
+        frag[20] |= 0x20; // more fragments
+        let arp = [0u8; 42];
+        for f in [&icmp[..], &frag[..], &arp[..], &frames[0][..20]] {
+            assert_eq!(FlowKey::fast_hash64(f), None, "{f:?}");
+        }
     }
 
     #[test]

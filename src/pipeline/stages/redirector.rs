@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::dpdk::MbufBurst;
+use crate::flow::key::shard_of;
 use crate::flow::FlowKey;
 
 use crate::pipeline::backpressure::{BacklogBoard, PvmGate};
@@ -14,9 +15,13 @@ use crate::pipeline::lcore::{LoopCtx, Phase, Stage};
 use crate::pipeline::linkio::LinkRx;
 
 /// The compare shard owning a frame's flow (the one hash); unparsable frames go to shard 0,
-/// whose engine counts them as malformed.
+/// whose engine counts them as malformed. The common shapes skip the full parse (the shard's
+/// engine parses them again anyway).
 #[inline]
 pub fn shard_of_frame(frame: &[u8], shards: usize) -> usize {
+    if let Some(hash) = FlowKey::fast_hash64(frame) {
+        return shard_of(hash, shards);
+    }
     match crate::wire::parse(frame) {
         Ok(info) => FlowKey::of(&info, frame).shard(shards),
         Err(_) => 0,
