@@ -8,12 +8,15 @@
 //! pktgen style: fresh mbufs from its own pool, template copied, TCP sequence numbers advanced
 //! per flow, flows taken round robin; the SVM copy encapsulated for the port link as a
 //! secondary proxy would send it. The proxy's stages run on lcore 1 (CPU 1); with 2 shards the
-//! second shard shares CPU 0 with the generator (this machine has 2 CPUs: said in the table).
+//! second shard shares CPU 0 with the generator (this machine has 2 CPUs: said in the table),
+//! cooperatively: the generator is a stage of the main lcore, polled by the same loop as the
+//! shard (two spinning threads on one CPU were time-sliced by the kernel and starved each other
+//! for milliseconds: every 2-shard case failed at the lowest rate).
 //!
 //! A step offers rate R for a while, then lets the pipeline drain: it passes when every
 //! offered primary was released matched, nothing was dropped anywhere (generator ring full,
-//! proxy drop counters) and no divergence was raised. The zero-loss rate (and the PDR) is found by binary
-//! search (RFC 2544 style), each step in a fresh child process (no state carried between
+//! proxy drop counters) and no divergence was raised. The zero-loss rate (and the PDR) is found
+//! by binary search (RFC 2544 style), each step in a fresh child process (no state carried between
 //! steps). Baseline in the same invocation: the highest rate at which the pipeline's io-forward
 //! step (`TxBuf::forward_from`, as `demo --baseline-forward`) moves the PVM ring to the nic,
 //! same wires, lcores and generator. The proxy does two rx and one tx per released packet.
@@ -255,75 +258,167 @@ struct Generator {
     flows: Flows,
     encap: EncapTx,
     next: usize,
+    p: Burst<Mbuf, GEN_BURST>,
+    s: Burst<Mbuf, GEN_BURST>,
+    fresh: Burst<Mbuf, { 2 * GEN_BURST }>,
+}
+
+/// One offered run in progress: its schedule and what it has seen so far.
+struct Schedule {
+    rate: f64,
+    t0: u64,
+    end: u64,
+    st: Step,
 }
 
 impl Generator {
+    /// Offer `rate` PVM frames per second (and as many SVM frames) for `secs`, on this thread.
     fn run(&mut self, rate: f64, secs: f64) -> Step {
+        let mut sch = Schedule::new(rate, secs);
+        while self.offer_due(&mut sch).is_some() {}
+        sch.finish()
+    }
+
+    /// Enqueue the frames of `sch` that are due now (at most one burst); `Some(frames)`
+    /// (0 when none was due) until the schedule has ended, then `None`.
+    fn offer_due(&mut self, sch: &mut Schedule) -> Option<usize> {
+        let now = rdtsc();
+        if now >= sch.end {
+            return None;
+        }
         let hz = tsc_hz() as f64;
-        let t0 = rdtsc();
-        let end = t0 + (secs * hz) as u64;
-        let mut st = Step::default();
-        let mut p = Burst::<Mbuf, GEN_BURST>::new();
-        let mut s = Burst::<Mbuf, GEN_BURST>::new();
-        let mut fresh = Burst::<Mbuf, { 2 * GEN_BURST }>::new();
-        loop {
-            let now = rdtsc();
-            if now >= end {
-                break;
-            }
-            let due = ((now - t0) as f64 / hz * rate) as u64;
-            let behind = due.saturating_sub(st.offered + st.skipped);
-            if behind > MAX_CATCHUP {
-                st.skipped += behind - MAX_CATCHUP;
-            }
-            let n = due
-                .saturating_sub(st.offered + st.skipped)
-                .min(GEN_BURST as u64) as usize;
-            if n == 0 {
-                std::hint::spin_loop();
-                continue;
-            }
-            if self.pool.alloc_bulk(&mut fresh, 2 * n).is_err() {
-                // Generator pool empty: the proxy holds too much (counted as loss).
-                st.offered += n as u64;
-                st.gen_lost += n as u64;
-                continue;
-            }
-            let mut pairs = fresh.drain();
-            for _ in 0..n {
-                let i = self.next;
-                self.next = (self.next + 1) % self.flows.seq.len();
-                let seq = self.flows.seq[i];
-                self.flows.seq[i] = seq.wrapping_add(self.flows.payload);
-                let (Some(mut a), Some(mut b)) = (pairs.next(), pairs.next()) else {
-                    st.gen_lost += 1;
-                    continue;
-                };
-                let ok = self.flows.fill(i, seq, &mut a)
-                    && self.flows.fill(i, seq, &mut b)
-                    && self.encap.encap(&mut b, 0).is_ok();
-                if !ok {
-                    st.gen_lost += 1;
-                    continue;
-                }
-                let _ = p.push(a);
-                if self.link.is_some() {
-                    let _ = s.push(b);
-                }
-            }
-            drop(pairs);
+        let st = &mut sch.st;
+        let due = ((now - sch.t0) as f64 / hz * sch.rate) as u64;
+        let behind = due.saturating_sub(st.offered + st.skipped);
+        if behind > MAX_CATCHUP {
+            st.skipped += behind - MAX_CATCHUP;
+        }
+        let n = due
+            .saturating_sub(st.offered + st.skipped)
+            .min(GEN_BURST as u64) as usize;
+        if n == 0 {
+            return Some(0);
+        }
+        if self.pool.alloc_bulk(&mut self.fresh, 2 * n).is_err() {
+            // Generator pool empty: the proxy holds too much (counted as loss).
             st.offered += n as u64;
-            self.pvm.enqueue_burst(&mut p);
-            st.gen_lost += p.len() as u64;
-            p.clear();
-            if let Some(link) = &mut self.link {
-                link.enqueue_burst(&mut s);
-                st.gen_lost += s.len() as u64;
-                s.clear();
+            st.gen_lost += n as u64;
+            return Some(n);
+        }
+        let mut pairs = self.fresh.drain();
+        for _ in 0..n {
+            let i = self.next;
+            self.next = (self.next + 1) % self.flows.seq.len();
+            let seq = self.flows.seq[i];
+            self.flows.seq[i] = seq.wrapping_add(self.flows.payload);
+            let (Some(mut a), Some(mut b)) = (pairs.next(), pairs.next()) else {
+                st.gen_lost += 1;
+                continue;
+            };
+            let ok = self.flows.fill(i, seq, &mut a)
+                && self.flows.fill(i, seq, &mut b)
+                && self.encap.encap(&mut b, 0).is_ok();
+            if !ok {
+                st.gen_lost += 1;
+                continue;
+            }
+            let _ = self.p.push(a);
+            if self.link.is_some() {
+                let _ = self.s.push(b);
             }
         }
-        st.achieved_pps = st.offered as f64 / ((rdtsc() - t0) as f64 / hz);
-        st
+        drop(pairs);
+        st.offered += n as u64;
+        self.pvm.enqueue_burst(&mut self.p);
+        st.gen_lost += self.p.len() as u64;
+        self.p.clear();
+        if let Some(link) = &mut self.link {
+            link.enqueue_burst(&mut self.s);
+            st.gen_lost += self.s.len() as u64;
+            self.s.clear();
+        }
+        Some(n)
+    }
+}
+
+impl Schedule {
+    fn new(rate: f64, secs: f64) -> Schedule {
+        let t0 = rdtsc();
+        Schedule {
+            rate,
+            t0,
+            end: t0 + (secs * tsc_hz() as f64) as u64,
+            st: Step::default(),
+        }
+    }
+
+    /// The step with the rate the generator achieved.
+    fn finish(mut self) -> Step {
+        self.st.achieved_pps =
+            self.st.offered as f64 / ((rdtsc() - self.t0) as f64 / tsc_hz() as f64);
+        self.st
+    }
+}
+
+/// The generator as a stage of the main lcore, so that it shares CPU 0 with the second
+/// compare shard cooperatively (one thread polls both) instead of two spinning threads
+/// being time-sliced by the kernel, which starved both for milliseconds at a time.
+/// Management hands it a run (`request`) and takes the step back (`done`): a lock per run,
+/// none per poll.
+struct GeneratorStage {
+    gen: Generator,
+    ctl: Arc<GenControl>,
+    running: Option<Schedule>,
+}
+
+#[derive(Default)]
+struct GenControl {
+    /// A run is waiting in `request` (checked on every poll without the lock).
+    pending: AtomicBool,
+    request: Mutex<Option<(f64, f64)>>,
+    done: Mutex<Option<Step>>,
+}
+
+impl GenControl {
+    /// Offer `rate` for `secs` on the generator's lcore and wait for the step.
+    fn run(&self, rate: f64, secs: f64) -> Step {
+        *self.request.lock().unwrap_or_else(|p| p.into_inner()) = Some((rate, secs));
+        self.pending.store(true, Ordering::Release);
+        loop {
+            std::thread::sleep(Duration::from_millis(1));
+            if let Some(st) = self.done.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                return st;
+            }
+        }
+    }
+}
+
+impl colo_proxy::pipeline::lcore::Stage for GeneratorStage {
+    fn name(&self) -> &str {
+        "generator"
+    }
+
+    fn poll(&mut self, _cx: &colo_proxy::pipeline::lcore::LoopCtx) -> usize {
+        if self.running.is_none() && self.ctl.pending.swap(false, Ordering::Acquire) {
+            let req = self
+                .ctl
+                .request
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            self.running = req.map(|(rate, secs)| Schedule::new(rate, secs));
+        }
+        let Some(sch) = &mut self.running else {
+            return 0;
+        };
+        match self.gen.offer_due(sch) {
+            Some(n) => n,
+            None => {
+                let st = self.running.take().map(Schedule::finish);
+                *self.ctl.done.lock().unwrap_or_else(|p| p.into_inner()) = st;
+                0
+            }
+        }
     }
 }
 
@@ -369,6 +464,9 @@ fn child(case: Case, rate: f64, secs: f64) -> Result<Step, String> {
         flows: Flows::new(&case),
         encap: EncapTx::new(EncapConfig::default(), STREAM_SECONDARY),
         next: 0,
+        p: Burst::new(),
+        s: Burst::new(),
+        fresh: Burst::new(),
     };
     // A gentle warm-up (first touches of tables and pools, no ring overflow while the lcore
     // starts): a frame lost there would block its flow's compare until the compare timeout
@@ -401,22 +499,42 @@ fn step_of(gen: Step, before: &Snapshot, after: &Snapshot) -> Step {
 
 fn proxy_step(
     topo: topology::Topology,
-    mut gen: Generator,
+    gen: Generator,
     rate: f64,
     (warm_rate, warm): (f64, f64),
     secs: f64,
 ) -> Result<Step, String> {
     let topology::Topology {
-        plans, ports, idle, ..
+        mut plans,
+        ports,
+        idle,
+        ..
     } = topo;
+    let ctl_gen = Arc::new(GenControl::default());
+    let stage = Box::new(GeneratorStage {
+        gen,
+        ctl: ctl_gen.clone(),
+        running: None,
+    });
+    let main = colo_proxy::dpdk::main_lcore();
+    match plans.iter_mut().find(|p| p.lcore == main) {
+        // First, so that it offers before the shard polls in the same loop.
+        Some(p) => p.stages.insert(0, stage),
+        None => plans.push(runtime::LcorePlan {
+            lcore: main,
+            stages: vec![stage],
+            idle: None,
+            wake: Arc::new(colo_proxy::wake::Wake::new()),
+        }),
+    }
     let running = runtime::launch(plans, idle).map_err(|e| e.to_string())?;
     let out = Arc::new(Mutex::new(None));
     let o2 = out.clone();
     let failures = running.run_main_and_wait(move |ctl| {
-        gen.run(warm_rate, warm);
+        ctl_gen.run(warm_rate, warm);
         runtime::wait_still(&ctl, Duration::from_millis(50));
         let before = runtime::totals(&ctl);
-        let st = gen.run(rate, secs);
+        let st = ctl_gen.run(rate, secs);
         runtime::wait_still(&ctl, Duration::from_millis(100));
         let after = runtime::totals(&ctl);
         runtime::stop(&ctl, Duration::from_millis(50));
