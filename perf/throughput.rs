@@ -21,8 +21,18 @@
 //! step (`TxBuf::forward_from`, as `demo --baseline-forward`) moves the PVM ring to the nic,
 //! same wires, lcores and generator. The proxy does two rx and one tx per released packet.
 //!
+//! The lossless capacity (`max`) comes first: one step in which a full port ring makes the
+//! generator wait instead of losing the frame (as a vhost-user guest waits in its TX ring).
+//! On a shared VM the proxy's vCPU stalls for milliseconds now and then (seen: 49 gaps over
+//! 300 µs in 3 s, up to 8 ms, in poll mode with nothing else on the CPU); open loop, a
+//! 1024-slot ring overflows in such a stall at any rate above ~0.1–1 Mpps, so the NDR there
+//! measures the host's scheduling as much as the proxy. The capacity does not: a stall costs
+//! time, not frames. Its `busy` column says whether the proxy's lcore or the generator was
+//! the bound (the generator builds two frames per proxied packet, one per io-forwarded one).
+//!
 //! `cargo bench --bench throughput` (full: 64/512/1500 B × TCP/UDP × 1k/100k/1M flows, 1 and 2
-//! shards; 1.5 s steps) or `-- --smoke` (two cases, short steps; CI). Frame sizes count the
+//! shards; 1.5 s steps), `-- --max-only` (the capacity column only, a few minutes) or
+//! `-- --smoke` (one case, short steps; CI). Frame sizes count the
 //! 4-byte FCS (an mbuf holds size − 4 bytes), Gbit/s counts those bytes.
 
 #[path = "common.rs"]
@@ -118,6 +128,8 @@ struct Step {
     achieved_pps: f64,
     /// Frames the schedule asked for that the generator gave up (it was descheduled).
     skipped: u64,
+    /// Share of its loop time the proxy's lcore 1 had work (1.0: it was the bound).
+    busy: f64,
 }
 
 impl Step {
@@ -282,6 +294,9 @@ impl Generator {
     /// Enqueue the frames of `sch` that are due now (at most one burst); `Some(frames)`
     /// (0 when none was due) until the schedule has ended, then `None`.
     fn offer_due(&mut self, sch: &mut Schedule) -> Option<usize> {
+        if sch.rate == 0.0 {
+            return self.offer_lossless(sch);
+        }
         let now = rdtsc();
         if now >= sch.end {
             return None;
@@ -299,11 +314,30 @@ impl Generator {
         if n == 0 {
             return Some(0);
         }
-        if self.pool.alloc_bulk(&mut self.fresh, 2 * n).is_err() {
+        if !self.make_pairs(n, st) {
             // Generator pool empty: the proxy holds too much (counted as loss).
             st.offered += n as u64;
             st.gen_lost += n as u64;
             return Some(n);
+        }
+        self.pvm.enqueue_burst(&mut self.p);
+        st.gen_lost += self.p.len() as u64;
+        self.p.clear();
+        if let Some(link) = &mut self.link {
+            link.enqueue_burst(&mut self.s);
+            st.gen_lost += self.s.len() as u64;
+            self.s.clear();
+        }
+        Some(n)
+    }
+}
+
+impl Generator {
+    /// Build `n` frame pairs into the PVM and SVM bursts (`false`: the pool is empty, nothing
+    /// built); counts them offered.
+    fn make_pairs(&mut self, n: usize, st: &mut Step) -> bool {
+        if self.pool.alloc_bulk(&mut self.fresh, 2 * n).is_err() {
+            return false;
         }
         let mut pairs = self.fresh.drain();
         for _ in 0..n {
@@ -327,15 +361,30 @@ impl Generator {
                 let _ = self.s.push(b);
             }
         }
-        drop(pairs);
         st.offered += n as u64;
-        self.pvm.enqueue_burst(&mut self.p);
-        st.gen_lost += self.p.len() as u64;
-        self.p.clear();
+        true
+    }
+
+    /// The lossless schedule (`rate` 0): as fast as the proxy takes frames, a full ring
+    /// makes the generator wait and retry instead of losing the frame, as a vhost-user guest
+    /// waits in its TX ring. What it measures is the proxy's capacity, not the host's
+    /// scheduling (a stall of the proxy's vCPU costs time, not frames). Bursts not taken
+    /// within 1 s after the end are counted lost.
+    fn offer_lossless(&mut self, sch: &mut Schedule) -> Option<usize> {
+        let now = rdtsc();
+        let pending = !self.p.is_empty() || !self.s.is_empty();
+        if now >= sch.end && (!pending || now >= sch.end + tsc_hz()) {
+            sch.st.gen_lost += (self.p.len() + self.s.len()) as u64;
+            self.p.clear();
+            self.s.clear();
+            return None;
+        }
+        if !pending && (now >= sch.end || !self.make_pairs(GEN_BURST, &mut sch.st)) {
+            return Some(0);
+        }
+        let n = self.pvm.enqueue_burst(&mut self.p);
         if let Some(link) = &mut self.link {
             link.enqueue_burst(&mut self.s);
-            st.gen_lost += self.s.len() as u64;
-            self.s.clear();
         }
         Some(n)
     }
@@ -472,7 +521,11 @@ fn child(case: Case, rate: f64, secs: f64) -> Result<Step, String> {
     // starts): a frame lost there would block its flow's compare until the compare timeout
     // and fail the measured step for a reason that is not its rate.
     let warm = secs.min(0.5);
-    let warm_rate = rate.min(WARM_PPS);
+    let warm_rate = if rate == 0.0 {
+        WARM_PPS
+    } else {
+        rate.min(WARM_PPS)
+    };
     let step = match topo {
         None => baseline_step(&pool, gen, rate, (warm_rate, warm), secs)?,
         Some(topo) => proxy_step(topo, gen, rate, (warm_rate, warm), secs)?,
@@ -480,6 +533,15 @@ fn child(case: Case, rate: f64, secs: f64) -> Result<Step, String> {
     drop(pool);
     drop(eal);
     Ok(step)
+}
+
+/// Busy share of an lcore's loop time in `d`.
+fn busy_share(d: &Snapshot) -> f64 {
+    let (b, i) = (d.get(Counter::BusyNs), d.get(Counter::IdleNs));
+    if b + i == 0 {
+        return f64::NAN;
+    }
+    b as f64 / (b + i) as f64
 }
 
 /// What moved in `[before, after]`, as a step.
@@ -534,7 +596,15 @@ fn proxy_step(
         ctl_gen.run(warm_rate, warm);
         runtime::wait_still(&ctl, Duration::from_millis(50));
         let before = runtime::totals(&ctl);
-        let st = ctl_gen.run(rate, secs);
+        let lcore1 = || {
+            ctl.lcores
+                .iter()
+                .filter(|l| l.lcore == 1)
+                .fold(Snapshot::default(), |a, l| a.plus(&l.counters.snapshot()))
+        };
+        let busy0 = lcore1();
+        let mut st = ctl_gen.run(rate, secs);
+        st.busy = busy_share(&lcore1().delta(&busy0));
         runtime::wait_still(&ctl, Duration::from_millis(100));
         let after = runtime::totals(&ctl);
         runtime::stop(&ctl, Duration::from_millis(50));
@@ -588,7 +658,8 @@ fn baseline_step(
     gen.run(warm_rate, warm);
     std::thread::sleep(Duration::from_millis(50));
     let before = counters.snapshot();
-    let st = gen.run(rate, secs);
+    let mut st = gen.run(rate, secs);
+    st.busy = busy_share(&counters.snapshot().delta(&before));
     std::thread::sleep(Duration::from_millis(100));
     let after = counters.snapshot();
     stop.store(true, Ordering::Relaxed);
@@ -633,6 +704,7 @@ fn step(case: &Case, rate: f64, secs: f64) -> Result<Step, String> {
         divergences: field("divergences") as u64,
         achieved_pps: field("achieved_pps"),
         skipped: field("skipped") as u64,
+        busy: field("busy"),
     })
 }
 
@@ -688,6 +760,17 @@ fn rates(case: &Case, iters: usize, secs: f64) -> Result<(f64, f64), String> {
     Ok((ndr, pdr.max(ndr)))
 }
 
+/// The lossless capacity (one step at rate 0, see `offer_lossless`): released pps and the
+/// proxy lcore's busy share; NaN rate if anything was lost, dropped or diverged.
+fn capacity(case: &Case, secs: f64) -> Result<(f64, f64), String> {
+    let st = step(case, 0.0, secs)?;
+    if std::env::var_os("THROUGHPUT_DEBUG").is_some() {
+        eprintln!("{case:?} lossless: {st:?}");
+    }
+    let clean = st.passed();
+    Ok((if clean { st.achieved_pps } else { f64::NAN }, st.busy))
+}
+
 /// `a / b`, NaN (printed as such) when the baseline found no passing rate.
 fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 {
@@ -711,8 +794,8 @@ fn main() -> ExitCode {
         return match child(case, rate, secs) {
             Ok(s) => {
                 println!(
-                    "STEP offered={} gen_lost={} released={} dropped={} divergences={} achieved_pps={:.0} skipped={}",
-                    s.offered, s.gen_lost, s.released, s.dropped, s.divergences, s.achieved_pps, s.skipped
+                    "STEP offered={} gen_lost={} released={} dropped={} divergences={} achieved_pps={:.0} skipped={} busy={:.3}",
+                    s.offered, s.gen_lost, s.released, s.dropped, s.divergences, s.achieved_pps, s.skipped, s.busy
                 );
                 ExitCode::SUCCESS
             }
@@ -736,6 +819,8 @@ fn main() -> ExitCode {
         &[Proto::Tcp, Proto::Udp]
     };
     let shards: &[u32] = if smoke { &[1] } else { &[1, 2] };
+    // Only the lossless capacity column (a minute instead of half an hour).
+    let max_only = args.iter().any(|a| a == "--max-only");
     let t0 = Instant::now();
     println!(
         "throughput: NDR (zero loss) and PDR (loss <= {} %), open loop; {} ({} CPUs); steps of {secs} s, {iters} halvings",
@@ -744,11 +829,15 @@ fn main() -> ExitCode {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "{:<5} {:>5} {:>8} {:>6} {:>9} {:>7} {:>9} {:>7} {:>9} {:>9} {:>7} {:>7}",
+        "{:<5} {:>5} {:>8} {:>6} {:>9} {:>9} {:>7} {:>6} {:>9} {:>7} {:>9} {:>7} {:>9} {:>9} {:>7} {:>7}",
         "proto",
         "size",
         "flows",
         "shards",
+        "max Mpps",
+        "iofwd max",
+        "max/io",
+        "busy",
         "NDR Mpps",
         "Gbit/s",
         "PDR Mpps",
@@ -768,6 +857,21 @@ fn main() -> ExitCode {
             shards: 1,
             baseline: true,
         };
+        let (bmax, _) = match capacity(&base, secs) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{e}");
+                failed = true;
+                continue;
+            }
+        };
+        let rates = |c: &Case, iters, secs| {
+            if max_only {
+                Ok((f64::NAN, f64::NAN))
+            } else {
+                rates(c, iters, secs)
+            }
+        };
         let (b, bp) = match rates(&base, iters, secs) {
             Ok(r) => r,
             Err(e) => {
@@ -786,6 +890,14 @@ fn main() -> ExitCode {
                         shards: sh,
                         baseline: false,
                     };
+                    let (pmax, busy) = match capacity(&c, secs) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            eprintln!("{e}");
+                            failed = true;
+                            continue;
+                        }
+                    };
                     let (p, pp) = match rates(&c, iters, secs) {
                         Ok(r) => r,
                         Err(e) => {
@@ -796,7 +908,7 @@ fn main() -> ExitCode {
                     };
                     let gbps = |pps: f64| pps * size as f64 * 8.0 / 1e9;
                     println!(
-                        "{:<5} {:>5} {:>8} {:>6} {:>9.3} {:>7.2} {:>9.3} {:>7.2} {:>9.3} {:>9.3} {:>7.2} {:>7.2}",
+                        "{:<5} {:>5} {:>8} {:>6} {:>9.3} {:>9.3} {:>7.2} {:>6.2} {:>9.3} {:>7.2} {:>9.3} {:>7.2} {:>9.3} {:>9.3} {:>7.2} {:>7.2}",
                         format!("{proto:?}").to_lowercase(),
                         size,
                         nf,
@@ -805,6 +917,10 @@ fn main() -> ExitCode {
                         } else {
                             sh.to_string()
                         },
+                        pmax / 1e6,
+                        bmax / 1e6,
+                        ratio(pmax, bmax),
+                        busy,
                         p / 1e6,
                         gbps(p),
                         pp / 1e6,
@@ -819,7 +935,10 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "(2* = the second shard shares CPU 0 with the generator); {:.0} s",
+        "max = lossless capacity (a full ring makes the generator wait, as a vhost-user guest \
+         waits; NaN if anything was lost); busy = the proxy lcore's busy share in that step \
+         (below 1: the generator was the bound); NDR/PDR = open loop, a frame lost to a full \
+         ring fails the step; 2* = the second shard shares CPU 0 with the generator; {:.0} s",
         t0.elapsed().as_secs_f64()
     );
     if failed {
