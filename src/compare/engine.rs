@@ -686,14 +686,7 @@ impl<B: PacketBuf> Comparator<B> {
         let len = d.len();
         touch_second_line(d);
         if self.shared.cfg.bypass.is_empty() && len <= MAX_FRAME_LEN {
-            let mut key = FlowKey {
-                family: crate::flow::Family::L2,
-                proto_or_ethertype: 0,
-                addr_lo: [0; 16],
-                addr_hi: [0; 16],
-                port_lo: 0,
-                port_hi: 0,
-            };
+            let mut key = FlowKey::UNSET;
             let mut m = Meta::default();
             if let Some(hash) = fast_tcp4(d, now, &mut key, &mut m) {
                 self.count_in(side, len);

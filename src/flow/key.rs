@@ -158,6 +158,16 @@ impl FlowKey {
         FlowKey::hash64_v4(proto, lo.to_le_bytes(), hi.to_le_bytes(), plo, phi)
     }
 
+    /// A placeholder for a key about to be written (e.g. by [`Self::set_v4_ports`]).
+    pub const UNSET: FlowKey = FlowKey {
+        family: Family::L2,
+        proto_or_ethertype: 0,
+        addr_lo: [0; 16],
+        addr_hi: [0; 16],
+        port_lo: 0,
+        port_hi: 0,
+    };
+
     /// [`Self::hash64`] of a frame's flow if it has the common shape (untagged option-less
     /// IPv4 TCP or UDP, not a fragment; `wire::fast`), without building a [`PacketInfo`]:
     /// the same value as `FlowKey::of(&parse(frame)?, frame).hash64()`. `None`: take the
@@ -168,14 +178,7 @@ impl FlowKey {
             Some(t) => (IPPROTO_TCP, t.ports),
             None => (IPPROTO_UDP, crate::wire::fast::udp4(frame)?.ports),
         };
-        let mut key = FlowKey {
-            family: Family::L2,
-            proto_or_ethertype: 0,
-            addr_lo: [0; 16],
-            addr_hi: [0; 16],
-            port_lo: 0,
-            port_hi: 0,
-        };
+        let mut key = FlowKey::UNSET;
         Some(key.set_v4_ports(proto, &ports))
     }
 
