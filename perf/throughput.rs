@@ -330,9 +330,7 @@ impl Generator {
         }
         Some(n)
     }
-}
 
-impl Generator {
     /// Build `n` frame pairs into the PVM and SVM bursts (`false`: the pool is empty, nothing
     /// built); counts them offered.
     fn make_pairs(&mut self, n: usize, st: &mut Step) -> bool {
@@ -429,16 +427,19 @@ struct GenControl {
 }
 
 impl GenControl {
-    /// Offer `rate` for `secs` on the generator's lcore and wait for the step.
-    fn run(&self, rate: f64, secs: f64) -> Step {
+    /// Offer `rate` for `secs` on the generator's lcore and wait for the step (`None`: the
+    /// lcore did not finish it within 5 s after its end, e.g. it failed).
+    fn run(&self, rate: f64, secs: f64) -> Option<Step> {
         *self.request.lock().unwrap_or_else(|p| p.into_inner()) = Some((rate, secs));
         self.pending.store(true, Ordering::Release);
-        loop {
+        let deadline = Instant::now() + Duration::from_secs_f64(secs + 5.0);
+        while Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
             if let Some(st) = self.done.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                return st;
+                return Some(st);
             }
         }
+        None
     }
 }
 
@@ -593,7 +594,7 @@ fn proxy_step(
     let out = Arc::new(Mutex::new(None));
     let o2 = out.clone();
     let failures = running.run_main_and_wait(move |ctl| {
-        ctl_gen.run(warm_rate, warm);
+        let warmed = ctl_gen.run(warm_rate, warm);
         runtime::wait_still(&ctl, Duration::from_millis(50));
         let before = runtime::totals(&ctl);
         let lcore1 = || {
@@ -603,13 +604,14 @@ fn proxy_step(
                 .fold(Snapshot::default(), |a, l| a.plus(&l.counters.snapshot()))
         };
         let busy0 = lcore1();
-        let mut st = ctl_gen.run(rate, secs);
-        st.busy = busy_share(&lcore1().delta(&busy0));
+        let measured = warmed.and_then(|_| ctl_gen.run(rate, secs));
+        let busy = busy_share(&lcore1().delta(&busy0));
         runtime::wait_still(&ctl, Duration::from_millis(100));
         let after = runtime::totals(&ctl);
         runtime::stop(&ctl, Duration::from_millis(50));
-        if let Ok(mut o) = o2.lock() {
-            *o = Some(step_of(st, &before, &after));
+        // A generator that never finished leaves no result: the step fails as "no result".
+        if let (Some(st), Ok(mut o)) = (measured, o2.lock()) {
+            *o = Some(step_of(Step { busy, ..st }, &before, &after));
         }
     });
     drop(ports);
@@ -658,8 +660,7 @@ fn baseline_step(
     gen.run(warm_rate, warm);
     std::thread::sleep(Duration::from_millis(50));
     let before = counters.snapshot();
-    let mut st = gen.run(rate, secs);
-    st.busy = busy_share(&counters.snapshot().delta(&before));
+    let st = gen.run(rate, secs);
     std::thread::sleep(Duration::from_millis(100));
     let after = counters.snapshot();
     stop.store(true, Ordering::Relaxed);
