@@ -338,9 +338,15 @@ proptest! {
     ) {
         let mut c: Comparator<VecBuf> = Comparator::new(CompareConfig { table_capacity: 8, pool_size: 16, ..CompareConfig::default() });
         let mut out = Count::default();
-        for (i, (prim, mut f, et)) in frames.into_iter().enumerate() {
+        let frames: Vec<(bool, Vec<u8>)> = frames.into_iter().map(|(prim, mut f, et)| {
             if f.len() >= 14 { f[12..14].copy_from_slice(&et.to_be_bytes()); }
             if f.len() >= 24 && et == 0x0800 { f[14] = 0x45; }
+            (prim, f)
+        }).collect();
+        let bufs: Vec<VecBuf> = frames.iter().map(|(_, f)| VecBuf::from_slice(f)).collect();
+        for (i, (prim, f)) in frames.into_iter().enumerate() {
+            // The burst prefetch is a hint: it must take any bytes, the table in any state.
+            c.prefetch_burst(&bufs[i..]);
             let side = if prim { Side::Primary } else { Side::Secondary };
             c.process(side, VecBuf::from_slice(&f), i as u64 * 400 * MS, &mut out);
             c.tick(i as u64 * 400 * MS, &mut out);

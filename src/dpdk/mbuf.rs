@@ -377,10 +377,47 @@ unsafe impl RawItem for Mbuf {
     }
 }
 
+/// A hint to load the cache line holding `p` (no fault, no effect on results).
+#[inline(always)]
+fn prefetch(p: *const i8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint: it never faults and does not read memory architecturally.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// A burst of mbufs: what ports receive into and transmit from.
 pub type MbufBurst<const N: usize> = Burst<Mbuf, N>;
 
 impl<const N: usize> Burst<Mbuf, N> {
+    /// Start loading, for every mbuf from slot `from` on, its three header lines (fields,
+    /// `priv_size`, the private timestamp) and then its frame's first data line, so the misses
+    /// of a whole burst overlap instead of stalling one packet at a time (a burst received
+    /// from another core's writes costs four misses per mbuf otherwise). Hints only: nothing
+    /// is read but `buf_addr`/`data_off`, which the second pass waits for.
+    #[inline]
+    pub fn prefetch_from(&self, from: usize) {
+        let slots = &self.as_slice()[from.min(self.len())..];
+        for m in slots {
+            let base = m.0.as_ptr() as *const i8;
+            prefetch(base);
+            // SAFETY: an mbuf object is its 128-byte header, private area and data room in
+            // one allocation, so +64 and +128 stay inside it (and a prefetch never faults).
+            unsafe {
+                prefetch(base.add(64));
+                prefetch(base.add(128));
+            }
+        }
+        for m in slots {
+            let r = m.raw();
+            // SAFETY: buf_addr + data_off lies inside the mbuf's data room.
+            prefetch(unsafe { (r.buf_addr as *const i8).add(r.data_off as usize) });
+        }
+    }
+
     /// The mbufs as a slice.
     #[inline]
     pub fn as_slice(&self) -> &[Mbuf] {

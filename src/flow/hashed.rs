@@ -138,6 +138,27 @@ impl<V> HashedTable<V> {
         s.live.then_some(&mut s.value)
     }
 
+    /// Start loading the home bucket of `hash`: the first half of a burst's lookups
+    /// ([`Self::prefetch_entry`] is the second), so the misses of a burst overlap.
+    #[inline]
+    pub fn prefetch_bucket(&self, hash: u64) {
+        if let Some(b) = self.index.get(hash as u32 as usize & self.mask) {
+            crate::hint::prefetch(b);
+        }
+    }
+
+    /// Start loading the entry (key and the start of its value) that `hash`'s home bucket
+    /// points at, if any; reads the bucket, so call it after [`Self::prefetch_bucket`] had time.
+    #[inline]
+    pub fn prefetch_entry(&self, hash: u64) {
+        let Some(b) = self.index.get(hash as u32 as usize & self.mask) else {
+            return;
+        };
+        if let Some(s) = self.slots.get(b.id as usize) {
+            crate::hint::prefetch(s);
+        }
+    }
+
     /// The live entry `id`.
     #[inline]
     pub fn get_mut(&mut self, id: u32) -> Option<&mut V> {
@@ -368,6 +389,31 @@ mod tests {
     fn has(t: &HashedTable<u16>, i: u16) -> bool {
         let key = k(i);
         t.get(key.hash64(), &key) == Some(&i)
+    }
+
+    #[test]
+    fn prefetch_is_a_hint_for_any_hash() {
+        let mut t = HashedTable::with_capacity(8);
+        // Empty buckets, any hash (the mask keeps it in range), full and after removal.
+        for h in [0, 1, u64::MAX, u32::MAX as u64, 1 << 40] {
+            t.prefetch_bucket(h);
+            t.prefetch_entry(h);
+        }
+        for i in 0..12 {
+            ins(&mut t, i, u64::from(i));
+        }
+        for i in 0..12 {
+            let h = k(i).hash64();
+            t.prefetch_bucket(h);
+            t.prefetch_entry(h);
+        }
+        let kept: Vec<u16> = (0..12).filter(|&i| has(&t, i)).collect();
+        assert_eq!(
+            kept.len(),
+            8,
+            "a prefetch changed nothing: the table still holds 8"
+        );
+        assert_eq!(t.len(), 8);
     }
 
     #[test]

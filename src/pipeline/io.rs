@@ -25,9 +25,11 @@ const TX_ATTEMPTS: usize = 4;
 /// frames) is linearised into its first mbuf when it fits (`linearized`), else freed
 /// (`drop_multiseg`): no stage handles chains (compare must see the whole frame; the mirror's
 /// clone goes to the link, which copies or frames [`Mbuf::data`]; the rewriter edits in place),
-/// so none is passed through. One segment-count read per frame.
+/// so none is passed through. One segment-count read per frame, after a prefetch of the new
+/// frames' headers and first data lines (every stage touches both next).
 #[inline]
 pub fn whole_frames<const N: usize>(burst: &mut MbufBurst<N>, from: usize, c: &LcoreCounters) {
+    burst.prefetch_from(from);
     let (linearised, freed) = burst.linearize_from(from);
     if linearised + freed > 0 {
         c.add(Counter::Linearized, linearised as u64);

@@ -303,6 +303,7 @@ impl Stage for CompareStage {
                 burst.for_each_ref(|m| ctx.remember(Side::Secondary, m.data(), cx.now_ns));
             }
             let (mut out, engine) = self.output(cx);
+            engine.prefetch_burst(burst.as_slice());
             c.add(Counter::ComparedSecondary, ns as u64);
             for m in burst.drain() {
                 if failed_over {
@@ -328,6 +329,7 @@ impl Stage for CompareStage {
                     out.nic_tx.push(m, c);
                 }
             } else {
+                engine.prefetch_burst(burst.as_slice());
                 c.add(Counter::ComparedPrimary, np as u64);
                 for m in burst.drain() {
                     engine.process(Side::Primary, m, cx.now_ns, &mut out);
