@@ -64,14 +64,15 @@ impl Default for RawIdle {
     }
 }
 
+// The defaults live once, in `IdleConfig::default`.
 fn spin_loops() -> u32 {
-    1000
+    super::IdleConfig::default().spin_loops
 }
 fn spin_us() -> u32 {
-    20
+    super::IdleConfig::default().spin_us
 }
 fn max_sleep_us() -> u32 {
-    100
+    super::IdleConfig::default().max_sleep_us
 }
 
 #[derive(Deserialize, Debug)]
