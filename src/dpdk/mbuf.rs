@@ -12,6 +12,7 @@ use std::ptr::NonNull;
 use super::burst::{Burst, RawItem};
 use super::ffi;
 use crate::buf::{BufError, PacketBuf};
+use crate::hint::prefetch_addr;
 
 /// An owned `rte_mbuf` pointer (never null; same layout as `struct rte_mbuf *`).
 #[repr(transparent)]
@@ -377,18 +378,6 @@ unsafe impl RawItem for Mbuf {
     }
 }
 
-/// A hint to load the cache line holding `p` (no fault, no effect on results).
-#[inline(always)]
-fn prefetch(p: *const i8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint: it never faults and does not read memory architecturally.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
-
 /// A burst of mbufs: what ports receive into and transmit from.
 pub type MbufBurst<const N: usize> = Burst<Mbuf, N>;
 
@@ -402,19 +391,14 @@ impl<const N: usize> Burst<Mbuf, N> {
     pub fn prefetch_from(&self, from: usize) {
         let slots = &self.as_slice()[from.min(self.len())..];
         for m in slots {
-            let base = m.0.as_ptr() as *const i8;
-            prefetch(base);
-            // SAFETY: an mbuf object is its 128-byte header, private area and data room in
-            // one allocation, so +64 and +128 stay inside it (and a prefetch never faults).
-            unsafe {
-                prefetch(base.add(64));
-                prefetch(base.add(128));
+            let base = m.0.as_ptr() as *const u8;
+            for line in [0, 64, 128] {
+                prefetch_addr(base.wrapping_add(line));
             }
         }
         for m in slots {
             let r = m.raw();
-            // SAFETY: buf_addr + data_off lies inside the mbuf's data room.
-            prefetch(unsafe { (r.buf_addr as *const i8).add(r.data_off as usize) });
+            prefetch_addr((r.buf_addr as *const u8).wrapping_add(usize::from(r.data_off)));
         }
     }
 

@@ -113,7 +113,7 @@ impl<V> HashedTable<V> {
     #[inline]
     pub fn find(&self, hash: u64, key: &FlowKey) -> Option<u32> {
         let tag = hash as u32;
-        let mut i = tag as usize & self.mask;
+        let mut i = self.home(tag);
         loop {
             let b = self.index[i];
             if b.id == NIL {
@@ -138,11 +138,17 @@ impl<V> HashedTable<V> {
         s.live.then_some(&mut s.value)
     }
 
+    /// The home bucket of a tag (where its probe starts).
+    #[inline]
+    fn home(&self, tag: u32) -> usize {
+        tag as usize & self.mask
+    }
+
     /// Start loading the home bucket of `hash`: the first half of a burst's lookups
     /// ([`Self::prefetch_entry`] is the second), so the misses of a burst overlap.
     #[inline]
     pub fn prefetch_bucket(&self, hash: u64) {
-        if let Some(b) = self.index.get(hash as u32 as usize & self.mask) {
+        if let Some(b) = self.index.get(self.home(hash as u32)) {
             crate::hint::prefetch(b);
         }
     }
@@ -151,7 +157,7 @@ impl<V> HashedTable<V> {
     /// points at, if any; reads the bucket, so call it after [`Self::prefetch_bucket`] had time.
     #[inline]
     pub fn prefetch_entry(&self, hash: u64) {
-        let Some(b) = self.index.get(hash as u32 as usize & self.mask) else {
+        let Some(b) = self.index.get(self.home(hash as u32)) else {
             return;
         };
         if let Some(s) = self.slots.get(b.id as usize) {
@@ -238,7 +244,7 @@ impl<V> HashedTable<V> {
     }
 
     fn index_insert(&mut self, tag: u32, id: u32) {
-        let mut i = tag as usize & self.mask;
+        let mut i = self.home(tag);
         while self.index[i].id != NIL {
             i = (i + 1) & self.mask;
         }
@@ -249,7 +255,7 @@ impl<V> HashedTable<V> {
     /// lengths never degrade under churn).
     fn unindex(&mut self, id: usize) {
         let tag = self.slots[id].tag;
-        let mut i = tag as usize & self.mask;
+        let mut i = self.home(tag);
         let mut probes = 0;
         while self.index[i].id != id as u32 {
             if self.index[i].id == NIL || probes > self.mask {
@@ -267,7 +273,7 @@ impl<V> HashedTable<V> {
                 if b.id == NIL {
                     return;
                 }
-                let home = b.tag as usize & self.mask;
+                let home = self.home(b.tag);
                 // `b` may move back to `i` unless its home lies cyclically in (i, j].
                 let dist_home = j.wrapping_sub(home) & self.mask;
                 let dist_i = j.wrapping_sub(i) & self.mask;
@@ -394,7 +400,7 @@ mod tests {
     #[test]
     fn prefetch_is_a_hint_for_any_hash() {
         let mut t = HashedTable::with_capacity(8);
-        // Empty buckets, any hash (the mask keeps it in range), full and after removal.
+        // Empty buckets, any hash (the mask keeps it in range), then a full table.
         for h in [0, 1, u64::MAX, u32::MAX as u64, 1 << 40] {
             t.prefetch_bucket(h);
             t.prefetch_entry(h);
