@@ -2,7 +2,8 @@
 //! drop rate (PDR: at most 0.1 % of the offered frames not released, no divergence).
 //!
 //! What runs: the production wiring (`topology::build` from a config, the same stages and
-//! lcore loop as `colo-proxy run` as primary) with the PVM and the link on `net_ring` ports
+//! lcore loop as `colo-proxy run` as primary) with the PVM and the link on ring ports
+//! (`rte_eth_from_rings`, [`PORT_RING_DEPTH`] deep)
 //! and the nic on `net_null` (`no-rx=1`: transmit frees, nothing arrives). A generator on the
 //! main lcore (CPU 0) writes identical PVM and SVM output streams at a fixed offered rate,
 //! pktgen style: fresh mbufs from its own pool, template copied, TCP sequence numbers advanced
@@ -25,9 +26,10 @@
 //! generator wait instead of losing the frame (as a vhost-user guest waits in its TX ring).
 //! On a shared VM the proxy's vCPU stalls for milliseconds now and then (seen: 49 gaps over
 //! 300 µs in 3 s, up to 8 ms, in poll mode with nothing else on the CPU); open loop, a
-//! 1024-slot ring overflows in such a stall at any rate above ~0.1–1 Mpps, so the NDR there
-//! measures the host's scheduling as much as the proxy. The capacity does not: a stall costs
-//! time, not frames. Its `busy` column says whether the proxy's lcore or the generator was
+//! 1024-slot ring (the `net_ring` vdev's) overflows in such a stall at any rate above
+//! ~0.13 Mpps, so the NDR measured the host's scheduling: the port rings are now
+//! [`PORT_RING_DEPTH`] deep, which covers 8 ms up to 4 Mpps. The capacity needs no depth: a
+//! stall costs time, not frames. Its `busy` column says whether the proxy's lcore or the generator was
 //! the bound (the generator builds two frames per proxied packet, one per io-forwarded one).
 //!
 //! `cargo bench --bench throughput` (full: 64/512/1500 B × TCP/UDP × 1k/100k/1M flows, 1 and 2
@@ -67,9 +69,23 @@ const WARM_PPS: f64 = 100e3;
 const MAX_CATCHUP: u64 = 2 * GEN_BURST as u64;
 /// Generator burst (frames per enqueue).
 const GEN_BURST: usize = 32;
-/// The net_ring PMD's queue ring of device `dev` (created by the PMD, rx and tx share it).
-fn ring_of(dev: &str) -> String {
-    format!("ETH_RXTX0_{dev}")
+/// Frames each generator port ring holds. The `net_ring` vdev's rings are fixed at 1024, which
+/// an 8 ms stall of the proxy's vCPU (seen on these VMs) overflows at any rate above
+/// 0.13 Mpps: the NDR then measured the host's scheduling. 32768 (as deep as an mlx5 rx queue
+/// can be set) rides out such a stall up to 4 Mpps, so a step fails on the proxy's rate.
+const PORT_RING_DEPTH: u32 = 32768;
+/// The proxy's PVM and link ports: `rte_eth_from_rings` ends (made after EAL init, with
+/// [`PORT_RING_DEPTH`]) whose peers' tx rings the generator fills. Named as the config's
+/// vdevs, which `child` keeps out of the EAL arguments.
+const PVM_PORT: &str = "tput_pvm";
+const LINK_PORT: &str = "tput_link";
+/// The generator's end of each pair (never opened: the generator enqueues into the ring).
+fn gen_end(port: &str) -> String {
+    format!("gen_{port}")
+}
+/// DPDK's device name of a `rte_eth_from_rings` port.
+fn dev_of(port: &str) -> String {
+    format!("net_ring_{port}")
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -119,8 +135,11 @@ impl Case {
 #[derive(Debug, Default, Clone, Copy)]
 struct Step {
     offered: u64,
-    /// Frames the generator could not enqueue (port ring full): lost at the "NIC".
+    /// Frames the generator could not enqueue (port ring full) or build (its pool empty: the
+    /// proxy holds too much): lost at the "NIC".
     gen_lost: u64,
+    /// The part of `gen_lost` lost to an empty generator pool.
+    pool_empty: u64,
     released: u64,
     dropped: u64,
     divergences: u64,
@@ -236,9 +255,9 @@ args = ["--lcores", "0@0,1@1", "--no-pci", {mem}, "--file-prefix", "{prefix}",
 [ports.nic]
 vdev = "net_null0,no-rx=1"
 [ports.pvm]
-vdev = "net_ring0"
+vdev = "{pvm}"
 [ports.link]
-vdev = "net_ring1"
+vdev = "{link}"
 [link]
 kind = "port"
 port = "link"
@@ -256,6 +275,8 @@ table_capacity = {table}
 mode = "poll"
 "#,
         mem = mem.join(", "),
+        pvm = dev_of(PVM_PORT),
+        link = dev_of(LINK_PORT),
         shards = c.shards,
         // The default (65536) holds the 1k-flow cases; more flows need a larger table.
         table = (c.flows + c.flows / 4).max(65536),
@@ -318,6 +339,7 @@ impl Generator {
             // Generator pool empty: the proxy holds too much (counted as loss).
             st.offered += n as u64;
             st.gen_lost += n as u64;
+            st.pool_empty += n as u64;
             return Some(n);
         }
         self.pvm.enqueue_burst(&mut self.p);
@@ -484,13 +506,34 @@ fn child(case: Case, rate: f64, secs: f64) -> Result<Step, String> {
     .map_err(|e| e.to_string())?;
     let cfg = Config::load(&path).map_err(|e| e.messages().join("; "))?;
     let _ = std::fs::remove_dir_all(&dir);
-    let args = cfg.eal_args(&[]);
-    let eal = Eal::init(args.get(1..).unwrap_or(&[])).map_err(|e| e.to_string())?;
+    // The ring ports are made below, deeper than `--vdev net_ring_*` would make them.
+    let all = cfg.eal_args(&[]);
+    let mut args = Vec::new();
+    let mut it = all.iter().skip(1).peekable();
+    while let Some(a) = it.next() {
+        if a == "--vdev" && it.peek().is_some_and(|v| v.starts_with("net_ring_")) {
+            it.next();
+        } else {
+            args.push(a.clone());
+        }
+    }
+    let eal = Eal::init(&args).map_err(|e| e.to_string())?;
+    for port in [PVM_PORT, LINK_PORT] {
+        Port::ring_pair_sized(port, &gen_end(port), 1, PORT_RING_DEPTH)
+            .map_err(|e| e.to_string())?;
+    }
     let m = &cfg.mempool;
     let pool = Mempool::with_params("colo_pool", m.mbufs, m.cache, m.data_room, None)
         .map_err(|e| e.to_string())?;
-    let gen_pool = Mempool::with_params("gen_pool", 65535, 256, DEFAULT_DATA_ROOM, None)
-        .map_err(|e| e.to_string())?;
+    // Both port rings full and the compare queues besides.
+    let gen_pool = Mempool::with_params(
+        "gen_pool",
+        4 * PORT_RING_DEPTH - 1,
+        256,
+        DEFAULT_DATA_ROOM,
+        None,
+    )
+    .map_err(|e| e.to_string())?;
     let (events, _event_rx) = EventSender::channel(4096);
     let topo = if case.baseline {
         None
@@ -503,8 +546,10 @@ fn child(case: Case, rate: f64, secs: f64) -> Result<Step, String> {
     // until after the run).
     let (pvm, link) = unsafe {
         (
-            attach_producer::<Mbuf>(&ring_of("net_ring0")).map_err(|e| e.to_string())?,
-            attach_producer::<Mbuf>(&ring_of("net_ring1")).map_err(|e| e.to_string())?,
+            attach_producer::<Mbuf>(&format!("rp_{}", gen_end(PVM_PORT)))
+                .map_err(|e| e.to_string())?,
+            attach_producer::<Mbuf>(&format!("rp_{}", gen_end(LINK_PORT)))
+                .map_err(|e| e.to_string())?,
         )
     };
     let gen = Generator {
@@ -641,7 +686,7 @@ fn baseline_step(
         p.start().map_err(|e| e.to_string())?;
         Ok(p)
     };
-    let mut pvm = open("net_ring0", 1)?;
+    let mut pvm = open(&dev_of(PVM_PORT), 1)?;
     let mut nic = open("net_null0", 1)?;
     let mut rx = pvm.rx_queue(0).map_err(|e| e.to_string())?;
     let mut tx = TxBuf::new(nic.tx_queue(0).map_err(|e| e.to_string())?);
@@ -700,6 +745,7 @@ fn step(case: &Case, rate: f64, secs: f64) -> Result<Step, String> {
     Ok(Step {
         offered: field("offered") as u64,
         gen_lost: field("gen_lost") as u64,
+        pool_empty: field("pool_empty") as u64,
         released: field("released") as u64,
         dropped: field("dropped") as u64,
         divergences: field("divergences") as u64,
@@ -795,8 +841,8 @@ fn main() -> ExitCode {
         return match child(case, rate, secs) {
             Ok(s) => {
                 println!(
-                    "STEP offered={} gen_lost={} released={} dropped={} divergences={} achieved_pps={:.0} skipped={} busy={:.3}",
-                    s.offered, s.gen_lost, s.released, s.dropped, s.divergences, s.achieved_pps, s.skipped, s.busy
+                    "STEP offered={} gen_lost={} pool_empty={} released={} dropped={} divergences={} achieved_pps={:.0} skipped={} busy={:.3}",
+                    s.offered, s.gen_lost, s.pool_empty, s.released, s.dropped, s.divergences, s.achieved_pps, s.skipped, s.busy
                 );
                 ExitCode::SUCCESS
             }
@@ -808,18 +854,40 @@ fn main() -> ExitCode {
     }
     let smoke = args.iter().any(|a| a == "--smoke");
     let (secs, iters) = if smoke { (0.3, 5) } else { (1.5, 9) };
-    let sizes: &[usize] = if smoke { &[64] } else { &[64, 512, 1500] };
-    let flows: &[usize] = if smoke {
-        &[1000]
-    } else {
-        &[1000, 100_000, 1_000_000]
+    // `--sizes 64,1500` etc. run part of the table (by hand: the whole takes half an hour).
+    let pick = |flag: &str, all: &[&str], smoke_set: &[&str]| -> Result<Vec<String>, String> {
+        let Some(i) = args.iter().position(|a| a == flag) else {
+            let set = if smoke { smoke_set } else { all };
+            return Ok(set.iter().map(|s| s.to_string()).collect());
+        };
+        let list = args.get(i + 1).ok_or(format!("{flag} needs a list"))?;
+        let v: Vec<String> = list.split(',').map(str::to_string).collect();
+        match v.iter().find(|x| !all.contains(&x.as_str())) {
+            Some(x) => Err(format!("{flag}: {x:?} is not one of {}", all.join(","))),
+            None => Ok(v),
+        }
     };
-    let protos: &[Proto] = if smoke {
-        &[Proto::Tcp]
-    } else {
-        &[Proto::Tcp, Proto::Udp]
+    let picked = (|| -> Result<_, String> {
+        Ok((
+            pick("--sizes", &["64", "512", "1500"], &["64"])?,
+            pick("--flows", &["1000", "100000", "1000000"], &["1000"])?,
+            pick("--protos", &["tcp", "udp"], &["tcp"])?,
+            pick("--shards", &["1", "2"], &["1"])?,
+        ))
+    })();
+    let (sizes, flows, protos, shards) = match picked {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("throughput: {e}");
+            return ExitCode::from(2);
+        }
     };
-    let shards: &[u32] = if smoke { &[1] } else { &[1, 2] };
+    let num = |v: &[String]| -> Vec<usize> { v.iter().filter_map(|x| x.parse().ok()).collect() };
+    let (sizes, flows, shards) = (num(&sizes), num(&flows), num(&shards));
+    let protos: Vec<Proto> = protos
+        .iter()
+        .map(|p| if p == "tcp" { Proto::Tcp } else { Proto::Udp })
+        .collect();
     // Only the lossless capacity column (a minute instead of half an hour).
     let max_only = args.iter().any(|a| a == "--max-only");
     let t0 = Instant::now();
@@ -849,7 +917,7 @@ fn main() -> ExitCode {
         "PDR/io"
     );
     let mut failed = false;
-    for &size in sizes {
+    for &size in &sizes {
         // The baseline depends on the frame size only (no parsing).
         let base = Case {
             proto: Proto::Udp,
@@ -881,14 +949,14 @@ fn main() -> ExitCode {
                 continue;
             }
         };
-        for &proto in protos {
-            for &nf in flows {
-                for &sh in shards {
+        for &proto in &protos {
+            for &nf in &flows {
+                for &sh in &shards {
                     let c = Case {
                         proto,
                         size,
                         flows: nf,
-                        shards: sh,
+                        shards: sh as u32,
                         baseline: false,
                     };
                     let (pmax, busy) = match capacity(&c, secs) {
@@ -939,7 +1007,7 @@ fn main() -> ExitCode {
         "max = lossless capacity (a full ring makes the generator wait, as a vhost-user guest \
          waits; NaN if anything was lost); busy = the proxy lcore's busy share in that step \
          (below 1: the generator was the bound); NDR/PDR = open loop, a frame lost to a full \
-         ring fails the step; 2* = the second shard shares CPU 0 with the generator; {:.0} s",
+         {PORT_RING_DEPTH}-frame port ring fails the step; 2* = the second shard shares CPU 0 with the generator; {:.0} s",
         t0.elapsed().as_secs_f64()
     );
     if failed {

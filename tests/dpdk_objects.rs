@@ -314,6 +314,27 @@ fn ring_ports_forward_byte_identical() {
         }
         result("in_use_end", pool.in_use());
 
+        // A sized pair holds its depth, not the default 1024.
+        let (c, d) = Port::ring_pair_sized("pc", "pd", 1, 1536).expect("sized pair");
+        let mut pc = Port::open(c, &PortConfig::default(), &pool).expect("open c");
+        let mut pd = Port::open(d, &PortConfig::default(), &pool).expect("open d");
+        pc.start().expect("start c");
+        pd.start().expect("start d");
+        let (mut tc, mut rd) = (pc.tx_queue(0).expect("txq"), pd.rx_queue(0).expect("rxq"));
+        let mut sent = 0;
+        for _ in 0..56 {
+            let mut b: MbufBurst<32> = Burst::new();
+            pool.alloc_bulk(&mut b, 32).expect("bulk");
+            sent += tc.tx_burst(&mut b);
+            b.clear();
+        }
+        result("sized_sent", sent);
+        let mut sink: MbufBurst<64> = Burst::new();
+        while rd.rx_burst(&mut sink) > 0 {
+            sink.clear();
+        }
+        result("sized_in_use_end", pool.in_use());
+
         // A generator feeding net_ring1's rx through the PMD's own ring.
         let id1 = Port::id_by_name("net_ring1").expect("net_ring1");
         let mut p1 = Port::open(id1, &PortConfig::default(), &pool).expect("open net_ring1");
@@ -363,6 +384,8 @@ fn ring_ports_forward_byte_identical() {
     assert_eq!(c.num("flood_sent"), 1024);
     assert_eq!(c.num("flood_unsent"), 40 * 32 - 1024);
     assert_eq!(c.num("in_use_end"), 0);
+    assert_eq!(c.num("sized_sent"), 1536);
+    assert_eq!(c.num("sized_in_use_end"), 0);
     assert_eq!(c.get("attach_missing_err"), "1");
     assert_eq!(c.num("gen_enqueued"), 4);
     assert_eq!(c.get("gen_received_identical"), "1");

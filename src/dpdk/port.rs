@@ -141,6 +141,12 @@ impl Port {
     /// [`Port::ring_pair`] with `queues` rx and tx queues on each end (queue k of one end is
     /// queue k of the other).
     pub fn ring_pair_with(a: &str, b: &str, queues: u16) -> Result<(u16, u16)> {
+        Self::ring_pair_sized(a, b, queues, RING_PAIR_DEPTH)
+    }
+
+    /// [`Port::ring_pair_with`] holding `depth` frames each way (a bench's generator port that
+    /// must ride out its consumer's stalls; the `net_ring` vdev's own rings are fixed at 1024).
+    pub fn ring_pair_sized(a: &str, b: &str, queues: u16, depth: u32) -> Result<(u16, u16)> {
         let what = |s: &str| format!("creating ring port pair {a:?}/{b:?}: {s}");
         eal::ensure_up(&what("start"))?;
         if queues == 0 {
@@ -150,14 +156,9 @@ impl Port {
             let c = CString::new(format!("rp_{n}"))
                 .map_err(|_| DpdkError::new(libc::EINVAL, what("NUL in name")))?;
             // SAFETY: EAL is up; DPDK copies the name. MP/MC (the PMD may use either end from
-            // any lcore); exactly RING_PAIR_DEPTH slots.
+            // any lcore); exactly `depth` slots.
             let r = unsafe {
-                ffi::rte_ring_create(
-                    c.as_ptr(),
-                    RING_PAIR_DEPTH,
-                    ffi::SOCKET_ID_ANY,
-                    ffi::RING_F_EXACT_SZ,
-                )
+                ffi::rte_ring_create(c.as_ptr(), depth, ffi::SOCKET_ID_ANY, ffi::RING_F_EXACT_SZ)
             };
             if r.is_null() {
                 Err(DpdkError::last(what(&format!("ring for {n}"))))
