@@ -802,8 +802,7 @@ impl DropIn {
             }
         }
         // The metrics listener and its clients wake the loop too.
-        for (fd, out) in self.metrics.iter().flat_map(|m| m.fds()) {
-            let flags = if out { PollFlags::OUT } else { PollFlags::IN };
+        for (fd, flags) in self.metrics.iter().flat_map(|m| m.fds()) {
             fds.push(PollFd::from_borrowed_fd(fd, flags));
         }
         let ts = Timespec {

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
+use rustix::event::PollFlags;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -756,12 +757,19 @@ impl MetricsServer {
         }
     }
 
-    /// The listener and client fds, for a caller that blocks in `poll(2)` when idle (the
-    /// drop-in). `(fd, wants_write)`.
-    pub fn fds(&self) -> Vec<(BorrowedFd<'_>, bool)> {
-        let mut v = vec![(self.listener.as_fd(), false)];
+    /// The listener and client fds with what should wake an idle `poll(2)` for each (the
+    /// drop-in's loop, management's wait). A client with a reply pending waits for room to
+    /// write only: [`Metrics::poll`] reads nothing from it until the reply is out, so waking
+    /// on its input too would spin the caller while a client sends and does not read.
+    pub fn fds(&self) -> Vec<(BorrowedFd<'_>, PollFlags)> {
+        let mut v = vec![(self.listener.as_fd(), PollFlags::IN)];
         for c in &self.conns {
-            v.push((c.stream.as_fd(), c.out.is_some()));
+            let want = if c.out.is_some() {
+                PollFlags::OUT
+            } else {
+                PollFlags::IN
+            };
+            v.push((c.stream.as_fd(), want));
         }
         v
     }
@@ -1035,5 +1043,53 @@ mod tests {
             }
         }
         assert!(x.names().len() > 40, "{:?}", x.names());
+    }
+    #[test]
+    fn a_client_that_sends_and_does_not_read_does_not_wake_an_idle_wait() {
+        use rustix::event::{poll, PollFd, Timespec};
+        let mut m = MetricsServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut c = TcpStream::connect(m.local_addr().unwrap()).unwrap();
+        // A reply larger than both sockets' buffers.
+        c.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let mut render = |_: MetricsStats| "x".repeat(64 << 20);
+        let t0 = Instant::now();
+        while !m.fds().iter().any(|&(_, f)| f == PollFlags::OUT) {
+            assert!(t0.elapsed() < Duration::from_secs(5), "no reply pending");
+            m.poll(&mut render);
+        }
+        // Until the kernel has no room left for the reply; then the client sends more.
+        for _ in 0..100 {
+            m.poll(&mut render);
+        }
+        c.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let fds = m.fds();
+        assert_eq!(fds.len(), 2);
+        assert_eq!(fds[0].1, PollFlags::IN, "the listener");
+        assert_eq!(
+            fds[1].1,
+            PollFlags::OUT,
+            "the client with its reply pending"
+        );
+        // The client's unread request is readable, the socket not writable: an idle wait on
+        // these fds blocks (waking on input too would return at once, every time).
+        let mut pfds: Vec<PollFd<'_>> = fds
+            .iter()
+            .map(|&(fd, f)| PollFd::from_borrowed_fd(fd, f))
+            .collect();
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        assert_eq!(poll(&mut pfds, Some(&zero)).unwrap(), 0);
+        let mut wide: Vec<PollFd<'_>> = fds
+            .iter()
+            .map(|&(fd, _)| PollFd::from_borrowed_fd(fd, PollFlags::IN | PollFlags::OUT))
+            .collect();
+        assert_eq!(
+            poll(&mut wide, Some(&zero)).unwrap(),
+            1,
+            "the test's own premise"
+        );
     }
 }

@@ -546,13 +546,16 @@ impl Management {
         if let Some(ns) = self.server.wait_fds(&mut fds) {
             limit = limit.min(ns);
         }
+        let mut pfds: Vec<PollFd<'_>> =
+            Vec::with_capacity(fds.len() + 2 + metrics::MAX_CONNECTIONS);
         if let Some(m) = &self.metrics {
-            fds.extend(m.fds());
+            for (fd, flags) in m.fds() {
+                pfds.push(PollFd::from_borrowed_fd(fd, flags));
+            }
             if m.stats().clients > 0 {
                 limit = limit.min(sink::TICK_NS);
             }
         }
-        let mut pfds: Vec<PollFd<'_>> = Vec::with_capacity(fds.len() + 1);
         match self.bell.as_fd() {
             Some(fd) => pfds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN)),
             // No eventfd: nothing could wake us for an input, so poll as often as before.
