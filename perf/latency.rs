@@ -15,7 +15,9 @@
 //! 3. The veth lab through both proxies (tests/pipeline_support::Lab: client, PVM and SVM
 //!    namespaces, af_packet ports, socket link), per idle mode, against a Linux bridge: ping
 //!    RTT and request/response latency on new connections (the issue's targets: ping ≤ 0.3 ms,
-//!    rr p50 ≤ 0.6 ms; QEMU's chain on this machine: 0.37 / 0.67 ms).
+//!    rr p50 ≤ 0.6 ms; QEMU's chain on this machine: 0.37 / 0.67 ms), twice: with `svc.py`'s
+//!    Python endpoints and with native ones (`native_rr`, this binary with `--rr-serve` /
+//!    `--rr-client`), whose server does not take 90–170 µs of the shared CPUs per answer.
 //!
 //! Children: each forwarder runs in its own process (EAL once per process): this binary
 //! re-executed with `COLO_LAT_CHILD`. `cargo bench --bench latency` (full) or `-- --smoke`
@@ -509,15 +511,28 @@ fn forwarder_table(title: &str, cases: &[Case]) {
     }
 }
 
-/// Ping and rr through one path; (ping avg ms, rr p50 us, rr p99 us).
+/// Runs `svc.py ARGS` in the client namespace within a time limit.
 type LabClient<'a> = &'a dyn Fn(&[&str], Duration) -> (bool, String);
 
+/// Ping, rr (svc.py) and native rr through one path.
+struct LabFigures {
+    ping_ms: f64,
+    /// rr p50 / p99 (µs) with svc.py's endpoints.
+    rr: (f64, f64),
+    /// rr p50 / p99 (µs) with the native endpoints (`native_rr`).
+    native: (f64, f64),
+    /// Every rr of both kinds answered, and right.
+    clean: bool,
+}
+
+/// Ping and both rr's through one path; `native(n)` runs `n` native rr's from the client.
 fn lab_figures(
     client: LabClient<'_>,
     ping: &dyn Fn(usize) -> (bool, String),
+    native: &dyn Fn(usize) -> (bool, String),
     pings: usize,
-    rr: usize,
-) -> (f64, f64, f64) {
+    rr_count: usize,
+) -> LabFigures {
     let (ok, out) = ping(pings);
     if !ok {
         // A path too slow to finish (busy pollers sharing a core) is a row, not a crash.
@@ -535,18 +550,30 @@ fn lab_figures(
         .and_then(|v| v.parse().ok())
         .unwrap_or(f64::NAN);
     let (ok, out) = client(
-        &["rr", netns_support::VM_IP, &rr.to_string()],
+        &["rr", netns_support::VM_IP, &rr_count.to_string()],
         Duration::from_secs(300),
     );
-    let r = netns_support::results(&out);
-    if !ok || r.get("rr_errors").map(String::as_str) != Some("0") {
-        println!(
-            "  rr did not finish cleanly: {}",
-            out.lines().last().unwrap_or("")
-        );
+    let clean = std::cell::Cell::new(true);
+    let rr_of = |what: &str, (ok, out): (bool, String)| -> (f64, f64) {
+        let r = netns_support::results(&out);
+        if !ok || r.get("rr_errors").map(String::as_str) != Some("0") {
+            clean.set(false);
+            println!(
+                "  {what} did not finish cleanly: {}",
+                out.lines().last().unwrap_or("")
+            );
+        }
+        let f = |k: &str| r.get(k).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
+        (f("rr_p50_us"), f("rr_p99_us"))
+    };
+    let rr = rr_of("rr", (ok, out));
+    let native = rr_of("native rr", native(rr_count));
+    LabFigures {
+        ping_ms: avg,
+        rr,
+        native,
+        clean: clean.get(),
     }
-    let f = |k: &str| r.get(k).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
-    (avg, f("rr_p50_us"), f("rr_p99_us"))
 }
 
 /// CPU used by each proxy process (% of one core) over `window` with no traffic.
@@ -578,16 +605,33 @@ fn proxies_idle_cpu(lab: &pipeline_support::Lab, window: Duration) -> (f64, f64)
     (100.0 * (a1 - a0) / hz / dt, 100.0 * (b1 - b0) / hz / dt)
 }
 
-fn lab_section(modes: &[&str], pings: usize, rr: usize, idle_window: Duration) {
+/// The lab's table; `false` if an rr through some path did not finish cleanly.
+fn lab_section(modes: &[&str], pings: usize, rr: usize, idle_window: Duration) -> bool {
     use netns_support::*;
     use pipeline_support::*;
     println!(
         "\nveth lab through both proxies (ping RTT avg; rr new connection), vs a Linux bridge"
     );
     println!(
-        "{:<16} {:>12} {:>12} {:>12} {:>10}",
-        "path", "ping avg ms", "rr p50 us", "rr p99 us", "p50/bridge"
+        "{:<16} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "path",
+        "ping avg ms",
+        "rr p50 us",
+        "rr p99 us",
+        "p50/bridge",
+        "native p50",
+        "native p99",
+        "p50/bridge"
     );
+    // The native rr endpoint (`native_rr`): this binary, run in the namespaces.
+    let exe = std::env::current_exe().unwrap();
+    let exe = exe.to_str().unwrap();
+    let native_in = |host: &Host, n: usize| {
+        run_limited(
+            host.cmd(&[exe, "--rr-client", netns_support::VM_IP, &n.to_string()]),
+            Duration::from_secs(300),
+        )
+    };
     let ping_args = |n: usize| -> Vec<String> {
         ["ping", "-q", "-c", &n.to_string(), "-i", "0.01", VM_IP]
             .iter()
@@ -608,6 +652,7 @@ fn lab_section(modes: &[&str], pings: usize, rr: usize, idle_window: Duration) {
         }
         sh(&["ip", "link", "set", &br, "up"]);
         let svc = Service::start(net.host("pvm"), &py, "pvm");
+        let native_svc = Service::spawn(net.host("pvm"), &[exe, "--rr-serve"]);
         let client = |a: &[&str], limit: Duration| {
             let mut v = vec!["python3", py.to_str().unwrap()];
             v.extend_from_slice(a);
@@ -618,14 +663,23 @@ fn lab_section(modes: &[&str], pings: usize, rr: usize, idle_window: Duration) {
             let v: Vec<&str> = a.iter().map(String::as_str).collect();
             run_limited(net.host("client").cmd(&v), Duration::from_secs(60))
         };
-        let f = lab_figures(&client, &ping, pings, rr);
-        drop(svc);
+        let native = |n: usize| native_in(net.host("client"), n);
+        let f = lab_figures(&client, &ping, &native, pings, rr);
+        drop((svc, native_svc));
         let _ = Command::new("ip").args(["link", "del", &br]).status();
         f
     };
+    let mut clean = bridge_fig.clean;
     println!(
-        "{:<16} {:>12.3} {:>12.0} {:>12.0} {:>10.2}",
-        "bridge", bridge_fig.0, bridge_fig.1, bridge_fig.2, 1.0
+        "{:<16} {:>12.3} {:>10.0} {:>10.0} {:>10.2} {:>10.0} {:>10.0} {:>10.2}",
+        "bridge",
+        bridge_fig.ping_ms,
+        bridge_fig.rr.0,
+        bridge_fig.rr.1,
+        1.0,
+        bridge_fig.native.0,
+        bridge_fig.native.1,
+        1.0
     );
     for (i, mode) in modes.iter().enumerate() {
         let mut lab = Lab::start_with(
@@ -646,8 +700,14 @@ fn lab_section(modes: &[&str], pings: usize, rr: usize, idle_window: Duration) {
             let v: Vec<&str> = a.iter().map(String::as_str).collect();
             run_limited(lab.net.host("client").cmd(&v), Duration::from_secs(60))
         };
+        let native_svcs = (
+            Service::spawn(lab.net.host("pvm"), &[exe, "--rr-serve"]),
+            Service::spawn(lab.net.host("svm"), &[exe, "--rr-serve"]),
+        );
+        let native = |n: usize| native_in(lab.net.host("client"), n);
         let idle_pct = proxies_idle_cpu(&lab, idle_window);
-        let f = lab_figures(&client, &ping, pings, rr);
+        let f = lab_figures(&client, &ping, &native, pings, rr);
+        drop(native_svcs);
         let (p, s) = lab.stats();
         let cpu = |v: &serde_json::Value| {
             v["dataplane"]["lcores"]
@@ -668,24 +728,42 @@ fn lab_section(modes: &[&str], pings: usize, rr: usize, idle_window: Duration) {
                 .unwrap_or_default()
         };
         println!(
-            "{:<16} {:>12.3} {:>12.0} {:>12.0} {:>10.2}   idle cpu% primary {:.1} secondary {:.1} \
-             (lcore mode + wake-ups: {} / {})",
+            "{:<16} {:>12.3} {:>10.0} {:>10.0} {:>10.2} {:>10.0} {:>10.0} {:>10.2}   idle cpu% \
+             primary {:.1} secondary {:.1} (lcore mode + wake-ups: {} / {})",
             format!("proxy {mode}"),
-            f.0,
-            f.1,
-            f.2,
-            f.1 / bridge_fig.1,
+            f.ping_ms,
+            f.rr.0,
+            f.rr.1,
+            f.rr.0 / bridge_fig.rr.0,
+            f.native.0,
+            f.native.1,
+            f.native.0 / bridge_fig.native.0,
             idle_pct.0,
             idle_pct.1,
             cpu(&p),
             cpu(&s)
         );
+        clean &= f.clean;
         lab.stop();
     }
-    println!("targets: ping <= 0.3 ms, rr p50 <= 0.6 ms (QEMU's COLO chain here: 0.37 / 0.67 ms)");
+    println!(
+        "rr = svc.py's Python endpoints; native = this binary's (`native_rr`), whose server \
+         answers in µs; targets: ping <= 0.3 ms, rr p50 <= 0.6 ms (QEMU's COLO chain as the \
+         issue measured it: 0.37 / 0.67 ms)"
+    );
+    clean
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("--rr-serve") => return native_rr::serve(),
+        Some("--rr-client") => {
+            let n = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(0);
+            return native_rr::client(args.get(2).map_or("", String::as_str), n);
+        }
+        _ => {}
+    }
     if let Ok(spec) = std::env::var(CHILD) {
         child(Case::decode(&spec));
         return;
@@ -709,7 +787,7 @@ fn main() {
     let t0 = Instant::now();
     if let Ok(modes) = std::env::var("LAT_LAB") {
         let modes: Vec<&str> = modes.split(',').collect();
-        lab_section(&modes, 300, 300, Duration::from_secs(1));
+        exit_if_unclean(lab_section(&modes, 300, 300, Duration::from_secs(1)));
         return;
     }
     let case = |ports, fwd, rate: u64, secs: f64, idle_ms| Case {
@@ -747,18 +825,110 @@ fn main() {
         "dedicated cores: net_ring ports, generator on lcore 0, forwarder on lcore 1 (round trip through the forwarder)",
         if smoke { &ring[..2] } else { &ring },
     );
-    if smoke {
-        lab_section(&["interrupt"], 20, 20, Duration::from_secs(1));
+    let clean = if smoke {
+        lab_section(&["interrupt"], 20, 20, Duration::from_secs(1))
     } else {
         lab_section(
             &["interrupt", "backoff", "poll"],
             500,
             1000,
             Duration::from_secs(5),
-        );
-    }
+        )
+    };
     println!(
         "\n(shared 2-core machine: other jobs run alongside; {:.0}s)",
         t0.elapsed().as_secs_f64()
     );
+    exit_if_unclean(clean);
+}
+
+/// Exit non-zero when the lab's rr through some path failed: a broken path is not a figure.
+fn exit_if_unclean(clean: bool) {
+    if !clean {
+        eprintln!("latency: an rr through the lab did not finish cleanly (see above)");
+        std::process::exit(1);
+    }
+}
+
+/// The lab's native request/response endpoint: what `svc.py`'s port 7000 does (one line in, one
+/// line out, the server closes after the client), without Python's thread per connection and
+/// interpreter in every rr. The Python server takes 90–170 µs to answer on these vCPUs, on the
+/// same CPUs as the proxies; this one a few µs, so the rr shows what the path adds.
+mod native_rr {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+    use std::time::{Duration, Instant};
+
+    pub const PORT: u16 = 7010;
+
+    /// The reply to `line`: depends only on it, so the PVM and the SVM answer alike.
+    fn reply(line: &[u8]) -> String {
+        // FNV-1a: deterministic across processes (std's hasher is not promised to be).
+        let h = line.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        format!("ok {h:016x}\n")
+    }
+
+    /// Serve connections one at a time (the rr client opens one at a time) until killed.
+    pub fn serve() {
+        let l = TcpListener::bind(("0.0.0.0", PORT)).expect("bind rr port");
+        println!("READY");
+        let _ = std::io::stdout().flush();
+        for c in l.incoming() {
+            let Ok(c) = c else { continue };
+            // A client that stalls must not hold the server for long.
+            let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut r = BufReader::new(&c);
+            let mut line = Vec::new();
+            if r.read_until(b'\n', &mut line).is_err() || !line.ends_with(b"\n") {
+                continue;
+            }
+            if (&c).write_all(reply(&line).as_bytes()).is_err() {
+                continue;
+            }
+            // Close after the client, as svc.py does.
+            let mut sink = [0u8; 256];
+            while matches!(r.read(&mut sink), Ok(n) if n > 0) {}
+        }
+    }
+
+    /// `n` new connections to `host`, one request each: connect-to-reply latency; prints the
+    /// RESULT lines of `svc.py rr`.
+    pub fn client(host: &str, n: usize) {
+        let addr = (host, PORT)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .expect("rr address");
+        let mut lat = Vec::with_capacity(n);
+        let mut errors = 0;
+        for i in 0..n {
+            let line = format!("req {i}\n");
+            let t0 = Instant::now();
+            let got = (|| -> std::io::Result<String> {
+                let c = TcpStream::connect_timeout(&addr, Duration::from_secs(20))?;
+                c.set_read_timeout(Some(Duration::from_secs(20)))?;
+                (&c).write_all(line.as_bytes())?;
+                let mut got = String::new();
+                BufReader::new(&c).read_line(&mut got)?;
+                Ok(got)
+            })()
+            .unwrap_or_default();
+            lat.push(t0.elapsed().as_secs_f64() * 1e6);
+            errors += usize::from(got != reply(line.as_bytes()));
+        }
+        lat.sort_by(f64::total_cmp);
+        let at = |q: usize| lat.get((lat.len() * q / 100).min(lat.len().saturating_sub(1)));
+        println!("RESULT rr_count={n}");
+        println!("RESULT rr_errors={errors}");
+        println!(
+            "RESULT rr_p50_us={:.0}",
+            at(50).copied().unwrap_or(f64::NAN)
+        );
+        println!(
+            "RESULT rr_p99_us={:.0}",
+            at(99).copied().unwrap_or(f64::NAN)
+        );
+    }
 }

@@ -294,8 +294,13 @@ pub struct Service {
 impl Service {
     /// Start `svc.py server ROLE` in `host` and wait for READY.
     pub fn start(host: &Host, py: &Path, role: &str) -> Service {
+        Service::spawn(host, &["python3", py.to_str().unwrap(), "server", role])
+    }
+
+    /// Start `args` in `host` (a server that prints READY when it listens) and wait for READY.
+    pub fn spawn(host: &Host, args: &[&str]) -> Service {
         let mut child = host
-            .cmd(&["python3", py.to_str().unwrap(), "server", role])
+            .cmd(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
