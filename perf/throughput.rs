@@ -17,8 +17,8 @@
 //! A step offers rate R for a while, then lets the pipeline drain: it passes when every
 //! offered primary was released matched, nothing was dropped anywhere (generator ring full,
 //! proxy drop counters) and no divergence was raised. The zero-loss rate (and the PDR) is found
-//! by binary search (RFC 2544 style), each step in a fresh child process (no state carried between
-//! steps). Baseline in the same invocation: the highest rate at which the pipeline's io-forward
+//! by binary search (RFC 2544 style; a failed rate gets a second trial, [`TRIALS`]), each step
+//! in a fresh child process (no state carried between steps). Baseline in the same invocation: the highest rate at which the pipeline's io-forward
 //! step (`TxBuf::forward_from`, as `demo --baseline-forward`) moves the PVM ring to the nic,
 //! same wires, lcores and generator. The proxy does two rx and one tx per released packet.
 //!
@@ -786,17 +786,33 @@ fn search(
     Ok(best)
 }
 
-/// The achieved rate of a passing step at `rate`, `None` if it failed.
+/// Trials at a rate before it fails. RFC 2544 runs one; on these VMs a host stall longer than
+/// the port rings hold fails a trial at any rate now and then, and one such trial early in a
+/// binary search ends it decades low (seen: an io-forward NDR of 0.06 Mpps in one run, 6.06 in
+/// the next). A rate fails when this many trials in a row fail (or one whose generator fell
+/// short of the rate).
+const TRIALS: usize = 2;
+
+/// The achieved rate of a passing trial at `rate` (of at most [`TRIALS`]), `None` if all failed.
 fn passes(case: &Case, rate: f64, secs: f64, max_loss: f64) -> Result<Option<f64>, String> {
-    let st = step(case, rate, secs)?;
-    let ok = st.within(max_loss);
-    if std::env::var_os("THROUGHPUT_DEBUG").is_some() {
-        eprintln!(
-            "{case:?} {rate:.0} pps: {st:?} loss={:.5} within {max_loss}: {ok}",
-            st.loss()
-        );
+    for _ in 0..TRIALS {
+        let st = step(case, rate, secs)?;
+        let ok = st.within(max_loss) && st.achieved_pps >= 0.9 * rate;
+        if std::env::var_os("THROUGHPUT_DEBUG").is_some() {
+            eprintln!(
+                "{case:?} {rate:.0} pps: {st:?} loss={:.5} within {max_loss}: {ok}",
+                st.loss()
+            );
+        }
+        if ok {
+            return Ok(Some(st.achieved_pps));
+        }
+        if st.achieved_pps < 0.9 * rate {
+            // The generator's bound, not a stall: another trial would not pass either.
+            break;
+        }
     }
-    Ok((ok && st.achieved_pps >= 0.9 * rate).then_some(st.achieved_pps))
+    Ok(None)
 }
 
 /// NDR and PDR of one case.
@@ -892,7 +908,7 @@ fn main() -> ExitCode {
     let max_only = args.iter().any(|a| a == "--max-only");
     let t0 = Instant::now();
     println!(
-        "throughput: NDR (zero loss) and PDR (loss <= {} %), open loop; {} ({} CPUs); steps of {secs} s, {iters} halvings",
+        "throughput: NDR (zero loss) and PDR (loss <= {} %), open loop; {} ({} CPUs); steps of {secs} s, {iters} halvings, a rate fails after {TRIALS} failed trials",
         PDR_LOSS * 100.0,
         cpu_model(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
