@@ -52,6 +52,8 @@ use colo_proxy::pipeline::stages::ForwardStage;
 use hdrhistogram::Histogram;
 
 const CHILD: &str = "COLO_LAT_CHILD";
+/// Frames each direction of the dedicated-core case's ring pair holds (32 ms at 1 Mpps).
+const RING_DEPTH: u32 = 32768;
 /// EtherType of the bench's frames (IEEE local experimental 2).
 const ETHER: u16 = 0x88b6;
 
@@ -274,10 +276,13 @@ fn child(case: Case) {
         args.extend(["--vdev".to_string(), v.clone()]);
     }
     let eal = Eal::init(&args).expect("EAL");
-    let pool = Mempool::new("lat", 8191).expect("pool");
+    // Both ring directions full, and the bursts in flight.
+    let pool = Mempool::new("lat", 2 * RING_DEPTH + 1023).expect("pool");
     let mode = mode_of(case.fwd);
     let (a, b) = match case.ports {
-        "ring" => Port::ring_pair("la", "lb").expect("ring pair"),
+        // Deep rings: a frame that waits out a vCPU stall is counted late, where a 1024-frame
+        // ring would lose it and leave it out of the histogram (p99 too low).
+        "ring" => Port::ring_pair_sized("la", "lb", 1, RING_DEPTH).expect("ring pair"),
         "af_packet" => (
             Port::id_by_name("net_af_packet0").unwrap(),
             Port::id_by_name("net_af_packet1").unwrap(),
