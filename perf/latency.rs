@@ -276,8 +276,13 @@ fn child(case: Case) {
         args.extend(["--vdev".to_string(), v.clone()]);
     }
     let eal = Eal::init(&args).expect("EAL");
-    // Both ring directions full, and the bursts in flight.
-    let pool = Mempool::new("lat", 2 * RING_DEPTH + 1023).expect("pool");
+    // The ring case: both directions full, and the bursts in flight.
+    let mbufs = if case.ports == "ring" {
+        2 * RING_DEPTH + 1023
+    } else {
+        8191
+    };
+    let pool = Mempool::new("lat", mbufs).expect("pool");
     let mode = mode_of(case.fwd);
     let (a, b) = match case.ports {
         // Deep rings: a frame that waits out a vCPU stall is counted late, where a 1024-frame

@@ -153,7 +153,7 @@ impl Port {
             return Err(DpdkError::new(libc::EINVAL, what("no queues")));
         }
         let mk = |n: &str| -> Result<*mut ffi::rte_ring> {
-            let c = CString::new(format!("rp_{n}"))
+            let c = CString::new(Self::ring_pair_ring(n))
                 .map_err(|_| DpdkError::new(libc::EINVAL, what("NUL in name")))?;
             // SAFETY: EAL is up; DPDK copies the name. MP/MC (the PMD may use either end from
             // any lcore); exactly `depth` slots.
@@ -197,6 +197,13 @@ impl Port {
                 }
             };
         Ok((mk_port(a, &b_to_a, &a_to_b)?, mk_port(b, &a_to_b, &b_to_a)?))
+    }
+
+    /// Name of the ring a [`Port::ring_pair`] end `end` transmits into (queue 0), which its
+    /// peer receives from: what a generator attaches to ([`super::attach_producer`]) to feed
+    /// the peer without opening `end`.
+    pub fn ring_pair_ring(end: &str) -> String {
+        format!("rp_{end}")
     }
 
     /// Configure port `id` with `cfg`, its rx queues drawing mbufs from `pool`. Not started.
