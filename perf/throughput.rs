@@ -30,9 +30,13 @@
 //! 1024-slot ring (the `net_ring` vdev's) overflows in such a stall at any rate above
 //! ~0.13 Mpps, so the NDR measured the host's scheduling: the port rings are now
 //! [`PORT_RING_DEPTH`] deep, which covers 8 ms up to 4 Mpps. The capacity needs no depth: a
-//! stall costs time, not frames. Its `busy` column says whether the proxy's lcore or the
-//! generator was the bound (the generator builds two frames per proxied packet, one per
-//! io-forwarded one).
+//! stall costs time, not frames. It is measured with [`VIRTQUEUE_DEPTH`]-frame rings (a
+//! virtqueue's: the frames the proxy reads are still in cache) and again with
+//! [`PORT_RING_DEPTH`]-frame rings kept full (`max 32k`: a standing backlog, every frame
+//! read from DRAM, about half the rate; this is the regime an open-loop step falls into once
+//! a stall has filled the ring, so it bounds the NDR). Its `busy` column says whether the
+//! proxy's lcore or the generator was the bound (the generator builds two frames per proxied
+//! packet, one per io-forwarded one).
 //!
 //! `cargo bench --bench throughput` (full: 64/512/1500 B × TCP/UDP × 1k/100k/1M flows, 1 and 2
 //! shards; 1.5 s steps), `-- --max-only` (the capacity column only, a few minutes) or
@@ -76,6 +80,11 @@ const GEN_BURST: usize = 32;
 /// 0.13 Mpps: the NDR then measured the host's scheduling. 32768 (as deep as an mlx5 rx queue
 /// can be set) rides out such a stall up to 4 Mpps, so a step fails on the proxy's rate.
 const PORT_RING_DEPTH: u32 = 32768;
+/// The lossless capacity's port rings: a virtio queue's default size (QEMU's
+/// `tx_queue_size`), the ring a vhost-user guest waits on. With [`PORT_RING_DEPTH`] rings
+/// kept full, every frame the proxy reads was written ~65 k frames (150 MB of mbufs) earlier
+/// and comes from DRAM: that regime is measured too (`max 32k`), as what a backlog costs.
+const VIRTQUEUE_DEPTH: u32 = 256;
 /// The proxy's PVM and link ports: `rte_eth_from_rings` ends (made after EAL init, with
 /// [`PORT_RING_DEPTH`]) whose peers' tx rings the generator fills. Named as the config's
 /// vdevs, which `child` keeps out of the EAL arguments.
@@ -497,7 +506,7 @@ impl colo_proxy::pipeline::lcore::Stage for GeneratorStage {
 }
 
 /// Child: one step of `case` at `rate` for `secs`; prints `STEP offered=.. ...`.
-fn child(case: Case, rate: f64, secs: f64) -> Result<Step, String> {
+fn child(case: Case, rate: f64, secs: f64, depth: u32) -> Result<Step, String> {
     let dir = std::env::temp_dir().join(format!("colo-tput-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let path = dir.join("primary.toml");
@@ -521,8 +530,7 @@ fn child(case: Case, rate: f64, secs: f64) -> Result<Step, String> {
     }
     let eal = Eal::init(&args).map_err(|e| e.to_string())?;
     for port in [PVM_PORT, LINK_PORT] {
-        Port::ring_pair_sized(port, &gen_end(port), 1, PORT_RING_DEPTH)
-            .map_err(|e| e.to_string())?;
+        Port::ring_pair_sized(port, &gen_end(port), 1, depth).map_err(|e| e.to_string())?;
     }
     let m = &cfg.mempool;
     let pool = Mempool::with_params("colo_pool", m.mbufs, m.cache, m.data_room, None)
@@ -723,11 +731,17 @@ fn baseline_step(
 
 /// Run one step in a child process (fresh EAL and tables); `None` if the child failed.
 fn step(case: &Case, rate: f64, secs: f64) -> Result<Step, String> {
+    step_at(case, rate, secs, PORT_RING_DEPTH)
+}
+
+/// [`step`] with port rings `depth` frames deep.
+fn step_at(case: &Case, rate: f64, secs: f64, depth: u32) -> Result<Step, String> {
     let out = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
         .arg("--step")
         .args(case.args())
         .arg(rate.to_string())
         .arg(secs.to_string())
+        .arg(depth.to_string())
         .output()
         .map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -826,10 +840,11 @@ fn rates(case: &Case, iters: usize, secs: f64) -> Result<(f64, f64), String> {
     Ok((ndr, pdr.max(ndr)))
 }
 
-/// The lossless capacity (one step at rate 0, see `offer_lossless`): released pps and the
-/// proxy lcore's busy share; NaN rate if anything was lost, dropped or diverged.
-fn capacity(case: &Case, secs: f64) -> Result<(f64, f64), String> {
-    let st = step(case, 0.0, secs)?;
+/// The lossless capacity (one step at rate 0, see `offer_lossless`) with port rings `depth`
+/// deep: released pps and the proxy lcore's busy share; NaN rate if anything was lost,
+/// dropped or diverged.
+fn capacity(case: &Case, secs: f64, depth: u32) -> Result<(f64, f64), String> {
+    let st = step_at(case, 0.0, secs, depth)?;
     if std::env::var_os("THROUGHPUT_DEBUG").is_some() {
         eprintln!("{case:?} lossless: {st:?}");
     }
@@ -849,15 +864,19 @@ fn ratio(a: f64, b: f64) -> f64 {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--step") {
-        let (Some(case), Some(rate), Some(secs)) = (
+        let (Some(case), Some(rate), Some(secs), Some(depth)) = (
             Case::parse(&args[2..]),
             args.get(7).and_then(|v| v.parse::<f64>().ok()),
             args.get(8).and_then(|v| v.parse::<f64>().ok()),
+            args.get(9)
+                .map_or(Some(PORT_RING_DEPTH), |v| v.parse::<u32>().ok()),
         ) else {
-            eprintln!("usage: throughput --step PROTO SIZE FLOWS SHARDS BASELINE RATE SECS");
+            eprintln!(
+                "usage: throughput --step PROTO SIZE FLOWS SHARDS BASELINE RATE SECS [DEPTH]"
+            );
             return ExitCode::from(2);
         };
-        return match child(case, rate, secs) {
+        return match child(case, rate, secs, depth) {
             Ok(s) => {
                 println!(
                     "STEP offered={} gen_lost={} pool_empty={} released={} dropped={} divergences={} achieved_pps={:.0} skipped={} busy={:.3}",
@@ -917,7 +936,7 @@ fn main() -> ExitCode {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "{:<5} {:>5} {:>8} {:>6} {:>9} {:>9} {:>7} {:>6} {:>9} {:>7} {:>9} {:>7} {:>9} {:>9} {:>7} {:>7}",
+        "{:<5} {:>5} {:>8} {:>6} {:>9} {:>9} {:>7} {:>6} {:>8} {:>7} {:>9} {:>7} {:>9} {:>7} {:>9} {:>9} {:>7} {:>7}",
         "proto",
         "size",
         "flows",
@@ -926,6 +945,8 @@ fn main() -> ExitCode {
         "iofwd max",
         "max/io",
         "busy",
+        "max 32k",
+        "32k/io",
         "NDR Mpps",
         "Gbit/s",
         "PDR Mpps",
@@ -945,7 +966,12 @@ fn main() -> ExitCode {
             shards: 1,
             baseline: true,
         };
-        let (bmax, _) = match capacity(&base, secs) {
+        let both = |c: &Case| -> Result<(f64, f64, f64), String> {
+            let (shallow, busy) = capacity(c, secs, VIRTQUEUE_DEPTH)?;
+            let (deep, _) = capacity(c, secs, PORT_RING_DEPTH)?;
+            Ok((shallow, busy, deep))
+        };
+        let (bmax, _, bdeep) = match both(&base) {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("{e}");
@@ -978,7 +1004,7 @@ fn main() -> ExitCode {
                         shards: sh as u32,
                         baseline: false,
                     };
-                    let (pmax, busy) = match capacity(&c, secs) {
+                    let (pmax, busy, pdeep) = match both(&c) {
                         Ok(r) => r,
                         Err(e) => {
                             eprintln!("{e}");
@@ -996,7 +1022,7 @@ fn main() -> ExitCode {
                     };
                     let gbps = |pps: f64| pps * size as f64 * 8.0 / 1e9;
                     println!(
-                        "{:<5} {:>5} {:>8} {:>6} {:>9.3} {:>9.3} {:>7.2} {:>6.2} {:>9.3} {:>7.2} {:>9.3} {:>7.2} {:>9.3} {:>9.3} {:>7.2} {:>7.2}",
+                        "{:<5} {:>5} {:>8} {:>6} {:>9.3} {:>9.3} {:>7.2} {:>6.2} {:>8.3} {:>7.2} {:>9.3} {:>7.2} {:>9.3} {:>7.2} {:>9.3} {:>9.3} {:>7.2} {:>7.2}",
                         format!("{proto:?}").to_lowercase(),
                         size,
                         nf,
@@ -1009,6 +1035,8 @@ fn main() -> ExitCode {
                         bmax / 1e6,
                         ratio(pmax, bmax),
                         busy,
+                        pdeep / 1e6,
+                        ratio(pdeep, bdeep),
                         p / 1e6,
                         gbps(p),
                         pp / 1e6,
@@ -1023,9 +1051,11 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "max = lossless capacity (a full ring makes the generator wait, as a vhost-user guest \
-         waits; NaN if anything was lost); busy = the proxy lcore's busy share in that step \
-         (below 1: the generator was the bound); NDR/PDR = open loop, a frame lost to a full \
+        "max = lossless capacity (a full {VIRTQUEUE_DEPTH}-frame ring makes the generator wait, \
+         as a vhost-user guest waits in its virtqueue; NaN if anything was lost); busy = the \
+         proxy lcore's busy share in that step (below 1: the generator was the bound); max 32k \
+         = the same with {PORT_RING_DEPTH}-frame rings kept full (a backlog: every frame comes \
+         from DRAM), against the io-forwarder's at that depth; NDR/PDR = open loop, a frame lost to a full \
          {PORT_RING_DEPTH}-frame port ring fails the step; 2* = the second shard shares CPU 0 with the generator; {:.0} s",
         t0.elapsed().as_secs_f64()
     );
