@@ -67,6 +67,15 @@ fn mbuf_alloc_clone_free() {
         m.trim(10).expect("trim");
         result("after_adj_trim", m.len());
         result(
+            "adj_trim_fields",
+            (m.pkt_len() as usize == m.len()
+                && m.headroom() as usize == head
+                && m.data() == &frame(1, 100)[..90]) as u8,
+        );
+        m.trim(0).expect("trim 0");
+        m.adj(0).expect("adj 0");
+        result("after_zero_adj_trim", m.len());
+        result(
             "trim_too_much",
             (m.trim(1000) == Err(BufError::TooShort)) as u8,
         );
@@ -125,6 +134,12 @@ fn mbuf_alloc_clone_free() {
     assert_eq!(c.get("too_much_prepend"), "1");
     assert_eq!(c.num("after_adj_trim"), 90);
     assert_eq!(c.get("trim_too_much"), "1");
+    assert_eq!(
+        c.get("adj_trim_fields"),
+        "1",
+        "pkt_len, data_off and bytes after adj + trim"
+    );
+    assert_eq!(c.num("after_zero_adj_trim"), 90);
     assert_eq!(c.get("append_too_much"), "1");
     assert_eq!(c.num("after_append"), 92);
     assert_eq!(c.get("csum_partial_default"), "0");

@@ -301,7 +301,17 @@ impl PacketBuf for Mbuf {
         if n > self.data().len() {
             return Err(BufError::TooShort);
         }
-        // SAFETY: sole owner; n <= data_len of the (single) segment fits u16.
+        if n == 0 {
+            return Ok(());
+        }
+        if self.is_contiguous() {
+            // What rte_pktmbuf_trim does to one segment, without a C call per frame.
+            let r = self.raw_mut();
+            r.data_len -= n as u16;
+            r.pkt_len -= n as u32;
+            return Ok(());
+        }
+        // SAFETY: sole owner; n <= data_len of the first segment fits u16.
         let r = unsafe { ffi::shim_rte_pktmbuf_trim(self.0.as_ptr(), n as u16) };
         if r != 0 {
             return Err(BufError::TooShort);
@@ -313,6 +323,14 @@ impl PacketBuf for Mbuf {
         self.assert_unique();
         if n > self.data().len() {
             return Err(BufError::TooShort);
+        }
+        if self.is_contiguous() {
+            // What rte_pktmbuf_adj does (n <= data_len, checked above), inline.
+            let r = self.raw_mut();
+            r.data_off += n as u16;
+            r.data_len -= n as u16;
+            r.pkt_len -= n as u32;
+            return Ok(());
         }
         // SAFETY: sole owner; n <= data_len fits u16.
         let r = unsafe { ffi::shim_rte_pktmbuf_adj(self.0.as_ptr(), n as u16) };
