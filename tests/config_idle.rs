@@ -61,8 +61,13 @@ fn modes_parse_and_default_is_per_lcore() {
         let c = load(&primary(AFP.0, AFP.1, text)).unwrap();
         assert_eq!(c.idle.mode, want, "{text}");
         assert_eq!(
-            (c.idle.spin_loops, c.idle.spin_us, c.idle.max_sleep_us),
-            (1000, 20, 100)
+            (
+                c.idle.spin_loops,
+                c.idle.spin_us,
+                c.idle.await_spin_us,
+                c.idle.max_sleep_us
+            ),
+            (1000, 20, 200, 100)
         );
     }
     let e = errors(&primary(AFP.0, AFP.1, "mode = \"sleepy\""));
@@ -96,6 +101,10 @@ spin_loops = 7",
     ))
     .unwrap();
     assert_eq!((c.idle.spin_loops, c.idle.spin_us), (7, 0));
+    let e = errors(&primary(AFP.0, AFP.1, "await_spin_us = 100001"));
+    assert!(e.iter().any(|m| m.contains("idle.await_spin_us")), "{e:?}");
+    let c = load(&primary(AFP.0, AFP.1, "await_spin_us = 0")).unwrap();
+    assert_eq!(c.idle.await_spin_us, 0);
 }
 
 #[test]

@@ -222,12 +222,13 @@ pub fn summary(cfg: &Config, eal_args: &[String]) -> String {
     let i = &cfg.idle;
     let _ = writeln!(
         s,
-        "idle: mode {}, sleep after {} empty polls or {} us of them, backoff sleeps up to {} us",
+        "idle: mode {}, sleep after {} empty polls or {} us of them ({} us while a compare shard waits for the secondary's copy), backoff sleeps up to {} us",
         i.mode
             .map_or("default (interrupt where every input wakes)", |m| m
                 .as_str()),
         i.spin_loops,
         i.spin_us,
+        i.await_spin_us,
         i.max_sleep_us
     );
     for l in crate::config::idle::plan(cfg) {

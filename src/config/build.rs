@@ -169,6 +169,7 @@ pub(super) fn build(raw: RawConfig) -> Result<Config, ConfigError> {
 fn build_idle(raw: &super::raw::RawIdle, e: &mut Errs) -> IdleConfig {
     e.range("idle.max_sleep_us", raw.max_sleep_us.into(), 0, 100_000);
     e.range("idle.spin_us", raw.spin_us.into(), 0, 100_000);
+    e.range("idle.await_spin_us", raw.await_spin_us.into(), 0, 100_000);
     let mode = match (raw.mode, raw.backoff) {
         (Some(m), None) => Some(m),
         (None, Some(false)) => Some(IdleMode::Poll),
@@ -188,6 +189,7 @@ fn build_idle(raw: &super::raw::RawIdle, e: &mut Errs) -> IdleConfig {
         mode,
         spin_loops: raw.spin_loops,
         spin_us: raw.spin_us,
+        await_spin_us: raw.await_spin_us,
         max_sleep_us: raw.max_sleep_us,
     }
 }

@@ -473,6 +473,10 @@ pub struct IdleConfig {
     pub spin_loops: u32,
     /// Longest spin after the last work (µs), whichever of the two ends first.
     pub spin_us: u32,
+    /// Longest spin after the last work while a compare shard holds primaries waiting for
+    /// the secondary's copy (µs): the copy is on its way, and a sleeping lcore takes tens of
+    /// µs to wake on a VM.
+    pub await_spin_us: u32,
     /// Longest timed sleep in backoff; 0 = only `pause`.
     pub max_sleep_us: u32,
 }
@@ -483,6 +487,7 @@ impl Default for IdleConfig {
             mode: None,
             spin_loops: 1000,
             spin_us: 20,
+            await_spin_us: 200,
             max_sleep_us: 100,
         }
     }

@@ -48,6 +48,8 @@ pub(super) struct RawIdle {
     pub spin_loops: u32,
     #[serde(default = "spin_us")]
     pub spin_us: u32,
+    #[serde(default = "await_spin_us")]
+    pub await_spin_us: u32,
     #[serde(default = "max_sleep_us")]
     pub max_sleep_us: u32,
 }
@@ -59,6 +61,7 @@ impl Default for RawIdle {
             backoff: None,
             spin_loops: spin_loops(),
             spin_us: spin_us(),
+            await_spin_us: await_spin_us(),
             max_sleep_us: max_sleep_us(),
         }
     }
@@ -70,6 +73,9 @@ fn spin_loops() -> u32 {
 }
 fn spin_us() -> u32 {
     super::IdleConfig::default().spin_us
+}
+fn await_spin_us() -> u32 {
+    super::IdleConfig::default().await_spin_us
 }
 fn max_sleep_us() -> u32 {
     super::IdleConfig::default().max_sleep_us

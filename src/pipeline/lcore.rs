@@ -112,6 +112,13 @@ pub trait Stage: Send {
     /// (port sockets, link sockets) to `ws`. Called after [`Stage::idle_arm`] and the last
     /// poll, so descriptors of reconnected sockets are current.
     fn wait_fds(&self, _ws: &mut WaitSet) {}
+    /// True while the stage holds output that waits for input expected soon (a compare
+    /// shard's primaries waiting for the secondary's copy): the loop then spins up to
+    /// [`IdlePolicy::await_spin`] after the last work instead of sleeping, so the copy does not
+    /// find it asleep (a wake-up costs tens of µs on a VM).
+    fn awaiting(&self) -> bool {
+        false
+    }
 }
 
 /// How an lcore waits when it finds no work.
@@ -124,6 +131,9 @@ pub struct IdlePolicy {
     /// Longest spin after the last work: a loop's cost varies (a link socket's `read` is a
     /// syscall), and on a shared core every µs spun is taken from the VMs.
     pub spin: Duration,
+    /// Longest spin after the last work while a stage is [`Stage::awaiting`] (0: never longer
+    /// than [`Self::spin`]).
+    pub await_spin: Duration,
     /// Longest timed sleep (back-off, and interrupt-mode rounds that cannot block).
     pub max_sleep: Duration,
     /// Why this mode (shown by `ctl stats`).
@@ -136,6 +146,7 @@ impl Default for IdlePolicy {
             mode: IdleMode::Backoff,
             spin_loops: 1000,
             spin: Duration::from_micros(20),
+            await_spin: Duration::from_micros(200),
             max_sleep: Duration::from_micros(100),
             reason: "default".into(),
         }
@@ -323,6 +334,7 @@ pub fn run_loop(
     let mut phase = Phase::Run;
     let mut last_ns = control.now_ns();
     let spin_ns = u64::try_from(policy.spin.as_nanos()).unwrap_or(u64::MAX);
+    let await_ns = u64::try_from(policy.await_spin.as_nanos()).unwrap_or(u64::MAX);
     let mut last_work_ns = last_ns;
     loop {
         let now_ns = control.now_ns();
@@ -378,8 +390,9 @@ pub fn run_loop(
         }
         counters.add(Counter::IdleNs, elapsed);
         idle_loops = idle_loops.saturating_add(1);
-        let spinning =
-            idle_loops <= policy.spin_loops && now_ns.saturating_sub(last_work_ns) < spin_ns;
+        let since_work = now_ns.saturating_sub(last_work_ns);
+        let spinning = (idle_loops <= policy.spin_loops && since_work < spin_ns)
+            || (since_work < await_ns && stages.iter().any(|s| s.awaiting()));
         if policy.mode == IdleMode::Poll || spinning {
             std::hint::spin_loop();
             continue;
@@ -576,5 +589,55 @@ mod tests {
         );
         // It spun for the bound first (idle time before sleeping is counted as IdleNs).
         assert!(shared.counters.get(Counter::IdleNs) >= 200_000);
+    }
+
+    /// Work once, then nothing, while saying it awaits input (a compare shard holding
+    /// primaries for their secondaries).
+    struct OnceThenAwaiting {
+        polls: u64,
+    }
+
+    impl Stage for OnceThenAwaiting {
+        fn name(&self) -> &str {
+            "awaiting"
+        }
+        fn poll(&mut self, _cx: &LoopCtx) -> usize {
+            self.polls += 1;
+            usize::from(self.polls == 1)
+        }
+        fn awaiting(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn an_awaiting_stage_keeps_the_loop_spinning_for_await_spin_then_it_sleeps() {
+        let shared = Arc::new(LcoreShared::new(1, vec!["awaiting".into()]));
+        let control = Arc::new(ControlPlane::new(vec![shared.clone()]));
+        let (s2, c2) = (shared.clone(), control.clone());
+        let policy = IdlePolicy {
+            // Without the await spin the first empty loop would sleep.
+            spin_loops: 0,
+            spin: Duration::ZERO,
+            await_spin: Duration::from_millis(30),
+            ..IdlePolicy::mode(IdleMode::Backoff)
+        };
+        let t = std::thread::spawn(move || {
+            let mut stages: Vec<Box<dyn Stage>> = vec![Box::new(OnceThenAwaiting { polls: 0 })];
+            run_loop(&mut stages, &s2, &c2, &policy);
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while shared.counters.get(Counter::Sleeps) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let sleeps = shared.counters.get(Counter::Sleeps);
+        let idle_before_sleep = shared.counters.get(Counter::IdleNs);
+        assert!(control.set_phase(Phase::Exit, Duration::from_secs(5)));
+        t.join().unwrap();
+        assert!(sleeps > 0, "the await spin has no end");
+        assert!(
+            idle_before_sleep >= 30_000_000,
+            "slept after {idle_before_sleep} ns of spinning, before await_spin ran out"
+        );
     }
 }

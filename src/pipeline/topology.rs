@@ -609,6 +609,7 @@ pub fn build_in(
             mode: p.map_or(IdleMode::Backoff, |p| p.mode),
             spin_loops: idle.spin_loops,
             spin: Duration::from_micros(u64::from(idle.spin_us)),
+            await_spin: Duration::from_micros(u64::from(idle.await_spin_us)),
             max_sleep: Duration::from_micros(u64::from(idle.max_sleep_us)),
             reason: p.map_or_else(|| "no plan".to_string(), |p| p.reason.clone()),
         }
@@ -630,6 +631,7 @@ pub fn build_in(
             mode: cfg.idle.mode.unwrap_or(IdleMode::Backoff),
             spin_loops: idle.spin_loops,
             spin: Duration::from_micros(u64::from(idle.spin_us)),
+            await_spin: Duration::from_micros(u64::from(idle.await_spin_us)),
             max_sleep: Duration::from_micros(u64::from(idle.max_sleep_us)),
             reason: "config".into(),
         },

@@ -343,6 +343,10 @@ impl Stage for CompareStage {
         ns + np
     }
 
+    fn awaiting(&self) -> bool {
+        !self.failed_over && self.engine.backlog().primary_packets > 0
+    }
+
     fn housekeeping(&mut self, cx: &LoopCtx) {
         let (mut out, engine) = self.output(cx);
         engine.tick(cx.now_ns, &mut out);
