@@ -301,9 +301,6 @@ impl PacketBuf for Mbuf {
         if n > self.data().len() {
             return Err(BufError::TooShort);
         }
-        if n == 0 {
-            return Ok(());
-        }
         if self.is_contiguous() {
             // What rte_pktmbuf_trim does to one segment, without a C call per frame.
             let r = self.raw_mut();

@@ -561,34 +561,44 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_spin_ends_after_its_time_bound_not_only_after_its_loop_count() {
-        let shared = Arc::new(LcoreShared::new(1, vec!["once".into()]));
+    /// Run `stage` alone under `policy` until its lcore first sleeps (at most 5 s), then stop
+    /// it: (sleeps, idle ns) as read when the first sleep was seen.
+    fn until_first_sleep(stage: Box<dyn Stage>, policy: IdlePolicy) -> (u64, u64) {
+        let shared = Arc::new(LcoreShared::new(1, vec![stage.name().to_string()]));
         let control = Arc::new(ControlPlane::new(vec![shared.clone()]));
         let (s2, c2) = (shared.clone(), control.clone());
-        let policy = IdlePolicy {
-            // Billions of empty loops: seconds to minutes of spinning without the time bound.
-            spin_loops: u32::MAX,
-            spin: Duration::from_micros(200),
-            ..IdlePolicy::mode(IdleMode::Backoff)
-        };
         let t = std::thread::spawn(move || {
-            let mut stages: Vec<Box<dyn Stage>> = vec![Box::new(OnceThenIdle { polls: 0 })];
+            let mut stages: Vec<Box<dyn Stage>> = vec![stage];
             run_loop(&mut stages, &s2, &c2, &policy);
         });
         let deadline = Instant::now() + Duration::from_secs(5);
         while shared.counters.get(Counter::Sleeps) == 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
-        let sleeps = shared.counters.get(Counter::Sleeps);
+        let seen = (
+            shared.counters.get(Counter::Sleeps),
+            shared.counters.get(Counter::IdleNs),
+        );
         assert!(control.set_phase(Phase::Exit, Duration::from_secs(5)));
         t.join().unwrap();
+        seen
+    }
+
+    #[test]
+    fn the_spin_ends_after_its_time_bound_not_only_after_its_loop_count() {
+        let policy = IdlePolicy {
+            // Billions of empty loops: seconds to minutes of spinning without the time bound.
+            spin_loops: u32::MAX,
+            spin: Duration::from_micros(200),
+            ..IdlePolicy::mode(IdleMode::Backoff)
+        };
+        let (sleeps, idle_ns) = until_first_sleep(Box::new(OnceThenIdle { polls: 0 }), policy);
         assert!(
             sleeps > 0,
             "the lcore never slept: the spin has no time bound"
         );
         // It spun for the bound first (idle time before sleeping is counted as IdleNs).
-        assert!(shared.counters.get(Counter::IdleNs) >= 200_000);
+        assert!(idle_ns >= 200_000);
     }
 
     /// Work once, then nothing, while saying it awaits input (a compare shard holding
@@ -612,9 +622,6 @@ mod tests {
 
     #[test]
     fn an_awaiting_stage_keeps_the_loop_spinning_for_await_spin_then_it_sleeps() {
-        let shared = Arc::new(LcoreShared::new(1, vec!["awaiting".into()]));
-        let control = Arc::new(ControlPlane::new(vec![shared.clone()]));
-        let (s2, c2) = (shared.clone(), control.clone());
         let policy = IdlePolicy {
             // Without the await spin the first empty loop would sleep.
             spin_loops: 0,
@@ -622,18 +629,8 @@ mod tests {
             await_spin: Duration::from_millis(30),
             ..IdlePolicy::mode(IdleMode::Backoff)
         };
-        let t = std::thread::spawn(move || {
-            let mut stages: Vec<Box<dyn Stage>> = vec![Box::new(OnceThenAwaiting { polls: 0 })];
-            run_loop(&mut stages, &s2, &c2, &policy);
-        });
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while shared.counters.get(Counter::Sleeps) == 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let sleeps = shared.counters.get(Counter::Sleeps);
-        let idle_before_sleep = shared.counters.get(Counter::IdleNs);
-        assert!(control.set_phase(Phase::Exit, Duration::from_secs(5)));
-        t.join().unwrap();
+        let (sleeps, idle_before_sleep) =
+            until_first_sleep(Box::new(OnceThenAwaiting { polls: 0 }), policy);
         assert!(sleeps > 0, "the await spin has no end");
         assert!(
             idle_before_sleep >= 30_000_000,

@@ -602,17 +602,24 @@ pub fn build_in(
         }
         Role::Compare => return Err("role compare runs without DPDK (see the drop-in mode)".into()),
     }
-    let idle = &cfg.idle;
-    let policy = |lcore: u32| {
-        let p = plan.iter().find(|p| p.lcore == lcore);
+    // The config's spin and sleep lengths with a mode and why.
+    let policy_of = |mode: IdleMode, reason: String| {
+        let idle = &cfg.idle;
         IdlePolicy {
-            mode: p.map_or(IdleMode::Backoff, |p| p.mode),
+            mode,
             spin_loops: idle.spin_loops,
             spin: Duration::from_micros(u64::from(idle.spin_us)),
             await_spin: Duration::from_micros(u64::from(idle.await_spin_us)),
             max_sleep: Duration::from_micros(u64::from(idle.max_sleep_us)),
-            reason: p.map_or_else(|| "no plan".to_string(), |p| p.reason.clone()),
+            reason,
         }
+    };
+    let policy = |lcore: u32| {
+        let p = plan.iter().find(|p| p.lcore == lcore);
+        policy_of(
+            p.map_or(IdleMode::Backoff, |p| p.mode),
+            p.map_or_else(|| "no plan".to_string(), |p| p.reason.clone()),
+        )
     };
     let plans = by_lcore
         .into_iter()
@@ -627,14 +634,7 @@ pub fn build_in(
         plans,
         ports: ports.into_iter().collect(),
         hold,
-        idle: IdlePolicy {
-            mode: cfg.idle.mode.unwrap_or(IdleMode::Backoff),
-            spin_loops: idle.spin_loops,
-            spin: Duration::from_micros(u64::from(idle.spin_us)),
-            await_spin: Duration::from_micros(u64::from(idle.await_spin_us)),
-            max_sleep: Duration::from_micros(u64::from(idle.max_sleep_us)),
-            reason: "config".into(),
-        },
+        idle: policy_of(cfg.idle.mode.unwrap_or(IdleMode::Backoff), "config".into()),
         backlog,
         link_sockets,
     })
